@@ -1,0 +1,9 @@
+"""cordfuse: multi-sequence MS lesion segmentation in spinal cord MRI, robust to missing sequences.
+
+Implements Walsh et al., "Multi-sequence learning for multiple sclerosis lesion segmentation in
+spinal cord MRI", MICCAI 2024: pre-processing onto a common centreline-cropped grid, one encoder
+per sequence fused at the bottleneck with Mean Imputation of missing sequences, and Anima-compatible
+lesion-wise evaluation.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+import sys
+
+from cordfuse.cli import main
+
+sys.exit(main())

@@ -1,0 +1,216 @@
+"""``cordfuse check``: the availability matrix of a dataset and every problem in it.
+
+Every image and label is opened and read in full, so that truncated files, NaNs and label/image
+grid mismatches are found before a long pre-processing or training run. A problem in one subject
+never stops the others. Nothing is written into the dataset.
+
+Example:
+    >>> report = check_dataset(discover("my_bids"))               # doctest: +SKIP
+    >>> print(report.format_text()); report.ok                    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cordfuse.dataset import Dataset, Scan, Subject
+from cordfuse.errors import CordfuseError
+from cordfuse.io import read_volume, same_grid
+from cordfuse.sequences import REFERENCE_SEQUENCE, SEQUENCES
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something wrong with one file (or one subject when ``file`` is None)."""
+
+    subject: str
+    file: Path | None
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}: " if self.file is not None else ""
+        return f"{self.subject}: {where}{self.reason}"
+
+
+@dataclass
+class CheckReport:
+    dataset: Dataset
+    problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def counts(self, subject: Subject) -> dict[str, int]:
+        return {seq: len(subject.scans.get(seq, [])) for seq in SEQUENCES}
+
+    def cohort_table(self) -> dict[str, dict[str, int]]:
+        """Per cohort: number of subjects, and of subjects having each sequence."""
+        keys = [*sorted({s.cohort or "n/a" for s in self.dataset.subjects}), "all"]
+        table = {key: {"subjects": 0, **dict.fromkeys(SEQUENCES, 0)} for key in keys}
+        for subject in self.dataset.subjects:
+            for key in (subject.cohort or "n/a", "all"):
+                row = table[key]
+                row["subjects"] += 1
+                for seq in subject.sequences:
+                    row[seq] += 1
+        return table
+
+    def to_json(self) -> dict:
+        return {
+            "root": str(self.dataset.root),
+            "ok": self.ok,
+            "subjects": [
+                {
+                    "id": s.subject_id,
+                    "session": s.session,
+                    "cohort": s.cohort,
+                    "counts": self.counts(s),
+                    "scans": {seq: [str(x.path) for x in scans] for seq, scans in s.scans.items()},
+                    "lesion_labels": s.has_lesion_labels,
+                }
+                for s in self.dataset.subjects
+            ],
+            "cohorts": self.cohort_table(),
+            "problems": [
+                {"subject": p.subject, "file": str(p.file) if p.file else None, "reason": p.reason}
+                for p in self.problems
+            ],
+            "notes": self.notes,
+        }
+
+    def format_text(self) -> str:
+        ds = self.dataset
+        cohorts = ", ".join(ds.cohorts()) or "none (no 'cohort' column in participants.tsv)"
+        lines = [f"Dataset {ds.root}: {len(ds.subjects)} subjects; cohorts: {cohorts}", ""]
+        header = ["subject", "cohort", *SEQUENCES, "lesion labels"]
+        rows = [
+            [s.name, s.cohort or "-", *[str(n) if n else "." for n in self.counts(s).values()],
+             "yes" if s.has_lesion_labels else "no"]
+            for s in ds.subjects
+        ]
+        lines += _table(header, rows)
+        lines += ["", "Subjects with each sequence, per cohort:"]
+        lines += _table(
+            ["cohort", "subjects", *SEQUENCES],
+            [[name, *map(str, row.values())] for name, row in self.cohort_table().items()],
+        )
+        if self.notes:
+            lines += ["", f"Notes ({len(self.notes)}):", *[f"  {n}" for n in self.notes]]
+        lines.append("")
+        if self.problems:
+            bad = len({p.subject for p in self.problems})
+            lines += [f"Problems ({len(self.problems)} in {bad} subjects):"]
+            lines += [f"  {p}" for p in self.problems]
+        else:
+            lines.append("OK: no problems found.")
+        return "\n".join(lines)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return [fmt.format(*row).rstrip() for row in (header, *rows)]
+
+
+def check_image(path: Path) -> tuple[list[str], tuple | None]:
+    """Problems of one image, and its ``(shape, affine)`` when readable."""
+    try:
+        data, affine = read_volume(path)
+    except CordfuseError as exc:
+        return [str(exc).removeprefix(f"{path}: ")], None
+    problems = []
+    bad = int(np.count_nonzero(~np.isfinite(data)))
+    if bad:
+        problems.append(f"NaN/Inf voxels ({bad} of {data.size})")
+    finite = data[np.isfinite(data)]
+    if finite.size == 0 or finite.min() == finite.max():
+        value = "no finite voxel" if finite.size == 0 else f"every voxel is {finite.min():g}"
+        problems.append(f"empty image ({value})")
+    return problems, (data.shape, affine)
+
+
+def check_label(path: Path, grid: tuple | None) -> list[str]:
+    """Problems of one label file, compared with the grid of its image (if known)."""
+    try:
+        data, affine = read_volume(path)
+    except CordfuseError as exc:
+        return [str(exc).removeprefix(f"{path}: ")]
+    problems = []
+    if grid is not None and not same_grid(grid[0], grid[1], data.shape, affine):
+        shape_note = "" if tuple(grid[0]) == data.shape else f": shape {data.shape} vs {grid[0]}"
+        problems.append(f"label grid differs from its image's grid{shape_note or ' (affine)'}")
+    if not np.all(np.isfinite(data)):
+        problems.append("label has NaN/Inf voxels")
+    else:
+        values = np.unique(data)
+        if not np.all(np.isin(values, (0, 1))):
+            shown = ", ".join(f"{v:g}" for v in values[:6]) + (", ..." if values.size > 6 else "")
+            problems.append(f"label not binary (values: {shown})")
+    return problems
+
+
+def check_subject(subject: Subject) -> tuple[list[Problem], list[str]]:
+    problems: list[Problem] = []
+    notes: list[str] = []
+
+    def add(file, reason):
+        problems.append(Problem(subject.name, file, reason))
+
+    if not subject.scans.get(REFERENCE_SEQUENCE):
+        add(None, f"no {REFERENCE_SEQUENCE} scan (required: lesions are defined on it)")
+    for path, matches in subject.ambiguous:
+        add(path, f"duplicate match: file matches several sequences ({', '.join(matches)})")
+    for seq, scans in subject.scans.items():
+        _check_duplicates(seq, scans, add)
+        for scan in scans:
+            image_problems, grid = check_image(scan.path)
+            for reason in image_problems:
+                add(scan.path, reason)
+            for label in (scan.lesion_label, scan.cord_label):
+                if label is not None:
+                    for reason in check_label(label, grid):
+                        add(label, reason)
+    if subject.fused_lesion_label is not None:
+        for reason in check_label(subject.fused_lesion_label, None):
+            add(subject.fused_lesion_label, reason)
+    for label in subject.orphan_labels:
+        add(label, "label has no matching image (its stem names no image of this subject)")
+    for path in subject.unmatched:
+        notes.append(f"{subject.name}: {path.name} matches no sequence rule (ignored)")
+    return problems, notes
+
+
+def _check_duplicates(sequence: str, scans: list[Scan], add) -> None:
+    by_chunk: dict[int | None, list[Scan]] = {}
+    for scan in scans:
+        by_chunk.setdefault(scan.chunk, []).append(scan)
+    for chunk, group in by_chunk.items():
+        if len(group) > 1:
+            which = f" chunk {chunk}" if chunk is not None else ""
+            names = ", ".join(s.path.name for s in group)
+            add(group[0].path, f"duplicate match: {len(group)} files for {sequence}{which} ({names})")
+    if None in by_chunk and len(by_chunk) > 1:
+        add(by_chunk[None][0].path,
+            f"duplicate match: {sequence} has files with and without a chunk entity")
+
+
+def check_dataset(dataset: Dataset, *, progress: Callable[[str], None] | None = None) -> CheckReport:
+    """Open every file of every subject and report all problems."""
+    report = CheckReport(dataset)
+    for subject in dataset.subjects:
+        problems, notes = check_subject(subject)
+        report.problems += problems
+        report.notes += notes
+        if progress is not None:
+            progress(subject.name)
+    if dataset.cohorts_from is not None:
+        missing = [s.subject_id for s in dataset.subjects if s.cohort is None]
+        if missing:
+            report.notes.append(f"participants.tsv gives no cohort for: {', '.join(missing)}")
+    return report

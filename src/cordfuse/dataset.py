@@ -1,0 +1,190 @@
+"""Discovery of subjects, scans, labels and cohorts in a BIDS dataset.
+
+Images: ``sub-*/[ses-*/]anat/*.nii[.gz]``, matched to sequences by :mod:`cordfuse.sequences`.
+Labels: ``derivatives/labels/sub-*/[ses-*/]anat/<image stem>_lesion-manual.nii.gz`` (lesions) and
+``<image stem>_seg-manual.nii.gz`` (cord), on the grid of the image they belong to. A lesion label
+whose stem names the fused T2Sag (the T2Sag stem without its ``chunk`` entity) belongs to the fused
+image. Cohorts come from the ``cohort`` column of ``participants.tsv`` when present.
+
+Discovery only reads names; :mod:`cordfuse.check` opens the files.
+
+Example:
+    >>> ds = discover("my_bids")                                  # doctest: +SKIP
+    >>> ds.subjects[0].scans["T2Sag"][0].path                     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cordfuse.errors import CordfuseError
+from cordfuse.sequences import (
+    SEQUENCES,
+    MatchRule,
+    load_rules,
+    match_sequence,
+    parse_bids_name,
+    strip_nifti_extension,
+)
+
+LESION_SUFFIX = "lesion-manual"
+CORD_SUFFIX = "seg-manual"
+
+
+@dataclass(frozen=True)
+class Scan:
+    """One image file of one sequence, with its label files when they exist."""
+
+    path: Path
+    sequence: str
+    chunk: int | None
+    stem: str
+    lesion_label: Path | None = None
+    cord_label: Path | None = None
+
+
+@dataclass
+class Subject:
+    """A subject (and session) with its scans grouped by sequence, in channel order."""
+
+    subject_id: str
+    session: str | None
+    cohort: str | None
+    scans: dict[str, list[Scan]] = field(default_factory=dict)
+    fused_lesion_label: Path | None = None
+    unmatched: list[Path] = field(default_factory=list)
+    ambiguous: list[tuple[Path, list[str]]] = field(default_factory=list)
+    orphan_labels: list[Path] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"{self.subject_id}_{self.session}" if self.session else self.subject_id
+
+    @property
+    def sequences(self) -> list[str]:
+        return [seq for seq in SEQUENCES if self.scans.get(seq)]
+
+    @property
+    def has_lesion_labels(self) -> bool:
+        return self.fused_lesion_label is not None or any(
+            s.lesion_label is not None for s in self.scans.get("T2Sag", [])
+        )
+
+
+@dataclass
+class Dataset:
+    """A discovered dataset: its root, the subjects found and dataset-level notes."""
+
+    root: Path
+    subjects: list[Subject]
+    cohorts_from: Path | None = None
+
+    def cohorts(self) -> list[str]:
+        return sorted({s.cohort for s in self.subjects if s.cohort is not None})
+
+
+def read_cohorts(root: Path) -> dict[str, str]:
+    """``participant_id -> cohort`` from ``participants.tsv`` (empty when absent or no column)."""
+    tsv = root / "participants.tsv"
+    if not tsv.exists():
+        return {}
+    try:
+        with tsv.open(newline="") as handle:
+            reader = csv.DictReader(handle, delimiter="\t")
+            if reader.fieldnames is None or "cohort" not in reader.fieldnames:
+                return {}
+            return {
+                row["participant_id"]: row["cohort"]
+                for row in reader
+                if row.get("participant_id") and row.get("cohort") not in (None, "", "n/a")
+            }
+    except (OSError, csv.Error, KeyError) as exc:
+        raise CordfuseError(f"{tsv}: cannot read participants table ({exc})") from exc
+
+
+def _anat_folders(root: Path):
+    for subject_dir in sorted(root.glob("sub-*")):
+        if not subject_dir.is_dir():
+            continue
+        sessions = sorted(p for p in subject_dir.glob("ses-*") if p.is_dir())
+        if sessions:
+            for session_dir in sessions:
+                yield subject_dir.name, session_dir.name, session_dir / "anat"
+        else:
+            yield subject_dir.name, None, subject_dir / "anat"
+
+
+def discover(root: str | Path, *, rules: dict[str, MatchRule] | None = None) -> Dataset:
+    """Find every subject, scan and label of the BIDS dataset at ``root``.
+
+    Raises:
+        CordfuseError: ``root`` is not a folder or holds no ``sub-*`` folder.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise CordfuseError(f"{root}: not a folder")
+    rules = rules if rules is not None else load_rules(None)
+    cohorts = read_cohorts(root)
+    subjects = []
+    for subject_id, session, anat in _anat_folders(root):
+        subject = Subject(subject_id, session, cohorts.get(subject_id))
+        label_dir = root / "derivatives" / "labels" / subject_id
+        if session:
+            label_dir = label_dir / session
+        label_dir = label_dir / "anat"
+        labels = _label_files(label_dir)
+        used_labels: set[Path] = set()
+        for path in sorted(anat.glob("*.nii*")) if anat.is_dir() else []:
+            stem = strip_nifti_extension(path.name)
+            if stem is None:
+                continue
+            name = parse_bids_name(path.name)
+            matches = match_sequence(name, rules)
+            if not matches:
+                subject.unmatched.append(path)
+                continue
+            if len(matches) > 1:
+                subject.ambiguous.append((path, matches))
+            lesion = labels.get((stem, LESION_SUFFIX))
+            cord = labels.get((stem, CORD_SUFFIX))
+            used_labels.update(p for p in (lesion, cord) if p is not None)
+            scan = Scan(path, matches[0], name.chunk, stem, lesion, cord)
+            subject.scans.setdefault(matches[0], []).append(scan)
+        for seq, scans in subject.scans.items():
+            scans.sort(key=lambda s: (s.chunk if s.chunk is not None else 0, s.stem))
+        for (stem, kind), path in labels.items():
+            if path in used_labels:
+                continue
+            if kind == LESION_SUFFIX and _is_fused_t2sag_stem(stem, subject, rules):
+                subject.fused_lesion_label = path
+            else:
+                subject.orphan_labels.append(path)
+        subjects.append(subject)
+    if not subjects:
+        raise CordfuseError(f"{root}: no subject folders (sub-*) found; is this a BIDS dataset?")
+    return Dataset(root, subjects, root / "participants.tsv" if cohorts else None)
+
+
+def _label_files(folder: Path) -> dict[tuple[str, str], Path]:
+    found = {}
+    if not folder.is_dir():
+        return found
+    for path in sorted(folder.glob("*.nii*")):
+        stem = strip_nifti_extension(path.name)
+        if stem is None:
+            continue
+        for kind in (LESION_SUFFIX, CORD_SUFFIX):
+            if stem.endswith("_" + kind):
+                found[(stem[: -len(kind) - 1], kind)] = path
+    return found
+
+
+def _is_fused_t2sag_stem(stem: str, subject: Subject, rules) -> bool:
+    name = parse_bids_name(stem + ".nii.gz")
+    return (
+        "chunk" not in name.entities
+        and match_sequence(name, rules) == ["T2Sag"]
+        and len(subject.scans.get("T2Sag", [])) > 1
+    )
