@@ -90,8 +90,12 @@ class CheckReport:
         lines = [f"Dataset {ds.root}: {len(ds.subjects)} subjects; cohorts: {cohorts}", ""]
         header = ["subject", "cohort", *SEQUENCES, "lesion labels"]
         rows = [
-            [s.name, s.cohort or "-", *[str(n) if n else "." for n in self.counts(s).values()],
-             "yes" if s.has_lesion_labels else "no"]
+            [
+                s.name,
+                s.cohort or "-",
+                *[str(n) if n else "." for n in self.counts(s).values()],
+                "yes" if s.has_lesion_labels else "no",
+            ]
             for s in ds.subjects
         ]
         lines += _table(header, rows)
@@ -194,13 +198,20 @@ def _check_duplicates(sequence: str, scans: list[Scan], add) -> None:
         if len(group) > 1:
             which = f" chunk {chunk}" if chunk is not None else ""
             names = ", ".join(s.path.name for s in group)
-            add(group[0].path, f"duplicate match: {len(group)} files for {sequence}{which} ({names})")
+            add(
+                group[0].path,
+                f"duplicate match: {len(group)} files for {sequence}{which} ({names})",
+            )
     if None in by_chunk and len(by_chunk) > 1:
-        add(by_chunk[None][0].path,
-            f"duplicate match: {sequence} has files with and without a chunk entity")
+        add(
+            by_chunk[None][0].path,
+            f"duplicate match: {sequence} has files with and without a chunk entity",
+        )
 
 
-def check_dataset(dataset: Dataset, *, progress: Callable[[str], None] | None = None) -> CheckReport:
+def check_dataset(
+    dataset: Dataset, *, progress: Callable[[str], None] | None = None
+) -> CheckReport:
     """Open every file of every subject and report all problems."""
     report = CheckReport(dataset)
     for subject in dataset.subjects:

@@ -51,7 +51,9 @@ def prepare_output_folder(out: Path, *, overwrite: bool) -> None:
     if not out.exists() or not any(out.iterdir()):
         return
     if not overwrite:
-        raise CordfuseError(f"{out}: folder exists and is not empty (use --overwrite to replace it)")
+        raise CordfuseError(
+            f"{out}: folder exists and is not empty (use --overwrite to replace it)"
+        )
     if not _is_synth_dataset(out):
         raise CordfuseError(
             f"{out}: not a cordfuse synthetic dataset; refusing to delete it even with --overwrite"
@@ -70,12 +72,20 @@ def cmd_synth(args: argparse.Namespace) -> int:
     out = Path(args.out)
     prepare_output_folder(out, overwrite=args.overwrite)
     start = time.perf_counter()
-    write_cohort(out, subjects=args.subjects, seed=args.seed, cohorts=cohorts, qc=args.qc,
-                 progress=_progress(args.subjects, "synth"))
+    write_cohort(
+        out,
+        subjects=args.subjects,
+        seed=args.seed,
+        cohorts=cohorts,
+        qc=args.qc,
+        progress=_progress(args.subjects, "synth"),
+    )
     elapsed = time.perf_counter() - start
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    print(f"Wrote {args.subjects} synthetic subjects (cohorts {', '.join(cohorts)}, seed {args.seed}) "
-          f"to {out} in {elapsed:.1f} s ({size / 1e6:.1f} MB).")
+    print(
+        f"Wrote {args.subjects} synthetic subjects (cohorts {', '.join(cohorts)}, "
+        f"seed {args.seed}) to {out} in {elapsed:.1f} s ({size / 1e6:.1f} MB)."
+    )
     if args.qc:
         print(f"QC pictures: {out / 'derivatives' / 'synth' / 'qc'}")
     return 0
@@ -109,8 +119,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     data = out / "data"
     print(f"[1/2] Synthetic cohort: {args.subjects} subjects, cohorts A, B, C -> {data}")
     prepare_output_folder(data, overwrite=True)
-    cmd_synth(argparse.Namespace(out=str(data), subjects=args.subjects, seed=args.seed,
-                                 cohorts="A,B,C", qc=True, overwrite=True))
+    cmd_synth(
+        argparse.Namespace(
+            out=str(data),
+            subjects=args.subjects,
+            seed=args.seed,
+            cohorts="A,B,C",
+            qc=True,
+            overwrite=True,
+        )
+    )
     print(f"\n[2/2] Checking {data}")
     status = run_check(data)
     print(f"\nDemo finished: dataset and QC pictures under {out.resolve()}")
@@ -128,20 +146,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cordfuse {__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    synth = verbs.add_parser("synth", help="write a synthetic multi-sequence BIDS cohort",
-                             description="Write a realistic synthetic BIDS cohort with ground truth.")
+    synth = verbs.add_parser(
+        "synth",
+        help="write a synthetic multi-sequence BIDS cohort",
+        description="Write a realistic synthetic BIDS cohort with ground truth.",
+    )
     synth.add_argument("out", help="output folder (created)")
     synth.add_argument("--subjects", type=int, default=10, help="number of subjects (default 10)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     synth.add_argument("--cohorts", default="A,B,C", help="cohort names, assigned in turn (A,B,C)")
     synth.add_argument("--qc", action="store_true", help="also write QC pictures per subject")
-    synth.add_argument("--overwrite", action="store_true",
-                       help="replace an existing synthetic dataset in OUT")
+    synth.add_argument(
+        "--overwrite", action="store_true", help="replace an existing synthetic dataset in OUT"
+    )
     synth.set_defaults(func=cmd_synth)
 
-    check = verbs.add_parser("check", help="availability matrix and problems of a BIDS dataset",
-                             description="Report the subjects x sequences matrix and every problem; "
-                                         "exit status 0 only when nothing is wrong.")
+    check = verbs.add_parser(
+        "check",
+        help="availability matrix and problems of a BIDS dataset",
+        description="Report the subjects x sequences matrix and every problem; "
+        "exit status 0 only when nothing is wrong.",
+    )
     check.add_argument("dataset", help="BIDS dataset folder")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.add_argument("--mapping", help="JSON/YAML file overriding the sequence matching rules")

@@ -152,7 +152,7 @@ def discover(root: str | Path, *, rules: dict[str, MatchRule] | None = None) -> 
             used_labels.update(p for p in (lesion, cord) if p is not None)
             scan = Scan(path, matches[0], name.chunk, stem, lesion, cord)
             subject.scans.setdefault(matches[0], []).append(scan)
-        for seq, scans in subject.scans.items():
+        for scans in subject.scans.values():
             scans.sort(key=lambda s: (s.chunk if s.chunk is not None else 0, s.stem))
         for (stem, kind), path in labels.items():
             if path in used_labels:

@@ -66,6 +66,14 @@ def read_volume(path: str | Path, dtype: type = np.float32) -> tuple[np.ndarray,
         CordfuseError: unreadable or truncated file, or not a 3D image.
     """
     img = load_nifti(path)
+    if Path(path).name.endswith(".gz"):
+        # nibabel stops reading at the end of the data and never checks the gzip CRC: decompress
+        # the whole stream so that corrupt or truncated files are reported, not silently used.
+        try:
+            with gzip.open(path, "rb") as handle:
+                img = type(img).from_bytes(handle.read())
+        except Exception as exc:
+            raise CordfuseError(f"{path}: truncated or corrupt image data ({_short(exc)})") from exc
     shape = img.shape
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]

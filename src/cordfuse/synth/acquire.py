@@ -16,7 +16,12 @@ import numpy as np
 from cordfuse.synth.anatomy import Anatomy, tissue_fractions
 
 _AXIS_VECTORS = {
-    "R": (1, 0, 0), "L": (-1, 0, 0), "A": (0, 1, 0), "P": (0, -1, 0), "S": (0, 0, 1), "I": (0, 0, -1),
+    "R": (1, 0, 0),
+    "L": (-1, 0, 0),
+    "A": (0, 1, 0),
+    "P": (0, -1, 0),
+    "S": (0, 0, 1),
+    "I": (0, 0, -1),
 }
 SUBSLICE_MM = 0.75
 
@@ -105,7 +110,7 @@ def acquire(
     pose = motion @ affine  # voxel -> anatomy coordinates
     lin, offset = pose[:3, :3].astype(np.float32), pose[:3, 3].astype(np.float32)
     ii, jj = np.meshgrid(np.arange(shape[in_axes[0]]), np.arange(shape[in_axes[1]]), indexing="ij")
-    plane = (np.outer(ii.ravel(), lin[:, in_axes[0]]) + np.outer(jj.ravel(), lin[:, in_axes[1]]))
+    plane = np.outer(ii.ravel(), lin[:, in_axes[0]]) + np.outer(jj.ravel(), lin[:, in_axes[1]])
     plane = (plane + offset).astype(np.float32)
     step = lin[:, slice_axis]
 
@@ -172,8 +177,12 @@ def _compose(f, contrast, anatomy: Anatomy, sequence: str):
 def _scanner(image, affine, shape, scanner, rng) -> np.ndarray:
     """Bias field, contrast curve, gain and Rician noise; returns int16."""
     centre = affine[:3, :3] @ ((np.asarray(shape) - 1) / 2) + affine[:3, 3]
-    grids = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij", sparse=True)
-    world = [sum(affine[r, a] * grids[a] for a in range(3)) + affine[r, 3] - centre[r] for r in range(3)]
+    grids = np.meshgrid(
+        *[np.arange(n, dtype=np.float32) for n in shape], indexing="ij", sparse=True
+    )
+    world = [
+        sum(affine[r, a] * grids[a] for a in range(3)) + affine[r, 3] - centre[r] for r in range(3)
+    ]
     c = scanner["bias"]
     log_bias = c[0] * world[0] / 60 + c[1] * world[1] / 60 + c[2] * world[2] / 150
     log_bias = log_bias + c[3] * (world[1] / 60) ** 2 + c[4] * (world[2] / 150) ** 2

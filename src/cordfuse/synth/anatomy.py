@@ -25,9 +25,7 @@ LEVEL_NAMES: tuple[str, ...] = (
 
 # Height (body + disc, mm) of each level for an average adult.
 _LEVEL_HEIGHTS = np.array(
-    [12.0, 20.0, 15.0, 15.0, 15.0, 15.0, 15.0]
-    + list(np.linspace(19.0, 27.0, 12))
-    + [33.0] * 5
+    [12.0, 20.0, 15.0, 15.0, 15.0, 15.0, 15.0] + list(np.linspace(19.0, 27.0, 12)) + [33.0] * 5
 )
 
 Z_TABLE_START = -700.0
@@ -104,7 +102,8 @@ def draw_anatomy(rng: np.random.Generator, *, n_lesions: int, sequences) -> Anat
     lumbar = rng.uniform(3.0, 8.0) * _bump(z, mid["L3"], 60.0)
     cy = lordosis + kyphosis + lumbar + rng.uniform(-3.0, 3.0)
     cx = rng.uniform(-3.0, 3.0) + sum(
-        rng.uniform(0.4, 2.0) * np.sin(2 * np.pi * z / rng.uniform(150.0, 400.0) + rng.uniform(0, 6.3))
+        rng.uniform(0.4, 2.0)
+        * np.sin(2 * np.pi * z / rng.uniform(150.0, 400.0) + rng.uniform(0, 6.3))
         for _ in range(2)
     )
 
@@ -113,8 +112,18 @@ def draw_anatomy(rng: np.random.Generator, *, n_lesions: int, sequences) -> Anat
     cord_top = 45.0
     conus_tip = levels["L1"][1] + rng.uniform(-10.0, 10.0)
     c56 = levels["C5"][1]
-    a = 4.0 + 2.2 * _bump(z, c56, 22.0) + 0.9 * _bump(z, mid["T12"], 20.0) + 0.05 * np.clip(z, 0, None)
-    b = 3.1 + 0.7 * _bump(z, c56, 22.0) + 0.5 * _bump(z, mid["T12"], 20.0) + 0.05 * np.clip(z, 0, None)
+    a = (
+        4.0
+        + 2.2 * _bump(z, c56, 22.0)
+        + 0.9 * _bump(z, mid["T12"], 20.0)
+        + 0.05 * np.clip(z, 0, None)
+    )
+    b = (
+        3.1
+        + 0.7 * _bump(z, c56, 22.0)
+        + 0.5 * _bump(z, mid["T12"], 20.0)
+        + 0.05 * np.clip(z, 0, None)
+    )
     taper = np.sqrt(np.clip((z - conus_tip) / 25.0, 0.0, 1.0))
     a, b = a * size * taper, b * size * taper
 
@@ -182,8 +191,8 @@ def _draw_lesion(rng: np.random.Generator, anatomy: Anatomy, sequences) -> Lesio
     theta = rng.uniform(0, 2 * np.pi)
     rho = rng.uniform(0.35, 0.8)
     u0, v0 = rho * a * np.cos(theta), rho * b * np.sin(theta)
-    length = rng.uniform(3.0, 20.0)
     width = rng.uniform(1.5, 6.0)
+    length = rng.uniform(max(3.0, 1.2 * width), 20.0)  # elongated along S-I
     radii = (width / 2, width / 2 * rng.uniform(0.7, 1.0), length / 2)
     faint_on_t2sag = rng.random() < 0.3
     visibility = {}
@@ -263,7 +272,9 @@ def tissue_fractions(anatomy: Anatomy, x, y, z, edges) -> Fractions:
     body = in_body * (1.0 - disc_part)
     disc = in_body * disc_part
     post_v = canal_v + t["canal_b"][idx] + 9.0
-    posterior = _ellipse_fraction(u, post_v, 10.0, 7.0, edges) * _slab_fraction(-t["to_post"][idx], edges)
+    posterior = _ellipse_fraction(u, post_v, 10.0, 7.0, edges) * _slab_fraction(
+        -t["to_post"][idx], edges
+    )
     air_v = body_v - t["body_ap"][idx] - 16.0
     airway = _ellipse_fraction(u, air_v, 8.0, 6.0, edges) * t["airway"][idx]
     fat = _ramp(v + 45.0, 3.0)
@@ -273,7 +284,9 @@ def tissue_fractions(anatomy: Anatomy, x, y, z, edges) -> Fractions:
     for i, lesion in enumerate(anatomy.lesions):
         u0, v0, z0 = lesion.center
         rx, ry, rz = lesion.radii
-        near = (np.abs(z - z0) < rz + 3.0) & (np.abs(u - u0) < rx + 3.0) & (np.abs(v - v0) < ry + 3.0)
+        near = (
+            (np.abs(z - z0) < rz + 3.0) & (np.abs(u - u0) < rx + 3.0) & (np.abs(v - v0) < ry + 3.0)
+        )
         if not near.any():
             continue
         frac = np.zeros_like(cord)

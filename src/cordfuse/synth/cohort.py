@@ -46,11 +46,23 @@ class ScanPlan:
 
     @property
     def suffix(self) -> str:
-        acq = {"T2Sag": "acq-sag_", "STIR": "acq-sag_", "T1Sag": "acq-sag_", "T2starAx": "acq-ax_",
-               "T2Ax": "acq-ax_", "MP2RAGE": ""}[self.sequence]
+        acq = {
+            "T2Sag": "acq-sag_",
+            "STIR": "acq-sag_",
+            "T1Sag": "acq-sag_",
+            "T2starAx": "acq-ax_",
+            "T2Ax": "acq-ax_",
+            "MP2RAGE": "",
+        }[self.sequence]
         chunk = f"chunk-{self.chunk}_" if self.chunk is not None else ""
-        kind = {"T2Sag": "T2w", "STIR": "STIR", "T1Sag": "T1w", "T2starAx": "T2starw",
-                "T2Ax": "T2w", "MP2RAGE": "UNIT1"}[self.sequence]
+        kind = {
+            "T2Sag": "T2w",
+            "STIR": "STIR",
+            "T1Sag": "T1w",
+            "T2starAx": "T2starw",
+            "T2Ax": "T2w",
+            "MP2RAGE": "UNIT1",
+        }[self.sequence]
         return f"{acq}{chunk}{kind}"
 
 
@@ -78,9 +90,7 @@ def generate_subject(seed: int, index: int, cohort: str) -> SyntheticSubject:
     profile = cohort_profile(cohort)
     anatomy = draw_anatomy(rng, n_lesions=int(rng.integers(0, 9)), sequences=SEQUENCES)
     subject_id = f"sub-{index:03d}"
-    plans = {
-        f"{subject_id}_{plan.suffix}": plan for plan in plan_scans(anatomy, profile, rng)
-    }
+    plans = {f"{subject_id}_{plan.suffix}": plan for plan in plan_scans(anatomy, profile, rng)}
     subject = SyntheticSubject(subject_id, cohort, anatomy, plans)
     for stem, plan in plans.items():
         subject.scans[stem] = acquire(
@@ -125,26 +135,68 @@ def plan_scans(anatomy: Anatomy, profile: CohortProfile, rng) -> list[ScanPlan]:
         motion = rigid_motion(
             rng, center=anatomy.centerline([upper_bottom + overlap / 2])[0], max_deg=2.0, max_mm=3.0
         )
-        plans.append(_sagittal(anatomy, profile, "T2Sag", 1, top, upper_bottom, identity, t2, scanner(), rng))
-        plans.append(_sagittal(anatomy, profile, "T2Sag", 2, lower_top, lower_bottom, motion, t2, scanner(), rng))
+        plans.append(
+            _sagittal(anatomy, profile, "T2Sag", 1, top, upper_bottom, identity, t2, scanner(), rng)
+        )
+        plans.append(
+            _sagittal(
+                anatomy, profile, "T2Sag", 2, lower_top, lower_bottom, motion, t2, scanner(), rng
+            )
+        )
     else:
-        plans.append(_sagittal(anatomy, profile, "T2Sag", None, top, upper_bottom, identity, t2, scanner(), rng))
+        plans.append(
+            _sagittal(
+                anatomy, profile, "T2Sag", None, top, upper_bottom, identity, t2, scanner(), rng
+            )
+        )
     for seq in ("STIR", "T1Sag"):
         if present[seq]:
             bottom = anatomy.level_z("T2", "bottom") + rng.uniform(-8.0, 8.0)
-            plans.append(_sagittal(anatomy, profile, seq, None, top + rng.uniform(-3, 3), bottom,
-                                   identity, displacements[seq], scanner(), rng))
+            plans.append(
+                _sagittal(
+                    anatomy,
+                    profile,
+                    seq,
+                    None,
+                    top + rng.uniform(-3, 3),
+                    bottom,
+                    identity,
+                    displacements[seq],
+                    scanner(),
+                    rng,
+                )
+            )
     if present["MP2RAGE"]:
         bottom = anatomy.level_z("C7", "bottom") - rng.uniform(0.0, 10.0)
-        plans.append(_sagittal(anatomy, profile, "MP2RAGE", None, top, bottom, identity,
-                               displacements["MP2RAGE"], scanner(), rng))
+        plans.append(
+            _sagittal(
+                anatomy,
+                profile,
+                "MP2RAGE",
+                None,
+                top,
+                bottom,
+                identity,
+                displacements["MP2RAGE"],
+                scanner(),
+                rng,
+            )
+        )
     if present["T2starAx"]:
         # Two chunks without overlap: C1-C3 and C4-C7; the stack never reaches below C7.
-        plans += _axial_stack(anatomy, profile, "T2starAx", [("C1", "C3"), ("C4", "C7")],
-                              displacements["T2starAx"], scanner(), rng)
+        plans += _axial_stack(
+            anatomy,
+            profile,
+            "T2starAx",
+            [("C1", "C3"), ("C4", "C7")],
+            displacements["T2starAx"],
+            scanner(),
+            rng,
+        )
     if present["T2Ax"]:
-        plans += _axial_stack(anatomy, profile, "T2Ax", [("C1", "T1")], displacements["T2Ax"],
-                              scanner(), rng)
+        plans += _axial_stack(
+            anatomy, profile, "T2Ax", [("C1", "T1")], displacements["T2Ax"], scanner(), rng
+        )
     order = {seq: i for i, seq in enumerate(SEQUENCES)}
     return sorted(plans, key=lambda p: (order[p.sequence], p.chunk or 0))
 
@@ -182,7 +234,9 @@ def rigid_matrix(rotvec_deg, shift_mm, center) -> np.ndarray:
     return matrix
 
 
-def _sagittal(anatomy, profile, seq, chunk, z_top, z_bottom, motion, disp, scanner, rng) -> ScanPlan:
+def _sagittal(
+    anatomy, profile, seq, chunk, z_top, z_bottom, motion, disp, scanner, rng
+) -> ScanPlan:
     proto = PROTOCOLS[seq]
     res = proto.inplane * profile.resolution * rng.uniform(0.97, 1.03)
     if proto.thickness == proto.inplane:  # isotropic 3D acquisition
@@ -256,12 +310,14 @@ def truth_document(subject: SyntheticSubject, seed: int) -> dict:
     for lesion in anatomy.lesions:
         u0, v0, z0 = lesion.center
         cx, cy, _ = anatomy.centerline([z0])[0]
-        lesions.append({
-            "center_world_mm": [round(cx + u0, 3), round(cy + v0, 3), round(z0, 3)],
-            "center_cord_frame_mm": [round(c, 3) for c in lesion.center],
-            "radii_mm": [round(r, 3) for r in lesion.radii],
-            "visibility": {k: round(v, 3) for k, v in lesion.visibility.items()},
-        })
+        lesions.append(
+            {
+                "center_world_mm": [round(cx + u0, 3), round(cy + v0, 3), round(z0, 3)],
+                "center_cord_frame_mm": [round(c, 3) for c in lesion.center],
+                "radii_mm": [round(r, 3) for r in lesion.radii],
+                "visibility": {k: round(v, 3) for k, v in lesion.visibility.items()},
+            }
+        )
     scans = {}
     for stem, plan in subject.plans.items():
         scans[stem] = {
@@ -299,8 +355,9 @@ def write_subject(subject: SyntheticSubject, root: Path, seed: int) -> None:
         save_nifti(make_nifti(scan.image, scan.affine), anat / f"{stem}.nii.gz")
         save_nifti(make_nifti(scan.cord_mask, scan.affine), labels / f"{stem}_seg-manual.nii.gz")
         if subject.plans[stem].sequence == "T2Sag":
-            save_nifti(make_nifti(scan.lesion_mask, scan.affine),
-                       labels / f"{stem}_lesion-manual.nii.gz")
+            save_nifti(
+                make_nifti(scan.lesion_mask, scan.affine), labels / f"{stem}_lesion-manual.nii.gz"
+            )
     truth = root / "derivatives" / "synth" / f"{subject.subject_id}_truth.json"
     atomic_write_text(truth, json.dumps(truth_document(subject, seed), indent=1))
 
@@ -327,21 +384,34 @@ def write_cohort(
         "Name": "cordfuse synthetic multi-sequence spinal cord cohort",
         "BIDSVersion": "1.9.0",
         "DatasetType": "raw",
-        "GeneratedBy": [{"Name": "cordfuse synth", "Version": __version__,
-                         "Description": f"{GENERATOR}, seed {seed}"}],
+        "GeneratedBy": [
+            {
+                "Name": "cordfuse synth",
+                "Version": __version__,
+                "Description": f"{GENERATOR}, seed {seed}",
+            }
+        ],
     }
     atomic_write_text(root / "dataset_description.json", json.dumps(description, indent=2) + "\n")
-    derivative = {"Name": "cordfuse synthetic ground truth", "BIDSVersion": "1.9.0",
-                  "DatasetType": "derivative", "GeneratedBy": [{"Name": "cordfuse synth"}]}
-    atomic_write_text(root / "derivatives" / "labels" / "dataset_description.json",
-                      json.dumps(derivative, indent=2) + "\n")
+    derivative = {
+        "Name": "cordfuse synthetic ground truth",
+        "BIDSVersion": "1.9.0",
+        "DatasetType": "derivative",
+        "GeneratedBy": [{"Name": "cordfuse synth"}],
+    }
+    atomic_write_text(
+        root / "derivatives" / "labels" / "dataset_description.json",
+        json.dumps(derivative, indent=2) + "\n",
+    )
     rows = ["participant_id\tcohort"]
     for index in range(1, subjects + 1):
         cohort = cohort_of(index, cohorts)
         subject = generate_subject(seed, index, cohort)
         write_subject(subject, root, seed)
         if qc:
-            write_subject_qc(subject, root / "derivatives" / "synth" / "qc" / f"{subject.subject_id}.png")
+            write_subject_qc(
+                subject, root / "derivatives" / "synth" / "qc" / f"{subject.subject_id}.png"
+            )
         rows.append(f"{subject.subject_id}\t{cohort}")
         if progress is not None:
             progress(subject.subject_id)

@@ -31,9 +31,17 @@ def _panels(scan, sequence: str):
     lesion, _ = _canonical(scan.lesion_mask, scan.affine)
     if sequence in ("T2starAx", "T2Ax"):
         slices = np.flatnonzero(cord.any(axis=(0, 1)))
-        picks = slices[np.linspace(0, len(slices) - 1, 3).round().astype(int)] if len(slices) else [0]
+        picks = (
+            slices[np.linspace(0, len(slices) - 1, 3).round().astype(int)] if len(slices) else [0]
+        )
         for k in picks[::-1]:
-            yield image[:, :, k].T, cord[:, :, k].T, lesion[:, :, k].T, spacing[1] / spacing[0], f"z={k}"
+            yield (
+                image[:, :, k].T,
+                cord[:, :, k].T,
+                lesion[:, :, k].T,
+                spacing[1] / spacing[0],
+                f"z={k}",
+            )
     else:
         x = int(np.argmax(cord.sum(axis=(1, 2)) + lesion.sum(axis=(1, 2)) * 10))
         yield image[x].T, cord[x].T, lesion[x].T, spacing[2] / spacing[1], f"x={x}"
@@ -53,8 +61,13 @@ def render_subject_qc(subject, path: Path) -> None:
         sequence = subject.plans[stem].sequence
         columns.append((stem.split("_", 1)[1], list(_panels(scan, sequence))))
     n_rows = max(len(p) for _, p in columns)
-    fig, axes = plt.subplots(n_rows, len(columns), figsize=(2.4 * len(columns), 2.6 * n_rows + 2.5),
-                             squeeze=False, facecolor="black")
+    fig, axes = plt.subplots(
+        n_rows,
+        len(columns),
+        figsize=(2.4 * len(columns), 2.6 * n_rows + 2.5),
+        squeeze=False,
+        facecolor="black",
+    )
     for col, (title, panels) in enumerate(columns):
         for row in range(n_rows):
             ax = axes[row, col]
@@ -63,16 +76,27 @@ def render_subject_qc(subject, path: Path) -> None:
                 continue
             image, cord, lesion, aspect, label = panels[row]
             lo, hi = np.percentile(image, [1, 99.5])
-            ax.imshow(image, cmap="gray", origin="lower", aspect=aspect, vmin=lo, vmax=hi,
-                      interpolation="nearest")
+            ax.imshow(
+                image,
+                cmap="gray",
+                origin="lower",
+                aspect=aspect,
+                vmin=lo,
+                vmax=hi,
+                interpolation="nearest",
+            )
             if cord.any():
                 ax.contour(cord, levels=[0.5], colors="cyan", linewidths=0.4, origin="lower")
             if lesion.any():
                 ax.contour(lesion, levels=[0.5], colors="red", linewidths=0.7, origin="lower")
             ax.set_title(f"{title}\n{label}" if row == 0 else label, color="white", fontsize=7)
     n_lesions = len(subject.anatomy.lesions)
-    fig.suptitle(f"{subject.subject_id} (cohort {subject.cohort}): {n_lesions} lesions; "
-                 "red = lesion truth, cyan = cord", color="white", fontsize=9)
+    fig.suptitle(
+        f"{subject.subject_id} (cohort {subject.cohort}): {n_lesions} lesions; "
+        "red = lesion truth, cyan = cord",
+        color="white",
+        fontsize=9,
+    )
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, facecolor="black")
     plt.close(fig)

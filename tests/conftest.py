@@ -1,0 +1,57 @@
+"""Shared fixtures: one small synthetic cohort on disk and in-memory subjects, made once."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cordfuse.synth.cohort import generate_subject, write_cohort
+
+REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+COHORT_SEED = 11
+COHORT_SUBJECTS = 4
+
+
+def require_real_data() -> Path:
+    if not REAL_DATA.is_dir():
+        pytest.skip(f"real scans not found at {REAL_DATA} (the ../shared checkout is absent)")
+    return REAL_DATA
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """A written synthetic BIDS cohort (read-only for tests: copy before modifying)."""
+    root = tmp_path_factory.mktemp("synth") / "bids"
+    write_cohort(root, subjects=COHORT_SUBJECTS, seed=COHORT_SEED)
+    return root
+
+
+@pytest.fixture()
+def synth_copy(synth_root, tmp_path) -> Path:
+    """A private copy of the synthetic cohort that a test may damage."""
+    dest = tmp_path / "bids"
+    shutil.copytree(synth_root, dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def synth_subjects():
+    """In-memory subjects covering every sequence and both T2Sag slab layouts."""
+    subjects = [
+        generate_subject(5, index, cohort)
+        for index, cohort in [
+            (1, "A"),
+            (2, "B"),
+            (3, "C"),
+            (4, "A"),
+            (5, "B"),
+            (6, "C"),
+            (7, "A"),
+            (8, "C"),
+        ]
+    ]
+    present = {plan.sequence for s in subjects for plan in s.plans.values()}
+    assert present == {"T2Sag", "STIR", "T2starAx", "T2Ax", "T1Sag", "MP2RAGE"}, present
+    return subjects
