@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import nibabel as nib
@@ -41,6 +42,9 @@ class TestWrite:
         save_nifti(make_nifti(data, affine), tmp_path / "b.nii.gz")
         assert (tmp_path / "a.nii.gz").read_bytes() == (tmp_path / "b.nii.gz").read_bytes()
         assert sorted(p.name for p in tmp_path.iterdir()) == ["a.nii.gz", "b.nii.gz"]
+        mask = os.umask(0)
+        os.umask(mask)
+        assert (tmp_path / "a.nii.gz").stat().st_mode & 0o777 == 0o666 & ~mask
         back, back_affine = read_volume(tmp_path / "a.nii.gz", dtype=np.int16)
         np.testing.assert_array_equal(back, data)
         np.testing.assert_allclose(back_affine, affine)
