@@ -111,6 +111,124 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# prepare, centerline, restore
+
+
+def _prep_config(args: argparse.Namespace):
+    from dataclasses import replace
+
+    from cordfuse.preprocess.pipeline import PRESETS
+
+    config = PRESETS[args.preset]
+    changes = {"centerline": args.centerline, "register_slabs": not args.no_register}
+    if args.spacing is not None:
+        changes["spacing"] = args.spacing
+    if args.crop_size is not None:
+        changes["crop_size"] = args.crop_size
+    if args.margin is not None:
+        changes["margin_mm"] = args.margin
+    return replace(config, **changes)
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from cordfuse.dataset import discover
+    from cordfuse.preprocess.batch import load_prepared_dataset, prepare_dataset
+    from cordfuse.sequences import load_rules
+
+    config = _prep_config(args)
+    dataset = discover(args.dataset, rules=load_rules(args.mapping))
+    start = time.perf_counter()
+    results = prepare_dataset(dataset, args.out, config, jobs=args.jobs, overwrite=args.overwrite,
+                              qc=args.qc, progress=_progress(len(dataset.subjects), "prepare"))
+    counts = {k: sum(r.status == k for r in results) for k in ("prepared", "skipped", "failed")}
+    for result in results:
+        for warning in result.warnings:
+            print(f"warning {result.name}: {warning}")
+        if result.status == "failed":
+            print(f"FAILED {result.name}: {result.message}", file=sys.stderr)
+    print(f"{counts['prepared']} prepared, {counts['skipped']} skipped (already done), "
+          f"{counts['failed']} failed, in {time.perf_counter() - start:.1f} s -> {args.out} "
+          f"({config.spacing} mm, {config.crop_size}x{config.crop_size})")
+    if args.nnunet:
+        from cordfuse.preprocess.nnunet import export_nnunet
+
+        _, paths = load_prepared_dataset(args.out)
+        n = export_nnunet(paths, args.nnunet)
+        print(f"nnU-Net v2 raw dataset: {args.nnunet} ({n} training cases)")
+    return 1 if counts["failed"] else 0
+
+
+def cmd_centerline(args: argparse.Namespace) -> int:
+    from cordfuse.io import read_volume
+    from cordfuse.preprocess.centerline import (
+        centerline_from_mask,
+        detect_centerline,
+        sct_centerline,
+    )
+
+    data, affine = read_volume(args.image)
+    if args.method == "mask":
+        if not args.mask:
+            raise CordfuseError("--method mask needs --mask CORD_MASK")
+        mask, mask_affine = read_volume(args.mask)
+        line = centerline_from_mask(mask, mask_affine, smooth_mm=3.0)
+    elif args.method == "sct":
+        line = sct_centerline(args.image)
+    else:
+        try:
+            line = detect_centerline(data, affine, polarity=args.contrast)
+        except CordfuseError as exc:
+            raise CordfuseError(f"{args.image}: {exc}") from exc
+    line.to_csv(args.output)
+    low, high = line.z_range
+    print(f"{len(line.points)} centreline points, z {low:.1f} .. {high:.1f} mm -> {args.output}")
+    if args.qc:
+        from cordfuse.preprocess.qc import write_centerline_qc
+
+        write_centerline_qc(data, affine, line, args.qc)
+        print(f"QC picture: {args.qc}")
+    return 0
+
+
+def _read_crop(path: str):
+    import numpy as np
+
+    from cordfuse.io import read_volume
+
+    if path.endswith(".npy"):
+        try:
+            return np.load(path).astype(np.float32)
+        except (OSError, ValueError) as exc:
+            raise CordfuseError(f"{path}: unreadable array ({exc})") from exc
+    return read_volume(path)[0]
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from cordfuse.io import load_nifti, make_nifti, save_nifti
+    from cordfuse.preprocess.pipeline import PreparedSubject, restore
+
+    prepared = PreparedSubject.load(args.prepared)
+    crop = _read_crop(args.crop)
+    data, affine = restore(prepared, crop, slab=args.slab)
+    source = prepared.t2sag["slabs"][args.slab or 0]["path"]
+    like = None
+    if Path(source).exists() and (args.slab is not None or len(prepared.t2sag["slabs"]) == 1):
+        like = load_nifti(source)  # keep the T2Sag header (descriptions, units, qform codes)
+    if args.probabilities:
+        out = make_nifti(data.astype(np.float32), affine, like=like)
+    else:
+        out = make_nifti((data > args.threshold).astype(np.uint8), affine, like=like)
+    if Path(args.output).resolve() == Path(source).resolve():
+        raise CordfuseError(f"{args.output}: refusing to overwrite the input T2Sag image")
+    save_nifti(out, args.output)
+    where = "fused T2Sag" if args.slab is None else f"T2Sag slab {args.slab}"
+    print(f"Restored {args.crop} onto the {where} grid {data.shape} -> {args.output}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # demo
 
 
@@ -171,6 +289,45 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.add_argument("--mapping", help="JSON/YAML file overriding the sequence matching rules")
     check.set_defaults(func=cmd_check)
+
+    prepare = verbs.add_parser(
+        "prepare", help="pre-process a BIDS dataset onto the cropped reference grid",
+        description="Slab fusion, centrelines, 0.5 mm reference grid and 48x48 centreline crops.")
+    prepare.add_argument("dataset", help="BIDS dataset folder (read only)")
+    prepare.add_argument("out", help="output folder (one prepared subject per folder)")
+    prepare.add_argument("--preset", choices=("paper", "small"), default="paper",
+                         help="paper: 0.5 mm, 48x48 (default); small: 1 mm, 24x24 for CPU work")
+    prepare.add_argument("--spacing", type=float, help="grid spacing in mm (overrides preset)")
+    prepare.add_argument("--crop-size", type=int, help="crop size in voxels (overrides preset)")
+    prepare.add_argument("--margin", type=float, help="S-I margin beyond the cord, mm")
+    prepare.add_argument("--centerline", choices=("auto", "mask", "sct"), default="auto")
+    prepare.add_argument("--no-register", action="store_true",
+                         help="do not register sagittal slabs before fusing them")
+    prepare.add_argument("--jobs", type=int, default=1, help="subjects in parallel (processes)")
+    prepare.add_argument("--mapping", help="JSON/YAML file overriding the sequence matching rules")
+    prepare.add_argument("--nnunet", metavar="DIR", help="also write nnU-Net v2 raw format")
+    prepare.add_argument("--qc", action="store_true", help="QC picture per subject")
+    prepare.add_argument("--overwrite", action="store_true", help="redo finished subjects")
+    prepare.set_defaults(func=cmd_prepare)
+
+    centerline = verbs.add_parser("centerline", help="cord centreline of one image (CSV)")
+    centerline.add_argument("image")
+    centerline.add_argument("-o", "--output", required=True, help="CSV: x,y,z world RAS mm")
+    centerline.add_argument("--method", choices=("auto", "mask", "sct"), default="auto")
+    centerline.add_argument("--mask", help="cord mask for --method mask")
+    centerline.add_argument("--contrast", choices=("auto", "bright-csf", "dark-csf"),
+                            default="auto", help="CSF brighter (T2, STIR, T2*) or darker (T1)")
+    centerline.add_argument("--qc", metavar="PNG", help="write a QC picture")
+    centerline.set_defaults(func=cmd_centerline)
+
+    restore = verbs.add_parser("restore", help="map a crop-space mask back to the native T2Sag")
+    restore.add_argument("prepared", help="prepared subject folder or its prepared.npz")
+    restore.add_argument("crop", help="crop-space mask/probabilities (.nii[.gz] or .npy)")
+    restore.add_argument("-o", "--output", required=True)
+    restore.add_argument("--slab", type=int, help="onto T2Sag slab N (0 = top) instead of fused")
+    restore.add_argument("--probabilities", action="store_true", help="keep float values")
+    restore.add_argument("--threshold", type=float, default=0.5)
+    restore.set_defaults(func=cmd_restore)
 
     demo = verbs.add_parser("demo", help="run the whole pipeline on a small synthetic cohort")
     demo.add_argument("out", nargs="?", default="cordfuse-demo", help="output folder")

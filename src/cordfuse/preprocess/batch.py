@@ -1,0 +1,135 @@
+"""``cordfuse prepare``: every subject of a dataset, in parallel, resumable, with a summary.
+
+Output layout::
+
+    OUT/dataset.json                 spacing, crop size, sequences, cohorts, subjects, version
+    OUT/<subject>/prepared.npz       one compressed file per subject (atomic)
+    OUT/<subject>/qc.png             with --qc: straightened crops side by side
+
+A subject either prepares or fails with one line (file, reason); the others go on. A second run
+into the same OUT skips subjects already prepared with the same settings.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from cordfuse import __version__
+from cordfuse.dataset import Dataset, Subject
+from cordfuse.errors import CordfuseError
+from cordfuse.io import atomic_write_text
+from cordfuse.preprocess.pipeline import PREPARED_NAME, PreparedSubject, PrepConfig, prepare_subject
+from cordfuse.sequences import SEQUENCES
+
+
+@dataclass
+class SubjectResult:
+    name: str
+    status: str  # prepared | skipped | failed
+    message: str = ""
+    cohort: str | None = None
+    sequences: list[str] = field(default_factory=list)
+    nz: int = 0
+    has_label: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+
+def _result(prepared: PreparedSubject, status: str) -> SubjectResult:
+    return SubjectResult(prepared.subject, status, cohort=prepared.cohort,
+                         sequences=prepared.sequences, nz=prepared.geometry.nz,
+                         has_label=prepared.label is not None, warnings=prepared.warnings)
+
+
+def prepare_one(subject: Subject, out: Path, config: PrepConfig, *, overwrite: bool, qc: bool):
+    """Prepare one subject into ``out/<subject>/``; never raises for a user-data problem."""
+    folder = out / subject.name
+    target = folder / PREPARED_NAME
+    if target.exists() and not overwrite:
+        try:
+            previous = PreparedSubject.load(target)
+            if previous.config == config:
+                return _result(previous, "skipped")
+        except CordfuseError:
+            pass  # unreadable or older: prepare again
+    try:
+        prepared = prepare_subject(subject, config)
+        prepared.save(target)
+        if qc:
+            from cordfuse.preprocess.qc import write_prepared_qc
+
+            write_prepared_qc(prepared, folder / "qc.png")
+    except CordfuseError as exc:
+        return SubjectResult(subject.name, "failed", str(exc), cohort=subject.cohort)
+    return _result(prepared, "prepared")
+
+
+def prepare_dataset(
+    dataset: Dataset,
+    out: str | Path,
+    config: PrepConfig,
+    *,
+    jobs: int = 1,
+    overwrite: bool = False,
+    qc: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> list[SubjectResult]:
+    """Prepare every subject (``jobs`` processes) and write ``OUT/dataset.json``."""
+    out = Path(out)
+    root = dataset.root.resolve()
+    if out.resolve() == root or root in out.resolve().parents:
+        raise CordfuseError(f"{out}: output inside the dataset; cordfuse never writes into "
+                            f"{dataset.root} (choose a folder outside it)")
+    out.mkdir(parents=True, exist_ok=True)
+    results: list[SubjectResult] = []
+    if jobs <= 1:
+        for subject in dataset.subjects:
+            results.append(prepare_one(subject, out, config, overwrite=overwrite, qc=qc))
+            if progress:
+                progress(subject.name)
+    else:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            futures = [pool.submit(prepare_one, s, out, config, overwrite=overwrite, qc=qc)
+                       for s in dataset.subjects]
+            for future in as_completed(futures):
+                results.append(future.result())
+                if progress:
+                    progress(results[-1].name)
+        order = {s.name: i for i, s in enumerate(dataset.subjects)}
+        results.sort(key=lambda r: order[r.name])
+    write_dataset_json(out, config, results)
+    return results
+
+
+def write_dataset_json(out: Path, config: PrepConfig, results: list[SubjectResult]) -> None:
+    done = [r for r in results if r.status != "failed"]
+    document = {
+        "cordfuse_version": __version__,
+        "spacing_mm": config.spacing,
+        "crop_size": config.crop_size,
+        "margin_mm": config.margin_mm,
+        "orientation": "RPI (SCT/ITK convention: R->L, P->A, I->S; nibabel axis codes LAS)",
+        "sequences": list(SEQUENCES),
+        "config": asdict(config),
+        "cohorts": sorted({r.cohort for r in done if r.cohort}),
+        "subjects": [
+            {"id": r.name, "cohort": r.cohort, "sequences": r.sequences, "nz": r.nz,
+             "has_label": r.has_label, "warnings": r.warnings}
+            for r in done
+        ],
+        "failed": [{"id": r.name, "reason": r.message} for r in results if r.status == "failed"],
+    }
+    atomic_write_text(out / "dataset.json", json.dumps(document, indent=2) + "\n")
+
+
+def load_prepared_dataset(folder: str | Path) -> tuple[dict, list[Path]]:
+    """``dataset.json`` of a prepared folder and the paths of its prepared subjects."""
+    folder = Path(folder)
+    try:
+        document = json.loads((folder / "dataset.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise CordfuseError(f"{folder}: not a prepared dataset (no readable dataset.json)") from exc
+    return document, [folder / s["id"] / PREPARED_NAME for s in document["subjects"]]

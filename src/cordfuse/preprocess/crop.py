@@ -1,0 +1,109 @@
+"""The reference grid, the centreline crops and their exact inverse (paper, 2.2).
+
+The reference grid is isotropic (``spacing`` mm) and axis-aligned in RPI (SCT/ITK convention:
+axes run from Right to Left, Posterior to Anterior, Inferior to Superior; nibabel calls this
+orientation LAS). Its S-I extent is the union of the cords found plus ``margin`` mm at each end.
+In every axial slice of that grid, each sequence is cropped to ``size`` x ``size`` voxels centred
+on *its own* centreline (the inter-sequence alignment), and the slices are stacked: the crop is a
+straightened volume of shape ``(size, size, nz)``.
+
+Crop voxel ``(i, j, k)`` of a sequence whose centreline is at ``(cx_k, cy_k)`` in slice ``k`` lies
+at world (RAS+ mm)::
+
+    x = cx_k - (i - c) * spacing,   y = cy_k + (j - c) * spacing,   z = z0 + k * spacing
+
+with ``c = (size - 1) / 2``. :func:`crop_to_world_grid` inverts this map exactly: every voxel of a
+target grid (the native T2Sag) looks up its position in crop space and interpolates there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from cordfuse.io import apply_affine
+
+
+@dataclass(frozen=True)
+class CropGeometry:
+    """Where the stacked crops sit along S-I: ``nz`` slices from ``z0`` every ``spacing`` mm."""
+
+    spacing: float
+    size: int
+    z0: float
+    nz: int
+
+    @property
+    def z(self) -> np.ndarray:
+        return self.z0 + self.spacing * np.arange(self.nz)
+
+    @property
+    def centre_index(self) -> float:
+        return (self.size - 1) / 2
+
+    def nominal_affine(self) -> np.ndarray:
+        """Affine of the straightened crop volume, for viewers and nnU-Net (LAS, centreline at
+        x = y = 0). Not a world position: each slice is shifted onto its own centreline."""
+        s, c = self.spacing, self.centre_index
+        return np.array([
+            [-s, 0, 0, c * s],
+            [0, s, 0, -c * s],
+            [0, 0, s, self.z0],
+            [0, 0, 0, 1.0],
+        ])
+
+
+def reference_geometry(
+    cord_ranges: list[tuple[float, float]], *, spacing: float, size: int, margin: float
+) -> CropGeometry:
+    """Grid covering the union of the cord S-I ranges plus ``margin`` mm at both ends."""
+    lo = min(r[0] for r in cord_ranges) - margin
+    hi = max(r[1] for r in cord_ranges) + margin
+    nz = int(np.floor((hi - lo) / spacing)) + 1
+    return CropGeometry(spacing=spacing, size=size, z0=lo, nz=nz)
+
+
+def crop_points(geometry: CropGeometry, centres: np.ndarray) -> np.ndarray:
+    """World points ``(size, size, nz, 3)`` of a crop whose slice ``k`` is centred on
+    ``centres[k] = (x, y)``."""
+    s, c, n = geometry.spacing, geometry.centre_index, geometry.size
+    offsets = (np.arange(n) - c) * s
+    points = np.empty((n, n, geometry.nz, 3), np.float64)
+    points[..., 0] = centres[None, None, :, 0] - offsets[:, None, None]
+    points[..., 1] = centres[None, None, :, 1] + offsets[None, :, None]
+    points[..., 2] = geometry.z[None, None, :]
+    return points
+
+
+def crop_to_world_grid(
+    crop: np.ndarray,
+    geometry: CropGeometry,
+    centres: np.ndarray,
+    shape: tuple[int, int, int],
+    affine: np.ndarray,
+    *,
+    order: int = 1,
+) -> np.ndarray:
+    """Map a crop-space volume onto a world grid ``(shape, affine)``: the inverse of the crop.
+
+    Voxels outside the crop (beyond its S-I range or the ``size`` window) get 0.
+    """
+    vox = np.indices(shape, dtype=np.float32).reshape(3, -1).T
+    world = apply_affine(affine, vox)
+    k = (world[:, 2] - geometry.z0) / geometry.spacing
+    slices = np.arange(geometry.nz)
+    cx = np.interp(k, slices, centres[:, 0])
+    cy = np.interp(k, slices, centres[:, 1])
+    i = (cx - world[:, 0]) / geometry.spacing + geometry.centre_index
+    j = (world[:, 1] - cy) / geometry.spacing + geometry.centre_index
+    coords = np.stack([i, j, k])
+    limit = np.array([geometry.size, geometry.size, geometry.nz])[:, None]
+    inside = np.all((coords >= -0.5) & (coords <= limit - 0.5), axis=0)
+    out = np.zeros(len(world), np.float32)
+    if inside.any():
+        clipped = np.clip(coords[:, inside], 0, limit - 1)
+        out[inside] = ndimage.map_coordinates(crop.astype(np.float32), clipped, order=order,
+                                              mode="nearest")
+    return out.reshape(shape)

@@ -1,0 +1,330 @@
+"""One subject end to end: slabs -> fusion -> centrelines -> reference grid -> crops (paper, 2.2).
+
+:func:`prepare_subject` turns a discovered :class:`~cordfuse.dataset.Subject` into a
+:class:`PreparedSubject`: the straightened crops of every available sequence (fixed channel order,
+missing ones absent), the lesion label crop when ground truth exists, per-sequence intensity
+statistics in the cord region, and everything needed to go back to the native T2Sag grid
+(:func:`restore`). A prepared subject is one compressed ``.npz`` file, written atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cordfuse import __version__
+from cordfuse.dataset import Subject
+from cordfuse.errors import CordfuseError
+from cordfuse.io import atomic_write_bytes, read_volume, same_grid
+from cordfuse.preprocess.centerline import (
+    Centerline,
+    centerline_from_mask,
+    detect_centerline,
+    sct_centerline,
+)
+from cordfuse.preprocess.crop import (
+    CropGeometry,
+    crop_points,
+    crop_to_world_grid,
+    reference_geometry,
+)
+from cordfuse.preprocess.fusion import FusedSequence, Slab, fuse_slabs
+from cordfuse.sequences import PLANES, REFERENCE_SEQUENCE, SEQUENCES
+
+PREPARED_NAME = "prepared.npz"
+POLARITY = {"T2Sag": "bright-csf", "STIR": "bright-csf", "T2starAx": "bright-csf",
+            "T2Ax": "bright-csf", "T1Sag": "dark-csf", "MP2RAGE": "dark-csf"}
+CORD_CORE_MM = 3.0  # radius of the disk around the centreline used for intensity statistics
+
+
+@dataclass(frozen=True)
+class PrepConfig:
+    """Pre-processing parameters. ``paper``: 0.5 mm, 48x48, 10 mm margin (section 2.2)."""
+
+    spacing: float = 0.5
+    crop_size: int = 48
+    margin_mm: float = 10.0
+    centerline: str = "auto"  # auto | mask | sct
+    register_slabs: bool = True
+    smooth_mm: float = 3.0
+
+    def __post_init__(self):
+        if self.centerline not in ("auto", "mask", "sct"):
+            raise CordfuseError(f"unknown centreline method {self.centerline!r}")
+        if self.spacing <= 0 or self.crop_size < 4 or self.margin_mm < 0:
+            raise CordfuseError("spacing must be > 0, crop size >= 4 and margin >= 0")
+
+
+PRESETS = {
+    "paper": PrepConfig(),
+    "small": PrepConfig(spacing=1.0, crop_size=24),
+}
+
+
+@dataclass
+class PreparedSubject:
+    """A subject on the reference grid: crops, label, statistics and the way back."""
+
+    subject: str
+    cohort: str | None
+    geometry: CropGeometry
+    images: dict[str, np.ndarray]
+    centres: dict[str, np.ndarray]
+    label: np.ndarray | None
+    stats: dict[str, dict[str, float]]
+    t2sag: dict
+    config: PrepConfig
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def sequences(self) -> list[str]:
+        return [seq for seq in SEQUENCES if seq in self.images]
+
+    @property
+    def availability(self) -> np.ndarray:
+        return np.array([seq in self.images for seq in SEQUENCES])
+
+    def stacked(self) -> np.ndarray:
+        """All six channels ``(6, size, size, nz)`` in channel order, zeros for missing ones."""
+        shape = (len(SEQUENCES), self.geometry.size, self.geometry.size, self.geometry.nz)
+        out = np.zeros(shape, np.float32)
+        for i, seq in enumerate(SEQUENCES):
+            if seq in self.images:
+                out[i] = self.images[seq]
+        return out
+
+    def meta(self) -> dict:
+        return {
+            "cordfuse_version": __version__,
+            "subject": self.subject,
+            "cohort": self.cohort,
+            "sequences": self.sequences,
+            "availability": self.availability.astype(int).tolist(),
+            "geometry": asdict(self.geometry),
+            "stats": self.stats,
+            "t2sag": self.t2sag,
+            "config": asdict(self.config),
+            "warnings": self.warnings,
+            "has_label": self.label is not None,
+        }
+
+    def save(self, path: str | Path) -> None:
+        arrays = {f"image_{seq}": img.astype(np.float16) for seq, img in self.images.items()}
+        arrays |= {f"centres_{seq}": c.astype(np.float32) for seq, c in self.centres.items()}
+        if self.label is not None:
+            arrays["label"] = self.label.astype(np.uint8)
+        arrays["meta"] = np.frombuffer(json.dumps(self.meta()).encode(), dtype=np.uint8)
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **arrays)
+        atomic_write_bytes(path, buffer.getvalue())
+
+    @classmethod
+    def load(cls, path: str | Path) -> PreparedSubject:
+        path = Path(path)
+        if path.is_dir():
+            path = path / PREPARED_NAME
+        try:
+            with np.load(path) as npz:
+                meta = json.loads(npz["meta"].tobytes().decode())
+                images = {seq: npz[f"image_{seq}"].astype(np.float32) for seq in meta["sequences"]}
+                centres = {seq: npz[f"centres_{seq}"] for seq in meta["sequences"]}
+                label = npz["label"] if "label" in npz.files else None
+        except (OSError, KeyError, ValueError) as exc:
+            raise CordfuseError(f"{path}: not a prepared cordfuse subject ({exc})") from exc
+        major = str(meta.get("cordfuse_version", "0")).split(".")[0]
+        if major != __version__.split(".")[0]:
+            raise CordfuseError(f"{path}: prepared by cordfuse {meta['cordfuse_version']}, "
+                                f"this is {__version__}; prepare again")
+        return cls(meta["subject"], meta["cohort"], CropGeometry(**meta["geometry"]), images,
+                   centres, label, meta["stats"], meta["t2sag"], PrepConfig(**meta["config"]),
+                   meta.get("warnings", []))
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _read_checked(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    data, affine = read_volume(path)
+    if not np.isfinite(data).all():
+        raise CordfuseError(f"{path}: NaN/Inf voxels")
+    return data, affine
+
+
+def _read_label(path: Path, image_shape, image_affine) -> np.ndarray:
+    data, affine = _read_checked(path)
+    if not same_grid(image_shape, image_affine, data.shape, affine):
+        raise CordfuseError(f"{path}: label grid differs from its image's grid")
+    return (data > 0.5).astype(np.float32)
+
+
+def load_sequence(subject: Subject, seq: str, config: PrepConfig) -> tuple[FusedSequence, list]:
+    """Read the scans of one sequence (and their labels) and fuse them."""
+    slabs, paths = [], []
+    for scan in subject.scans[seq]:
+        data, affine = _read_checked(scan.path)
+        labels = {}
+        if seq == REFERENCE_SEQUENCE and scan.lesion_label is not None:
+            labels["lesion"] = _read_label(scan.lesion_label, data.shape, affine)
+        if config.centerline == "mask":
+            if scan.cord_label is None:
+                raise CordfuseError(f"{scan.path}: --centerline mask needs its cord mask "
+                                    f"({scan.stem}_seg-manual.nii.gz in derivatives/labels)")
+            labels["cord"] = _read_label(scan.cord_label, data.shape, affine)
+        slabs.append(Slab.from_array(data, affine, labels=labels, name=str(scan.path)))
+        paths.append(scan.path)
+    register = config.register_slabs and PLANES[seq] != "axial"
+    return fuse_slabs(slabs, register=register), paths
+
+
+def sequence_centerline(fused: FusedSequence, seq: str, config: PrepConfig) -> Centerline:
+    """Centreline of a fused sequence: found on each slab, kept within the slab's S-I share."""
+    points = []
+    errors = []
+    for slab in fused.slabs:
+        try:
+            if config.centerline == "mask":
+                line = centerline_from_mask(slab.labels["cord"], slab.affine,
+                                            smooth_mm=config.smooth_mm)
+            elif config.centerline == "sct":
+                native = sct_centerline(slab.name)
+                correction = slab.affine @ np.linalg.inv(slab.native_affine)
+                moved = native.points @ correction[:3, :3].T + correction[:3, 3]
+                line = Centerline(moved)
+            else:
+                line = detect_centerline(slab.data, slab.affine, polarity=POLARITY[seq],
+                                         smooth_mm=config.smooth_mm)
+        except CordfuseError as exc:
+            errors.append(f"{slab.name}: {str(exc).removeprefix(slab.name + ': ')}")
+            continue
+        lo, hi = slab.z_bounds
+        share = line.points[(line.points[:, 2] >= lo - 5.0) & (line.points[:, 2] < hi + 5.0)]
+        points.append(share if len(share) >= 2 else line.points)
+    if not points:
+        raise CordfuseError(errors[0] if errors else f"{seq}: no spinal cord found")
+    return Centerline(np.concatenate(points))
+
+
+def prepare_subject(subject: Subject, config: PrepConfig = PRESETS["paper"]) -> PreparedSubject:
+    """Pre-process one subject (see the module docstring).
+
+    Raises:
+        CordfuseError: one line naming the file and the reason (no T2Sag, no cord found, a field
+            of view that misses the T2Sag cord, NaNs, a label on another grid).
+    """
+    if not subject.scans.get(REFERENCE_SEQUENCE):
+        raise CordfuseError(f"no {REFERENCE_SEQUENCE} scan (required: lesions are defined on it)")
+    fused: dict[str, FusedSequence] = {}
+    lines: dict[str, Centerline] = {}
+    warnings: list[str] = []
+    for seq in subject.sequences:
+        fused[seq], paths = load_sequence(subject, seq, config)
+        try:
+            lines[seq] = sequence_centerline(fused[seq], seq, config)
+        except CordfuseError as exc:
+            if seq == REFERENCE_SEQUENCE:
+                raise
+            warnings.append(f"{seq} dropped: {exc}")
+            del fused[seq]
+    t2_lo, t2_hi = lines[REFERENCE_SEQUENCE].z_range
+    for seq in list(lines):
+        lo, hi = lines[seq].z_range
+        if hi < t2_lo or lo > t2_hi:
+            path = subject.scans[seq][0].path
+            raise CordfuseError(f"{path}: field of view does not overlap the T2Sag cord "
+                                f"(cord found at z {lo:.0f}..{hi:.0f} mm, T2Sag "
+                                f"{t2_lo:.0f}..{t2_hi:.0f} mm)")
+    geometry = reference_geometry([line.z_range for line in lines.values()],
+                                  spacing=config.spacing, size=config.crop_size,
+                                  margin=config.margin_mm)
+    images, centres, stats = {}, {}, {}
+    for seq, line in lines.items():
+        centres[seq] = line.xy_at(geometry.z)
+        images[seq] = sample_crop(fused[seq], geometry, centres[seq])
+        stats[seq] = intensity_stats(images[seq], geometry)
+    label = _label_crop(subject, fused[REFERENCE_SEQUENCE], geometry, centres[REFERENCE_SEQUENCE])
+    return PreparedSubject(subject.name, subject.cohort, geometry, images, centres, label, stats,
+                           _t2sag_meta(subject, fused[REFERENCE_SEQUENCE]), config, warnings)
+
+
+def sample_crop(fused: FusedSequence, geometry: CropGeometry, centres, *, what="image", order=1):
+    """Sample a sequence (or one of its labels) straight from its native slabs into the crop."""
+    points = crop_points(geometry, centres)
+    values, _ = fused.sample(points.reshape(-1, 3), what=what, order=order)
+    return values.reshape(points.shape[:3])
+
+
+def intensity_stats(crop: np.ndarray, geometry: CropGeometry) -> dict[str, float]:
+    """Mean/std in the cord core (disk around the centreline, covered slices) and percentiles."""
+    c, s = geometry.centre_index, geometry.spacing
+    ii, jj = np.meshgrid(np.arange(geometry.size), np.arange(geometry.size), indexing="ij")
+    core = np.hypot(ii - c, jj - c) * s <= CORD_CORE_MM
+    covered = np.abs(crop).sum(axis=(0, 1)) > 0
+    values = crop[core][:, covered].ravel()
+    if values.size == 0:
+        values = np.zeros(1, np.float32)
+    nonzero = crop[crop != 0]
+    p_lo, p_hi = np.percentile(nonzero, [0.5, 99.5]) if nonzero.size else (0.0, 0.0)
+    return {"mean": float(values.mean()), "std": float(values.std()), "p005": float(p_lo),
+            "p995": float(p_hi), "covered_slices": int(covered.sum())}
+
+
+def _label_crop(subject: Subject, fused: FusedSequence, geometry, centres) -> np.ndarray | None:
+    with_label = [s for s in fused.slabs if "lesion" in s.labels]
+    if subject.fused_lesion_label is not None:
+        shape, affine = fused.fused_grid()
+        data, label_affine = _read_checked(subject.fused_lesion_label)
+        if not same_grid(shape, affine, data.shape, label_affine):
+            raise CordfuseError(f"{subject.fused_lesion_label}: label grid differs from the fused "
+                                f"T2Sag grid {shape}")
+        source = FusedSequence([Slab.from_array(data, affine, labels={"lesion": data > 0.5})])
+    elif with_label:
+        if len(with_label) != len(fused.slabs):
+            missing = [s.name for s in fused.slabs if "lesion" not in s.labels]
+            raise CordfuseError(f"{missing[0]}: lesion label missing for this T2Sag slab "
+                                "(give one per slab, or one on the fused image)")
+        source = fused
+    else:
+        return None
+    values = sample_crop(source, geometry, centres, what="lesion", order=1)
+    return (values > 0.5).astype(np.uint8)
+
+
+def _t2sag_meta(subject: Subject, fused: FusedSequence) -> dict:
+    shape, affine = fused.fused_grid()
+    return {
+        "fused_shape": list(shape),
+        "fused_affine": affine.tolist(),
+        "slabs": [
+            {"path": slab.name, "shape": list(slab.data.shape),
+             "native_affine": slab.native_affine.tolist(), "affine": slab.affine.tolist(),
+             "z_bounds": [float(b) for b in slab.z_bounds]}
+            for slab in fused.slabs
+        ],
+    }
+
+
+def restore(prepared: PreparedSubject, crop: np.ndarray, *, slab: int | None = None, order=1):
+    """Map a crop-space volume back onto the native T2Sag: the fused grid, or slab ``slab``.
+
+    Returns ``(data, affine)``; ``affine`` is the T2Sag (fused or slab) affine as stored.
+    """
+    expected = (prepared.geometry.size, prepared.geometry.size, prepared.geometry.nz)
+    if tuple(crop.shape) != expected:
+        raise CordfuseError(f"crop has shape {tuple(crop.shape)}, expected {expected}")
+    centres = prepared.centres[REFERENCE_SEQUENCE]
+    meta = prepared.t2sag
+    if slab is None:
+        shape, affine = tuple(meta["fused_shape"]), np.array(meta["fused_affine"])
+        output_affine = affine
+    else:
+        if not 0 <= slab < len(meta["slabs"]):
+            raise CordfuseError(f"slab {slab} does not exist ({len(meta['slabs'])} T2Sag slabs)")
+        info = meta["slabs"][slab]
+        shape, affine = tuple(info["shape"]), np.array(info["affine"])
+        output_affine = np.array(info["native_affine"])
+    data = crop_to_world_grid(crop, prepared.geometry, centres, shape, affine, order=order)
+    return data, output_affine

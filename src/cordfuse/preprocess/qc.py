@@ -1,0 +1,87 @@
+"""QC pictures of the pre-processing: misalignment between sequences visible at a glance.
+
+:func:`write_prepared_qc` puts the straightened crops of every sequence side by side, in a
+mid-sagittal (anterior to the right) and a mid-coronal view (left to the right), superior up,
+with the lesion label outlined. :func:`write_centerline_qc` draws a centreline on an image.
+"""
+
+from __future__ import annotations
+
+import io as _io
+from pathlib import Path
+
+import numpy as np
+
+from cordfuse.io import apply_affine, atomic_write_bytes
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, plt, path: Path) -> None:
+    buffer = _io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, facecolor=fig.get_facecolor())
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def write_prepared_qc(prepared, path: str | Path) -> None:
+    plt = _figure()
+    seqs = prepared.sequences
+    geometry = prepared.geometry
+    c = int(round(geometry.centre_index))
+    aspect = 1.0
+    fig, axes = plt.subplots(1, 2 * len(seqs), figsize=(1.6 * 2 * len(seqs), 9),
+                             squeeze=False, facecolor="black")
+    for col, seq in enumerate(seqs):
+        crop = prepared.images[seq]
+        views = {"sagittal": crop[c, :, :].T, "coronal": crop[::-1, c, :].T}
+        labels = None
+        if prepared.label is not None:
+            labels = {"sagittal": prepared.label[c, :, :].T,
+                      "coronal": prepared.label[::-1, c, :].T}
+        for v, (view, image) in enumerate(views.items()):
+            ax = axes[0, 2 * col + v]
+            nonzero = image[image != 0]
+            lo, hi = np.percentile(nonzero, [1, 99.5]) if nonzero.size else (0, 1)
+            ax.imshow(image, cmap="gray", origin="lower", vmin=lo, vmax=hi, aspect=aspect,
+                      interpolation="nearest")
+            if labels is not None and labels[view].any():
+                ax.contour(labels[view], levels=[0.5], colors="red", linewidths=0.6,
+                           origin="lower")
+            ax.set_title(f"{seq}\n{view}", color="white", fontsize=8)
+            ax.set_axis_off()
+    fig.suptitle(f"{prepared.subject}: straightened {geometry.size}x{geometry.size} crops, "
+                 f"{geometry.spacing} mm, {geometry.nz} slices (red: lesion label)",
+                 color="white", fontsize=9)
+    _save(fig, plt, Path(path))
+
+
+def write_centerline_qc(data: np.ndarray, affine: np.ndarray, centerline, path: str | Path):
+    """Sagittal and coronal views (RAS display) of an image with its centreline."""
+    import nibabel as nib
+
+    plt = _figure()
+    img = nib.as_closest_canonical(nib.Nifti1Image(np.asarray(data, np.float32), affine))
+    canon, canon_affine = np.asarray(img.dataobj), img.affine
+    vox = apply_affine(np.linalg.inv(canon_affine), centerline.points)
+    x = int(np.clip(np.round(np.median(vox[:, 0])), 0, canon.shape[0] - 1))
+    y = int(np.clip(np.round(np.median(vox[:, 1])), 0, canon.shape[1] - 1))
+    spacing = np.sqrt((canon_affine[:3, :3] ** 2).sum(axis=0))
+    fig, axes = plt.subplots(1, 2, figsize=(8, 8), facecolor="black")
+    for ax, image, u, aspect, title in (
+        (axes[0], canon[x].T, vox[:, 1], spacing[2] / spacing[1], "sagittal"),
+        (axes[1], canon[:, y].T, vox[:, 0], spacing[2] / spacing[0], "coronal"),
+    ):
+        lo, hi = np.percentile(image, [1, 99.5])
+        ax.imshow(image, cmap="gray", origin="lower", aspect=aspect, vmin=lo, vmax=hi)
+        ax.plot(u, vox[:, 2], color="red", linewidth=1.0)
+        ax.set_title(title, color="white")
+        ax.set_axis_off()
+    _save(fig, plt, Path(path))
