@@ -29,14 +29,9 @@ REAL_WITH_MASKS = [
         "spinegeneric-unf01/sub-unf01_T2w.nii.gz",
         "spinegeneric-unf01/sub-unf01_T2w_seg-manual.nii.gz",
     ),
-    pytest.param(
+    (
         "spinegeneric-unf01/sub-unf01_T2star.nii.gz",
         "spinegeneric-unf01/sub-unf01_T2star_seg-manual.nii.gz",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="known failure: on this T2* the cord touches the posterior dura and the dark "
-            "ligament band in front of the CSF outscores it (5.5 mm median error)",
-        ),
     ),
 ]
 

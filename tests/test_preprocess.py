@@ -382,7 +382,9 @@ def test_centerline_cli_writes_csv_and_qc(synth_root, tmp_path, capsys):
     csv, png = tmp_path / "c.csv", tmp_path / "c.png"
     assert main(["centerline", str(image), "-o", str(csv), "--qc", str(png)]) == 0
     line = Centerline.from_csv(csv)
-    assert csv.read_text().startswith("x,y,z\n") and len(line.points) > 100
+    assert csv.read_text().startswith("x,y,z\n")
+    low, high = line.z_range
+    assert high - low > 150, "the T2Sag slab covers the cervical and upper thoracic cord"
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert main(["centerline", str(tmp_path / "none.nii.gz"), "-o", str(csv)]) == 2
 
@@ -405,3 +407,41 @@ def test_save_and_load_round_trip(tmp_path, synth_root):
     save_nifti(make_nifti(np.zeros((2, 2, 2), np.uint8), np.eye(4)), tmp_path / "x.nii.gz")
     with pytest.raises(CordfuseError, match="expected"):
         restore(loaded, np.zeros((2, 2, 2)))
+
+
+def test_mask_and_sct_centreline_backends(synth_root, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "mask"
+    assert (
+        main(["prepare", str(synth_root), str(out), "--preset", "small", "--centerline", "mask"])
+        == 0
+    )
+    prepared = PreparedSubject.load(out / "sub-001")
+    assert prepared.config.centerline == "mask"
+    truth = json.loads((synth_root / "derivatives/synth/sub-001_truth.json").read_text())
+    t2_stem = next(k for k, v in truth["scans"].items() if v["sequence"] == "T2Sag")
+    line = np.asarray(truth["scans"][t2_stem]["centerline_world_mm"])
+    g = prepared.geometry
+    inside = (line[:, 2] > g.z[0]) & (line[:, 2] < g.z[-1])
+    centre = np.c_[
+        np.interp(line[inside, 2], g.z, prepared.centres["T2Sag"][:, 0]),
+        np.interp(line[inside, 2], g.z, prepared.centres["T2Sag"][:, 1]),
+    ]
+    assert np.median(np.hypot(*(centre - line[inside, :2]).T)) < 0.5
+    monkeypatch.setenv("PATH", str(tmp_path))
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "prepare",
+                str(synth_root),
+                str(tmp_path / "sct"),
+                "--preset",
+                "small",
+                "--centerline",
+                "sct",
+            ]
+        )
+        == 1
+    )
+    err = capsys.readouterr().err
+    assert err.count("sct_deepseg is not on PATH") == 4

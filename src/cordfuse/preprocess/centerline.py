@@ -46,8 +46,9 @@ OUTER_OFFSETS_MM = (4.5, 8.0)
 COARSE_INPLANE_MM = 1.0
 COARSE_SI_MM = 2.5
 MAX_CANDIDATES = 8
+REFINE_STEP_MM = 2.0
 CORD_MARGIN_MM = 0.5  # refinement window: the cord ellipse grown by this margin
-CANAL_WEIGHT = 0.5
+CANAL_WEIGHT = 1.5
 CENTRE_PRIOR = 0.3  # spinal FOVs are centred on the spine: a weak pull towards the FOV centre
 MIDLINE_PRIOR = 0.5  # on wide axial FOVs: pull towards the left-right symmetry axis ...
 MIDLINE_SCALE_MM = 20.0  # ... costing MIDLINE_PRIOR at 20 mm off the axis
@@ -194,17 +195,13 @@ def detect_centerline(
     fine_norm = _Slices(_normalise(canon_data), canon_affine, fine.spacing)
     signs = {"bright-csf": [1.0], "dark-csf": [-1.0], "auto": [1.0, -1.0]}[polarity]
     response = {sign: np.full(image.shape, -np.inf, np.float32) for sign in signs}
-    size_index = {sign: np.zeros(image.shape, np.int8) for sign in signs}
-    for index, half_axes in enumerate(CORD_SIZES_MM):
+    for half_axes in CORD_SIZES_MM:
         zones = _zone_means(image, valid, coarse.spacing, half_axes)
         for sign in signs:
-            resp = _response(sign, zones)
-            better = resp > response[sign]
-            response[sign][better] = resp[better]
-            size_index[sign][better] = index
+            np.maximum(response[sign], _response(sign, zones), out=response[sign])
     best = None
     for sign in signs:
-        result = _detect(fine_norm, coarse, factors, sign, response[sign], size_index[sign], deep)
+        result = _detect(fine_norm, coarse, factors, sign, response[sign], deep)
         if result is not None and (best is None or result[1] > best[1]):
             best = result
     if best is None:
@@ -331,7 +328,7 @@ def _viterbi(cands: list[np.ndarray], scores: list[np.ndarray], spacing) -> list
     return path[::-1]
 
 
-def _detect(fine: _Slices, coarse: _Slices, factors, sign: float, resp, size_index, deep):
+def _detect(fine: _Slices, coarse: _Slices, factors, sign: float, resp, deep):
     scale = np.percentile(resp, 99.9)
     if not np.isfinite(scale) or scale <= 0:
         return None
@@ -343,24 +340,25 @@ def _detect(fine: _Slices, coarse: _Slices, factors, sign: float, resp, size_ind
     scores = [resp[c[:, 0], c[:, 1], k] for k, c in enumerate(cands)]
     path = _viterbi(cands, scores, coarse.spacing)
     seeds = np.array([cands[k][path[k]] for k in range(nz)], dtype=float)
-    sizes = np.array([size_index[seeds[k, 0].astype(int), seeds[k, 1].astype(int), k]
-                      for k in range(nz)])
     strength = np.array([scores[k][path[k]] for k in range(nz)])
     # Coarse path -> every native slice (coarse voxel centres in fine voxel units).
     fi, fj, fk = factors
     coarse_k = fk * np.arange(nz) + (fk - 1) / 2
-    fine_k = np.arange(fine.data.shape[2])
+    # Refine on slices ~REFINE_STEP_MM apart: the path is smoothed over several mm anyway.
+    step = max(1, round(REFINE_STEP_MM / fine.spacing[2]))
+    fine_k = np.arange(0, fine.data.shape[2], step)
     seed_i = np.interp(fine_k, coarse_k, fi * seeds[:, 0] + (fi - 1) / 2)
     seed_j = np.interp(fine_k, coarse_k, fj * seeds[:, 1] + (fj - 1) / 2)
     nearest = np.clip(np.rint((fine_k - (fk - 1) / 2) / fk).astype(int), 0, nz - 1)
+    # Refine with every cord size and keep the median: robust to the size the search picked.
     refined = np.array([
-        _refine(fine, sign, k, (seed_i[k], seed_j[k]), CORD_SIZES_MM[sizes[nearest[k]]])
-        for k in fine_k
+        np.median([_refine(fine, sign, k, (si, sj), size) for size in CORD_SIZES_MM], axis=0)
+        for k, si, sj in zip(fine_k, seed_i, seed_j, strict=True)
     ])
     valid = _cord_extent(strength[nearest], refined[:, 2])
     if valid.sum() < 2:
         return None
-    ks = np.flatnonzero(valid)
+    ks = fine_k[valid]
     ij = refined[valid, :2]
     ij = np.stack([ndimage.median_filter(ij[:, a], size=5, mode="nearest") for a in (0, 1)], 1)
     world = apply_affine(fine.affine, np.c_[ij, ks])
@@ -441,7 +439,7 @@ def _refine(fine: _Slices, sign: float, k: int, seed, half_axes, iterations: int
         ring = roi[(rho_ring_in > 1) & (rho_ring_out <= 1)]
         if inner.size == 0 or ring.size < 3:
             break
-        cord_level, csf_level = np.median(inner), np.percentile(ring, 80)
+        cord_level, csf_level = np.median(inner), np.percentile(ring, 90)
         contrast = csf_level - cord_level
         if contrast <= 0:
             cnr = 0.0
