@@ -229,6 +229,41 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# train
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from cordfuse.nn.networks import FeatureNoise
+    from cordfuse.training.config import TrainConfig
+    from cordfuse.training.trainer import train
+
+    sequences = tuple(s.strip() for s in args.sequences.split(",")) if args.sequences else None
+    if args.model == "specific" and not sequences:
+        raise CordfuseError("--model specific needs --sequences, e.g. T2Sag,STIR")
+    noise = FeatureNoise()
+    if args.noise_params:
+        noise = FeatureNoise(**json.loads(Path(args.noise_params).read_text()))
+    config = TrainConfig(
+        model=args.model,
+        sequences=sequences or ("T2Sag", "STIR", "T2starAx", "T2Ax", "T1Sag", "MP2RAGE"),
+        variant=args.variant, preset=args.preset, epochs=args.epochs,
+        iterations=args.iterations, batch_size=args.batch_size, seed=args.seed,
+        val_fraction=args.val_fraction, fold_file=args.fold_file, frozen_from=args.frozen_from,
+        augment=not args.no_augment, amp=args.amp, deterministic=args.deterministic,
+        num_workers=args.workers, feature_noise=noise,
+    )
+    summary = train(args.prepared, args.out, config, device=args.device, resume=args.resume)
+    if int(__import__("os").environ.get("RANK", "0")) == 0:
+        print(f"Trained {config.model}" + (f" ({config.variant})" if config.variant else "")
+              + f" for {config.epochs} epochs in {summary['seconds']:.0f} s: best validation Dice "
+              f"{summary['best_val_dice']:.3f} -> {args.out}")
+        if "ranks_in_sync" in summary:
+            print(f"DDP: {summary['world_size']} ranks, weights identical across ranks: "
+                  f"{summary['ranks_in_sync']}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # demo
 
 
@@ -328,6 +363,35 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--probabilities", action="store_true", help="keep float values")
     restore.add_argument("--threshold", type=float, default=0.5)
     restore.set_defaults(func=cmd_restore)
+
+    train = verbs.add_parser("train", help="train a model on a prepared dataset",
+                             description="nnU-Net's recipe: SGD Nesterov 0.99, lr 0.01 poly, "
+                                         "CE + Dice with deep supervision. Several GPUs: launch "
+                                         "with torchrun --nproc_per_node N -m cordfuse train ...")
+    train.add_argument("prepared", help="output folder of cordfuse prepare")
+    train.add_argument("out", help="training output folder (checkpoints, log, curves)")
+    train.add_argument("--model", choices=("baseline", "specific", "mean-imputation"),
+                       default="mean-imputation")
+    train.add_argument("--sequences", help="comma-separated, for --model specific")
+    train.add_argument("--variant", choices=("frozen-encoder", "distillation", "feature-aug"))
+    train.add_argument("--frozen-from", help="baseline checkpoint for --variant frozen-encoder")
+    train.add_argument("--noise-params", help="JSON of the feature-aug mixture (analyze-features)")
+    train.add_argument("--preset", choices=("paper", "small"), default="paper")
+    train.add_argument("--epochs", type=int, default=1000)
+    train.add_argument("--iterations", type=int, default=250, help="iterations per epoch")
+    train.add_argument("--batch-size", type=int, default=2)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--val-fraction", type=float, default=0.2)
+    train.add_argument("--fold-file", help='JSON {"train": [ids], "val": [ids]}')
+    train.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:N")
+    train.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), default="auto",
+                       help="autocast: auto = bf16/fp16 on CUDA, none on CPU")
+    train.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    train.add_argument("--no-augment", action="store_true")
+    train.add_argument("--deterministic", action="store_true",
+                       help="deterministic algorithms (bit-exact resume on CPU)")
+    train.add_argument("--resume", action="store_true", help="continue from checkpoint_latest.pt")
+    train.set_defaults(func=cmd_train)
 
     demo = verbs.add_parser("demo", help="run the whole pipeline on a small synthetic cohort")
     demo.add_argument("out", nargs="?", default="cordfuse-demo", help="output folder")

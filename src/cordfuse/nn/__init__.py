@@ -1,0 +1,1 @@
+"""Networks (no file I/O here): the baseline U-Net, multi-encoder fusion, Mean Imputation."""

@@ -1,0 +1,1 @@
+"""Training: configuration and presets, data and augmentation, losses, the trainer (resume, DDP)."""

@@ -1,0 +1,92 @@
+"""Training configuration: a typed dataclass with the paper's recipe and a small CPU preset.
+
+Every checkpoint stores the whole configuration (``asdict``), so a result can always be traced
+back to the settings that made it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from cordfuse.errors import CordfuseError
+from cordfuse.nn.networks import NET_PRESETS, FeatureNoise, NetConfig
+from cordfuse.sequences import SEQUENCES
+
+MODELS = ("baseline", "specific", "mean-imputation")
+VARIANTS = ("frozen-encoder", "distillation", "feature-aug")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train one model (section 2.3: nnU-Net's recipe)."""
+
+    model: str = "mean-imputation"
+    sequences: tuple[str, ...] = SEQUENCES
+    variant: str | None = None
+    preset: str = "paper"
+    epochs: int = 1000
+    iterations: int = 250
+    batch_size: int = 2
+    learning_rate: float = 0.01
+    momentum: float = 0.99
+    weight_decay: float = 3e-5
+    poly_exponent: float = 0.9
+    grad_clip: float = 12.0
+    foreground_fraction: float = 1 / 3
+    distillation_alpha: float = 0.1
+    feature_noise: FeatureNoise = field(default_factory=FeatureNoise)
+    frozen_from: str | None = None
+    seed: int = 0
+    val_fraction: float = 0.2
+    fold_file: str | None = None
+    augment: bool = True
+    amp: str = "auto"  # auto | bf16 | fp16 | none
+    deterministic: bool = False
+    num_workers: int = 0
+    val_overlap: float = 0.5
+
+    def __post_init__(self):
+        if self.model not in MODELS:
+            raise CordfuseError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
+        if self.variant is not None and self.variant not in VARIANTS:
+            raise CordfuseError(f"unknown variant {self.variant!r}; one of {', '.join(VARIANTS)}")
+        if self.preset not in NET_PRESETS:
+            raise CordfuseError(f"unknown preset {self.preset!r}")
+        unknown = [s for s in self.sequences if s not in SEQUENCES]
+        if unknown:
+            raise CordfuseError(f"unknown sequence(s) {', '.join(unknown)}")
+        if "T2Sag" not in self.sequences:
+            raise CordfuseError("every model needs T2Sag")
+        if self.variant == "feature-aug" and self.model != "baseline":
+            raise CordfuseError("the feature-aug variant applies to the T2Sag baseline")
+        if self.variant in ("frozen-encoder", "distillation") and self.model == "baseline":
+            raise CordfuseError(f"the {self.variant} variant needs a multi-sequence model")
+        if self.variant == "frozen-encoder" and not self.frozen_from:
+            raise CordfuseError("--variant frozen-encoder needs --frozen-from BASELINE_CHECKPOINT")
+        if self.epochs < 1 or self.iterations < 1 or self.batch_size < 1:
+            raise CordfuseError("epochs, iterations and batch size must be at least 1")
+
+    @property
+    def model_sequences(self) -> list[str]:
+        """The encoders of the model, in channel order (T2Sag first)."""
+        if self.model == "baseline":
+            return ["T2Sag"]
+        if self.model == "mean-imputation":
+            return list(SEQUENCES)
+        return [s for s in SEQUENCES if s in self.sequences]
+
+    @property
+    def net(self) -> NetConfig:
+        return NET_PRESETS[self.preset]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["sequences"] = tuple(values.get("sequences", SEQUENCES))
+        if isinstance(values.get("feature_noise"), dict):
+            values["feature_noise"] = FeatureNoise(**values["feature_noise"])
+        return cls(**values)

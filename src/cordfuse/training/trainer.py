@@ -1,0 +1,324 @@
+"""The trainer: nnU-Net's recipe in a small, readable loop (SGD Nesterov, poly LR, CE + Dice).
+
+``train(prepared_dir, out_dir, config)`` writes into ``out_dir``:
+
+* ``checkpoint_latest.pt`` (every epoch) and ``checkpoint_best.pt`` (best validation Dice), both
+  written atomically, holding the weights, optimiser, LR scheduler, epoch, RNG states, the full
+  configuration, the model's sequences, the normalisation and the pre-processing settings: all
+  that ``predict`` needs;
+* ``log.jsonl`` (one JSON line per epoch) and ``curves.png`` (loss and validation Dice).
+
+``resume=True`` continues from ``checkpoint_latest.pt``; because every training sample is a pure
+function of the seed and its index, and the global RNG state is restored, the final weights equal
+those of an uninterrupted run (CPU, deterministic algorithms).
+
+Several GPUs or machines: launch with ``torchrun --nproc_per_node N -m cordfuse train ...``;
+PyTorch DistributedDataParallel keeps the ranks in sync (NCCL on GPUs, gloo on CPUs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import pickle
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cordfuse import __version__
+from cordfuse.errors import CordfuseError
+from cordfuse.io import atomic_write_bytes, atomic_write_text
+from cordfuse.nn.networks import CordNet, distillation_loss
+from cordfuse.nn.sliding import predict_probabilities
+from cordfuse.preprocess.batch import load_prepared_dataset
+from cordfuse.training.config import TrainConfig
+from cordfuse.training.data import NORMALISATION, PatchDataset, load_subjects
+from cordfuse.training.losses import deep_supervision_loss, dice_score
+
+LATEST, BEST = "checkpoint_latest.pt", "checkpoint_best.pt"
+
+
+class StopTraining(Exception):
+    """Raised by a ``stop_hook`` to simulate an interruption (tests)."""
+
+
+def choose_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise CordfuseError("--device cuda requested but no CUDA device is available")
+    return torch.device(requested)
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    if amp == "none" or (amp == "auto" and device.type == "cpu"):
+        return None
+    if amp == "fp16":
+        return torch.float16
+    if amp == "bf16" or device.type == "cpu":
+        return torch.bfloat16
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def split_subjects(document: dict, config: TrainConfig) -> tuple[list[str], list[str]]:
+    """Training and validation subject ids (a fold file, or a seeded random split)."""
+    ids = [s["id"] for s in document["subjects"] if s.get("has_label")]
+    if config.model == "specific":
+        needed = set(config.model_sequences)
+        ids = [s["id"] for s in document["subjects"]
+               if s.get("has_label") and needed <= set(s["sequences"])]
+    if not ids:
+        raise CordfuseError("no prepared subject with a lesion label fits this model "
+                            f"(sequences {', '.join(config.model_sequences)})")
+    if config.fold_file:
+        try:
+            fold = json.loads(Path(config.fold_file).read_text())
+            train, val = list(fold["train"]), list(fold["val"])
+        except (OSError, ValueError, KeyError) as exc:
+            raise CordfuseError(f"{config.fold_file}: fold file needs 'train' and 'val' lists "
+                                f"({exc})") from exc
+        return [i for i in train if i in ids], [i for i in val if i in ids]
+    rng = np.random.default_rng(config.seed)
+    order = list(rng.permutation(ids))
+    n_val = max(1, round(config.val_fraction * len(ids))) if len(ids) > 1 else 0
+    return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+def build_model(config: TrainConfig) -> CordNet:
+    model = CordNet(
+        config.net,
+        config.model_sequences,
+        mean_imputation=config.model == "mean-imputation",
+        feature_noise=config.feature_noise if config.variant == "feature-aug" else None,
+    )
+    if config.variant == "frozen-encoder":
+        baseline = load_checkpoint(config.frozen_from)
+        prefix = "encoders.T2Sag."
+        weights = {k[len(prefix):]: v for k, v in baseline["model"].items() if k.startswith(prefix)}
+        if not weights:
+            raise CordfuseError(f"{config.frozen_from}: no T2Sag encoder in this checkpoint")
+        try:
+            model.encoders["T2Sag"].load_state_dict(weights)
+        except RuntimeError as exc:
+            raise CordfuseError(f"{config.frozen_from}: T2Sag encoder does not fit this preset "
+                                f"({str(exc).splitlines()[0]})") from exc
+        model.freeze_encoder("T2Sag")
+    return model
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a checkpoint (file or training folder); one clear error if it is not one of ours."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / BEST if (path / BEST).exists() else path / LATEST
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        raise CordfuseError(f"{path}: unreadable checkpoint ({exc})") from exc
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint or "config" not in checkpoint:
+        raise CordfuseError(f"{path}: not a cordfuse checkpoint")
+    major = str(checkpoint.get("cordfuse_version", "0")).split(".")[0]
+    if major != __version__.split(".")[0]:
+        raise CordfuseError(f"{path}: trained with cordfuse {checkpoint.get('cordfuse_version')}, "
+                            f"this is {__version__} (another major version)")
+    return checkpoint
+
+
+def _save(path: Path, payload: dict) -> None:
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def validate(model, subjects, config: TrainConfig, device, dtype) -> float:
+    """Mean Dice over validation subjects, sliding window over each whole crop."""
+    if not subjects:
+        return float("nan")
+    model.eval()
+    scores = []
+    for subject in subjects:
+        prob = predict_probabilities(model, subject.images, subject.available,
+                                     patch_z=config.net.patch_size[2], overlap=config.val_overlap,
+                                     device=device, autocast_dtype=dtype)
+        scores.append(dice_score(torch.from_numpy(prob > 0.5), torch.from_numpy(subject.label > 0)))
+    model.train()
+    return float(np.mean(scores))
+
+
+def _plot(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(epochs, [h["train_loss"] for h in history], label="train loss (CE + Dice)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    twin = ax.twinx()
+    twin.plot(epochs, [h["val_dice"] for h in history], color="tab:red", label="validation Dice")
+    twin.set_ylabel("Dice")
+    twin.set_ylim(0, 1)
+    fig.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def train(
+    prepared_dir: str | Path,
+    out_dir: str | Path,
+    config: TrainConfig,
+    *,
+    device: str = "auto",
+    resume: bool = False,
+    stop_hook: Callable[[int], None] | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train one model; returns a summary (best/last validation Dice, epochs, time, digest)."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = choose_device(device)
+    if world > 1:
+        if dev.type == "cuda":
+            dev = torch.device("cuda", local_rank)
+            torch.cuda.set_device(dev)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    out = Path(out_dir)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True)
+    torch.manual_seed(config.seed)
+    document, paths = load_prepared_dataset(prepared_dir)
+    train_ids, val_ids = split_subjects(document, config)
+    if not train_ids:
+        raise CordfuseError("no training subjects left after the split")
+    by_id = {p.parent.name: p for p in paths}
+    sequences = config.model_sequences
+    train_subjects = load_subjects([by_id[i] for i in train_ids], sequences)
+    val_subjects = load_subjects([by_id[i] for i in val_ids], sequences)
+    patch = config.net.patch_size
+    size = document["crop_size"]
+    if (size, size) != tuple(patch[:2]):
+        raise CordfuseError(f"prepared crops are {size}x{size} but the {config.preset} preset "
+                            f"needs {patch[0]}x{patch[1]}: prepare with --preset {config.preset}")
+
+    model = build_model(config).to(dev)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(parameters, lr=config.learning_rate, momentum=config.momentum,
+                                nesterov=True, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda epoch: (1 - epoch / config.epochs) ** config.poly_exponent)
+    dtype = autocast_dtype(config.amp, dev)
+    scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
+    start_epoch, best, history = 0, -math.inf, []
+    if resume and (out / LATEST).exists():
+        checkpoint = load_checkpoint(out / LATEST)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        start_epoch = checkpoint["epoch"] + 1
+        best, history = checkpoint["best_val_dice"], checkpoint["history"]
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[dev.index] if dev.type == "cuda" else None,
+            find_unused_parameters=len(sequences) > 1)
+    dataset = PatchDataset(train_subjects, patch, seed=config.seed,
+                           foreground_fraction=config.foreground_fraction,
+                           augment=config.augment, rank=rank, world_size=world)
+    per_epoch = config.iterations * config.batch_size
+    started = time.perf_counter()
+    step = start_epoch * config.iterations
+    for epoch in range(start_epoch, config.epochs):
+        sampler = range(epoch * per_epoch, (epoch + 1) * per_epoch)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=config.batch_size,
+                                             sampler=sampler, num_workers=config.num_workers)
+        from tqdm import tqdm
+
+        bar = tqdm(loader, total=config.iterations, desc=f"epoch {epoch + 1}/{config.epochs}",
+                   disable=None if (progress and rank == 0) else True, leave=False)
+        losses = []
+        epoch_start = time.perf_counter()
+        for images, labels, available in bar:
+            images, labels, available = images.to(dev), labels.to(dev), available.to(dev)
+            with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                output = net(images, available)
+                loss = deep_supervision_loss(output.logits, labels)
+                if config.variant == "distillation":
+                    loss = loss + config.distillation_alpha * distillation_loss(
+                        output.features.float(), output.available)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            step += 1
+            if stop_hook is not None:
+                stop_hook(step)
+        scheduler.step()
+        val_dice = validate(model, val_subjects, config, dev, dtype)
+        record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
+                  "train_loss": float(np.mean(losses)), "val_dice": val_dice,
+                  "epoch_seconds": round(time.perf_counter() - epoch_start, 3)}
+        history.append(record)
+        improved = not math.isnan(val_dice) and val_dice > best
+        best = val_dice if improved else best
+        if rank == 0:
+            payload = {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                "epoch": epoch, "best_val_dice": best, "history": history,
+                "rng": {"torch": torch.get_rng_state()},
+                "config": config.to_dict(), "sequences": sequences, "net": asdict(config.net),
+                "normalisation": NORMALISATION, "prep": document.get("config", {}),
+                "split": {"train": [str(i) for i in train_ids], "val": [str(i) for i in val_ids]},
+                "cordfuse_version": __version__,
+            }
+            _save(out / LATEST, payload)
+            if improved or not (out / BEST).exists():
+                _save(out / BEST, payload)
+            with open(out / "log.jsonl", "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            _plot(history, out / "curves.png")
+    summary = {"epochs": config.epochs, "best_val_dice": best,
+               "last_val_dice": history[-1]["val_dice"] if history else float("nan"),
+               "seconds": round(time.perf_counter() - started, 2), "world_size": world,
+               "digest": weights_digest(model), "train": [str(i) for i in train_ids],
+               "val": [str(i) for i in val_ids]}
+    if world > 1:
+        digests = [None] * world
+        dist.all_gather_object(digests, summary["digest"])
+        summary["ranks_in_sync"] = len(set(digests)) == 1
+        dist.barrier()
+    if rank == 0:
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary

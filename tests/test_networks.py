@@ -1,0 +1,188 @@
+"""The paper's networks (issue 4): Mean Imputation maths, T2Sag skips, variants, noise sampler."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from cordfuse.nn.networks import (
+    NET_PRESETS,
+    CordNet,
+    FeatureNoise,
+    NetConfig,
+    distillation_loss,
+    mean_impute,
+)
+from cordfuse.sequences import SEQUENCES
+from cordfuse.training.losses import deep_supervision_weights
+
+SMALL = NET_PRESETS["small"]
+
+
+def tiny_input(batch=2, channels=6, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, channels, *SMALL.patch_size, generator=generator)
+
+
+class TestArchitecture:
+    def test_paper_preset_matches_the_paper(self):
+        paper = NET_PRESETS["paper"]
+        assert paper.features == (32, 64, 128, 256, 320)
+        assert paper.patch_size == (48, 48, 320)
+        assert sum(1 for s in paper.strides if max(s) > 1) == 4, "four downsamplings"
+        factor = np.prod(np.array(paper.strides), axis=0)
+        assert (0.5 * factor).tolist() == [4.0, 4.0, 8.0], "bottleneck at 4x4x8 mm (paper 2.3)"
+        net = CordNet(paper, ["T2Sag"])
+        assert [
+            m.out_channels
+            for m in net.encoders["T2Sag"].stages[-1][0].convs[0].modules()
+            if isinstance(m, torch.nn.Conv3d)
+        ] == [320]
+
+    def test_outputs_two_finest_deep_supervision_levels(self):
+        net = CordNet(SMALL, ["T2Sag"])
+        out = net(tiny_input(channels=1))
+        assert len(out.logits) == 2
+        assert out.logits[0].shape == (2, 2, *SMALL.patch_size)
+        assert out.logits[1].shape == (2, 2, 12, 12, 32)
+        assert deep_supervision_weights(2) == pytest.approx([2 / 3, 1 / 3])
+
+    def test_invalid_configurations(self):
+        with pytest.raises(ValueError, match="start with T2Sag"):
+            CordNet(SMALL, ["STIR", "T2Sag"])
+        with pytest.raises(ValueError, match="not divisible"):
+            NetConfig(patch_size=(48, 48, 100))
+        net = CordNet(SMALL, ["T2Sag", "STIR"])
+        with pytest.raises(ValueError, match="every one of its sequences"):
+            net(tiny_input(channels=2), torch.tensor([[True, True], [True, False]]))
+
+
+class TestMeanImputation:
+    def test_per_sample_imputation_in_a_mixed_batch(self):
+        generator = torch.Generator().manual_seed(1)
+        features = torch.randn(3, 6, 4, 2, 2, 2, generator=generator)
+        available = torch.tensor(
+            [[1, 0, 1, 0, 0, 1], [1, 1, 1, 1, 1, 1], [1, 0, 0, 0, 0, 0]], dtype=torch.bool
+        )
+        batch = mean_impute(features, available)
+        for i in range(3):
+            alone = mean_impute(features[i : i + 1], available[i : i + 1])
+            torch.testing.assert_close(batch[i : i + 1], alone)
+        expected = features[0, [0, 2, 5]].mean(dim=0)
+        torch.testing.assert_close(batch[0, 1], expected)
+        torch.testing.assert_close(batch[0, 2], features[0, 2])  # available ones untouched
+        torch.testing.assert_close(batch[1], features[1])
+
+    def test_t2sag_only_replicates_its_features_six_times(self):
+        net = CordNet(SMALL, list(SEQUENCES), mean_imputation=True).eval()
+        x = tiny_input(batch=1)
+        only_t2 = torch.tensor([[True] + [False] * 5])
+        out = net(x, only_t2)
+        fused_input = mean_impute(out.features, only_t2)
+        for k in range(6):
+            torch.testing.assert_close(fused_input[:, k], out.features[:, 0])
+        # Other sequences' pixels cannot matter when they are marked missing.
+        x2 = x.clone()
+        x2[:, 1:] = torch.randn_like(x2[:, 1:])
+        torch.testing.assert_close(net(x2, only_t2).logits[0], out.logits[0])
+
+    def test_replicated_features_through_fusion_equal_one_conv_with_summed_weights(self):
+        net = CordNet(SMALL, list(SEQUENCES), mean_imputation=True)
+        c = SMALL.bottleneck_channels
+        f = torch.randn(2, c, 6, 6, 4)
+        replicated = net.fusion(torch.cat([f] * 6, dim=1))
+        summed = torch.nn.Conv3d(c, c, 1)
+        with torch.no_grad():
+            summed.weight.copy_(net.fusion.weight.view(c, 6, c, 1, 1, 1).sum(dim=1))
+            summed.bias.copy_(net.fusion.bias)
+        torch.testing.assert_close(replicated, summed(f), rtol=1e-4, atol=1e-4)
+
+    def test_skips_come_from_t2sag_only(self):
+        net = CordNet(SMALL, list(SEQUENCES), mean_imputation=True)
+        c = SMALL.bottleneck_channels
+        with torch.no_grad():  # cut the bottleneck path of every non-T2Sag encoder
+            net.fusion.weight[:, c:] = 0
+        out = net(tiny_input())
+        out.logits[0].sum().backward()
+        for seq in SEQUENCES[1:]:
+            grads = [p.grad for p in net.encoders[seq].parameters()]
+            assert all(g is None or torch.count_nonzero(g) == 0 for g in grads), seq
+        t2_grads = [p.grad for p in net.encoders["T2Sag"].stages[0].parameters()]
+        assert any(g is not None and torch.count_nonzero(g) > 0 for g in t2_grads)
+
+
+class TestVariants:
+    def test_frozen_encoder_is_bit_identical_after_training_steps(self):
+        net = CordNet(SMALL, list(SEQUENCES), mean_imputation=True)
+        net.freeze_encoder("T2Sag")
+        before = {k: v.clone() for k, v in net.encoders["T2Sag"].state_dict().items()}
+        other = {k: v.clone() for k, v in net.encoders["STIR"].state_dict().items()}
+        optimiser = torch.optim.SGD(
+            [p for p in net.parameters() if p.requires_grad],
+            lr=0.1,
+            momentum=0.99,
+            nesterov=True,
+            weight_decay=3e-5,
+        )
+        for step in range(3):
+            out = net(tiny_input(seed=step))
+            loss = sum(o.float().pow(2).mean() for o in out.logits)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        for key, value in net.encoders["T2Sag"].state_dict().items():
+            assert torch.equal(value, before[key]), key
+        changed = [
+            not torch.equal(v, other[k]) for k, v in net.encoders["STIR"].state_dict().items()
+        ]
+        assert any(changed)
+
+    def test_distillation_loss_is_equation_2(self):
+        features = torch.zeros(3, 6, 2, 1, 1, 1)
+        features[:, 0] = 1.0  # T2Sag
+        features[0, 1] = 3.0  # |1-3| = 2
+        features[0, 2] = 0.0  # |1-0| = 1
+        features[1, 4] = -1.0  # |1+1| = 2
+        available = torch.tensor(
+            [[1, 1, 1, 0, 0, 0], [1, 0, 0, 0, 1, 0], [1, 0, 0, 0, 0, 0]], dtype=torch.bool
+        )
+        loss = distillation_loss(features, available)
+        # subject 0: (2 + 1) / 2 = 1.5; subject 1: 2 / 1 = 2; subject 2 (T2Sag only): 0.
+        assert float(loss) == pytest.approx((1.5 + 2.0 + 0.0) / 3)
+        only_t2 = torch.zeros(2, 6, dtype=torch.bool)
+        only_t2[:, 0] = True
+        assert float(distillation_loss(torch.randn(2, 6, 3, 1, 1, 1), only_t2)) == 0.0
+
+    def test_feature_noise_only_during_training(self):
+        noisy = CordNet(SMALL, ["T2Sag"], feature_noise=FeatureNoise())
+        x = tiny_input(channels=1)
+        noisy.eval()
+        torch.testing.assert_close(noisy(x).logits[0], noisy(x).logits[0])
+        noisy.train()
+        assert not torch.allclose(noisy(x).logits[0], noisy(x).logits[0])
+
+
+class TestFeatureNoise:
+    def test_mixture_fraction_and_variance(self):
+        noise = FeatureNoise()
+        draws = noise.sample((400_000,), generator=torch.Generator().manual_seed(0)).double()
+        small = (draws.abs() < 0.05).double().mean().item()
+        p_logistic = 1.0  # logistic(0, 0.002) lies within 0.05 with probability ~1
+        p_normal = stats.norm.cdf(0.05 / 0.4) - stats.norm.cdf(-0.05 / 0.4)
+        expected = 0.25 * p_logistic + 0.75 * p_normal
+        assert small == pytest.approx(expected, abs=0.005)
+        variance = 0.25 * (np.pi**2 * 0.002**2 / 3) + 0.75 * 0.4**2
+        assert draws.var().item() == pytest.approx(variance, rel=0.02)
+        assert abs(draws.mean().item()) < 0.003
+        tiny = draws[draws.abs() < 0.05]
+        # Within the logistic core the draws follow logistic(0, 0.002): quartiles at +-s ln 3.
+        core = tiny[tiny.abs() < 0.02]
+        q1, q3 = np.percentile(core.numpy(), [25, 75])
+        assert q3 - q1 == pytest.approx(2 * 0.002 * np.log(3), rel=0.15)
+
+    def test_parameters_are_configurable(self):
+        noise = FeatureNoise(weight=0.5, logistic_scale=0.01, normal_sigma=1.0)
+        draws = noise.sample((200_000,), generator=torch.Generator().manual_seed(1)).double()
+        assert draws.var().item() == pytest.approx(0.5 + 0.5 * np.pi**2 * 1e-4 / 3, rel=0.03)

@@ -1,0 +1,202 @@
+"""The trainer (issue 4): resume = straight run, variants, checkpoints, DDP, and it learns."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cordfuse.cli import main
+from cordfuse.errors import CordfuseError
+from cordfuse.preprocess.batch import load_prepared_dataset
+from cordfuse.synth.cohort import write_cohort
+from cordfuse.training.config import TrainConfig
+from cordfuse.training.data import load_subjects
+from cordfuse.training.trainer import (
+    StopTraining,
+    build_model,
+    load_checkpoint,
+    train,
+    validate,
+)
+
+
+@pytest.fixture(scope="session")
+def prepared_small(synth_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("prep_small") / "out"
+    assert main(["prepare", str(synth_root), str(out), "--preset", "small"]) == 0
+    return out
+
+
+def tiny(**overrides) -> TrainConfig:
+    values = dict(
+        model="baseline",
+        preset="small",
+        epochs=3,
+        iterations=2,
+        batch_size=2,
+        seed=3,
+        deterministic=True,
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+class TestResume:
+    @pytest.mark.parametrize("variant", [None, "feature-aug"])
+    def test_interrupted_then_resumed_equals_straight_run(self, prepared_small, tmp_path, variant):
+        config = tiny(variant=variant)
+        straight = train(prepared_small, tmp_path / "straight", config, progress=False)
+
+        def kill(step):
+            if step == 3:  # in the middle of the second epoch
+                raise StopTraining
+
+        with pytest.raises(StopTraining):
+            train(prepared_small, tmp_path / "resumed", config, stop_hook=kill, progress=False)
+        assert load_checkpoint(tmp_path / "resumed" / "checkpoint_latest.pt")["epoch"] == 0
+        resumed = train(prepared_small, tmp_path / "resumed", config, resume=True, progress=False)
+        assert resumed["digest"] == straight["digest"]
+        a = load_checkpoint(tmp_path / "straight" / "checkpoint_latest.pt")["model"]
+        b = load_checkpoint(tmp_path / "resumed" / "checkpoint_latest.pt")["model"]
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        log = (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()
+        assert [json.loads(line)["epoch"] for line in log] == [1, 2, 3]
+
+    def test_other_seed_other_weights(self, prepared_small, tmp_path):
+        a = train(prepared_small, tmp_path / "a", tiny(epochs=1), progress=False)
+        b = train(prepared_small, tmp_path / "b", tiny(epochs=1, seed=4), progress=False)
+        assert a["digest"] != b["digest"]
+
+
+class TestCheckpointsAndVariants:
+    def test_checkpoint_holds_everything_to_predict(self, prepared_small, tmp_path):
+        out = tmp_path / "run"
+        train(prepared_small, out, tiny(model="mean-imputation", epochs=2), progress=False)
+        checkpoint = load_checkpoint(out)
+        for key in (
+            "model",
+            "optimizer",
+            "scheduler",
+            "epoch",
+            "rng",
+            "config",
+            "sequences",
+            "normalisation",
+            "prep",
+            "net",
+            "split",
+            "cordfuse_version",
+        ):
+            assert key in checkpoint, key
+        assert checkpoint["sequences"] == ["T2Sag", "STIR", "T2starAx", "T2Ax", "T1Sag", "MP2RAGE"]
+        assert checkpoint["prep"]["spacing"] == 1.0 and checkpoint["prep"]["crop_size"] == 24
+        config = TrainConfig.from_dict(checkpoint["config"])
+        model = build_model(config)
+        model.load_state_dict(checkpoint["model"])
+        assert checkpoint["scheduler"]["last_epoch"] == 2
+        lines = (out / "log.jsonl").read_text().splitlines()
+        assert len(lines) == 2 and json.loads(lines[1])["lr"] == pytest.approx(0.0)
+        assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+        assert (out / "checkpoint_best.pt").exists()
+
+    def test_frozen_encoder_keeps_the_baseline_t2sag_encoder(self, prepared_small, tmp_path):
+        train(prepared_small, tmp_path / "base", tiny(epochs=1), progress=False)
+        frozen = tiny(
+            model="mean-imputation",
+            variant="frozen-encoder",
+            epochs=1,
+            frozen_from=str(tmp_path / "base"),
+        )
+        train(prepared_small, tmp_path / "frozen", frozen, progress=False)
+        base = load_checkpoint(tmp_path / "base")["model"]
+        after = load_checkpoint(tmp_path / "frozen")["model"]
+        keys = [k for k in base if k.startswith("encoders.T2Sag.")]
+        assert keys and all(torch.equal(base[k], after[k]) for k in keys)
+        init = build_model(TrainConfig.from_dict(load_checkpoint(tmp_path / "frozen")["config"]))
+        decoder = [k for k in after if k.startswith("decoder.stages")]
+        assert any(not torch.equal(after[k], init.state_dict()[k]) for k in decoder)
+
+    def test_specific_model_trains_on_subjects_with_all_its_sequences(
+        self, prepared_small, tmp_path
+    ):
+        document, _ = load_prepared_dataset(prepared_small)
+        with_stir = {s["id"] for s in document["subjects"] if "STIR" in s["sequences"]}
+        config = tiny(model="specific", sequences=("T2Sag", "STIR"), epochs=1)
+        summary = train(prepared_small, tmp_path / "specific", config, progress=False)
+        assert set(summary["train"]) | set(summary["val"]) == with_stir
+        assert load_checkpoint(tmp_path / "specific")["sequences"] == ["T2Sag", "STIR"]
+
+    def test_distillation_variant_trains(self, prepared_small, tmp_path):
+        config = tiny(model="mean-imputation", variant="distillation", epochs=1)
+        summary = train(prepared_small, tmp_path / "distil", config, progress=False)
+        assert np.isfinite(json.loads((tmp_path / "distil/log.jsonl").read_text())["train_loss"])
+        assert summary["digest"]
+
+    def test_bad_configurations_are_clear_errors(self, prepared_small, tmp_path, capsys):
+        with pytest.raises(CordfuseError, match="needs --frozen-from"):
+            TrainConfig(model="mean-imputation", variant="frozen-encoder")
+        with pytest.raises(CordfuseError, match="applies to the T2Sag baseline"):
+            TrainConfig(model="mean-imputation", variant="feature-aug")
+        with pytest.raises(CordfuseError, match="prepare with --preset paper"):
+            train(prepared_small, tmp_path / "x", TrainConfig(preset="paper", epochs=1))
+        assert main(["train", str(prepared_small), str(tmp_path / "y"), "--model", "specific"]) == 2
+        assert "needs --sequences" in capsys.readouterr().err
+        (tmp_path / "junk.pt").write_bytes(b"junk")
+        with pytest.raises(CordfuseError, match="unreadable checkpoint"):
+            load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_ddp_on_two_cpu_processes_stays_in_sync(prepared_small, tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [
+            str(torchrun),
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "cordfuse",
+            "train",
+            str(prepared_small),
+            str(tmp_path / "ddp"),
+            "--preset",
+            "small",
+            "--model",
+            "mean-imputation",
+            "--epochs",
+            "1",
+            "--iterations",
+            "3",
+            "--deterministic",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["ranks_in_sync"] is True
+    assert "weights identical across ranks: True" in result.stdout
+
+
+def test_small_preset_learns_on_cpu(tmp_path):
+    """A few minutes of CPU training beat an untrained net by a clear margin."""
+    bids = write_cohort(tmp_path / "bids", subjects=10, seed=21)
+    prepared = tmp_path / "prepared"
+    assert main(["prepare", str(bids), str(prepared), "--preset", "small", "--jobs", "2"]) == 0
+    config = TrainConfig(model="baseline", preset="small", epochs=50, iterations=25, seed=0)
+    document, paths = load_prepared_dataset(prepared)
+    summary = train(prepared, tmp_path / "run", config, progress=False)
+    val = load_subjects([p for p in paths if p.parent.name in summary["val"]], ["T2Sag"])
+    torch.manual_seed(0)
+    untrained = validate(build_model(config), val, config, torch.device("cpu"), None)
+    assert untrained < 0.05
+    assert summary["best_val_dice"] > untrained + 0.15, summary["best_val_dice"]
