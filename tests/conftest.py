@@ -55,3 +55,20 @@ def synth_subjects():
     present = {plan.sequence for s in subjects for plan in s.plans.values()}
     assert present == {"T2Sag", "STIR", "T2starAx", "T2Ax", "T1Sag", "MP2RAGE"}, present
     return subjects
+
+
+@pytest.fixture(scope="session")
+def learned(tmp_path_factory):
+    """A small-preset T2Sag baseline trained for ~2 minutes on a 10-subject synthetic cohort."""
+    from cordfuse.cli import main
+    from cordfuse.training.config import TrainConfig
+    from cordfuse.training.trainer import train
+
+    root = tmp_path_factory.mktemp("learned")
+    bids = write_cohort(root / "bids", subjects=10, seed=21)
+    prepared = root / "prepared"
+    assert main(["prepare", str(bids), str(prepared), "--preset", "small", "--jobs", "2"]) == 0
+    config = TrainConfig(model="baseline", preset="small", epochs=50, iterations=25, seed=0)
+    summary = train(prepared, root / "run", config, progress=False)
+    return {"bids": bids, "prepared": prepared, "run": root / "run", "summary": summary,
+            "config": config}

@@ -15,7 +15,6 @@ import torch
 from cordfuse.cli import main
 from cordfuse.errors import CordfuseError
 from cordfuse.preprocess.batch import load_prepared_dataset
-from cordfuse.synth.cohort import write_cohort
 from cordfuse.training.config import TrainConfig
 from cordfuse.training.data import load_subjects
 from cordfuse.training.trainer import (
@@ -187,14 +186,10 @@ def test_ddp_on_two_cpu_processes_stays_in_sync(prepared_small, tmp_path):
     assert "weights identical across ranks: True" in result.stdout
 
 
-def test_small_preset_learns_on_cpu(tmp_path):
+def test_small_preset_learns_on_cpu(learned):
     """A few minutes of CPU training beat an untrained net by a clear margin."""
-    bids = write_cohort(tmp_path / "bids", subjects=10, seed=21)
-    prepared = tmp_path / "prepared"
-    assert main(["prepare", str(bids), str(prepared), "--preset", "small", "--jobs", "2"]) == 0
-    config = TrainConfig(model="baseline", preset="small", epochs=50, iterations=25, seed=0)
-    document, paths = load_prepared_dataset(prepared)
-    summary = train(prepared, tmp_path / "run", config, progress=False)
+    config, summary = learned["config"], learned["summary"]
+    _, paths = load_prepared_dataset(learned["prepared"])
     val = load_subjects([p for p in paths if p.parent.name in summary["val"]], ["T2Sag"])
     torch.manual_seed(0)
     untrained = validate(build_model(config), val, config, torch.device("cpu"), None)

@@ -264,6 +264,62 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# predict
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from concurrent.futures import ProcessPoolExecutor
+
+    import torch
+
+    from cordfuse.inference import load_models, predict_and_write, subjects_from_input
+    from cordfuse.training.trainer import choose_device
+
+    load_models(args.model, torch.device("cpu"))  # a bad model file fails once, up front
+
+    files = {seq: getattr(args, seq.lower()) for seq in
+             ("T2Sag", "STIR", "T2starAx", "T2Ax", "T1Sag", "MP2RAGE")
+             if getattr(args, seq.lower())}
+    subjects = subjects_from_input(args.input, files, mapping=args.mapping)
+    if not subjects:
+        raise CordfuseError(f"{args.input}: no subject to predict")
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    options = {
+        "sequences": args.sequences.split(",") if args.sequences else None, "tta": args.tta,
+        "threshold": args.threshold, "min_volume": args.min_volume,
+        "device": str(choose_device(args.device)), "batch_size": args.batch_size, "amp": args.amp,
+        "per_slab": args.per_slab, "save_probabilities": args.save_probabilities, "qc": args.qc,
+    }
+    models = tuple(args.model)
+    update = _progress(len(subjects), "predict")
+    start = time.perf_counter()
+    results = []
+    if args.jobs > 1:
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            futures = [pool.submit(predict_and_write, s, models, out, options) for s in subjects]
+            for future in futures:
+                results.append(future.result())
+                update(results[-1][0])
+    else:
+        for subject in subjects:
+            results.append(predict_and_write(subject, models, out, options))
+            update(subject.name)
+    failed = 0
+    for name, status, message, written, warnings in results:
+        for warning in warnings:
+            print(f"warning {name}: {warning}")
+        if status == "failed":
+            failed += 1
+            print(f"FAILED {name}: {message}", file=sys.stderr)
+        else:
+            print(f"{name}: {written[0]}")
+    print(f"{len(results) - failed} predicted, {failed} failed, in "
+          f"{time.perf_counter() - start:.1f} s -> {out}")
+    return 1 if failed else 0
+
+
+# ---------------------------------------------------------------------------------------------
 # demo
 
 
@@ -392,6 +448,30 @@ def build_parser() -> argparse.ArgumentParser:
                        help="deterministic algorithms (bit-exact resume on CPU)")
     train.add_argument("--resume", action="store_true", help="continue from checkpoint_latest.pt")
     train.set_defaults(func=cmd_train)
+
+    predict = verbs.add_parser(
+        "predict", help="lesion masks on the native T2Sag grid from raw NIfTI/BIDS",
+        description="Pre-processing on the fly, sliding window along S-I, ensemble of models, "
+                    "back to the native fused T2Sag grid.")
+    predict.add_argument("model", nargs="+", help="training folder(s) or checkpoint(s)")
+    predict.add_argument("-i", "--input", help="BIDS dataset or one subject folder")
+    predict.add_argument("-o", "--output", required=True, help="output folder")
+    for seq in ("T2Sag", "STIR", "T2starAx", "T2Ax", "T1Sag", "MP2RAGE"):
+        predict.add_argument(f"--{seq.lower()}", nargs="+", metavar="NIFTI",
+                             help=f"explicit {seq} file(s) (several = slabs, top first)")
+    predict.add_argument("--sequences", help="use only these sequences, e.g. T2Sag,STIR")
+    predict.add_argument("--tta", action="store_true", help="left-right mirroring")
+    predict.add_argument("--save-probabilities", action="store_true")
+    predict.add_argument("--per-slab", action="store_true", help="also one mask per T2Sag slab")
+    predict.add_argument("--threshold", type=float, default=0.5)
+    predict.add_argument("--min-volume", type=float, default=0.0, help="mm^3; smaller removed")
+    predict.add_argument("--device", default="auto")
+    predict.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), default="auto")
+    predict.add_argument("--batch-size", type=int, default=2, help="windows per forward pass")
+    predict.add_argument("--jobs", type=int, default=1, help="subjects in parallel (processes)")
+    predict.add_argument("--mapping", help="JSON/YAML file overriding the sequence rules")
+    predict.add_argument("--qc", action="store_true", help="QC picture per subject")
+    predict.set_defaults(func=cmd_predict)
 
     demo = verbs.add_parser("demo", help="run the whole pipeline on a small synthetic cohort")
     demo.add_argument("out", nargs="?", default="cordfuse-demo", help="output folder")

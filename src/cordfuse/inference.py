@@ -1,0 +1,338 @@
+"""``cordfuse predict``: from raw NIfTI/BIDS to a lesion mask on the native T2Sag grid.
+
+For each subject, pre-processing runs on the fly with the settings stored in the checkpoint. Every
+model predicts the whole straightened crop by a sliding window along S-I (50 % overlap, Gaussian
+weighting, optional left-right mirroring). Several models (seeds, folds) form an ensemble: the
+mean of their probabilities. The probability map is mapped back onto the native fused T2Sag grid
+by the exact inverse of the crop (:func:`cordfuse.preprocess.pipeline.restore`) and thresholded,
+so a prediction outside the cord crop is impossible by construction. Lesions smaller than a
+minimum volume can be removed.
+
+A Mean Imputation model takes any subset of its sequences that contains T2Sag. A baseline or
+specific-sequence model refuses input that lacks one of its sequences.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from cordfuse.dataset import Subject
+from cordfuse.errors import CordfuseError
+from cordfuse.io import apply_affine, voxel_sizes
+from cordfuse.nn.sliding import predict_probabilities
+from cordfuse.preprocess.pipeline import PreparedSubject, PrepConfig, prepare_subject, restore
+from cordfuse.sequences import REFERENCE_SEQUENCE, SEQUENCES
+from cordfuse.training.config import TrainConfig
+from cordfuse.training.data import normalise
+from cordfuse.training.trainer import autocast_dtype, build_model, load_checkpoint
+
+FACE_CONNECTIVITY = ndimage.generate_binary_structure(3, 1)
+
+
+@dataclass
+class LoadedModel:
+    path: Path
+    model: torch.nn.Module
+    config: TrainConfig
+    sequences: list[str]
+    prep: PrepConfig
+
+    @property
+    def mean_imputation(self) -> bool:
+        return self.config.model == "mean-imputation"
+
+
+def load_model(path: str | Path, device: torch.device) -> LoadedModel:
+    """A trained model ready to predict, from a training folder or a checkpoint file."""
+    checkpoint = load_checkpoint(path)
+    try:
+        config = TrainConfig.from_dict(checkpoint["config"])
+        if config.variant == "frozen-encoder":  # weights are in the checkpoint already
+            config = replace(config, variant=None, frozen_from=None)
+        model = build_model(config)
+        model.load_state_dict(checkpoint["model"])
+        prep = PrepConfig(**checkpoint["prep"])
+    except (KeyError, TypeError, RuntimeError, CordfuseError) as exc:
+        reason = str(exc).splitlines()[0]
+        raise CordfuseError(f"{path}: checkpoint does not match its configuration "
+                            f"({reason})") from exc
+    model.to(device).eval()
+    return LoadedModel(Path(path), model, config, list(checkpoint["sequences"]), prep)
+
+
+def load_models(paths, device: torch.device) -> list[LoadedModel]:
+    models = [load_model(p, device) for p in paths]
+    first = models[0]
+    for other in models[1:]:
+        if other.prep != first.prep or other.config.net != first.config.net:
+            raise CordfuseError(f"{other.path}: an ensemble needs models with the same "
+                                f"pre-processing and network size as {first.path}")
+    return models
+
+
+def usable_sequences(models: list[LoadedModel], restrict: list[str] | None) -> list[str]:
+    wanted = {s for m in models for s in m.sequences}
+    if restrict:
+        unknown = [s for s in restrict if s not in SEQUENCES]
+        if unknown:
+            raise CordfuseError(f"--sequences: unknown {', '.join(unknown)}")
+        wanted &= set(restrict)
+    return [s for s in SEQUENCES if s in wanted]
+
+
+def restrict_subject(subject: Subject, sequences: list[str]) -> Subject:
+    return replace(subject, scans={s: v for s, v in subject.scans.items() if s in sequences})
+
+
+@dataclass
+class Prediction:
+    subject: str
+    prepared: PreparedSubject
+    probabilities: np.ndarray  # crop space
+    mask: np.ndarray  # native fused T2Sag grid, uint8
+    affine: np.ndarray
+    probability_native: np.ndarray
+    sequences: list[str]
+    lesions: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def model_probabilities(model: LoadedModel, prepared: PreparedSubject, *, tta: bool,
+                        device: torch.device, batch_size: int, amp: str) -> np.ndarray:
+    images, available = normalise(prepared, model.sequences)
+    if not available[0]:
+        raise CordfuseError(f"{model.path}: needs {REFERENCE_SEQUENCE}")
+    if not model.mean_imputation and not available.all():
+        missing = [s for s, a in zip(model.sequences, available, strict=True) if not a]
+        raise CordfuseError(f"model {model.path} ({model.config.model}) needs "
+                            f"{', '.join(model.sequences)}; this input lacks {', '.join(missing)}")
+    return predict_probabilities(model.model, images, available,
+                                 patch_z=model.config.net.patch_size[2], overlap=0.5,
+                                 batch_size=batch_size, device=device,
+                                 autocast_dtype=autocast_dtype(amp, device), mirror=tta)
+
+
+def remove_small_lesions(mask: np.ndarray, affine: np.ndarray, min_volume_mm3: float):
+    if min_volume_mm3 <= 0 or not mask.any():
+        return mask
+    labels, n = ndimage.label(mask, structure=FACE_CONNECTIVITY)
+    voxel = float(np.prod(voxel_sizes(affine)))
+    sizes = ndimage.sum(mask, labels, index=np.arange(1, n + 1)) * voxel
+    keep = np.concatenate([[False], sizes >= min_volume_mm3])
+    return keep[labels].astype(np.uint8)
+
+
+def lesion_table(mask: np.ndarray, affine: np.ndarray) -> list[dict]:
+    """One row per lesion (face-connected component): size, S-I extent, centroid in world mm."""
+    labels, n = ndimage.label(mask, structure=FACE_CONNECTIVITY)
+    voxel = float(np.prod(voxel_sizes(affine)))
+    rows = []
+    for index, region in enumerate(ndimage.find_objects(labels), start=1):
+        voxels = np.argwhere(labels[region] == index) + [s.start for s in region]
+        world = apply_affine(affine, voxels)
+        centroid = world.mean(axis=0)
+        rows.append({
+            "label": index, "voxels": len(voxels), "volume_mm3": round(len(voxels) * voxel, 3),
+            "si_min_mm": round(float(world[:, 2].min()), 2),
+            "si_max_mm": round(float(world[:, 2].max()), 2),
+            "centroid_x_mm": round(float(centroid[0]), 2),
+            "centroid_y_mm": round(float(centroid[1]), 2),
+            "centroid_z_mm": round(float(centroid[2]), 2),
+        })
+    return rows[:n]
+
+
+def predict_subject(
+    subject: Subject,
+    models: list[LoadedModel],
+    *,
+    sequences: list[str] | None = None,
+    tta: bool = False,
+    threshold: float = 0.5,
+    min_volume_mm3: float = 0.0,
+    device: torch.device | None = None,
+    batch_size: int = 2,
+    amp: str = "auto",
+) -> Prediction:
+    """Predict one subject with one model or an ensemble (mean of probabilities)."""
+    device = device or torch.device("cpu")
+    use = usable_sequences(models, sequences)
+    if REFERENCE_SEQUENCE not in use or not subject.scans.get(REFERENCE_SEQUENCE):
+        raise CordfuseError(f"no {REFERENCE_SEQUENCE} scan (every model needs it)")
+    prepared = prepare_subject(restrict_subject(subject, use), models[0].prep)
+    prepared.label = None
+    probabilities = np.mean([
+        model_probabilities(m, prepared, tta=tta, device=device, batch_size=batch_size, amp=amp)
+        for m in models
+    ], axis=0)
+    return finish_prediction(prepared, probabilities, threshold=threshold,
+                             min_volume_mm3=min_volume_mm3)
+
+
+def finish_prediction(prepared: PreparedSubject, probabilities: np.ndarray, *, threshold: float,
+                      min_volume_mm3: float) -> Prediction:
+    """Crop-space probabilities -> native T2Sag mask, lesion table (also used by the oracle)."""
+    native, affine = restore(prepared, probabilities.astype(np.float32))
+    mask = (native > threshold).astype(np.uint8)
+    mask = remove_small_lesions(mask, affine, min_volume_mm3)
+    return Prediction(prepared.subject, prepared, probabilities, mask, affine, native,
+                      prepared.sequences, lesion_table(mask, affine), list(prepared.warnings))
+
+
+def slab_masks(prediction: Prediction, threshold: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The prediction on every original T2Sag slab grid: ``(mask, native_affine)`` each."""
+    out = []
+    for k in range(len(prediction.prepared.t2sag["slabs"])):
+        values, affine = restore(prediction.prepared, prediction.probabilities.astype(np.float32),
+                                 slab=k)
+        out.append(((values > threshold).astype(np.uint8), affine))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs and the batch run (the I/O edge)
+
+
+def write_prediction(prediction: Prediction, out: Path, *, threshold: float, per_slab: bool,
+                     save_probabilities: bool, qc: bool, inputs: set[Path]) -> list[Path]:
+    """Write ``<subject>_lesion.nii.gz`` (+ options); returns the files written."""
+    import csv
+    import io
+
+    from cordfuse.io import atomic_write_text, load_nifti, make_nifti, save_nifti
+
+    slabs = prediction.prepared.t2sag["slabs"]
+    like = None
+    if len(slabs) == 1 and Path(slabs[0]["path"]).exists():
+        like = load_nifti(slabs[0]["path"])  # keep the T2Sag header
+    name = prediction.subject
+    targets = {"mask": out / f"{name}_lesion.nii.gz"}
+    if save_probabilities:
+        targets["prob"] = out / f"{name}_lesion_prob.nii.gz"
+    targets["csv"] = out / f"{name}_lesions.csv"
+    if qc:
+        targets["qc"] = out / f"{name}_qc.png"
+    if per_slab:
+        for k in range(len(slabs)):
+            targets[f"slab{k}"] = out / f"{name}_slab-{k + 1}_lesion.nii.gz"
+    clash = [p for p in targets.values() if p.resolve() in inputs]
+    if clash:
+        raise CordfuseError(f"{clash[0]}: output would overwrite an input file")
+    save_nifti(make_nifti(prediction.mask, prediction.affine, like=like), targets["mask"])
+    if save_probabilities:
+        save_nifti(make_nifti(prediction.probability_native.astype(np.float32), prediction.affine,
+                              like=like), targets["prob"])
+    if per_slab:
+        for k, (mask, affine) in enumerate(slab_masks(prediction, threshold)):
+            slab_like = load_nifti(slabs[k]["path"]) if Path(slabs[k]["path"]).exists() else None
+            save_nifti(make_nifti(mask, affine, like=slab_like), targets[f"slab{k}"])
+    buffer = io.StringIO()
+    columns = ["label", "voxels", "volume_mm3", "si_min_mm", "si_max_mm", "centroid_x_mm",
+               "centroid_y_mm", "centroid_z_mm"]
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(prediction.lesions)
+    atomic_write_text(targets["csv"], buffer.getvalue())
+    if qc:
+        write_prediction_qc(prediction, targets["qc"])
+    return list(targets.values())
+
+
+def write_prediction_qc(prediction: Prediction, path: Path) -> None:
+    """Sagittal T2Sag through the cord with the predicted lesion outline (red)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import nibabel as nib
+
+    from cordfuse.io import atomic_write_bytes
+    from cordfuse.preprocess.fusion import FusedSequence, Slab
+
+    prepared = prediction.prepared
+    slabs = [Slab(np.asarray(nib.load(s["path"]).dataobj, np.float32), np.array(s["affine"]),
+                  np.array(s["native_affine"]), z_bounds=tuple(s["z_bounds"]))
+             for s in prepared.t2sag["slabs"]]
+    image = FusedSequence(slabs).render()[0]
+    canon = nib.as_closest_canonical(nib.Nifti1Image(image, prediction.affine))
+    mask = nib.as_closest_canonical(nib.Nifti1Image(prediction.mask, prediction.affine))
+    data, labels = np.asarray(canon.dataobj), np.asarray(mask.dataobj)
+    x = int(np.argmax(labels.sum(axis=(1, 2)))) if labels.any() else data.shape[0] // 2
+    spacing = voxel_sizes(canon.affine)
+    fig, ax = plt.subplots(figsize=(4, 9), facecolor="black")
+    lo, hi = np.percentile(data[x], [1, 99.5])
+    ax.imshow(data[x].T, cmap="gray", origin="lower", aspect=spacing[2] / spacing[1], vmin=lo,
+              vmax=hi)
+    if labels[x].any():
+        ax.contour(labels[x].T, levels=[0.5], colors="red", linewidths=0.8, origin="lower")
+    ax.set_title(f"{prediction.subject}: {len(prediction.lesions)} lesions predicted",
+                 color="white", fontsize=9)
+    ax.set_axis_off()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, facecolor="black")
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def subjects_from_input(path: str | Path | None, files: dict[str, list[str]], *, mapping=None):
+    """Subjects to predict: explicit files, one subject folder, or a BIDS dataset."""
+    from cordfuse.dataset import Scan, discover
+    from cordfuse.sequences import load_rules, strip_nifti_extension
+
+    if files:
+        if REFERENCE_SEQUENCE not in files:
+            raise CordfuseError("explicit files need --t2sag (the output grid)")
+        scans = {}
+        for seq, paths in files.items():
+            scans[seq] = []
+            for i, p in enumerate(paths):
+                p = Path(p)
+                if not p.exists():
+                    raise CordfuseError(f"{p}: file not found")
+                chunk = i + 1 if len(paths) > 1 else None
+                scans[seq].append(Scan(p, seq, chunk, strip_nifti_extension(p.name) or p.stem))
+        name = (strip_nifti_extension(Path(files[REFERENCE_SEQUENCE][0]).name) or "subject")
+        return [Subject(name.split("_")[0] if name.startswith("sub-") else name, None, None,
+                        scans)]
+    if path is None:
+        raise CordfuseError("give -i INPUT (BIDS dataset or subject folder) or explicit files")
+    path = Path(path)
+    rules = load_rules(mapping)
+    if path.name.startswith("sub-") and path.is_dir():
+        dataset = discover(path.parent, rules=rules)
+        return [s for s in dataset.subjects if s.subject_id == path.name]
+    return discover(path, rules=rules).subjects
+
+
+_MODEL_CACHE: dict[tuple, list[LoadedModel]] = {}
+
+
+def predict_and_write(subject: Subject, model_paths: tuple[str, ...], out: Path, options: dict):
+    """Predict one subject and write its outputs; returns ``(name, status, message, files)``.
+
+    Models are loaded once per process (``--jobs`` runs subjects in worker processes).
+    """
+    device = torch.device(options["device"])
+    key = (model_paths, str(device))
+    try:
+        if key not in _MODEL_CACHE:
+            _MODEL_CACHE[key] = load_models(model_paths, device)
+        prediction = predict_subject(
+            subject, _MODEL_CACHE[key], sequences=options["sequences"], tta=options["tta"],
+            threshold=options["threshold"], min_volume_mm3=options["min_volume"], device=device,
+            batch_size=options["batch_size"], amp=options["amp"])
+        inputs = {scan.path.resolve() for scans in subject.scans.values() for scan in scans}
+        files = write_prediction(prediction, out, threshold=options["threshold"],
+                                 per_slab=options["per_slab"],
+                                 save_probabilities=options["save_probabilities"],
+                                 qc=options["qc"], inputs=inputs)
+    except CordfuseError as exc:
+        return subject.name, "failed", str(exc), [], []
+    return subject.name, "done", "", files, prediction.warnings

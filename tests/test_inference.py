@@ -1,0 +1,294 @@
+"""Inference (issue 5): exact way back, sequence subsets, ensembles, TTA, outputs, bad input."""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from cordfuse.cli import main
+from cordfuse.dataset import discover
+from cordfuse.errors import CordfuseError
+from cordfuse.inference import (
+    finish_prediction,
+    load_models,
+    predict_subject,
+    restrict_subject,
+)
+from cordfuse.io import read_volume
+from cordfuse.nn.networks import NET_PRESETS, CordNet
+from cordfuse.nn.sliding import predict_probabilities
+from cordfuse.preprocess.pipeline import PRESETS, load_sequence, prepare_subject
+from cordfuse.training.config import TrainConfig
+from cordfuse.training.trainer import load_checkpoint, train
+
+CPU = torch.device("cpu")
+
+
+def dice(a, b) -> float:
+    a, b = np.asarray(a).astype(bool), np.asarray(b).astype(bool)
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else 2 * (a & b).sum() / total
+
+
+@pytest.fixture(scope="session")
+def tiny_models(synth_root, tmp_path_factory):
+    """Briefly trained small-preset models: MI (two seeds), baseline, specific T2Sag+STIR."""
+    root = tmp_path_factory.mktemp("tiny_models")
+    prepared = root / "prepared"
+    assert main(["prepare", str(synth_root), str(prepared), "--preset", "small"]) == 0
+    runs = {}
+    for name, values in {
+        "mi0": dict(model="mean-imputation", seed=0),
+        "mi1": dict(model="mean-imputation", seed=1),
+        "baseline": dict(model="baseline", seed=0),
+        "specific": dict(model="specific", sequences=("T2Sag", "STIR"), seed=0),
+    }.items():
+        config = TrainConfig(preset="small", epochs=1, iterations=1, **values)
+        train(prepared, root / name, config, progress=False)
+        runs[name] = root / name
+    return runs
+
+
+def test_oracle_round_trip_reproduces_native_truth(synth_root):
+    """Feed the ground-truth crop as probabilities through predict's back-mapping."""
+    for subject in discover(synth_root).subjects:
+        prepared = prepare_subject(subject, PRESETS["paper"])
+        oracle = finish_prediction(
+            prepared, prepared.label.astype(np.float32), threshold=0.5, min_volume_mm3=0
+        )
+        truth, affine, _ = load_sequence(subject, "T2Sag", PRESETS["paper"])[0].render(
+            what="lesion"
+        )
+        np.testing.assert_allclose(oracle.affine, affine, atol=1e-6)
+        if (truth > 0.5).any():
+            assert dice(oracle.mask, truth > 0.5) >= 0.95
+
+
+class TestSequences:
+    def test_mean_imputation_accepts_every_subset_with_t2sag(self, synth_root, tiny_models):
+        subject = max(discover(synth_root).subjects, key=lambda s: len(s.sequences))
+        others = [s for s in subject.sequences if s != "T2Sag"]
+        assert len(others) >= 2
+        models = load_models([tiny_models["mi0"]], CPU)
+        shapes = set()
+        for r in range(len(others) + 1):
+            for combo in itertools.combinations(others, r):
+                wanted = ["T2Sag", *combo]
+                prediction = predict_subject(subject, models, sequences=wanted, device=CPU)
+                assert prediction.sequences == [s for s in subject.sequences if s in wanted]
+                shapes.add(prediction.mask.shape)
+        assert len(shapes) == 1
+
+    def test_models_refuse_what_they_cannot_use(self, synth_root, tiny_models):
+        subjects = discover(synth_root).subjects
+        without_stir = restrict_subject(subjects[0], ["T2Sag", "T2starAx", "T2Ax", "T1Sag"])
+        specific = load_models([tiny_models["specific"]], CPU)
+        with pytest.raises(CordfuseError, match="lacks STIR"):
+            predict_subject(without_stir, specific, device=CPU)
+        baseline = load_models([tiny_models["baseline"]], CPU)
+        no_t2 = subjects[0].__class__(
+            subjects[0].subject_id,
+            None,
+            None,
+            {k: v for k, v in subjects[0].scans.items() if k != "T2Sag"},
+        )
+        with pytest.raises(CordfuseError, match="no T2Sag"):
+            predict_subject(no_t2, baseline, device=CPU)
+
+
+class TestEnsembleAndTta:
+    def test_ensemble_is_the_mean_of_the_models(self, synth_root, tiny_models):
+        subject = discover(synth_root).subjects[0]
+        one = load_models([tiny_models["mi0"]], CPU)
+        two = load_models([tiny_models["mi1"]], CPU)
+        both = load_models([tiny_models["mi0"], tiny_models["mi1"]], CPU)
+        p1 = predict_subject(subject, one, device=CPU).probabilities
+        p2 = predict_subject(subject, two, device=CPU).probabilities
+        pe = predict_subject(subject, both, device=CPU).probabilities
+        np.testing.assert_allclose(pe, (p1 + p2) / 2, atol=1e-6)
+        assert not np.allclose(p1, p2)
+
+    def test_mirroring_averages_the_flipped_prediction(self):
+        torch.manual_seed(0)
+        net = CordNet(NET_PRESETS["small"], ["T2Sag"]).eval()
+        images = np.random.default_rng(0).normal(size=(1, 24, 24, 100)).astype(np.float32)
+        available = np.array([True])
+        plain = predict_probabilities(net, images, available, patch_z=64)
+        flipped = predict_probabilities(net, images[:, ::-1].copy(), available, patch_z=64)
+        tta = predict_probabilities(net, images, available, patch_z=64, mirror=True)
+        np.testing.assert_allclose(tta, 0.5 * (plain + flipped[::-1]), atol=1e-5)
+        assert not np.allclose(plain, flipped[::-1], atol=1e-3)
+
+
+class TestCommandLine:
+    def test_outputs_on_the_native_t2sag_grid(self, synth_root, tiny_models, tmp_path, capsys):
+        out = tmp_path / "pred"
+        assert (
+            main(
+                [
+                    "predict",
+                    str(tiny_models["mi0"]),
+                    "-i",
+                    str(synth_root),
+                    "-o",
+                    str(out),
+                    "--per-slab",
+                    "--save-probabilities",
+                    "--qc",
+                    "--tta",
+                ]
+            )
+            == 0
+        )
+        for subject in discover(synth_root).subjects:
+            mask = nib.load(out / f"{subject.name}_lesion.nii.gz")
+            assert mask.get_data_dtype() == np.uint8
+            slabs = subject.scans["T2Sag"]
+            for k, scan in enumerate(slabs):
+                native = nib.load(scan.path)
+                slab_mask = nib.load(out / f"{subject.name}_slab-{k + 1}_lesion.nii.gz")
+                assert slab_mask.shape == native.shape
+                np.testing.assert_allclose(slab_mask.affine, native.affine, atol=1e-5)
+            if len(slabs) == 1:
+                native = nib.load(slabs[0].path)
+                assert mask.shape == native.shape
+                np.testing.assert_allclose(mask.affine, native.affine, atol=1e-5)
+            prob = nib.load(out / f"{subject.name}_lesion_prob.nii.gz")
+            assert prob.shape == mask.shape and np.asarray(prob.dataobj).max() <= 1.0
+            header = (out / f"{subject.name}_lesions.csv").read_text().splitlines()[0]
+            assert header.startswith("label,voxels,volume_mm3,si_min_mm,si_max_mm,centroid_x_mm")
+            assert (out / f"{subject.name}_qc.png").read_bytes()[:4] == b"\x89PNG"
+        assert "4 predicted, 0 failed" in capsys.readouterr().out
+
+    def test_explicit_files_and_one_subject_folder(self, synth_root, tiny_models, tmp_path):
+        subject = discover(synth_root).subjects[0]
+        files = ["--t2sag", *[str(s.path) for s in subject.scans["T2Sag"]]]
+        assert (
+            main(["predict", str(tiny_models["baseline"]), *files, "-o", str(tmp_path / "a")]) == 0
+        )
+        assert (tmp_path / "a" / "sub-001_lesion.nii.gz").exists()
+        assert (
+            main(
+                [
+                    "predict",
+                    str(tiny_models["baseline"]),
+                    "-i",
+                    str(synth_root / "sub-002"),
+                    "-o",
+                    str(tmp_path / "b"),
+                ]
+            )
+            == 0
+        )
+        assert [p.name for p in (tmp_path / "b").glob("*_lesion.nii.gz")] == [
+            "sub-002_lesion.nii.gz"
+        ]
+
+    def test_bad_inputs_one_line_each(self, synth_copy, tiny_models, tmp_path, capsys):
+        subjects = {s.subject_id: s for s in discover(synth_copy).subjects}
+        for scan in subjects["sub-001"].scans["T2Sag"]:
+            scan.path.unlink()  # missing T2Sag
+        other = next(s for s in subjects["sub-002"].sequences if s != "T2Sag")
+        subjects["sub-002"].scans[other][0].path.write_bytes(b"garbage")  # unreadable
+        blank = next(x for x in ("sub-003", "sub-004") if len(subjects[x].sequences) > 1)
+        seq = next(s for s in subjects[blank].sequences if s != "T2Sag")
+        for scan in subjects[blank].scans[seq]:  # a sequence where no cord can be found
+            img = nib.load(scan.path)
+            nib.save(nib.Nifti1Image(np.full(img.shape, 50, np.int16), img.affine), scan.path)
+        status = main(
+            ["predict", str(tiny_models["mi0"]), "-i", str(synth_copy), "-o", str(tmp_path / "out")]
+        )
+        captured = capsys.readouterr()
+        assert status == 1
+        failed = [line for line in captured.err.splitlines() if line.startswith("FAILED")]
+        assert len(failed) == 2, captured.err
+        assert "sub-001" in failed[0] and "no T2Sag" in failed[0]
+        assert "sub-002" in failed[1] and "unreadable" in failed[1]
+        assert f"warning {blank}: {seq} dropped" in captured.out
+        assert "2 predicted, 2 failed" in captured.out
+        # The specific model cannot drop its STIR: that subject fails instead.
+        bad_model = tmp_path / "bad.pt"
+        bad_model.write_bytes(b"not a checkpoint")
+        assert (
+            main(["predict", str(bad_model), "-i", str(synth_copy), "-o", str(tmp_path / "o2")])
+            == 2
+        )
+        assert "unreadable checkpoint" in capsys.readouterr().err
+
+    def test_checkpoint_of_another_major_version(self, tiny_models, tmp_path, synth_root, capsys):
+        checkpoint = load_checkpoint(tiny_models["baseline"])
+        checkpoint["cordfuse_version"] = "9.0.0"
+        torch.save(checkpoint, tmp_path / "future.pt")
+        assert (
+            main(
+                [
+                    "predict",
+                    str(tmp_path / "future.pt"),
+                    "-i",
+                    str(synth_root),
+                    "-o",
+                    str(tmp_path / "o"),
+                ]
+            )
+            == 2
+        )
+        err = capsys.readouterr().err
+        assert "another major version" in err and err.count("\n") == 1
+
+
+def test_trained_model_beats_chance(learned, tmp_path):
+    """The ~2-minute small model finds lesions on held-out subjects far better than chance."""
+    val = learned["summary"]["val"]
+    models = load_models([learned["run"]], CPU)
+    subjects = [s for s in discover(learned["bids"]).subjects if s.subject_id in val]
+    rng = np.random.default_rng(0)
+    scores, chance = [], []
+    for subject in subjects:
+        prediction = predict_subject(subject, models, device=CPU)
+        truth, _, _ = load_sequence(subject, "T2Sag", PRESETS["small"])[0].render(what="lesion")
+        truth = truth > 0.5
+        if not truth.any():
+            continue
+        scores.append(dice(prediction.mask, truth))
+        # Chance: as many voxels as predicted, drawn uniformly inside the crop tube.
+        tube = (
+            prediction.probability_native > 0
+            if (prediction.probability_native > 0).any()
+            else np.ones_like(truth)
+        )
+        candidates = np.flatnonzero(tube)
+        pick = rng.choice(
+            candidates, size=min(len(candidates), max(1, prediction.mask.sum())), replace=False
+        )
+        random_mask = np.zeros(truth.size, bool)
+        random_mask[pick] = True
+        chance.append(dice(random_mask.reshape(truth.shape), truth))
+    assert scores, "validation subjects need lesions"
+    assert np.mean(scores) > np.mean(chance) + 0.15, (scores, chance)
+
+
+def test_read_volume_of_prediction_is_binary(tmp_path, synth_root, tiny_models):
+    out = tmp_path / "p"
+    assert (
+        main(
+            [
+                "predict",
+                str(tiny_models["baseline"]),
+                "-i",
+                str(synth_root / "sub-003"),
+                "-o",
+                str(out),
+                "--threshold",
+                "0.0",
+            ]
+        )
+        == 0
+    )
+    data, _ = read_volume(out / "sub-003_lesion.nii.gz")
+    assert set(np.unique(data)) <= {0.0, 1.0} and data.sum() > 0, "threshold 0 marks the tube"
+    shutil.rmtree(out)
