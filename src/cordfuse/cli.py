@@ -466,7 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--threshold", type=float, default=0.5)
     predict.add_argument("--min-volume", type=float, default=0.0, help="mm^3; smaller removed")
     predict.add_argument("--device", default="auto")
-    predict.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), default="auto")
+    predict.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), default="auto",
+                         help="auto: bf16 on CUDA and on CPUs with native bf16, else fp32")
     predict.add_argument("--batch-size", type=int, default=2, help="windows per forward pass")
     predict.add_argument("--jobs", type=int, default=1, help="subjects in parallel (processes)")
     predict.add_argument("--mapping", help="JSON/YAML file overriding the sequence rules")

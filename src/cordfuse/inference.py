@@ -114,7 +114,8 @@ def model_probabilities(model: LoadedModel, prepared: PreparedSubject, *, tta: b
     return predict_probabilities(model.model, images, available,
                                  patch_z=model.config.net.patch_size[2], overlap=0.5,
                                  batch_size=batch_size, device=device,
-                                 autocast_dtype=autocast_dtype(amp, device), mirror=tta)
+                                 autocast_dtype=autocast_dtype(amp, device, cpu_auto_bf16=True),
+                                 mirror=tta)
 
 
 def remove_small_lesions(mask: np.ndarray, affine: np.ndarray, min_volume_mm3: float):

@@ -57,8 +57,21 @@ def choose_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
-def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    if amp == "none" or (amp == "auto" and device.type == "cpu"):
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX); otherwise it is emulated."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast_dtype(amp: str, device: torch.device, *, cpu_auto_bf16: bool = False):
+    """The autocast dtype for ``--amp``; ``auto`` uses bf16/fp16 on CUDA and, when
+    ``cpu_auto_bf16`` (prediction), bf16 on CPUs that compute it natively."""
+    if amp == "auto" and device.type == "cpu":
+        return torch.bfloat16 if cpu_auto_bf16 and cpu_has_native_bf16() else None
+    if amp == "none":
         return None
     if amp == "fp16":
         return torch.float16

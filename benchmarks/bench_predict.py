@@ -1,0 +1,114 @@
+"""Prediction speed and memory (issue 5): one subject, paper-size networks, one model, no TTA,
+this machine's cores: <= 10 s end to end for the single-sequence net, <= 20 s for the six-encoder
+net (bf16 autocast where it keeps the argmax on >= 99.9 % of voxels); peak RSS <= 4 GB.
+
+Weights are random (speed and numerics do not depend on training). Each run is a separate
+``cordfuse predict`` process, so its time includes start-up, model loading and pre-processing,
+and its peak RSS is measured alone.
+
+Run: ``.venv/bin/python benchmarks/bench_predict.py``
+"""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from _common import print_table
+
+
+def make_checkpoint(path: Path, model: str) -> None:
+    import torch
+
+    from cordfuse import __version__
+    from cordfuse.preprocess.pipeline import PRESETS
+    from cordfuse.training.config import TrainConfig
+    from cordfuse.training.trainer import build_model
+
+    config = TrainConfig(model=model, preset="paper")
+    torch.manual_seed(0)
+    net = build_model(config)
+    torch.save({"model": net.state_dict(), "config": config.to_dict(),
+                "sequences": config.model_sequences, "prep": asdict(PRESETS["paper"]),
+                "cordfuse_version": __version__}, path)
+
+
+def run(args: list[str]) -> tuple[float, float]:
+    """Wall time (s) and peak RSS (GB) of one cordfuse process."""
+    start = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    subprocess.run([sys.executable, "-m", "cordfuse", *args], check=True,
+                   stdout=subprocess.DEVNULL)
+    elapsed = time.perf_counter() - start
+    peak = max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, before)
+    return elapsed, peak / 1024**2
+
+
+def agreement(subject, model_path: Path) -> float:
+    """Fraction of crop voxels whose argmax is the same in fp32 and bf16."""
+    import torch
+
+    from cordfuse.inference import load_models, predict_subject
+
+    models = load_models([model_path], torch.device("cpu"))
+    p32 = predict_subject(subject, models, amp="none").probabilities
+    p16 = predict_subject(subject, models, amp="bf16").probabilities
+    return float(((p32 > 0.5) == (p16 > 0.5)).mean())
+
+
+def trained_agreement(root: Path) -> tuple[str, str]:
+    """Random weights put logits at the decision boundary; a trained net is what matters. Train
+    the small preset (~2 min) and compare fp32 and bf16 argmax on its validation subjects."""
+    from cordfuse.cli import main as cli
+    from cordfuse.dataset import discover
+    from cordfuse.synth.cohort import write_cohort
+    from cordfuse.training.config import TrainConfig
+    from cordfuse.training.trainer import train
+
+    bids = write_cohort(root / "small_bids", subjects=10, seed=21)
+    cli(["prepare", str(bids), str(root / "small_prep"), "--preset", "small", "--jobs", "2"])
+    config = TrainConfig(model="baseline", preset="small", epochs=50, iterations=25, seed=0)
+    summary = train(root / "small_prep", root / "small_run", config, progress=False)
+    values = [agreement(s, root / "small_run") for s in discover(bids).subjects
+              if s.subject_id in summary["val"]]
+    return (f"{100 * min(values):.3f} %",
+            f"worst of {len(values)} validation subjects (val Dice {summary['best_val_dice']:.2f})")
+
+
+def main() -> None:
+    from cordfuse.dataset import discover
+    from cordfuse.synth.cohort import generate_subject, write_subject
+    from cordfuse.synth.protocol import COHORTS, CohortProfile
+
+    everything = {k: 1.0 for k in ("T2Sag_lower", "STIR", "T2starAx", "T2Ax", "T1Sag", "MP2RAGE")}
+    COHORTS["full"] = CohortProfile("full", everything, 1000.0, 1.0, 0.03, 1.0)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        write_subject(generate_subject(0, 1, "full"), root / "bids", 0)
+        subject = discover(root / "bids").subjects[0]
+        for model in ("baseline", "mean-imputation"):
+            checkpoint = root / f"{model}.pt"
+            make_checkpoint(checkpoint, model)
+            target = "<= 10 s" if model == "baseline" else "<= 20 s"
+            for amp in ("none", "bf16"):
+                seconds, rss = run(["predict", str(checkpoint), "-i", str(root / "bids"),
+                                    "-o", str(root / f"out-{model}-{amp}"), "--amp", amp])
+                label = f"{model} ({'1' if model == 'baseline' else '6'} enc), {amp}"
+                rows.append((label, f"{seconds:.1f} s", f"target {target}; peak RSS "
+                                                        f"{rss:.2f} GB (<= 4 GB)"))
+            same = agreement(subject, checkpoint)
+            rows.append((f"{model}: bf16 = fp32, random weights", f"{100 * same:.3f} %",
+                         "uninformative: untrained logits sit at the boundary"))
+        rows.append(("subject", f"{len(subject.sequences)} sequences", "two T2Sag slabs"))
+        rows.append(("trained small model: bf16 = fp32", *trained_agreement(root)))
+    print_table("predict: one subject end to end (fresh process), paper-size nets", rows)
+
+
+if __name__ == "__main__":
+    main()
