@@ -211,7 +211,21 @@ class TestCommandLine:
         assert "sub-002" in failed[1] and "unreadable" in failed[1]
         assert f"warning {blank}: {seq} dropped" in captured.out
         assert "2 predicted, 2 failed" in captured.out
-        # The specific model cannot drop its STIR: that subject fails instead.
+        if seq == "STIR":  # the specific model cannot drop its STIR: that subject fails instead
+            assert (
+                main(
+                    [
+                        "predict",
+                        str(tiny_models["specific"]),
+                        "-i",
+                        str(synth_copy / blank),
+                        "-o",
+                        str(tmp_path / "spec"),
+                    ]
+                )
+                == 1
+            )
+            assert "lacks STIR" in capsys.readouterr().err
         bad_model = tmp_path / "bad.pt"
         bad_model.write_bytes(b"not a checkpoint")
         assert (
@@ -219,6 +233,48 @@ class TestCommandLine:
             == 2
         )
         assert "unreadable checkpoint" in capsys.readouterr().err
+
+    def test_centreline_from_cord_masks(self, synth_root, tiny_models, tmp_path):
+        assert (
+            main(
+                [
+                    "predict",
+                    str(tiny_models["baseline"]),
+                    "-i",
+                    str(synth_root / "sub-001"),
+                    "-o",
+                    str(tmp_path),
+                    "--centerline",
+                    "mask",
+                ]
+            )
+            == 0
+        )
+        subject = discover(synth_root).subjects[0]
+        models = load_models([tiny_models["baseline"]], CPU)
+        prediction = predict_subject(subject, models, device=CPU, centerline="mask")
+        assert prediction.prepared.config.centerline == "mask"
+
+    def test_weights_that_do_not_fit_their_configuration(
+        self, tiny_models, tmp_path, capsys, synth_root
+    ):
+        checkpoint = load_checkpoint(tiny_models["baseline"])
+        checkpoint["config"]["preset"] = "paper"  # small weights, paper architecture
+        torch.save(checkpoint, tmp_path / "mismatch.pt")
+        assert (
+            main(
+                [
+                    "predict",
+                    str(tmp_path / "mismatch.pt"),
+                    "-i",
+                    str(synth_root),
+                    "-o",
+                    str(tmp_path / "o"),
+                ]
+            )
+            == 2
+        )
+        assert "does not match its configuration" in capsys.readouterr().err
 
     def test_checkpoint_of_another_major_version(self, tiny_models, tmp_path, synth_root, capsys):
         checkpoint = load_checkpoint(tiny_models["baseline"])

@@ -290,6 +290,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         "threshold": args.threshold, "min_volume": args.min_volume,
         "device": str(choose_device(args.device)), "batch_size": args.batch_size, "amp": args.amp,
         "per_slab": args.per_slab, "save_probabilities": args.save_probabilities, "qc": args.qc,
+        "centerline": args.centerline,
     }
     models = tuple(args.model)
     update = _progress(len(subjects), "predict")
@@ -461,6 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
                              help=f"explicit {seq} file(s) (several = slabs, top first)")
     predict.add_argument("--sequences", help="use only these sequences, e.g. T2Sag,STIR")
     predict.add_argument("--tta", action="store_true", help="left-right mirroring")
+    predict.add_argument("--centerline", choices=("auto", "mask", "sct"),
+                         help="override the checkpoint's centreline backend (mask: cord masks "
+                              "in derivatives/labels)")
     predict.add_argument("--save-probabilities", action="store_true")
     predict.add_argument("--per-slab", action="store_true", help="also one mask per T2Sag slab")
     predict.add_argument("--threshold", type=float, default=0.5)

@@ -159,13 +159,19 @@ def predict_subject(
     device: torch.device | None = None,
     batch_size: int = 2,
     amp: str = "auto",
+    centerline: str | None = None,
 ) -> Prediction:
-    """Predict one subject with one model or an ensemble (mean of probabilities)."""
+    """Predict one subject with one model or an ensemble (mean of probabilities).
+
+    ``centerline`` overrides the checkpoint's centreline backend (``mask`` uses the subject's
+    cord masks).
+    """
     device = device or torch.device("cpu")
     use = usable_sequences(models, sequences)
     if REFERENCE_SEQUENCE not in use or not subject.scans.get(REFERENCE_SEQUENCE):
         raise CordfuseError(f"no {REFERENCE_SEQUENCE} scan (every model needs it)")
-    prepared = prepare_subject(restrict_subject(subject, use), models[0].prep)
+    prep = models[0].prep if centerline is None else replace(models[0].prep, centerline=centerline)
+    prepared = prepare_subject(restrict_subject(subject, use), prep)
     prepared.label = None
     probabilities = np.mean([
         model_probabilities(m, prepared, tta=tta, device=device, batch_size=batch_size, amp=amp)
@@ -328,7 +334,8 @@ def predict_and_write(subject: Subject, model_paths: tuple[str, ...], out: Path,
         prediction = predict_subject(
             subject, _MODEL_CACHE[key], sequences=options["sequences"], tta=options["tta"],
             threshold=options["threshold"], min_volume_mm3=options["min_volume"], device=device,
-            batch_size=options["batch_size"], amp=options["amp"])
+            batch_size=options["batch_size"], amp=options["amp"],
+            centerline=options.get("centerline"))
         inputs = {scan.path.resolve() for scans in subject.scans.values() for scan in scans}
         files = write_prediction(prediction, out, threshold=options["threshold"],
                                  per_slab=options["per_slab"],
