@@ -321,6 +321,49 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# evaluate
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from cordfuse.evaluation.evaluate import (
+        evaluate,
+        format_text,
+        rows_to_csv,
+        summary_table,
+        to_json,
+    )
+    from cordfuse.io import atomic_write_text
+
+    pred, gt = Path(args.pred), Path(args.gt)
+    for path in (pred, gt):
+        if not path.exists():
+            raise CordfuseError(f"{path}: not found")
+    options = {"alpha": args.alpha, "beta": args.beta, "gamma": args.gamma,
+               "min_volume_mm3": args.min_volume, "connectivity": args.connectivity}
+    participants = Path(args.participants) if args.participants else None
+    rows, problems = evaluate(pred, gt, participants=participants, **options)
+    for problem in problems:
+        print(f"FAILED {problem}", file=sys.stderr)
+    if not rows:
+        raise CordfuseError("no pair could be evaluated")
+    summary = summary_table(rows)
+    if args.output:
+        atomic_write_text(args.output, rows_to_csv(rows))
+    if args.json and pred.is_file():
+        import json as _json
+
+        document = _json.loads(to_json(rows, summary))["images"][0]
+        print(_json.dumps(document, indent=2))
+    elif args.json:
+        print(to_json(rows, summary))
+    else:
+        print(format_text(rows, summary))
+        if args.output:
+            print(f"per-image metrics: {args.output}")
+    return 1 if problems else 0
+
+
+# ---------------------------------------------------------------------------------------------
 # demo
 
 
@@ -477,6 +520,23 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--mapping", help="JSON/YAML file overriding the sequence rules")
     predict.add_argument("--qc", action="store_true", help="QC picture per subject")
     predict.set_defaults(func=cmd_predict)
+
+    evaluate = verbs.add_parser(
+        "evaluate", help="Dice and lesion-wise metrics (Anima rules) against ground truth",
+        description="Per-image Dice, lesion-wise sensitivity/precision/F1 exactly as Anima's "
+                    "animaSegPerfAnalyzer -l, then mean and median per cohort.")
+    evaluate.add_argument("--pred", required=True, help="prediction file or folder")
+    evaluate.add_argument("--gt", required=True, help="ground-truth file, folder or BIDS dataset")
+    evaluate.add_argument("--json", action="store_true", help="JSON output")
+    evaluate.add_argument("-o", "--output", help="per-image metrics CSV")
+    evaluate.add_argument("--participants", help="participants.tsv with a cohort column")
+    evaluate.add_argument("--alpha", type=float, default=0.10, help="detected if > alpha covered")
+    evaluate.add_argument("--beta", type=float, default=0.70, help="max fraction outside")
+    evaluate.add_argument("--gamma", type=float, default=0.65, help="cumulated overlap share")
+    evaluate.add_argument("--min-volume", type=float, default=3.0,
+                          help="lesions <= this volume (mm^3) are removed")
+    evaluate.add_argument("--connectivity", type=int, choices=(6, 18, 26), default=6)
+    evaluate.set_defaults(func=cmd_evaluate)
 
     demo = verbs.add_parser("demo", help="run the whole pipeline on a small synthetic cohort")
     demo.add_argument("out", nargs="?", default="cordfuse-demo", help="output folder")

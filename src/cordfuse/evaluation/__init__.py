@@ -1,0 +1,1 @@
+"""Evaluation (no torch): Anima-compatible lesion metrics, statistics, tables."""

@@ -1,0 +1,71 @@
+"""Statistics of the paper's tables: Wilcoxon signed-rank against a reference method (per image),
+significance marks (``*`` p < 0.1, ``**`` p < 0.05, as Table 2), mean +- std across seeds, and
+mean/median summaries that say how many images had an undefined value.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+
+@dataclass(frozen=True)
+class Comparison:
+    statistic: float
+    p_value: float
+    n: int
+
+    @property
+    def mark(self) -> str:
+        return significance_mark(self.p_value)
+
+
+def significance_mark(p_value: float) -> str:
+    """``**`` when p < 0.05, ``*`` when p < 0.1 (Table 2), else empty."""
+    if math.isnan(p_value):
+        return ""
+    return "**" if p_value < 0.05 else "*" if p_value < 0.1 else ""
+
+
+def wilcoxon_vs_reference(values: Sequence[float], reference: Sequence[float]) -> Comparison:
+    """Two-sided Wilcoxon signed-rank test of paired per-image values (NaN pairs dropped)."""
+    a, b = np.asarray(values, float), np.asarray(reference, float)
+    if a.shape != b.shape:
+        raise ValueError("the two methods must be evaluated on the same images")
+    keep = ~(np.isnan(a) | np.isnan(b))
+    a, b = a[keep], b[keep]
+    if len(a) == 0 or np.all(a == b):
+        return Comparison(0.0, 1.0, int(len(a)))
+    result = stats.wilcoxon(a, b)
+    return Comparison(float(result.statistic), float(result.pvalue), int(len(a)))
+
+
+@dataclass(frozen=True)
+class Summary:
+    mean: float
+    median: float
+    std: float
+    n: int
+    n_undefined: int
+
+
+def summarise(values: Sequence[float]) -> Summary:
+    """Mean, median and std over the defined values; counts undefined (NaN) ones."""
+    array = np.asarray(values, float)
+    defined = array[~np.isnan(array)]
+    if len(defined) == 0:
+        return Summary(math.nan, math.nan, math.nan, 0, len(array))
+    return Summary(float(defined.mean()), float(np.median(defined)),
+                   float(defined.std(ddof=1)) if len(defined) > 1 else 0.0, len(defined),
+                   int(np.isnan(array).sum()))
+
+
+def mean_std(per_seed: Sequence[float], digits: int = 3) -> str:
+    """``0.603 ± 0.025`` over seeds (sample std, as the paper's Table 2)."""
+    values = np.asarray(per_seed, float)
+    std = values.std(ddof=1) if len(values) > 1 else 0.0
+    return f"{values.mean():.{digits}f} ± {std:.{digits}f}"
