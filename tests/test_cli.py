@@ -45,9 +45,39 @@ def test_synth_rejects_bad_options(tmp_path, capsys):
     assert err.count("cordfuse: error:") == 2 and "Traceback" not in err
 
 
-def test_demo_runs_synth_and_check(tmp_path, capsys):
-    assert main(["demo", str(tmp_path / "demo"), "--subjects", "3"]) == 0
-    out = capsys.readouterr().out
-    assert "OK: no problems found." in out and "Demo finished" in out
-    assert len(list((tmp_path / "demo/data").glob("sub-*"))) == 3
-    assert len(list((tmp_path / "demo/data/derivatives/synth/qc").glob("*.png"))) == 3
+def test_demo_runs_the_main_job_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert (
+        main(
+            [
+                "demo",
+                str(out),
+                "--subjects",
+                "9",
+                "--epochs",
+                "1",
+                "--iterations",
+                "2",
+                "--test-per-cohort",
+                "1",
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "[6/6] Evaluating" in printed and "Demo finished" in printed
+    assert "no problem found" in printed
+    fold = json.loads((out / "fold.json").read_text())
+    assert len(fold["test"]) == 3 and not set(fold["test"]) & set(fold["train"])
+    for model in ("baseline", "mean-imputation"):
+        assert (out / "runs" / model / "checkpoint_best.pt").exists()
+    for name in ("baseline_T2Sag", "mean-imputation_T2Sag", "mean-imputation_all"):
+        masks = sorted((out / "predictions" / name).glob("*_lesion.nii.gz"))
+        assert [m.name.split("_")[0] for m in masks] == fold["test"]
+    table = (out / "results.md").read_text()
+    assert "| F1 A | F1 B | F1 C | Dice A | Dice B | Dice C |" in table.replace(
+        "model | sequences at inference | ", ""
+    )
+    assert table.count("| mean-imputation |") == 2
+    assert main(["demo", str(tmp_path / "small"), "--subjects", "3"]) == 2
+    assert len((out / "metrics.csv").read_text().splitlines()) == 1 + 3 * 3

@@ -368,24 +368,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from cordfuse.demo import DemoSettings, run_demo
+
     out = Path(args.out)
-    data = out / "data"
-    print(f"[1/2] Synthetic cohort: {args.subjects} subjects, cohorts A, B, C -> {data}")
-    prepare_output_folder(data, overwrite=True)
-    cmd_synth(
-        argparse.Namespace(
-            out=str(data),
-            subjects=args.subjects,
-            seed=args.seed,
-            cohorts="A,B,C",
-            qc=True,
-            overwrite=True,
-        )
-    )
-    print(f"\n[2/2] Checking {data}")
-    status = run_check(data)
-    print(f"\nDemo finished: dataset and QC pictures under {out.resolve()}")
-    return status
+    prepare_output_folder(out / "data", overwrite=True)
+    for folder in ("prepared", "runs", "predictions"):
+        if (out / folder).exists():
+            shutil.rmtree(out / folder)
+    settings = DemoSettings(subjects=args.subjects, seed=args.seed, epochs=args.epochs,
+                            iterations=args.iterations, test_per_cohort=args.test_per_cohort)
+    result = run_demo(out, settings)
+    return 0 if result["ok"] else 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -542,6 +535,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("out", nargs="?", default="cordfuse-demo", help="output folder")
     demo.add_argument("--subjects", type=int, default=24, help="subjects (default 24)")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--epochs", type=int, default=50, help="training epochs per model")
+    demo.add_argument("--iterations", type=int, default=25, help="iterations per epoch")
+    demo.add_argument("--test-per-cohort", type=int, default=3, help="held-out test subjects")
     demo.set_defaults(func=cmd_demo)
     return parser
 
