@@ -20,6 +20,12 @@ from cordfuse.evaluation.stats import (
 )
 
 
+def evaluate_json(pred_path, truth_path, capsys) -> dict:
+    """``cordfuse evaluate --json`` on one pair, parsed."""
+    assert main(["evaluate", "--pred", str(pred_path), "--gt", str(truth_path), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
 def volume(shape=(30, 30, 12)):
     return np.zeros(shape, bool)
 
@@ -67,7 +73,7 @@ class TestGammaWalk:
 
 
 class TestSmallLesionsAndConnectivity:
-    def test_three_cubic_mm_removed_with_anisotropic_spacing(self, tmp_path):
+    def test_three_cubic_mm_removed_with_anisotropic_spacing(self, tmp_path, capsys):
         affine = np.diag([0.5, 0.5, 3.0, 1.0])  # 0.75 mm^3 voxels
         truth = volume()
         truth[0:4, 0, 0] = True  # 3.00 mm^3: removed (<= 3)
@@ -76,19 +82,8 @@ class TestSmallLesionsAndConnectivity:
         assert n == 1 and labels[0:4, 0, 0].max() == 0 and labels[10:15, 0, 0].min() == 1
         nib.save(nib.Nifti1Image(truth.astype(np.uint8), affine), tmp_path / "gt.nii.gz")
         nib.save(nib.Nifti1Image(truth.astype(np.uint8), affine), tmp_path / "pred.nii.gz")
-        assert (
-            main(
-                [
-                    "evaluate",
-                    "--pred",
-                    str(tmp_path / "pred.nii.gz"),
-                    "--gt",
-                    str(tmp_path / "gt.nii.gz"),
-                    "--json",
-                ]
-            )
-            == 0
-        )
+        document = evaluate_json(tmp_path / "pred.nii.gz", tmp_path / "gt.nii.gz", capsys)
+        assert document["n_gt"] == 1 and document["volume_gt_mm3"] == pytest.approx(6.75)
 
     def test_face_connectivity_splits_diagonal_neighbours(self):
         truth = volume()
@@ -181,20 +176,7 @@ class TestCommandLine:
         pred[0:10, 0:2, 0] = True
         self._write(tmp_path / "gt.nii.gz", truth)
         self._write(tmp_path / "pred.nii.gz", pred)
-        assert (
-            main(
-                [
-                    "evaluate",
-                    "--pred",
-                    str(tmp_path / "pred.nii.gz"),
-                    "--gt",
-                    str(tmp_path / "gt.nii.gz"),
-                    "--json",
-                ]
-            )
-            == 0
-        )
-        document = json.loads(capsys.readouterr().out)
+        document = evaluate_json(tmp_path / "pred.nii.gz", tmp_path / "gt.nii.gz", capsys)
         for key in (
             "dice",
             "lesion_sensitivity",
@@ -275,7 +257,9 @@ def test_evaluation_never_imports_torch():
     import subprocess
     import sys
 
-    code = ("import sys, cordfuse.evaluation.metrics, cordfuse.evaluation.stats, "
-            "cordfuse.evaluation.evaluate; print('torch' in sys.modules)")
+    code = (
+        "import sys, cordfuse.evaluation.metrics, cordfuse.evaluation.stats, "
+        "cordfuse.evaluation.evaluate; print('torch' in sys.modules)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr

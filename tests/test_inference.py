@@ -348,3 +348,32 @@ def test_read_volume_of_prediction_is_binary(tmp_path, synth_root, tiny_models):
     data, _ = read_volume(out / "sub-003_lesion.nii.gz")
     assert set(np.unique(data)) <= {0.0, 1.0} and data.sum() > 0, "threshold 0 marks the tube"
     shutil.rmtree(out)
+
+
+def test_parallel_subjects_give_the_same_predictions(synth_root, tiny_models, tmp_path):
+    """--jobs 2 (spawned workers) predicts what one process does (fp32; float tolerance)."""
+    for jobs in ("1", "2"):
+        assert (
+            main(
+                [
+                    "predict",
+                    str(tiny_models["baseline"]),
+                    "-i",
+                    str(synth_root),
+                    "-o",
+                    str(tmp_path / jobs),
+                    "--jobs",
+                    jobs,
+                    "--amp",
+                    "none",
+                    "--save-probabilities",
+                ]
+            )
+            == 0
+        )
+    ones = sorted((tmp_path / "1").glob("*_lesion_prob.nii.gz"))
+    assert len(ones) == 4 and len(list((tmp_path / "2").glob("*_lesion_prob.nii.gz"))) == 4
+    for one in ones:
+        a = np.asarray(nib.load(one).dataobj)
+        b = np.asarray(nib.load(tmp_path / "2" / one.name).dataobj)
+        np.testing.assert_allclose(a, b, atol=1e-4)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import shutil
 import sys
 import time
@@ -297,7 +298,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     results = []
     if args.jobs > 1:
-        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        # spawn, not fork: forking a process whose torch thread pools are running deadlocks
+        with ProcessPoolExecutor(max_workers=args.jobs,
+                                 mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = [pool.submit(predict_and_write, s, models, out, options) for s in subjects]
             for future in futures:
                 results.append(future.result())

@@ -13,6 +13,7 @@ into the same OUT skips subjects already prepared with the same settings.
 from __future__ import annotations
 
 import json
+import multiprocessing
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -91,7 +92,9 @@ def prepare_dataset(
             if progress:
                 progress(subject.name)
     else:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
+        # spawn, not fork: the caller may have torch thread pools running (demo, tests)
+        with ProcessPoolExecutor(max_workers=jobs,
+                                 mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = [pool.submit(prepare_one, s, out, config, overwrite=overwrite, qc=qc)
                        for s in dataset.subjects]
             for future in as_completed(futures):
