@@ -19,3 +19,13 @@ def print_table(title: str, rows: list[tuple[str, str, str]]) -> None:
     print(f"\n== {title}")
     for measure, value, target in rows:
         print(f"  {measure:<{width}}  {value:>12}   {target}")
+
+
+def register_full_cohort() -> str:
+    """A synthetic cohort profile in which every subject has all six sequences and two T2Sag
+    slabs (the worst case the speed targets are stated for); returns its name."""
+    from cordfuse.synth.protocol import COHORTS, CohortProfile
+
+    every = {k: 1.0 for k in ("T2Sag_lower", "STIR", "T2starAx", "T2Ax", "T1Sag", "MP2RAGE")}
+    COHORTS["full"] = CohortProfile("full", every, 1000.0, 1.0, 0.03, 1.0)
+    return "full"

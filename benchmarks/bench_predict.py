@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from _common import print_table
+from _common import print_table, register_full_cohort
 
 
 def make_checkpoint(path: Path, model: str) -> None:
@@ -83,10 +83,8 @@ def trained_agreement(root: Path) -> tuple[str, str]:
 def main() -> None:
     from cordfuse.dataset import discover
     from cordfuse.synth.cohort import generate_subject, write_subject
-    from cordfuse.synth.protocol import COHORTS, CohortProfile
 
-    everything = {k: 1.0 for k in ("T2Sag_lower", "STIR", "T2starAx", "T2Ax", "T1Sag", "MP2RAGE")}
-    COHORTS["full"] = CohortProfile("full", everything, 1000.0, 1.0, 0.03, 1.0)
+    register_full_cohort()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

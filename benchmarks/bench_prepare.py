@@ -12,7 +12,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from _common import pin_one_core, print_table
+from _common import pin_one_core, print_table, register_full_cohort
 
 
 def main() -> None:
@@ -26,10 +26,8 @@ def main() -> None:
     from cordfuse.dataset import discover
     from cordfuse.preprocess.pipeline import PRESETS, prepare_subject
     from cordfuse.synth.cohort import generate_subject, write_subject
-    from cordfuse.synth.protocol import COHORTS, CohortProfile
 
-    everything = {k: 1.0 for k in ("T2Sag_lower", "STIR", "T2starAx", "T2Ax", "T1Sag", "MP2RAGE")}
-    COHORTS["full"] = CohortProfile("full", everything, 1000.0, 1.0, 0.03, 1.0)
+    register_full_cohort()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

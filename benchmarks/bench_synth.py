@@ -10,7 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import pin_one_core, print_table
+from _common import pin_one_core, print_table, register_full_cohort
 
 
 def main() -> None:
@@ -19,7 +19,6 @@ def main() -> None:
     args = parser.parse_args()
     pin_one_core()
     from cordfuse.synth.cohort import cohort_of, generate_subject, write_subject
-    from cordfuse.synth.protocol import COHORTS, CohortProfile
 
     times, with_write = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -32,14 +31,9 @@ def main() -> None:
             times.append(mid - start)
             with_write.append(time.perf_counter() - start)
         size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
-    # Worst case: every sequence present and two T2Sag slabs.
-    full = CohortProfile("full", {k: 1.0 for k in ("T2Sag_lower", "STIR", "T2starAx", "T2Ax",
-                                                   "T1Sag", "MP2RAGE")}, 1000.0, 1.0, 0.03, 1.0)
-    COHORTS["full"] = full
     start = time.perf_counter()
-    generate_subject(0, 1, "full")
+    generate_subject(0, 1, register_full_cohort())  # every sequence, two T2Sag slabs
     worst = time.perf_counter() - start
-    del COHORTS["full"]
     n = args.subjects
     print_table(
         f"synth: {n} subjects, cohorts A/B/C, one core",
