@@ -34,6 +34,7 @@ def main() -> None:
         write_subject(generate_subject(0, 1, "full"), root, 0)
         subject = discover(root).subjects[0]
         scans = sum(len(v) for v in subject.scans.values())
+        prepare_subject(subject, PRESETS["small"])  # warm-up: imports, caches (not timed)
         for label, config in (
             ("paper preset, no registration", replace(PRESETS["paper"], register_slabs=False)),
             ("paper preset, with registration", PRESETS["paper"]),
