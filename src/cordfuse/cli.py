@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import shutil
 import sys
 import time
@@ -254,7 +255,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         num_workers=args.workers, feature_noise=noise,
     )
     summary = train(args.prepared, args.out, config, device=args.device, resume=args.resume)
-    if int(__import__("os").environ.get("RANK", "0")) == 0:
+    if int(os.environ.get("RANK", "0")) == 0:
         print(f"Trained {config.model}" + (f" ({config.variant})" if config.variant else "")
               + f" for {config.epochs} epochs in {summary['seconds']:.0f} s: best validation Dice "
               f"{summary['best_val_dice']:.3f} -> {args.out}")

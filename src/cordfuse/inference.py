@@ -145,7 +145,7 @@ def lesion_table(mask: np.ndarray, affine: np.ndarray) -> list[dict]:
             "centroid_y_mm": round(float(centroid[1]), 2),
             "centroid_z_mm": round(float(centroid[2]), 2),
         })
-    return rows[:n]
+    return rows
 
 
 def predict_subject(

@@ -47,7 +47,7 @@ def _panels(scan, sequence: str):
         yield image[x].T, cord[x].T, lesion[x].T, spacing[2] / spacing[1], f"x={x}"
 
 
-def render_subject_qc(subject, path: Path) -> None:
+def write_subject_qc(subject, path: Path) -> None:
     """Write the subject's QC PNG to ``path`` (atomically)."""
     import io
 
@@ -102,5 +102,3 @@ def render_subject_qc(subject, path: Path) -> None:
     plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
 
-
-write_subject_qc = render_subject_qc

@@ -1,4 +1,4 @@
-"""Cross-entropy + soft Dice with deep supervision (nnU-Net's loss), and Dice for validation."""
+"""Cross-entropy + soft Dice with deep supervision (nnU-Net's loss)."""
 
 from __future__ import annotations
 
@@ -42,11 +42,3 @@ def deep_supervision_loss(logits: list[torch.Tensor], target: torch.Tensor) -> t
     return sum(w * ce_dice_loss(out, downsample_target(target, out.shape[2:]))
                for w, out in zip(weights, logits, strict=True))
 
-
-def dice_score(prediction: torch.Tensor, truth: torch.Tensor) -> float:
-    """Hard Dice of two binary volumes; 1.0 when both are empty."""
-    prediction, truth = prediction.bool(), truth.bool()
-    total = int(prediction.sum()) + int(truth.sum())
-    if total == 0:
-        return 1.0
-    return 2 * int((prediction & truth).sum()) / total

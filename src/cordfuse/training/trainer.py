@@ -34,13 +34,14 @@ import torch
 
 from cordfuse import __version__
 from cordfuse.errors import CordfuseError
+from cordfuse.evaluation.metrics import dice
 from cordfuse.io import atomic_write_bytes, atomic_write_text
 from cordfuse.nn.networks import CordNet, distillation_loss
 from cordfuse.nn.sliding import predict_probabilities
 from cordfuse.preprocess.batch import load_prepared_dataset
 from cordfuse.training.config import TrainConfig
 from cordfuse.training.data import NORMALISATION, PatchDataset, load_subjects
-from cordfuse.training.losses import deep_supervision_loss, dice_score
+from cordfuse.training.losses import deep_supervision_loss
 
 LATEST, BEST = "checkpoint_latest.pt", "checkpoint_best.pt"
 
@@ -168,7 +169,7 @@ def validate(model, subjects, config: TrainConfig, device, dtype) -> float:
         prob = predict_probabilities(model, subject.images, subject.available,
                                      patch_z=config.net.patch_size[2], overlap=config.val_overlap,
                                      device=device, autocast_dtype=dtype)
-        scores.append(dice_score(torch.from_numpy(prob > 0.5), torch.from_numpy(subject.label > 0)))
+        scores.append(dice(prob > 0.5, subject.label > 0))
     model.train()
     return float(np.mean(scores))
 
