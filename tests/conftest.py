@@ -72,3 +72,20 @@ def learned(tmp_path_factory):
     summary = train(prepared, root / "run", config, progress=False)
     return {"bids": bids, "prepared": prepared, "run": root / "run", "summary": summary,
             "config": config}
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory):
+    """``cordfuse demo`` with a tiny setting (9 subjects, 1 epoch x 2 iterations), and what it
+    printed."""
+    import contextlib
+    import io
+
+    from cordfuse.cli import main
+
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        status = main(["demo", str(out), "--subjects", "9", "--epochs", "1", "--iterations", "2",
+                       "--test-per-cohort", "1"])
+    return {"out": out, "status": status, "printed": printed.getvalue()}

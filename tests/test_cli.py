@@ -45,28 +45,12 @@ def test_synth_rejects_bad_options(tmp_path, capsys):
     assert err.count("cordfuse: error:") == 2 and "Traceback" not in err
 
 
-def test_demo_runs_the_main_job_end_to_end(tmp_path, capsys):
-    out = tmp_path / "demo"
-    assert (
-        main(
-            [
-                "demo",
-                str(out),
-                "--subjects",
-                "9",
-                "--epochs",
-                "1",
-                "--iterations",
-                "2",
-                "--test-per-cohort",
-                "1",
-            ]
-        )
-        == 0
-    )
-    printed = capsys.readouterr().out
-    assert "[6/6] Evaluating" in printed and "Demo finished" in printed
+def test_demo_runs_the_main_job_end_to_end(tiny_demo, tmp_path):
+    out, printed = tiny_demo["out"], tiny_demo["printed"]
+    assert tiny_demo["status"] == 0
+    assert "[6/7] Evaluating" in printed and "Demo finished" in printed
     assert "no problem found" in printed
+    assert f"Report: {(out / 'report.html').resolve()}" in printed
     fold = json.loads((out / "fold.json").read_text())
     assert len(fold["test"]) == 3 and not set(fold["test"]) & set(fold["train"])
     for model in ("baseline", "mean-imputation"):
@@ -78,6 +62,7 @@ def test_demo_runs_the_main_job_end_to_end(tmp_path, capsys):
     assert "| F1 A | F1 B | F1 C | Dice A | Dice B | Dice C |" in table.replace(
         "model | sequences at inference | ", ""
     )
-    assert table.count("| mean-imputation |") == 2
+    assert table.count("| Mean Imputation |") == 3  # Table 1: T2Sag, all available; Table 2
+    per_image = (out / "per_image.csv").read_text().splitlines()
+    assert len(per_image) == 1 + 3 * 3  # 3 test subjects x 3 (model, sequences) setups
     assert main(["demo", str(tmp_path / "small"), "--subjects", "3"]) == 2
-    assert len((out / "metrics.csv").read_text().splitlines()) == 1 + 3 * 3

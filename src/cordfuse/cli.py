@@ -244,7 +244,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise CordfuseError("--model specific needs --sequences, e.g. T2Sag,STIR")
     noise = FeatureNoise()
     if args.noise_params:
-        noise = FeatureNoise(**json.loads(Path(args.noise_params).read_text()))
+        noise = FeatureNoise.from_json(args.noise_params)
     config = TrainConfig(
         model=args.model,
         sequences=sequences or ("T2Sag", "STIR", "T2starAx", "T2Ax", "T1Sag", "MP2RAGE"),
@@ -383,6 +383,53 @@ def cmd_demo(args: argparse.Namespace) -> int:
                             iterations=args.iterations, test_per_cohort=args.test_per_cohort)
     result = run_demo(out, settings)
     return 0 if result["ok"] else 1
+
+
+# ---------------------------------------------------------------------------------------------
+# study, analyze-features
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from cordfuse.study import EXAMPLE_CONFIG, run_study
+
+    if args.example:
+        print(EXAMPLE_CONFIG, end="")
+        return 0
+    if not args.config:
+        raise CordfuseError("give the study CONFIG (cordfuse study --example prints one)")
+    result = run_study(args.config, args.out, tables_only=args.tables_only)
+    for name in ("table1.md", "table2.md"):
+        path = result["tables"].get(name)
+        if path:
+            print()
+            print(path.read_text(), end="")
+    skipped = [r for r in result["runs"] if r.status == "skipped"]
+    for r in skipped:
+        print(f"skipped {r.experiment} seed {r.seed}: {r.message}", file=sys.stderr)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from cordfuse.report import write_report
+
+    path = write_report(args.run_dir, args.out,
+                        progress=lambda title: print(f"  {title}", file=sys.stderr))
+    print(f"Report: {path.resolve()}")
+    return 0
+
+
+def cmd_analyze_features(args: argparse.Namespace) -> int:
+    from cordfuse.features import analyze_features
+
+    out = Path(args.out)
+    fit = analyze_features(args.model, args.prepared, out, device=args.device,
+                           max_values=args.max_values, seed=args.seed)
+    noise = fit.noise
+    print(f"Fitted on {fit.n_values} feature differences: weight {noise.weight:.4f}, "
+          f"logistic scale {noise.logistic_scale:.4g}, normal sigma {noise.normal_sigma:.4g}")
+    print(f"Wrote {out / 'noise_params.json'} (train --noise-params), {out / 'fit.json'}, "
+          f"{out / 'histogram.png'}")
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -543,6 +590,36 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--iterations", type=int, default=25, help="iterations per epoch")
     demo.add_argument("--test-per-cohort", type=int, default=3, help="held-out test subjects")
     demo.set_defaults(func=cmd_demo)
+
+    study = verbs.add_parser("study", help="the paper's experiment grid, Tables 1 and 2",
+                             description="Train every model of the paper for n seeds, evaluate "
+                             "the test cohorts and write Tables 1 and 2 (resumable).")
+    study.add_argument("config", nargs="?", help="study YAML/JSON (see --example)")
+    study.add_argument("-o", "--out", help="study folder (default: CONFIG without its suffix)")
+    study.add_argument("--example", action="store_true", help="print an example config")
+    study.add_argument("--tables-only", action="store_true",
+                       help="rebuild the tables from the metrics already computed")
+    study.set_defaults(func=cmd_study)
+
+    report = verbs.add_parser("report", help="the self-contained HTML report of a run folder",
+                              description="One HTML file (pictures embedded) for a demo or study "
+                              "folder: availability, metrics, box plots, QC, curves, versions.")
+    report.add_argument("run_dir", help="folder written by cordfuse demo or cordfuse study")
+    report.add_argument("-o", "--out", help="HTML file (default RUN_DIR/report.html)")
+    report.set_defaults(func=cmd_report)
+
+    features = verbs.add_parser(
+        "analyze-features", help="fit the latent-noise mixture of a Mean Imputation model",
+        description="Bottleneck feature differences (other sequences - T2Sag) of a trained "
+        "multi-encoder model, fitted by maximum likelihood with the logistic/normal mixture.")
+    features.add_argument("model", help="training folder or checkpoint of a Mean Imputation model")
+    features.add_argument("prepared", help="prepared dataset folder")
+    features.add_argument("-o", "--out", default="features", help="output folder")
+    features.add_argument("--max-values", type=int, default=2_000_000,
+                          help="subsample of differences to fit (default 2e6)")
+    features.add_argument("--seed", type=int, default=0)
+    features.add_argument("--device", default="auto")
+    features.set_defaults(func=cmd_analyze_features)
     return parser
 
 

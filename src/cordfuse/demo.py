@@ -2,7 +2,7 @@
 
 synth -> check -> prepare (small preset) -> train a T2Sag baseline and a Mean Imputation model ->
 predict the held-out test subjects of each cohort (T2Sag only, and every available sequence) ->
-evaluate (Anima rules) -> ``results.md``, a Table-1-style summary per test cohort.
+evaluate (Anima rules) -> ``results.md`` (Tables 1 and 2 per test cohort) -> ``report.html``.
 
 Everything lands in one folder::
 
@@ -12,7 +12,9 @@ Everything lands in one folder::
     OUT/fold.json        training / validation / test subjects
     OUT/runs/<model>/    checkpoints, log, curves
     OUT/predictions/<model>_<sequences>/   lesion masks on the native T2Sag grid
-    OUT/results.md, OUT/metrics.csv
+    OUT/per_image.csv    per-image metrics (Dice, lesion-wise sensitivity/precision/F1)
+    OUT/results.md       Tables 1 and 2 of the test cohorts
+    OUT/report.html      the self-contained report (``cordfuse report OUT`` rebuilds it)
 """
 
 from __future__ import annotations
@@ -20,15 +22,16 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from cordfuse.errors import CordfuseError
-from cordfuse.evaluation.evaluate import Row, rows_to_csv, summary_table
 from cordfuse.evaluation.metrics import evaluate_masks
+from cordfuse.evaluation.tables import T2SAG_ONLY, Record, records_to_csv, table1, table2
 from cordfuse.io import atomic_write_text, voxel_sizes
+from cordfuse.report import write_manifest, write_report
+from cordfuse.study import ALL_AVAILABLE, split_by_cohort
 
 
 @dataclass(frozen=True)
@@ -41,24 +44,6 @@ class DemoSettings:
     jobs: int = 2
 
 
-def split(document: dict, test_per_cohort: int, seed: int) -> dict[str, list[str]]:
-    """Held-out test subjects per cohort; one validation subject per cohort; the rest trains."""
-    rng = np.random.default_rng(seed)
-    by_cohort: dict[str, list[str]] = {}
-    for s in document["subjects"]:
-        by_cohort.setdefault(s["cohort"] or "-", []).append(s["id"])
-    fold = {"train": [], "val": [], "test": []}
-    for ids in by_cohort.values():
-        ids = list(rng.permutation(sorted(ids)))
-        fold["test"] += ids[:test_per_cohort]
-        fold["val"] += ids[test_per_cohort : test_per_cohort + 1]
-        fold["train"] += ids[test_per_cohort + 1 :]
-    if not fold["train"]:
-        raise CordfuseError(f"the demo needs at least {test_per_cohort + 2} subjects per cohort "
-                            "(test, validation and training)")
-    return {k: sorted(str(i) for i in v) for k, v in fold.items()}
-
-
 def run_demo(
     out: str | Path, settings: DemoSettings = DemoSettings(), log: Callable[[str], None] = print
 ) -> dict:
@@ -66,14 +51,14 @@ def run_demo(
     from cordfuse.dataset import discover
     from cordfuse.inference import load_models, predict_subject, write_prediction
     from cordfuse.preprocess.batch import load_prepared_dataset, prepare_dataset
-    from cordfuse.preprocess.pipeline import PRESETS, load_sequence
+    from cordfuse.preprocess.pipeline import PRESETS, native_lesion_label
     from cordfuse.synth import write_cohort
     from cordfuse.training.config import TrainConfig
     from cordfuse.training.trainer import choose_device, train
 
     out = Path(out)
     started = time.perf_counter()
-    steps = 6
+    steps = 7
     log(f"[1/{steps}] Synthetic cohort: {settings.subjects} subjects, cohorts A, B, C")
     data = write_cohort(out / "data", subjects=settings.subjects, seed=settings.seed, qc=True)
     log(f"[2/{steps}] Checking the dataset")
@@ -88,7 +73,7 @@ def run_demo(
     for r in failed:
         log(f"      FAILED {r.name}: {r.message}")
     document, _ = load_prepared_dataset(out / "prepared")
-    fold = split(document, settings.test_per_cohort, settings.seed)
+    fold = split_by_cohort(document, settings.test_per_cohort, settings.seed)
     atomic_write_text(out / "fold.json", json.dumps(fold, indent=2) + "\n")
     log(
         f"      train {len(fold['train'])}, validation {len(fold['val'])}, "
@@ -118,77 +103,57 @@ def run_demo(
 
     log(f"[5/{steps}] Predicting the test subjects")
     device = choose_device("auto")
-    test = [s for s in dataset.subjects if s.subject_id in fold["test"]]
-    setups = [
-        ("baseline", "T2Sag", ["T2Sag"]),
-        ("mean-imputation", "T2Sag", ["T2Sag"]),
-        ("mean-imputation", "all", None),
-    ]
-    truths = {s.name: load_sequence(s, "T2Sag", config)[0].render(what="lesion")[:2] for s in test}
-    rows: dict[str, list[Row]] = {}
-    for model, label, sequences in setups:
+    test = [s for s in dataset.subjects if s.name in fold["test"]]
+    truths = {s.name: native_lesion_label(s, config) for s in test}
+    records: list[Record] = []
+    for model, label, sequences in SETUPS:
         models = load_models([runs[model]], device)
-        name = f"{model}_{label}"
-        folder = out / "predictions" / name
-        rows[name] = []
+        folder = out / "predictions" / f"{model}_{label}"
         for subject in test:
             prediction = predict_subject(subject, models, sequences=sequences, device=device)
             inputs = {scan.path.resolve() for scans in subject.scans.values() for scan in scans}
-            write_prediction(
-                prediction,
-                folder,
-                threshold=0.5,
-                per_slab=False,
-                save_probabilities=False,
-                qc=False,
-                inputs=inputs,
-            )
+            write_prediction(prediction, folder, threshold=0.5, per_slab=False,
+                             save_probabilities=False, qc=False, inputs=inputs)
             truth, affine = truths[subject.name]
             metrics = evaluate_masks(
-                prediction.mask, truth > 0.5, voxel_volume_mm3=float(np.prod(voxel_sizes(affine)))
-            )
-            rows[name].append(Row(subject.name, subject.cohort, metrics))
+                prediction.mask, truth, voxel_volume_mm3=float(np.prod(voxel_sizes(affine))))
+            inference = T2SAG_ONLY if sequences else ALL_AVAILABLE
+            records.append(Record(model, settings.seed, inference, subject.name,
+                                  subject.cohort or "-", metrics.to_dict()))
     log(f"[6/{steps}] Evaluating (Dice, lesion-wise F1 as Anima)")
-    table = results_table(rows)
+    atomic_write_text(out / "per_image.csv", records_to_csv(records))
+    table = results_table(records)
     atomic_write_text(out / "results.md", table)
-    csv_rows = [
-        Row(f"{name}:{r.image}", r.cohort, r.metrics) for name, rs in rows.items() for r in rs
-    ]
-    atomic_write_text(out / "metrics.csv", rows_to_csv(csv_rows))
     log("")
     log(table)
     minutes = (time.perf_counter() - started) / 60
+    log(f"[7/{steps}] Writing the report")
+    write_manifest(out, kind="demo", data=data, settings=asdict(settings),
+                   experiments=list(LABELS), labels=LABELS,
+                   inferences=[T2SAG_ONLY, ALL_AVAILABLE],
+                   qc_predictions=[("baseline, T2Sag only", "predictions/baseline_T2Sag"),
+                                   ("Mean Imputation, all sequences",
+                                    "predictions/mean-imputation_all")],
+                   minutes=minutes)
+    report_path = write_report(out)
+    minutes = (time.perf_counter() - started) / 60
     log(f"Demo finished in {minutes:.1f} min. Results: {(out / 'results.md').resolve()}")
-    return {"ok": report.ok and not failed, "minutes": minutes, "rows": rows}
+    log(f"Report: {report_path.resolve()}")
+    return {"ok": report.ok and not failed, "minutes": minutes, "records": records,
+            "report": report_path}
 
 
-def results_table(rows: dict[str, list[Row]]) -> str:
-    """Table 1 layout: model x sequences at inference; F1 and Dice per test cohort (means)."""
-    cohorts = sorted({r.cohort for rs in rows.values() for r in rs if r.cohort})
-    head = (
-        "| model | sequences at inference | "
-        + " | ".join(f"F1 {c}" for c in cohorts)
-        + " | "
-        + " | ".join(f"Dice {c}" for c in cohorts)
-        + " |"
-    )
-    lines = [
-        "# cordfuse demo: test cohorts (mean per cohort)",
-        "",
-        head,
-        "|" + "---|" * (2 + 2 * len(cohorts)),
-    ]
-    for name, rs in rows.items():
-        model, label = name.split("_", 1)
-        summary = summary_table(rs)
-        f1 = [summary.get(c, {}).get("lesion_f1", {}).get("mean", float("nan")) for c in cohorts]
-        dc = [summary.get(c, {}).get("dice", {}).get("mean", float("nan")) for c in cohorts]
-        lines.append(
-            f"| {model} | {label} | "
-            + " | ".join(f"{v:.3f}" for v in f1)
-            + " | "
-            + " | ".join(f"{v:.3f}" for v in dc)
-            + " |"
-        )
-    lines += ["", "Synthetic data: a check of the pipeline, not a clinical validation."]
-    return "\n".join(lines) + "\n"
+LABELS = {"baseline": "T2Sag baseline", "mean-imputation": "Mean Imputation"}
+SETUPS = (("baseline", "T2Sag", ["T2Sag"]), ("mean-imputation", "T2Sag", ["T2Sag"]),
+          ("mean-imputation", "all", None))
+
+
+def results_table(records: list[Record]) -> str:
+    """Table 1 and Table 2 of the demo's test subjects, as Markdown."""
+    order = list(LABELS)
+    first = table1(records, experiments=order, labels=LABELS,
+                   inferences=[T2SAG_ONLY, ALL_AVAILABLE])
+    second = table2(records, reference="baseline", experiments=order, labels=LABELS)
+    return ("# cordfuse demo: test cohorts\n\n" + first.to_markdown() + "\n"
+            + second.to_markdown()
+            + "\nSynthetic data: a check of the pipeline, not a clinical validation.\n")

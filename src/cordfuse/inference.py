@@ -25,7 +25,13 @@ from cordfuse.dataset import Subject
 from cordfuse.errors import CordfuseError
 from cordfuse.io import apply_affine, voxel_sizes
 from cordfuse.nn.sliding import predict_probabilities
-from cordfuse.preprocess.pipeline import PreparedSubject, PrepConfig, prepare_subject, restore
+from cordfuse.preprocess.pipeline import (
+    PreparedSubject,
+    PrepConfig,
+    fused_t2sag_image,
+    prepare_subject,
+    restore,
+)
 from cordfuse.sequences import REFERENCE_SEQUENCE, SEQUENCES
 from cordfuse.training.config import TrainConfig
 from cordfuse.training.data import normalise
@@ -261,13 +267,8 @@ def write_prediction_qc(prediction: Prediction, path: Path) -> None:
     import nibabel as nib
 
     from cordfuse.io import atomic_write_bytes
-    from cordfuse.preprocess.fusion import FusedSequence, Slab
 
-    prepared = prediction.prepared
-    slabs = [Slab(np.asarray(nib.load(s["path"]).dataobj, np.float32), np.array(s["affine"]),
-                  np.array(s["native_affine"]), z_bounds=tuple(s["z_bounds"]))
-             for s in prepared.t2sag["slabs"]]
-    image = FusedSequence(slabs).render()[0]
+    image = fused_t2sag_image(prediction.prepared)
     canon = nib.as_closest_canonical(nib.Nifti1Image(image, prediction.affine))
     mask = nib.as_closest_canonical(nib.Nifti1Image(prediction.mask, prediction.affine))
     data, labels = np.asarray(canon.dataobj), np.asarray(mask.dataobj)

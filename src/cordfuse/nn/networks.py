@@ -83,6 +83,26 @@ class FeatureNoise:
     logistic_scale: float = 0.002
     normal_sigma: float = 0.4
 
+    @classmethod
+    def from_json(cls, path) -> FeatureNoise:
+        """Read the parameters ``cordfuse analyze-features`` writes (``noise_params.json``)."""
+        import json
+        from pathlib import Path
+
+        from cordfuse.errors import CordfuseError
+
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise CordfuseError(f"{path}: unreadable noise parameters ({exc})") from exc
+        keys = ("weight", "logistic_scale", "normal_sigma")
+        if not isinstance(data, dict) or any(k not in data for k in keys):
+            raise CordfuseError(f"{path}: noise parameters need {', '.join(keys)}")
+        noise = cls(*(float(data[k]) for k in keys))
+        if not (0 <= noise.weight <= 1 and noise.logistic_scale > 0 and noise.normal_sigma > 0):
+            raise CordfuseError(f"{path}: need 0 <= weight <= 1 and positive scales ({noise})")
+        return noise
+
     def sample(self, shape, *, device=None, dtype=torch.float32, generator=None) -> torch.Tensor:
         u = torch.rand(shape, device=device, generator=generator, dtype=torch.float64)
         u = u.clamp(1e-12, 1 - 1e-12)

@@ -180,6 +180,23 @@ def load_sequence(subject: Subject, seq: str, config: PrepConfig) -> tuple[Fused
     return fuse_slabs(slabs, register=register), paths
 
 
+def native_lesion_label(subject: Subject, config: PrepConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The subject's ground-truth lesion mask on its fused native T2Sag grid, and its affine
+    (the grid every prediction is written on)."""
+    label, affine = load_sequence(subject, REFERENCE_SEQUENCE, config)[0].render(what="lesion")[:2]
+    return (label > 0.5).astype(np.uint8), affine
+
+
+def fused_t2sag_image(prepared: PreparedSubject) -> np.ndarray:
+    """The subject's native T2Sag slabs fused on the grid its predictions are written on."""
+    import nibabel as nib
+
+    slabs = [Slab(np.asarray(nib.load(s["path"]).dataobj, np.float32), np.array(s["affine"]),
+                  np.array(s["native_affine"]), z_bounds=tuple(s["z_bounds"]))
+             for s in prepared.t2sag["slabs"]]
+    return FusedSequence(slabs).render()[0]
+
+
 def sequence_centerline(fused: FusedSequence, seq: str, config: PrepConfig) -> Centerline:
     """Centreline of a fused sequence: found on each slab, kept within the slab's S-I share."""
     points = []

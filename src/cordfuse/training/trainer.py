@@ -318,7 +318,8 @@ def train(
                 "cordfuse_version": __version__,
             }
             _save(out / LATEST, payload)
-            if improved or not (out / BEST).exists():
+            # Without validation subjects there is no "best": it follows the latest epoch.
+            if improved or math.isnan(val_dice) or not (out / BEST).exists():
                 _save(out / BEST, payload)
             with open(out / "log.jsonl", "a") as handle:
                 handle.write(json.dumps(record) + "\n")
@@ -327,7 +328,7 @@ def train(
                "last_val_dice": history[-1]["val_dice"] if history else float("nan"),
                "seconds": round(time.perf_counter() - started, 2), "world_size": world,
                "digest": weights_digest(model), "train": [str(i) for i in train_ids],
-               "val": [str(i) for i in val_ids]}
+               "val": [str(i) for i in val_ids], "config": config.to_dict()}
     if world > 1:
         digests = [None] * world
         dist.all_gather_object(digests, summary["digest"])

@@ -1,0 +1,312 @@
+"""The paper's Tables 1 and 2 from per-image results, as Markdown, CSV and LaTeX, and box plots.
+
+The input is a list of :class:`Record`: one image, evaluated for one model (``experiment``),
+one training seed and one set of sequences at inference (``inference``).
+
+* **Table 1** (model x sequences at inference): one row per ``(experiment, inference)`` pair that
+  occurs; columns lesion-wise F1 and Dice per test cohort. A cell is the mean over seeds of the
+  per-seed cohort mean; blank where no image of that cohort was evaluated with that combination;
+  the best value of each column is bold.
+* **Table 2** (T2Sag-only inference): ``mean ± std`` over seeds of the per-seed cohort means
+  (sample std), with the Wilcoxon signed-rank mark against the reference model (``*`` p < 0.1,
+  ``**`` p < 0.05). The test pairs the same (seed, image) of the two models; images where either
+  value is undefined (NaN) are left out.
+
+No torch import: tables can be rebuilt anywhere from the study's ``per_image.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cordfuse.evaluation.stats import significance_mark, summarise, wilcoxon_vs_reference
+
+T2SAG_ONLY = "T2Sag"
+TABLE_METRICS = (("lesion_f1", "F1"), ("dice", "Dice"))
+
+
+@dataclass(frozen=True)
+class Record:
+    experiment: str
+    seed: int
+    inference: str
+    image: str
+    cohort: str
+    values: dict[str, float]
+
+
+@dataclass
+class Cell:
+    value: float | None = None  # what CSV gets and what "best" compares
+    text: str = ""
+    bold: bool = False
+
+
+@dataclass
+class Table:
+    title: str
+    header: list[str]
+    rows: list[list[Cell | str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    # -- renderers ------------------------------------------------------------------------------
+
+    def to_markdown(self) -> str:
+        def show(cell) -> str:
+            if isinstance(cell, str):
+                return cell
+            return f"**{cell.text}**" if cell.bold and cell.text else cell.text
+
+        lines = [f"### {self.title}", "", "| " + " | ".join(self.header) + " |",
+                 "|" + "|".join("---" for _ in self.header) + "|"]
+        lines += ["| " + " | ".join(show(c) for c in row) + " |" for row in self.rows]
+        lines += [""] + self.notes if self.notes else []
+        return "\n".join(lines) + "\n"
+
+    def to_html(self) -> str:
+        from html import escape
+
+        def show(cell, tag="td") -> str:
+            if isinstance(cell, str):
+                return f"<{tag}>{escape(cell)}</{tag}>"
+            text = escape(cell.text)
+            return f"<{tag} class=\"num\">" + (f"<b>{text}</b>" if cell.bold and text else text) \
+                + f"</{tag}>"
+
+        head = "".join(f"<th>{escape(h)}</th>" for h in self.header)
+        body = "".join("<tr>" + "".join(show(c) for c in row) + "</tr>" for row in self.rows)
+        notes = "".join(f"<p class=\"note\">{escape(n)}</p>" for n in self.notes)
+        return (f"<table class=\"metrics\"><caption>{escape(self.title)}</caption>"
+                f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{notes}")
+
+    def to_csv(self) -> str:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(self.header)
+        for row in self.rows:
+            writer.writerow([c if isinstance(c, str) else
+                             ("" if c.value is None else f"{c.value:.6g}") for c in row])
+        return buffer.getvalue()
+
+    def to_latex(self) -> str:
+        def escape(text: str) -> str:
+            for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"),
+                         ("#", r"\#"), ("±", r"$\pm$"), ("*", r"$^{*}$")):
+                text = text.replace(a, b)
+            return text.replace(r"$^{*}$$^{*}$", r"$^{**}$")
+
+        def show(cell) -> str:
+            if isinstance(cell, str):
+                return escape(cell)
+            text = escape(cell.text)
+            return rf"\textbf{{{text}}}" if cell.bold and text else text
+
+        labels = sum(1 for c in self.rows[0] if isinstance(c, str)) if self.rows else 1
+        spec = "l" * labels + "c" * (len(self.header) - labels)
+        lines = [r"\begin{table}", r"\centering", rf"\caption{{{escape(self.title)}}}",
+                 rf"\begin{{tabular}}{{{spec}}}", r"\hline",
+                 " & ".join(escape(h) for h in self.header) + r" \\", r"\hline"]
+        lines += [" & ".join(show(c) for c in row) + r" \\" for row in self.rows]
+        lines += [r"\hline", r"\end{tabular}", r"\end{table}"]
+        return "\n".join(lines) + "\n"
+
+
+# -- grouping -----------------------------------------------------------------------------------
+
+
+def cohorts_of(records: Sequence[Record]) -> list[str]:
+    return sorted({r.cohort for r in records})
+
+
+def _per_seed_means(records: Sequence[Record], metric: str) -> dict[int, float]:
+    """Cohort mean of ``metric`` for each seed (undefined values left out)."""
+    by_seed: dict[int, list[float]] = {}
+    for r in records:
+        by_seed.setdefault(r.seed, []).append(r.values[metric])
+    return {seed: summarise(values).mean for seed, values in sorted(by_seed.items())}
+
+
+def _select(records, experiment, inference, cohort) -> list[Record]:
+    return [r for r in records
+            if r.experiment == experiment and r.inference == inference and r.cohort == cohort]
+
+
+def _columns(cohorts: list[str]) -> list[tuple[str, str, str]]:
+    """``(metric key, header, cohort)`` for each numeric column: F1 per cohort, then Dice."""
+    return [(key, f"{name} {c}", c) for key, name in TABLE_METRICS for c in cohorts]
+
+
+def _mark_best(rows: list[list[Cell | str]], first: int) -> None:
+    """Bold the highest value of each numeric column (ties all bold)."""
+    if not rows:
+        return
+    for j in range(first, len(rows[0])):
+        values = [row[j].value for row in rows if row[j].value is not None
+                  and not math.isnan(row[j].value)]
+        if not values:
+            continue
+        best = max(values)
+        for row in rows:
+            if row[j].value is not None and math.isclose(row[j].value, best, abs_tol=1e-12):
+                row[j].bold = True
+
+
+def _order(records: Sequence[Record], experiments: Sequence[str] | None,
+           inferences: Sequence[str] | None) -> list[tuple[str, str]]:
+    present = {(r.experiment, r.inference) for r in records}
+    exp_order = list(experiments or sorted({e for e, _ in present}))
+    inf_order = list(inferences or [])
+
+    def key(pair):
+        e, i = pair
+        return (exp_order.index(e) if e in exp_order else len(exp_order),
+                inf_order.index(i) if i in inf_order else len(inf_order), i)
+
+    return sorted(present, key=key)
+
+
+def table1(records: Sequence[Record], *, experiments: Sequence[str] | None = None,
+           inferences: Sequence[str] | None = None, labels: dict[str, str] | None = None,
+           cohorts: Sequence[str] | None = None) -> Table:
+    """Table 1: every (model, sequences at inference) pair, F1 and Dice per cohort."""
+    labels = labels or {}
+    cohorts = list(cohorts or cohorts_of(records))
+    columns = _columns(cohorts)
+    table = Table("Table 1: lesion-wise F1 and Dice per test cohort (mean over images; "
+                  "mean over seeds)", ["model", "sequences at inference",
+                                       *[h for _, h, _ in columns]])
+    for experiment, inference in _order(records, experiments, inferences):
+        row: list[Cell | str] = [labels.get(experiment, experiment), inference]
+        for metric, _, cohort in columns:
+            chosen = _select(records, experiment, inference, cohort)
+            if not chosen:
+                row.append(Cell())
+                continue
+            means = [v for v in _per_seed_means(chosen, metric).values() if not math.isnan(v)]
+            if not means:
+                row.append(Cell(None, "n/a"))
+                continue
+            value = float(np.mean(means))
+            row.append(Cell(value, f"{value:.3f}"))
+        table.rows.append(row)
+    _mark_best(table.rows, 2)
+    table.notes = ["Blank: no test image of that cohort has that combination of sequences. "
+                   "Bold: best in its column."]
+    return table
+
+
+def table2(records: Sequence[Record], *, reference: str = "baseline",
+           experiments: Sequence[str] | None = None, labels: dict[str, str] | None = None,
+           cohorts: Sequence[str] | None = None) -> Table:
+    """Table 2: T2Sag-only inference, mean ± std over seeds, Wilcoxon marks vs ``reference``."""
+    labels = labels or {}
+    only = [r for r in records if r.inference == T2SAG_ONLY]
+    cohorts = list(cohorts or cohorts_of(only))
+    columns = _columns(cohorts)
+    seeds = sorted({r.seed for r in only})
+    table = Table(f"Table 2: T2Sag-only inference, mean ± std over {len(seeds)} seed(s)",
+                  ["model", *[h for _, h, _ in columns]])
+    for experiment, _ in _order(only, experiments, None):
+        row: list[Cell | str] = [labels.get(experiment, experiment)]
+        for metric, _, cohort in columns:
+            chosen = _select(only, experiment, T2SAG_ONLY, cohort)
+            means = [v for v in _per_seed_means(chosen, metric).values() if not math.isnan(v)]
+            if not means:
+                row.append(Cell())
+                continue
+            mean = float(np.mean(means))
+            std = float(np.std(means, ddof=1)) if len(means) > 1 else 0.0
+            mark = ""
+            if experiment != reference:
+                mark = paired_mark(chosen, _select(only, reference, T2SAG_ONLY, cohort), metric)
+            row.append(Cell(mean, f"{mean:.3f} ± {std:.3f}{mark}"))
+        table.rows.append(row)
+    _mark_best(table.rows, 1)
+    table.notes = [f"Wilcoxon signed-rank test against {labels.get(reference, reference)} on "
+                   "paired (seed, image) values: * p < 0.1, ** p < 0.05. Bold: best mean."]
+    return table
+
+
+def paired_mark(records: Sequence[Record], reference: Sequence[Record], metric: str) -> str:
+    """Significance mark of ``records`` against ``reference`` paired by (seed, image)."""
+    ref = {(r.seed, r.image): r.values[metric] for r in reference}
+    pairs = [(r.values[metric], ref[(r.seed, r.image)]) for r in records
+             if (r.seed, r.image) in ref]
+    if len(pairs) < 2:
+        return ""
+    a, b = zip(*pairs, strict=True)
+    return significance_mark(wilcoxon_vs_reference(a, b).p_value)
+
+
+# -- box plots ----------------------------------------------------------------------------------
+
+
+def boxplot_png(records: Sequence[Record], cohort: str, rows: Sequence[tuple[str, str]],
+                labels: dict[str, str] | None = None) -> bytes:
+    """Box plots of per-image F1 and Dice (mean over seeds) in one cohort, one box per row
+    ``(experiment, inference)``; returns PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = labels or {}
+    fig, axes = plt.subplots(1, len(TABLE_METRICS), figsize=(4 + 0.9 * len(rows), 4.2),
+                             squeeze=False)
+    names = [f"{labels.get(e, e)}\n[{i}]" for e, i in rows]
+    for ax, (metric, title) in zip(axes[0], TABLE_METRICS, strict=True):
+        data = []
+        for experiment, inference in rows:
+            per_image: dict[str, list[float]] = {}
+            for r in _select(records, experiment, inference, cohort):
+                per_image.setdefault(r.image, []).append(r.values[metric])
+            values = [float(np.nanmean(v)) for v in per_image.values()
+                      if not np.all(np.isnan(v))]
+            data.append(values)
+        ax.boxplot(data, showmeans=True)
+        ax.set_xticks(range(1, len(names) + 1), names, rotation=35, ha="right", fontsize=7)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"{title}, cohort {cohort}")
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+# -- per-image CSV ------------------------------------------------------------------------------
+
+RECORD_FIELDS = ("experiment", "seed", "inference", "image", "cohort")
+
+
+def records_to_csv(records: Sequence[Record]) -> str:
+    keys = sorted({k for r in records for k in r.values})
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([*RECORD_FIELDS, *keys])
+    for r in records:
+        writer.writerow([r.experiment, r.seed, r.inference, r.image, r.cohort,
+                         *[_number(r.values.get(k, math.nan)) for k in keys]])
+    return buffer.getvalue()
+
+
+def _number(value: float) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else repr(value)
+
+
+def records_from_csv(text: str) -> list[Record]:
+    rows = list(csv.DictReader(io.StringIO(text)))
+    out = []
+    for row in rows:
+        values = {k: (float(v) if v != "" else math.nan) for k, v in row.items()
+                  if k not in RECORD_FIELDS}
+        out.append(Record(row["experiment"], int(row["seed"]), row["inference"], row["image"],
+                          row["cohort"], values))
+    return out

@@ -1,0 +1,372 @@
+"""``cordfuse report RUN_DIR``: one self-contained HTML page for a demo or a study folder.
+
+Every picture is embedded (base64 PNG), so ``report.html`` opens in any browser with no server
+and can be mailed as one file. Sections (HTML ids in brackets):
+
+* **overview** [``overview``]: what ran, when, how long;
+* **availability** [``availability``]: which sequences each subject has, its role
+  (train/validation/test) and cohort, counts per cohort, subjects that failed pre-processing;
+* **metrics** [``tables``]: Table 1 (model x sequences at inference) and Table 2 (T2Sag only,
+  Wilcoxon marks), from ``per_image.csv``;
+* **box plots** [``boxplots``]: per-image F1 and Dice per cohort;
+* **per-subject QC** [``qc``]: for every test subject, the sagittal T2Sag with the ground truth
+  (green) and prediction outlines, and the straightened crops of every sequence;
+* **training curves** [``curves``]: loss and validation Dice of every trained model;
+* **configuration and versions** [``configuration``]: the run's settings, each model's training
+  configuration, the pre-processing configuration and the package versions used.
+
+The run folder describes itself in ``cordfuse_run.json`` (written by ``demo`` and ``study``).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import platform
+import sys
+from html import escape
+from pathlib import Path
+
+import numpy as np
+
+from cordfuse.errors import CordfuseError
+from cordfuse.io import atomic_write_text
+from cordfuse.sequences import SEQUENCES
+
+MANIFEST = "cordfuse_run.json"
+REPORT = "report.html"
+PACKAGES = ("cordfuse", "torch", "numpy", "scipy", "nibabel", "SimpleITK",
+            "dynamic_network_architectures", "torchio", "connected-components-3d", "matplotlib")
+PREDICTION_COLOURS = ("red", "orange", "deepskyblue", "magenta")
+
+
+def versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def write_manifest(out: Path, *, kind: str, data: Path, settings: dict, experiments: list[str],
+                   labels: dict[str, str], inferences: list[str],
+                   qc_predictions: list[tuple[str, str]], minutes: float) -> Path:
+    """Describe a finished run for :func:`write_report` (paths relative to ``out``)."""
+    document = {
+        "kind": kind, "created": datetime.datetime.now().isoformat(timespec="seconds"),
+        "data": str(Path(data).resolve()), "minutes": round(minutes, 2), "settings": settings,
+        "experiments": experiments, "labels": labels, "inferences": inferences,
+        "qc_predictions": [list(p) for p in qc_predictions], "versions": versions(),
+    }
+    path = Path(out) / MANIFEST
+    atomic_write_text(path, json.dumps(document, indent=2, default=str) + "\n")
+    return path
+
+
+# -- pictures ------------------------------------------------------------------------------------
+
+
+def _png(fig) -> bytes:
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, facecolor=fig.get_facecolor())
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _img(data: bytes, alt: str, css: str = "") -> str:
+    encoded = base64.b64encode(data).decode()
+    return f'<img class="{css}" alt="{escape(alt)}" src="data:image/png;base64,{encoded}">'
+
+
+def subject_qc_png(prepared, image: np.ndarray, affine: np.ndarray, truth: np.ndarray | None,
+                   predictions: list[tuple[str, np.ndarray]]) -> bytes:
+    """Sagittal T2Sag (native) with outlines, then the straightened crop of every sequence."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import nibabel as nib
+    from matplotlib.lines import Line2D
+
+    from cordfuse.io import voxel_sizes
+
+    def canonical(volume):
+        return np.asarray(nib.as_closest_canonical(nib.Nifti1Image(
+            np.asarray(volume, np.float32), affine)).dataobj)
+
+    data = canonical(image)
+    spacing = voxel_sizes(nib.as_closest_canonical(nib.Nifti1Image(data, affine)).affine)
+    outlines = ([("ground truth", canonical(truth), "lime")] if truth is not None else []) + [
+        (label, canonical(mask), PREDICTION_COLOURS[k % len(PREDICTION_COLOURS)])
+        for k, (label, mask) in enumerate(predictions)]
+    weight = sum(o[1].sum(axis=(1, 2)) for o in outlines) if outlines else None
+    x = int(np.argmax(weight)) if weight is not None and weight.any() else data.shape[0] // 2
+    seqs = prepared.sequences
+    fig, axes = plt.subplots(1, 1 + len(seqs), figsize=(3.2 + 1.3 * len(seqs), 6.5),
+                             facecolor="black", squeeze=False,
+                             gridspec_kw={"width_ratios": [3] + [1] * len(seqs)})
+    ax = axes[0, 0]
+    lo, hi = np.percentile(data[x], [1, 99.5])
+    ax.imshow(data[x].T, cmap="gray", origin="lower", aspect=spacing[2] / spacing[1], vmin=lo,
+              vmax=hi)
+    handles = []
+    for label, volume, colour in outlines:
+        if volume[x].any():
+            ax.contour(volume[x].T, levels=[0.5], colors=colour, linewidths=0.8, origin="lower")
+        handles.append(Line2D([], [], color=colour, label=f"{label} ({int(volume.sum())} vox)"))
+    if handles:
+        ax.legend(handles=handles, loc="lower left", fontsize=6, framealpha=0.6)
+    ax.set_title(f"{prepared.subject}: T2Sag, sagittal x={x}", color="white", fontsize=8)
+    ax.set_axis_off()
+    c = int(round(prepared.geometry.centre_index))
+    for ax, seq in zip(axes[0, 1:], seqs, strict=True):
+        crop = prepared.images[seq][c].T
+        nonzero = crop[crop != 0]
+        lo, hi = np.percentile(nonzero, [1, 99.5]) if nonzero.size else (0, 1)
+        ax.imshow(crop, cmap="gray", origin="lower", vmin=lo, vmax=hi, interpolation="nearest",
+                  aspect="auto")
+        if prepared.label is not None and prepared.label[c].any():
+            ax.contour(prepared.label[c].T, levels=[0.5], colors="lime", linewidths=0.6,
+                       origin="lower")
+        ax.set_title(f"{seq}\nstraightened", color="white", fontsize=7)
+        ax.set_axis_off()
+    fig.tight_layout()
+    return _png(fig)
+
+
+# -- sections --------------------------------------------------------------------------------------
+
+
+def _table(header: list[str], rows: list[list[str]], css: str = "") -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def availability_section(document: dict, fold: dict | None) -> str:
+    roles = {}
+    for role in ("train", "val", "test"):
+        for subject in (fold or {}).get(role, []):
+            roles[subject] = {"val": "validation"}.get(role, role)
+    rows = []
+    for s in document["subjects"]:
+        cells = [escape(s["id"]), escape(s["cohort"] or "-"), escape(roles.get(s["id"], "-"))]
+        cells += ['<span class="yes">&#10003;</span>' if seq in s["sequences"] else "" for seq
+                  in SEQUENCES]
+        rows.append(cells)
+    matrix = _table(["subject", "cohort", "role", *SEQUENCES], rows, "availability")
+    cohorts = sorted({s["cohort"] or "-" for s in document["subjects"]})
+    counts = []
+    for cohort in cohorts:
+        members = [s for s in document["subjects"] if (s["cohort"] or "-") == cohort]
+        counts.append([escape(cohort), str(len(members))] + [
+            str(sum(seq in s["sequences"] for s in members)) for seq in SEQUENCES])
+    summary = _table(["cohort", "subjects", *SEQUENCES], counts, "counts")
+    failed = "".join(f"<li>{escape(f['id'])}: {escape(f['reason'])}</li>"
+                     for f in document.get("failed", []))
+    failed = f"<p>Failed pre-processing:</p><ul>{failed}</ul>" if failed else ""
+    return summary + matrix + failed
+
+
+def tables_section(records, manifest: dict) -> str:
+    from cordfuse.evaluation.tables import table1, table2
+
+    if not records:
+        return "<p>No evaluated prediction in this run.</p>"
+    labels, order = manifest["labels"], manifest["experiments"]
+    t1 = table1(records, experiments=order, labels=labels, inferences=manifest["inferences"])
+    t2 = table2(records, reference=order[0], experiments=order, labels=labels)
+    return t1.to_html() + t2.to_html()
+
+
+def boxplots_section(records, manifest: dict) -> str:
+    from cordfuse.evaluation.tables import boxplot_png
+
+    if not records:
+        return "<p>No evaluated prediction in this run.</p>"
+    present = {(r.experiment, r.inference) for r in records}
+    rows = [(e, i) for e in manifest["experiments"] for i in manifest["inferences"]
+            if (e, i) in present]
+    return "".join(_img(boxplot_png(records, cohort, rows, manifest["labels"]),
+                        f"box plots, cohort {cohort}", "wide")
+                   for cohort in sorted({r.cohort for r in records}))
+
+
+def qc_section(run: Path, manifest: dict, fold: dict | None) -> str:
+    from cordfuse.dataset import discover
+    from cordfuse.io import read_volume
+    from cordfuse.preprocess.pipeline import (
+        PreparedSubject,
+        fused_t2sag_image,
+        native_lesion_label,
+    )
+
+    test = set((fold or {}).get("test", []))
+    if not test:
+        return "<p>No test subject in this run.</p>"
+    try:
+        subjects = {s.name: s for s in discover(manifest["data"]).subjects}
+    except CordfuseError:
+        subjects = {}
+    blocks = []
+    for name in sorted(test):
+        path = run / "prepared" / name
+        if not (path / "prepared.npz").exists():
+            continue
+        prepared = PreparedSubject.load(path)
+        image = fused_t2sag_image(prepared)
+        affine = np.array(prepared.t2sag["fused_affine"])
+        truth = None
+        if name in subjects:
+            try:
+                truth = native_lesion_label(subjects[name], prepared.config)[0]
+            except CordfuseError:
+                truth = None
+        predictions = []
+        for label, folder in manifest["qc_predictions"]:
+            mask_path = run / folder / f"{prepared.subject}_lesion.nii.gz"
+            if mask_path.exists():
+                predictions.append((label, read_volume(mask_path)[0]))
+        picture = subject_qc_png(prepared, image, affine, truth, predictions)
+        blocks.append(f'<figure class="qc" id="qc-{escape(name)}">'
+                      f'{_img(picture, f"QC of {name}", "qc")}'
+                      f"<figcaption>{escape(name)} (cohort {escape(prepared.cohort or '-')}, "
+                      f"{', '.join(prepared.sequences)})</figcaption></figure>")
+    return "".join(blocks) or "<p>No prepared test subject found.</p>"
+
+
+def _run_folders(run: Path) -> list[Path]:
+    return sorted(p.parent for p in (run / "runs").glob("**/log.jsonl"))
+
+
+def curves_section(run: Path) -> str:
+    blocks = []
+    for folder in _run_folders(run):
+        name = str(folder.relative_to(run / "runs"))
+        summary = {}
+        if (folder / "summary.json").exists():
+            summary = json.loads((folder / "summary.json").read_text())
+        caption = escape(name)
+        if summary:
+            caption += (f": best validation Dice {summary['best_val_dice']:.3f}, "
+                        f"{summary['epochs']} epochs in {summary['seconds']:.0f} s")
+        picture = _img((folder / "curves.png").read_bytes(), f"training curves of {name}",
+                       "curve") if (folder / "curves.png").exists() else ""
+        blocks.append(f'<figure class="curve">{picture}<figcaption>{caption}</figcaption>'
+                      "</figure>")
+    return "".join(blocks) or "<p>No training in this run.</p>"
+
+
+def _pre(data) -> str:
+    text = data if isinstance(data, str) else json.dumps(data, indent=2, default=str)
+    return f"<pre>{escape(text)}</pre>"
+
+
+def configuration_section(run: Path, manifest: dict, document: dict) -> str:
+    parts = ["<h3>Run settings</h3>", _pre(manifest["settings"])]
+    for name in ("study.yaml", "study.yml", "study.json"):
+        if (run / name).exists():
+            parts += [f"<h3>{escape(name)}</h3>", _pre((run / name).read_text())]
+    parts += ["<h3>Pre-processing</h3>", _pre(document.get("config", {}))]
+    for folder in _run_folders(run):
+        summary_path = folder / "summary.json"
+        if summary_path.exists():
+            config = json.loads(summary_path.read_text()).get("config")
+            if config:
+                parts += [f"<h3>Training: {escape(str(folder.relative_to(run / 'runs')))}</h3>",
+                          _pre(config)]
+    rows = [[escape(k), escape(str(v))] for k, v in manifest["versions"].items()]
+    parts += ["<h3>Versions used</h3>", _table(["package", "version"], rows, "versions")]
+    return "".join(parts)
+
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:0;color:#222}
+header{background:#1d3557;color:#fff;padding:12px 24px}
+nav a{color:#fff;margin-right:14px;font-size:14px}
+main{padding:0 24px 40px}
+section{margin-top:28px}
+table{border-collapse:collapse;margin:10px 0;font-size:13px}
+th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+caption{font-weight:600;text-align:left;padding:4px 0}
+.yes{color:#2a9d8f;font-weight:700}
+.note{font-size:12px;color:#555}
+img.wide{max-width:100%}
+figure.qc,figure.curve{display:inline-block;margin:8px;vertical-align:top}
+img.qc{height:420px}
+img.curve{height:260px}
+pre{background:#f5f5f5;padding:8px;font-size:12px;overflow-x:auto}
+"""
+
+SCRIPT = """
+window.addEventListener('load', function () {
+  var images = Array.prototype.slice.call(document.images);
+  var ok = images.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
+  document.body.setAttribute('data-images', ok + '/' + images.length);
+});
+"""
+
+SECTIONS = (("overview", "Overview"), ("availability", "Dataset"), ("tables", "Metrics"),
+            ("boxplots", "Box plots"), ("qc", "Per-subject QC"), ("curves", "Training curves"),
+            ("configuration", "Configuration and versions"))
+
+
+def build_report(run_dir: str | Path, progress=None) -> str:
+    """The HTML text of the report of one run folder."""
+    from cordfuse.evaluation.tables import records_from_csv
+
+    run = Path(run_dir)
+    try:
+        manifest = json.loads((run / MANIFEST).read_text())
+    except (OSError, ValueError) as exc:
+        raise CordfuseError(f"{run}: not a cordfuse run folder (no readable {MANIFEST}; "
+                            "cordfuse demo and cordfuse study write one)") from exc
+    try:
+        document = json.loads((run / "prepared" / "dataset.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise CordfuseError(f"{run}/prepared/dataset.json: unreadable ({exc})") from exc
+    fold = json.loads((run / "fold.json").read_text()) if (run / "fold.json").exists() else None
+    records = records_from_csv((run / "per_image.csv").read_text()) \
+        if (run / "per_image.csv").exists() else []
+    minutes = manifest.get("minutes")
+    overview = (f"<p>cordfuse {escape(manifest['kind'])} run of {escape(manifest['created'])}"
+                + (f", {minutes:.1f} min" if minutes is not None else "") + f". Data: "
+                f"<code>{escape(manifest['data'])}</code>; {len(document['subjects'])} subjects "
+                f"prepared.</p><p>Synthetic data check the pipeline; they are not a clinical "
+                "validation.</p>")
+    builders = {
+        "overview": lambda: overview,
+        "availability": lambda: availability_section(document, fold),
+        "tables": lambda: tables_section(records, manifest),
+        "boxplots": lambda: boxplots_section(records, manifest),
+        "qc": lambda: qc_section(run, manifest, fold),
+        "curves": lambda: curves_section(run),
+        "configuration": lambda: configuration_section(run, manifest, document),
+    }
+    body = []
+    for key, title in SECTIONS:
+        if progress:
+            progress(title)
+        body.append(f'<section id="{key}"><h2>{escape(title)}</h2>{builders[key]()}</section>')
+    nav = "".join(f'<a href="#{k}">{escape(t)}</a>' for k, t in SECTIONS)
+    return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>cordfuse report: {escape(run.resolve().name)}</title>"
+            f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body>"
+            f"<header><h1>cordfuse report</h1><nav>{nav}</nav></header>"
+            f"<main>{''.join(body)}</main></body></html>\n")
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None, progress=None) -> Path:
+    path = Path(out) if out else Path(run_dir) / REPORT
+    atomic_write_text(path, build_report(run_dir, progress))
+    return path

@@ -1,0 +1,539 @@
+"""The paper's experiment grid as one command (``cordfuse study CONFIG``).
+
+A study trains every model of the paper for ``seeds`` seeds on one dataset, predicts the held-out
+test subjects of every cohort with every set of sequences the model can use, evaluates them with
+the Anima rules, and writes Tables 1 and 2 (Markdown, CSV, LaTeX), box plots per cohort and
+``per_image.csv``. It is resumable: a finished training (``summary.json``) or evaluation
+(``metrics/<experiment>_seed-<n>.csv``) is never redone, an interrupted training resumes from its
+last epoch, and tables are rebuilt from the metrics on every run.
+
+The models (section 2.3-2.4), in training order:
+
+==================== ====================================================================
+``baseline``         T2Sag only (nnU-Net)
+``specific-stir``    specific sequences T2Sag+STIR (trained on the subjects that have them)
+``specific-t2s-t1``  T2Sag+T2starAx+T1Sag
+``specific-t2s-t2ax`` T2Sag+T2starAx+T2Ax
+``mi``               Mean Imputation, six encoders
+``mi-frozen``        Mean Imputation with the T2Sag encoder of ``baseline`` (same seed) frozen
+``mi-distill``       Mean Imputation with the L1 distillation loss (alpha 0.1)
+``feature-aug``      T2Sag with latent feature augmentation
+==================== ====================================================================
+
+Sequences at inference, for each test subject: T2Sag alone (every model that can), each
+specific model's combination when the subject has it, and all of the subject's sequences
+("all available"; multi-sequence models). Inference runs on the prepared crops with the other
+sequences' availability switched off, which is what a missing sequence means to the networks.
+
+Layout of the study folder::
+
+    study.yaml (the config as given) + config.json (as resolved)
+    data/ (synthetic cohort, when the config asks for one), prepared/, fold.json
+    runs/<experiment>/seed-<n>/        training (checkpoints, log, curves)
+    features/seed-<n>/                 fitted feature noise (feature_noise: fit)
+    predictions/<experiment>/seed-<n>/<sequences>/<subject>_lesion.nii.gz
+    metrics/<experiment>_seed-<n>.csv  per-image metrics
+    per_image.csv, table1.{md,csv,tex}, table2.{md,csv,tex}, boxplot_<cohort>.png
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import numpy as np
+
+from cordfuse.errors import CordfuseError
+from cordfuse.evaluation.tables import (
+    T2SAG_ONLY,
+    Record,
+    boxplot_png,
+    records_from_csv,
+    records_to_csv,
+    table1,
+    table2,
+)
+from cordfuse.io import atomic_write_bytes, atomic_write_text
+from cordfuse.sequences import REFERENCE_SEQUENCE, SEQUENCES
+
+ALL_AVAILABLE = "all available"
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    label: str
+    model: str
+    sequences: tuple[str, ...] = SEQUENCES
+    variant: str | None = None
+
+    @property
+    def multi(self) -> bool:
+        return self.model != "baseline"
+
+    @property
+    def accepts_missing(self) -> bool:
+        return self.model != "specific"
+
+
+EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
+    Experiment("baseline", "T2Sag baseline", "baseline", ("T2Sag",)),
+    Experiment("specific-stir", "Specific T2Sag+STIR", "specific", ("T2Sag", "STIR")),
+    Experiment("specific-t2s-t1", "Specific T2Sag+T2starAx+T1Sag", "specific",
+               ("T2Sag", "T2starAx", "T1Sag")),
+    Experiment("specific-t2s-t2ax", "Specific T2Sag+T2starAx+T2Ax", "specific",
+               ("T2Sag", "T2starAx", "T2Ax")),
+    Experiment("mi", "Mean Imputation", "mean-imputation"),
+    Experiment("mi-frozen", "MI + frozen encoder", "mean-imputation", variant="frozen-encoder"),
+    Experiment("mi-distill", "MI + distillation", "mean-imputation", variant="distillation"),
+    Experiment("feature-aug", "T2Sag + feature aug.", "baseline", ("T2Sag",), "feature-aug"),
+)}
+
+PRESET_SCHEDULES = {"paper": {"epochs": 1000, "iterations": 250},
+                    "small": {"epochs": 50, "iterations": 25}}
+
+EXAMPLE_CONFIG = """\
+# cordfuse study: the paper's experiment grid (Tables 1 and 2).
+# Either a BIDS dataset with cohorts in participants.tsv ...
+#   dataset: /path/to/bids
+# ... or a synthetic cohort made by the study itself:
+synthetic:
+  subjects: 40
+  seed: 0
+preset: small          # small (CPU) or paper (full networks, for a GPU)
+seeds: 1               # number of training seeds (0, 1, ...) or a list; the paper used 3
+# epochs: 50           # default: 50 x 25 for small, 1000 x 250 for paper
+# iterations: 25
+test_per_cohort: 3     # held-out test subjects per cohort (one more per cohort validates)
+experiments: [baseline, specific-stir, specific-t2s-t1, specific-t2s-t2ax, mi, mi-frozen,
+              mi-distill, feature-aug]
+feature_noise: paper   # paper | fit (analyze the MI model of the same seed) | a JSON file
+# device: auto         # auto | cpu | cuda
+# jobs: 2              # pre-processing processes
+"""
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    dataset: str | None = None
+    synthetic_subjects: int = 40
+    synthetic_seed: int = 0
+    preset: str = "small"
+    seeds: tuple[int, ...] = (0,)
+    epochs: int | None = None
+    iterations: int | None = None
+    batch_size: int = 2
+    test_per_cohort: int = 3
+    experiments: tuple[str, ...] = tuple(EXPERIMENTS)
+    feature_noise: str = "paper"
+    centerline: str = "auto"
+    fold: str | None = None
+    jobs: int = 2
+    device: str = "auto"
+    amp: str = "auto"
+    augment: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.preset not in PRESET_SCHEDULES:
+            raise CordfuseError(f"preset must be one of {', '.join(PRESET_SCHEDULES)}")
+        unknown = [e for e in self.experiments if e not in EXPERIMENTS]
+        if unknown:
+            raise CordfuseError(f"unknown experiment(s) {', '.join(unknown)}; choose from "
+                                f"{', '.join(EXPERIMENTS)}")
+        if "mi-frozen" in self.experiments and "baseline" not in self.experiments:
+            raise CordfuseError("mi-frozen freezes the baseline's T2Sag encoder: add baseline")
+        if self.feature_noise == "fit" and "feature-aug" in self.experiments \
+                and "mi" not in self.experiments:
+            raise CordfuseError("feature_noise: fit analyses the mi model: add mi")
+        if not self.seeds or self.test_per_cohort < 1:
+            raise CordfuseError("a study needs at least one seed and one test subject per cohort")
+
+    @property
+    def schedule(self) -> tuple[int, int]:
+        defaults = PRESET_SCHEDULES[self.preset]
+        return (self.epochs or defaults["epochs"], self.iterations or defaults["iterations"])
+
+    @property
+    def ordered_experiments(self) -> list[Experiment]:
+        return [EXPERIMENTS[name] for name in EXPERIMENTS if name in self.experiments]
+
+    @property
+    def specific_sets(self) -> list[tuple[str, ...]]:
+        return [e.sequences for e in self.ordered_experiments if e.model == "specific"]
+
+    @classmethod
+    def from_mapping(cls, data: dict, base: Path) -> StudyConfig:
+        if not isinstance(data, dict):
+            raise CordfuseError("a study config is a mapping of settings (see --example)")
+        data = dict(data)
+        values: dict = {}
+        synthetic = data.pop("synthetic", None)
+        if synthetic is not None:
+            if not isinstance(synthetic, dict):
+                raise CordfuseError("synthetic: needs subjects and seed")
+            values["synthetic_subjects"] = int(synthetic.get("subjects", 40))
+            values["synthetic_seed"] = int(synthetic.get("seed", 0))
+        if "dataset" in data:
+            values["dataset"] = str((base / str(data.pop("dataset"))).resolve())
+        if "fold" in data:
+            values["fold"] = str((base / str(data.pop("fold"))).resolve())
+        seeds = data.pop("seeds", 1)
+        values["seeds"] = tuple(range(int(seeds))) if isinstance(seeds, int) else \
+            tuple(int(s) for s in seeds)
+        if "experiments" in data:
+            values["experiments"] = tuple(str(e) for e in data.pop("experiments"))
+        noise = data.pop("feature_noise", "paper")
+        if noise not in ("paper", "fit"):
+            noise = str((base / str(noise)).resolve())
+        values["feature_noise"] = noise
+        known = {f.name for f in fields(cls)} - {"extra", "synthetic_subjects", "synthetic_seed"}
+        unknown = [k for k in data if k not in known]
+        if unknown:
+            raise CordfuseError(f"unknown setting(s) {', '.join(sorted(unknown))} (see "
+                                "cordfuse study --example)")
+        values.update(data)
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise CordfuseError(f"bad study config: {exc}") from exc
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> StudyConfig:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise CordfuseError(f"{path}: cannot read the study config ({exc})") from exc
+        import yaml
+
+        try:
+            data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+        except (ValueError, yaml.YAMLError) as exc:
+            raise CordfuseError(f"{path}: not valid JSON/YAML "
+                                f"({str(exc).splitlines()[0]})") from exc
+        return cls.from_mapping(data, path.parent)
+
+
+# -- which sequences each model sees at inference -----------------------------------------------
+
+
+def sequences_label(sequences) -> str:
+    return "+".join(s for s in SEQUENCES if s in sequences)
+
+
+def inference_sets(experiment: Experiment, available: list[str],
+                   specific_sets: list[tuple[str, ...]]) -> list[tuple[str, tuple[str, ...]]]:
+    """``(row label, sequences)`` for one model and one test subject (see the module doc)."""
+    have = set(available)
+    if experiment.model == "baseline":
+        return [(T2SAG_ONLY, (REFERENCE_SEQUENCE,))]
+    if experiment.model == "specific":
+        needed = experiment.sequences
+        return [(sequences_label(needed), needed)] if set(needed) <= have else []
+    sets = [(T2SAG_ONLY, (REFERENCE_SEQUENCE,))]
+    sets += [(sequences_label(s), s) for s in specific_sets if set(s) <= have]
+    if len(have) > 1:
+        sets.append((ALL_AVAILABLE, tuple(s for s in SEQUENCES if s in have)))
+    return sets
+
+
+def inference_order(specific_sets) -> list[str]:
+    return [T2SAG_ONLY, *[sequences_label(s) for s in specific_sets], ALL_AVAILABLE]
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+
+def split_by_cohort(document: dict, test_per_cohort: int, seed: int) -> dict[str, list[str]]:
+    """Held-out test subjects per cohort; one validation subject per cohort; the rest trains."""
+    rng = np.random.default_rng(seed)
+    by_cohort: dict[str, list[str]] = {}
+    for s in document["subjects"]:
+        if s.get("has_label"):
+            by_cohort.setdefault(s["cohort"] or "-", []).append(s["id"])
+    fold = {"train": [], "val": [], "test": []}
+    for ids in by_cohort.values():
+        ids = list(rng.permutation(sorted(ids)))
+        fold["test"] += ids[:test_per_cohort]
+        fold["val"] += ids[test_per_cohort:test_per_cohort + 1]
+        fold["train"] += ids[test_per_cohort + 1:]
+    if not fold["train"]:
+        raise CordfuseError(f"needs at least {test_per_cohort + 2} labelled subjects per cohort "
+                            "(test, validation and training)")
+    return {k: sorted(str(i) for i in v) for k, v in fold.items()}
+
+
+@dataclass
+class RunStatus:
+    experiment: str
+    seed: int
+    status: str  # trained | done | skipped
+    message: str = ""
+    seconds: float = 0.0
+
+
+def _train_config(study: StudyConfig, experiment: Experiment, seed: int, out: Path,
+                  noise) -> dict:
+    epochs, iterations = study.schedule
+    config = {"model": experiment.model, "sequences": experiment.sequences,
+              "variant": experiment.variant, "preset": study.preset, "epochs": epochs,
+              "iterations": iterations, "batch_size": study.batch_size, "seed": seed,
+              "fold_file": str(out / "fold.json"), "amp": study.amp, "augment": study.augment}
+    if experiment.variant == "frozen-encoder":
+        config["frozen_from"] = str(out / "runs" / "baseline" / f"seed-{seed}")
+    if experiment.variant == "feature-aug":
+        config["feature_noise"] = noise
+    return config
+
+
+def _feature_noise(study: StudyConfig, out: Path, seed: int, device: str, log):
+    from cordfuse.nn.networks import FeatureNoise
+
+    if study.feature_noise == "paper":
+        return FeatureNoise()
+    if study.feature_noise != "fit":
+        return FeatureNoise.from_json(study.feature_noise)
+    target = out / "features" / f"seed-{seed}"
+    if not (target / "noise_params.json").exists():
+        from cordfuse.features import analyze_features
+
+        log(f"      fitting the feature noise on the mi model (seed {seed})")
+        analyze_features(out / "runs" / "mi" / f"seed-{seed}", out / "prepared", target,
+                         device=device, max_values=500_000, seed=seed)
+    return FeatureNoise.from_json(target / "noise_params.json")
+
+
+def restrict_prepared(prepared, sequences):
+    """The prepared subject as if only ``sequences`` had been acquired."""
+    keep = [s for s in prepared.sequences if s in sequences]
+    return replace(prepared, images={s: prepared.images[s] for s in keep},
+                   centres={s: prepared.centres[s] for s in keep},
+                   stats={s: prepared.stats[s] for s in keep})
+
+
+def evaluate_run(study: StudyConfig, experiment: Experiment, seed: int, out: Path,
+                 test: list, truths: dict, device) -> list[Record]:
+    """Predict every test subject with every usable set of sequences and evaluate (Anima)."""
+    from cordfuse.evaluation.metrics import evaluate_masks
+    from cordfuse.inference import finish_prediction, load_model, model_probabilities
+    from cordfuse.io import make_nifti, save_nifti, voxel_sizes
+
+    model = load_model(out / "runs" / experiment.name / f"seed-{seed}", device)
+    records = []
+    for prepared in test:
+        truth, affine = truths[prepared.subject]
+        voxel = float(np.prod(voxel_sizes(affine)))
+        for label, sequences in inference_sets(experiment, prepared.sequences,
+                                               study.specific_sets):
+            subset = restrict_prepared(prepared, sequences)
+            probabilities = model_probabilities(model, subset, tta=False, device=device,
+                                                batch_size=2, amp=study.amp)
+            prediction = finish_prediction(subset, probabilities, threshold=0.5,
+                                           min_volume_mm3=0.0)
+            folder = (out / "predictions" / experiment.name / f"seed-{seed}" /
+                      label.replace(" ", "-"))
+            save_nifti(make_nifti(prediction.mask, prediction.affine),
+                       folder / f"{prepared.subject}_lesion.nii.gz")
+            metrics = evaluate_masks(prediction.mask, truth > 0.5, voxel_volume_mm3=voxel)
+            records.append(Record(experiment.name, seed, label, prepared.subject,
+                                  prepared.cohort or "-", metrics.to_dict()))
+    return records
+
+
+def _native_truths(dataset, test_ids: list[str], prep) -> dict:
+    from cordfuse.preprocess.pipeline import native_lesion_label
+
+    return {s.name: native_lesion_label(s, prep) for s in dataset.subjects
+            if s.subject_id in test_ids or s.name in test_ids}
+
+
+def write_tables(out: Path, study: StudyConfig, records: list[Record]) -> dict[str, Path]:
+    """Tables 1 and 2 (md, csv, tex), box plots per cohort and per_image.csv."""
+    labels = {e.name: e.label for e in EXPERIMENTS.values()}
+    order = [e.name for e in study.ordered_experiments]
+    written = {}
+    atomic_write_text(out / "per_image.csv", records_to_csv(records))
+    written["per_image"] = out / "per_image.csv"
+    if not records:
+        return written
+    tables = {"table1": table1(records, experiments=order, labels=labels,
+                               inferences=inference_order(study.specific_sets)),
+              "table2": table2(records, reference="baseline", experiments=order, labels=labels)}
+    for name, table in tables.items():
+        for suffix, text in (("md", table.to_markdown()), ("csv", table.to_csv()),
+                             ("tex", table.to_latex())):
+            atomic_write_text(out / f"{name}.{suffix}", text)
+            written[f"{name}.{suffix}"] = out / f"{name}.{suffix}"
+    rows = [(e, T2SAG_ONLY) for e in order if any(r.experiment == e and r.inference == T2SAG_ONLY
+                                                  for r in records)]
+    rows += [(e, ALL_AVAILABLE) for e in order
+             if any(r.experiment == e and r.inference == ALL_AVAILABLE for r in records)]
+    for cohort in sorted({r.cohort for r in records}):
+        path = out / f"boxplot_{cohort}.png"
+        atomic_write_bytes(path, boxplot_png(records, cohort, rows, labels))
+        written[f"boxplot_{cohort}"] = path
+    return written
+
+
+def _write_report(study: StudyConfig, out: Path, data: Path, minutes: float) -> Path:
+    from cordfuse.report import write_manifest, write_report
+
+    seed = study.seeds[0]
+    qc = [(f"{EXPERIMENTS[name].label} [{inference}]",
+           f"predictions/{name}/seed-{seed}/{inference.replace(' ', '-')}")
+          for name, inference in (("baseline", T2SAG_ONLY), ("mi", ALL_AVAILABLE))
+          if name in study.experiments]
+    write_manifest(out, kind="study", data=data, settings=asdict(study),
+                   experiments=[e.name for e in study.ordered_experiments],
+                   labels={e.name: e.label for e in EXPERIMENTS.values()},
+                   inferences=inference_order(study.specific_sets), qc_predictions=qc,
+                   minutes=minutes)
+    return write_report(out)
+
+
+def load_records(out: Path) -> list[Record]:
+    records = []
+    for path in sorted((out / "metrics").glob("*.csv")):
+        records += records_from_csv(path.read_text())
+    return records
+
+
+def run_study(config_path: str | Path, out: str | Path | None = None, *,
+              log: Callable[[str], None] = print, tables_only: bool = False) -> dict:
+    """Run (or resume) the study of ``config_path`` into ``out``; returns a summary."""
+    config_path = Path(config_path)
+    study = StudyConfig.from_file(config_path)
+    out = Path(out) if out else config_path.with_suffix("")
+    if out.resolve() == config_path.parent.resolve():
+        raise CordfuseError(f"{out}: give an output folder of its own for the study")
+    out.mkdir(parents=True, exist_ok=True)
+    if tables_only:
+        records = load_records(out)
+        if not records:
+            raise CordfuseError(f"{out}: no evaluated run yet (metrics/*.csv)")
+        return {"records": records, "tables": write_tables(out, study, records), "runs": []}
+    started = time.perf_counter()
+    copy = out / ("study" + (config_path.suffix or ".yaml"))
+    if config_path.resolve() != copy.resolve():
+        shutil.copyfile(config_path, copy)
+    atomic_write_text(out / "config.json", json.dumps(asdict(study), indent=2, default=list) + "\n")
+    dataset, fold, prep = _prepare(study, out, log)
+    statuses = _train_all(study, out, fold, log)
+    records = _evaluate_all(study, out, dataset, fold, prep, statuses, log)
+    written = write_tables(out, study, records)
+    minutes = (time.perf_counter() - started) / 60
+    atomic_write_text(out / "status.json", json.dumps(
+        {"minutes": round(minutes, 2), "runs": [asdict(s) for s in statuses]}, indent=2) + "\n")
+    written["report"] = _write_report(study, out, dataset.root, minutes)
+    log(f"Study finished in {minutes:.1f} min: {out.resolve()}")
+    log(f"Report: {written['report'].resolve()}")
+    return {"records": records, "tables": written, "runs": statuses, "minutes": minutes,
+            "fold": fold}
+
+
+def _prepare(study: StudyConfig, out: Path, log):
+    from cordfuse.dataset import discover
+    from cordfuse.preprocess.batch import load_prepared_dataset, prepare_dataset
+    from cordfuse.preprocess.pipeline import PRESETS
+
+    if study.dataset:
+        root = Path(study.dataset)
+        if not root.is_dir():
+            raise CordfuseError(f"{root}: dataset folder not found")
+    else:
+        from cordfuse.synth import write_cohort
+
+        root = out / "data"
+        if not (root / "dataset_description.json").exists():
+            log(f"[data] synthetic cohort: {study.synthetic_subjects} subjects "
+                f"(seed {study.synthetic_seed})")
+            write_cohort(root, subjects=study.synthetic_subjects, seed=study.synthetic_seed)
+    dataset = discover(root)
+    prep = replace(PRESETS[study.preset], centerline=study.centerline)
+    log(f"[prepare] {len(dataset.subjects)} subjects ({study.preset} preset)")
+    results = prepare_dataset(dataset, out / "prepared", prep, jobs=study.jobs)
+    for r in results:
+        if r.status == "failed":
+            log(f"      FAILED {r.name}: {r.message}")
+    document, _ = load_prepared_dataset(out / "prepared")
+    if (out / "fold.json").exists():
+        fold = json.loads((out / "fold.json").read_text())
+    elif study.fold:
+        fold = json.loads(Path(study.fold).read_text())
+        atomic_write_text(out / "fold.json", json.dumps(fold, indent=2) + "\n")
+    else:
+        fold = split_by_cohort(document, study.test_per_cohort, study.seeds[0])
+        atomic_write_text(out / "fold.json", json.dumps(fold, indent=2) + "\n")
+    log(f"      train {len(fold['train'])}, validation {len(fold['val'])}, "
+        f"test {len(fold['test'])} subjects")
+    return dataset, fold, prep
+
+
+def _train_all(study: StudyConfig, out: Path, fold, log) -> list[RunStatus]:
+    from cordfuse.training.config import TrainConfig
+    from cordfuse.training.trainer import train
+
+    statuses = []
+    experiments = study.ordered_experiments
+    total = len(experiments) * len(study.seeds)
+    n = 0
+    for seed in study.seeds:
+        for experiment in experiments:
+            n += 1
+            folder = out / "runs" / experiment.name / f"seed-{seed}"
+            if (folder / "summary.json").exists():
+                statuses.append(RunStatus(experiment.name, seed, "done"))
+                log(f"[train {n}/{total}] {experiment.name} seed {seed}: already trained")
+                continue
+            if experiment.variant == "frozen-encoder" and not any(
+                    s.experiment == "baseline" and s.seed == seed and s.status != "skipped"
+                    for s in statuses):
+                statuses.append(RunStatus(experiment.name, seed, "skipped", "no baseline"))
+                continue
+            epochs, iterations = study.schedule
+            log(f"[train {n}/{total}] {experiment.label} (seed {seed}): {epochs} epochs x "
+                f"{iterations} iterations")
+            try:
+                noise = (_feature_noise(study, out, seed, study.device, log)
+                         if experiment.variant == "feature-aug" else None)
+                config = TrainConfig.from_dict(_train_config(study, experiment, seed, out, noise))
+                summary = train(out / "prepared", folder, config, device=study.device,
+                                resume=True)
+            except CordfuseError as exc:
+                statuses.append(RunStatus(experiment.name, seed, "skipped", str(exc)))
+                log(f"      skipped: {exc}")
+                continue
+            statuses.append(RunStatus(experiment.name, seed, "trained", "", summary["seconds"]))
+            log(f"      best validation Dice {summary['best_val_dice']:.3f} "
+                f"({summary['seconds']:.0f} s)")
+    return statuses
+
+
+def _evaluate_all(study, out: Path, dataset, fold, prep, statuses, log) -> list[Record]:
+    from cordfuse.preprocess.batch import load_prepared_dataset
+    from cordfuse.preprocess.pipeline import PreparedSubject
+    from cordfuse.training.trainer import choose_device
+
+    device = choose_device(study.device)
+    _, paths = load_prepared_dataset(out / "prepared")
+    test = [PreparedSubject.load(p) for p in paths if p.parent.name in fold["test"]]
+    truths = None
+    usable = [s for s in statuses if s.status != "skipped"]
+    for k, status in enumerate(usable, start=1):
+        target = out / "metrics" / f"{status.experiment}_seed-{status.seed}.csv"
+        if target.exists():
+            continue
+        if truths is None:
+            truths = _native_truths(dataset, fold["test"], prep)
+        log(f"[evaluate {k}/{len(usable)}] {status.experiment} seed {status.seed} on "
+            f"{len(test)} test subjects")
+        records = evaluate_run(study, EXPERIMENTS[status.experiment], status.seed, out, test,
+                               truths, device)
+        atomic_write_text(target, records_to_csv(records))
+    wanted = {(s.experiment, s.seed) for s in usable}
+    return [r for r in load_records(out) if (r.experiment, r.seed) in wanted]

@@ -1,0 +1,266 @@
+"""The study: Tables 1 and 2 from known results, the noise fit, a tiny grid end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from cordfuse.cli import main
+from cordfuse.errors import CordfuseError
+from cordfuse.evaluation.tables import Record, records_from_csv, records_to_csv, table1, table2
+from cordfuse.features import fit_mixture, mixture_logpdf
+from cordfuse.nn.networks import FeatureNoise
+from cordfuse.study import (
+    ALL_AVAILABLE,
+    EXAMPLE_CONFIG,
+    EXPERIMENTS,
+    StudyConfig,
+    inference_sets,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Tables from a tiny fake result set
+
+
+def _record(experiment, seed, inference, image, cohort, f1, dice):
+    return Record(experiment, seed, inference, image, cohort,
+                  {"lesion_f1": f1, "dice": dice, "lesion_sensitivity": math.nan})
+
+
+@pytest.fixture()
+def fake_records():
+    """baseline and mi on cohorts A (3 images) and B (2 images), 2 seeds; a specific model that
+    only cohort A's images can use; mi with all sequences only in cohort A."""
+    out = []
+    for seed in (0, 1):
+        for i in range(3):
+            out.append(_record("baseline", seed, "T2Sag", f"a{i}", "A", 0.5 + 0.1 * i, 0.4))
+            out.append(_record("mi", seed, "T2Sag", f"a{i}", "A", 0.6 + 0.1 * i + 0.02 * seed,
+                               0.45))
+            out.append(_record("mi", seed, ALL_AVAILABLE, f"a{i}", "A", 0.9, 0.5))
+            out.append(_record("specific", seed, "T2Sag+STIR", f"a{i}", "A", 0.7, 0.42))
+        for i in range(2):
+            out.append(_record("baseline", seed, "T2Sag", f"b{i}", "B", 0.3, 0.2 + 0.1 * seed))
+            out.append(_record("mi", seed, "T2Sag", f"b{i}", "B", 0.2, math.nan))
+    return out
+
+
+def test_table1_layout_blanks_bold_and_seed_means(fake_records):
+    table = table1(fake_records, experiments=["baseline", "specific", "mi"],
+                   inferences=["T2Sag", "T2Sag+STIR", ALL_AVAILABLE],
+                   labels={"baseline": "T2Sag baseline", "mi": "Mean Imputation"})
+    assert table.header == ["model", "sequences at inference", "F1 A", "F1 B", "Dice A",
+                            "Dice B"]
+    assert [row[:2] for row in table.rows] == [
+        ["T2Sag baseline", "T2Sag"], ["specific", "T2Sag+STIR"], ["Mean Imputation", "T2Sag"],
+        ["Mean Imputation", ALL_AVAILABLE]]
+    baseline, specific, mi, mi_all = table.rows
+    # a cell is the mean over seeds of the per-seed cohort mean
+    assert baseline[2].value == pytest.approx(0.6)
+    assert mi[2].value == pytest.approx(np.mean([0.7, 0.72]))
+    assert baseline[5].value == pytest.approx(0.25)
+    # blank where no image of the cohort has that combination
+    assert specific[3].text == "" and specific[3].value is None and mi_all[5].text == ""
+    # undefined everywhere -> n/a, not a number
+    assert mi[5].text == "n/a"
+    # the best of each column is bold, only it
+    assert mi_all[2].bold and not any(r[2].bold for r in (baseline, specific, mi))
+    assert baseline[3].bold and not mi[3].bold
+    markdown = table.to_markdown()
+    assert "| Mean Imputation | all available | **0.900** |  | **0.500** |  |" in markdown
+    latex = table.to_latex()
+    assert r"\textbf{0.900}" in latex and r"\begin{tabular}{llcccc}" in latex
+    csv_lines = table.to_csv().splitlines()
+    assert csv_lines[0] == "model,sequences at inference,F1 A,F1 B,Dice A,Dice B"
+    assert csv_lines[2] == "specific,T2Sag+STIR,0.7,,0.42,"
+
+
+def test_table2_mean_std_over_seeds_and_wilcoxon_marks(fake_records):
+    table = table2(fake_records, reference="baseline", experiments=["baseline", "mi"])
+    assert table.header == ["model", "F1 A", "F1 B", "Dice A", "Dice B"]
+    assert [row[0] for row in table.rows] == ["baseline", "mi"]  # T2Sag-only models only
+    baseline, mi = table.rows
+    seed_means = [np.mean([0.6, 0.7, 0.8]), np.mean([0.62, 0.72, 0.82])]
+    assert mi[1].text.startswith(f"{np.mean(seed_means):.3f} ± {np.std(seed_means, ddof=1):.3f}")
+    assert baseline[4].text == "0.250 ± 0.071"  # Dice B: seed means 0.2 and 0.3
+    assert mi[4].text == ""  # Dice undefined for mi on B: blank, never a fake number
+    assert mi[1].bold and not baseline[1].bold
+    # 6 paired (seed, image) values, all better: exact two-sided p = 2/64 -> "**"
+    p = stats.wilcoxon([0.6, 0.7, 0.8, 0.62, 0.72, 0.82], [0.5, 0.6, 0.7] * 2).pvalue
+    assert p < 0.05 and mi[1].text.endswith("**")
+    assert "*" not in baseline[1].text  # no mark against itself
+
+
+def test_table2_single_star_for_p_between_005_and_01():
+    # 5 paired values all higher: exact two-sided p = 2/32 = 0.0625 -> "*"
+    recs = [_record("baseline", 0, "T2Sag", f"i{i}", "A", 0.5, 0.5) for i in range(5)]
+    recs += [_record("mi", 0, "T2Sag", f"i{i}", "A", 0.6 + 0.01 * i, 0.5) for i in range(5)]
+    row = table2(recs, experiments=["baseline", "mi"]).rows[1]
+    assert row[1].text.endswith("*") and not row[1].text.endswith("**")
+    assert row[2].text == "0.500 ± 0.000"  # equal values: p = 1, no mark
+
+
+def test_records_survive_the_csv_round_trip(fake_records):
+    again = records_from_csv(records_to_csv(fake_records))
+    assert len(again) == len(fake_records)
+    for a, b in zip(again, fake_records, strict=True):
+        assert (a.experiment, a.seed, a.inference, a.image, a.cohort) == \
+               (b.experiment, b.seed, b.inference, b.image, b.cohort)
+        assert all(a.values[k] == b.values[k] or (math.isnan(a.values[k]) and
+                                                  math.isnan(b.values[k])) for k in b.values)
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration and inference sets
+
+
+def test_inference_sets_follow_the_models_and_the_subject():
+    specific = [EXPERIMENTS["specific-stir"].sequences, EXPERIMENTS["specific-t2s-t1"].sequences]
+    have = ["T2Sag", "STIR", "T2Ax"]
+    assert inference_sets(EXPERIMENTS["baseline"], have, specific) == [("T2Sag", ("T2Sag",))]
+    assert inference_sets(EXPERIMENTS["specific-stir"], have, specific) == [
+        ("T2Sag+STIR", ("T2Sag", "STIR"))]
+    assert inference_sets(EXPERIMENTS["specific-t2s-t1"], have, specific) == []
+    assert inference_sets(EXPERIMENTS["mi-distill"], have, specific) == [
+        ("T2Sag", ("T2Sag",)), ("T2Sag+STIR", ("T2Sag", "STIR")),
+        (ALL_AVAILABLE, ("T2Sag", "STIR", "T2Ax"))]
+    assert inference_sets(EXPERIMENTS["mi"], ["T2Sag"], specific) == [("T2Sag", ("T2Sag",))]
+
+
+def test_study_config_parsing_and_errors(tmp_path):
+    path = tmp_path / "example.yaml"
+    path.write_text(EXAMPLE_CONFIG)
+    config = StudyConfig.from_file(path)
+    assert config.experiments == tuple(EXPERIMENTS) and config.seeds == (0,)
+    assert config.schedule == (50, 25) and config.synthetic_subjects == 40
+    paper = StudyConfig.from_mapping({"preset": "paper", "seeds": 3}, tmp_path)
+    assert paper.schedule == (1000, 250) and paper.seeds == (0, 1, 2)
+    assert StudyConfig.from_mapping({"dataset": "bids"}, tmp_path).dataset == str(
+        (tmp_path / "bids").resolve())
+    with pytest.raises(CordfuseError, match="unknown setting.*epoch"):
+        StudyConfig.from_mapping({"epoch": 3}, tmp_path)
+    with pytest.raises(CordfuseError, match="unknown experiment"):
+        StudyConfig.from_mapping({"experiments": ["baseline", "mi-magic"]}, tmp_path)
+    with pytest.raises(CordfuseError, match="add baseline"):
+        StudyConfig.from_mapping({"experiments": ["mi-frozen"]}, tmp_path)
+    (tmp_path / "bad.yaml").write_text("seeds: [1, 2\n")
+    with pytest.raises(CordfuseError, match="bad.yaml: not valid"):
+        StudyConfig.from_file(tmp_path / "bad.yaml")
+
+
+# ---------------------------------------------------------------------------------------------
+# Feature-noise mixture
+
+
+def test_mixture_fit_recovers_known_parameters():
+    truth = FeatureNoise(weight=0.25, logistic_scale=0.002, normal_sigma=0.4)
+    values = truth.sample((200_000,), generator=torch.Generator().manual_seed(0)).numpy()
+    fit = fit_mixture(values)
+    assert fit.noise.weight == pytest.approx(0.25, abs=0.01)
+    assert fit.noise.logistic_scale == pytest.approx(0.002, rel=0.05)
+    assert fit.noise.normal_sigma == pytest.approx(0.4, rel=0.02)
+    # a maximum: the truth is no more likely than the fit
+    assert fit.log_likelihood >= np.mean(mixture_logpdf(values.astype(float), truth)) - 1e-9
+
+
+def test_noise_params_file_is_checked(tmp_path):
+    good = tmp_path / "noise.json"
+    good.write_text(json.dumps({"weight": 0.3, "logistic_scale": 0.01, "normal_sigma": 0.5}))
+    assert FeatureNoise.from_json(good) == FeatureNoise(0.3, 0.01, 0.5)
+    (tmp_path / "missing.json").write_text(json.dumps({"weight": 0.3}))
+    with pytest.raises(CordfuseError, match="missing.json: noise parameters need"):
+        FeatureNoise.from_json(tmp_path / "missing.json")
+    (tmp_path / "neg.json").write_text(json.dumps({"weight": 2, "logistic_scale": 0.01,
+                                                   "normal_sigma": 0.5}))
+    with pytest.raises(CordfuseError, match="0 <= weight <= 1"):
+        FeatureNoise.from_json(tmp_path / "neg.json")
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole grid on a tiny cohort
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    config = root / "tiny.yaml"
+    config.write_text("synthetic: {subjects: 12, seed: 3}\nseeds: 1\nepochs: 1\niterations: 2\n"
+                      "test_per_cohort: 1\nfeature_noise: fit\n")
+    assert main(["study", str(config)]) == 0
+    return root / "tiny"
+
+
+def test_study_runs_the_grid_and_writes_the_tables(tiny_study):
+    out = tiny_study
+    status = json.loads((out / "status.json").read_text())["runs"]
+    assert [r["experiment"] for r in status] == list(EXPERIMENTS)
+    trained = {r["experiment"] for r in status if r["status"] == "trained"}
+    assert {"baseline", "mi", "mi-frozen", "mi-distill", "feature-aug"} <= trained
+    for r in status:  # a model no training subject fits is skipped with its reason
+        assert r["status"] == "trained" or "no training subjects" in r["message"]
+    for name in ("table1", "table2"):
+        for suffix in ("md", "csv", "tex"):
+            assert (out / f"{name}.{suffix}").stat().st_size > 0
+    for cohort in "ABC":
+        assert (out / f"boxplot_{cohort}.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "study.yaml").read_text().startswith("synthetic:")
+    fold = json.loads((out / "fold.json").read_text())
+    records = records_from_csv((out / "per_image.csv").read_text())
+    assert {r.image for r in records} == set(fold["test"])
+    by_run = {}
+    for r in records:
+        by_run.setdefault((r.experiment, r.inference), set()).add(r.image)
+    assert by_run[("baseline", "T2Sag")] == set(fold["test"])
+    assert by_run[("mi", "T2Sag")] == set(fold["test"])
+    # every prediction is a mask on the native T2Sag grid of its subject
+    mask = next((out / "predictions" / "mi" / "seed-0" / "T2Sag").glob("*_lesion.nii.gz"))
+    subject = mask.name.split("_")[0]
+    t2 = sorted((out / "data" / subject / "anat").glob("*T2w*.nii.gz"))
+    assert nib.load(mask).shape[2] >= nib.load(t2[0]).shape[2] - 1
+    table = (out / "table1.md").read_text()
+    assert "| T2Sag baseline | T2Sag |" in table and "| Mean Imputation | all available |" in table
+    # the frozen encoder is the baseline's, bit for bit
+    baseline = torch.load(out / "runs" / "baseline" / "seed-0" / "checkpoint_best.pt",
+                          weights_only=False)["model"]
+    frozen = torch.load(out / "runs" / "mi-frozen" / "seed-0" / "checkpoint_best.pt",
+                        weights_only=False)["model"]
+    keys = [k for k in baseline if k.startswith("encoders.T2Sag.")]
+    assert keys and all(torch.equal(baseline[k], frozen[k]) for k in keys)
+    # feature-aug trained with the noise fitted on the mi model of the same seed
+    fitted = FeatureNoise.from_json(out / "features" / "seed-0" / "noise_params.json")
+    aug = torch.load(out / "runs" / "feature-aug" / "seed-0" / "checkpoint_best.pt",
+                     weights_only=False)["config"]
+    assert FeatureNoise(**aug["feature_noise"]) == fitted
+
+
+def test_study_resumes_without_redoing_work(tiny_study, capsys):
+    before = {p: p.stat().st_mtime_ns for p in (tiny_study / "metrics").glob("*.csv")}
+    table = (tiny_study / "table1.md").read_text()
+    assert main(["study", str(tiny_study.parent / "tiny.yaml")]) == 0
+    printed = capsys.readouterr().out
+    assert "already trained" in printed
+    assert {p: p.stat().st_mtime_ns for p in (tiny_study / "metrics").glob("*.csv")} == before
+    assert (tiny_study / "table1.md").read_text() == table
+    assert main(["study", str(tiny_study.parent / "tiny.yaml"), "--tables-only"]) == 0
+
+
+def test_analyze_features_cli_writes_params_train_reads(tiny_study, tmp_path, capsys):
+    out = tmp_path / "features"
+    assert main(["analyze-features", str(tiny_study / "runs" / "mi" / "seed-0"),
+                 str(tiny_study / "prepared"), "-o", str(out), "--max-values", "50000"]) == 0
+    assert "Fitted on" in capsys.readouterr().out
+    noise = FeatureNoise.from_json(out / "noise_params.json")
+    assert 0 < noise.weight < 1 and noise.logistic_scale > 0 and noise.normal_sigma > 0
+    fit = json.loads((out / "fit.json").read_text())
+    assert fit["n_values"] <= 50000 and set(fit["values_per_sequence"]) >= {"STIR"}
+    assert (out / "histogram.png").read_bytes()[:4] == b"\x89PNG"
+    # the baseline has one encoder: nothing to compare, one clear line
+    assert main(["analyze-features", str(tiny_study / "runs" / "baseline" / "seed-0"),
+                 str(tiny_study / "prepared"), "-o", str(tmp_path / "x")]) == 2
+    assert "single-encoder model" in capsys.readouterr().err
