@@ -16,6 +16,7 @@ from cordfuse.errors import CordfuseError
 from cordfuse.evaluation.tables import Record, records_from_csv, records_to_csv, table1, table2
 from cordfuse.features import fit_mixture, mixture_logpdf
 from cordfuse.nn.networks import FeatureNoise
+from cordfuse.preprocess.pipeline import PreparedSubject
 from cordfuse.study import (
     ALL_AVAILABLE,
     EXAMPLE_CONFIG,
@@ -220,9 +221,9 @@ def test_study_runs_the_grid_and_writes_the_tables(tiny_study):
     assert by_run[("mi", "T2Sag")] == set(fold["test"])
     # every prediction is a mask on the native T2Sag grid of its subject
     mask = next((out / "predictions" / "mi" / "seed-0" / "T2Sag").glob("*_lesion.nii.gz"))
-    subject = mask.name.split("_")[0]
-    t2 = sorted((out / "data" / subject / "anat").glob("*T2w*.nii.gz"))
-    assert nib.load(mask).shape[2] >= nib.load(t2[0]).shape[2] - 1
+    prepared = PreparedSubject.load(out / "prepared" / mask.name.split("_")[0])
+    assert list(nib.load(mask).shape) == prepared.t2sag["fused_shape"]
+    assert np.allclose(nib.load(mask).affine, prepared.t2sag["fused_affine"], atol=1e-4)
     table = (out / "table1.md").read_text()
     assert "| T2Sag baseline | T2Sag |" in table and "| Mean Imputation | all available |" in table
     # the frozen encoder is the baseline's, bit for bit
