@@ -94,6 +94,18 @@ def test_report_command_rebuilds_and_refuses_other_folders(tiny_demo, tmp_path, 
     assert "not a cordfuse run folder" in err and "Traceback" not in err
 
 
+def test_report_of_a_training_folder_alone(tiny_demo, tmp_path, capsys):
+    """The output of ``cordfuse train`` has no dataset: the report shows what is there."""
+    run = tmp_path / "baseline"
+    shutil.copytree(tiny_demo["out"] / "runs" / "baseline", run)
+    assert main(["report", str(run)]) == 0
+    page = outline((run / "report.html").read_text())
+    assert list(page.sections) == [key for key, _ in SECTIONS]
+    assert page.sections["curves"]["figures"] == 1 and page.sections["curves"]["images"] == 1
+    html = unescape((run / "report.html").read_text())
+    assert "Not in this folder." in html and '"model": "baseline"' in html
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (Debian: apt-get install "
                     "chromium; .ci/run installs it)")
 def test_report_renders_in_headless_chromium(tiny_demo, tmp_path):

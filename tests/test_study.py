@@ -139,7 +139,7 @@ def test_study_config_parsing_and_errors(tmp_path):
     path.write_text(EXAMPLE_CONFIG)
     config = StudyConfig.from_file(path)
     assert config.experiments == tuple(EXPERIMENTS) and config.seeds == (0,)
-    assert config.schedule == (50, 25) and config.synthetic_subjects == 40
+    assert config.schedule == (100, 25) and config.synthetic_subjects == 40
     paper = StudyConfig.from_mapping({"preset": "paper", "seeds": 3}, tmp_path)
     assert paper.schedule == (1000, 250) and paper.seeds == (0, 1, 2)
     assert StudyConfig.from_mapping({"dataset": "bids"}, tmp_path).dataset == str(

@@ -237,7 +237,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from cordfuse.nn.networks import FeatureNoise
     from cordfuse.training.config import TrainConfig
-    from cordfuse.training.trainer import train
+    from cordfuse.training.trainer import describe_validation, train
 
     sequences = tuple(s.strip() for s in args.sequences.split(",")) if args.sequences else None
     if args.model == "specific" and not sequences:
@@ -257,8 +257,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     summary = train(args.prepared, args.out, config, device=args.device, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"Trained {config.model}" + (f" ({config.variant})" if config.variant else "")
-              + f" for {config.epochs} epochs in {summary['seconds']:.0f} s: best validation Dice "
-              f"{summary['best_val_dice']:.3f} -> {args.out}")
+              + f" for {config.epochs} epochs in {summary['seconds']:.0f} s: "
+              f"{describe_validation(summary)} -> {args.out}")
         if "ranks_in_sync" in summary:
             print(f"DDP: {summary['world_size']} ranks, weights identical across ranks: "
                   f"{summary['ranks_in_sync']}")
@@ -300,8 +300,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     results = []
     if args.jobs > 1:
         # spawn, not fork: forking a process whose torch thread pools are running deadlocks
+        # each worker gets its share of the cores: oversubscribed torch pools run far slower
+        threads = max(1, (os.cpu_count() or 1) // args.jobs)
         with ProcessPoolExecutor(max_workers=args.jobs,
-                                 mp_context=multiprocessing.get_context("spawn")) as pool:
+                                 mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=torch.set_num_threads, initargs=(threads,)) as pool:
             futures = [pool.submit(predict_and_write, s, models, out, options) for s in subjects]
             for future in futures:
                 results.append(future.result())

@@ -54,7 +54,7 @@ def run_demo(
     from cordfuse.preprocess.pipeline import PRESETS, native_lesion_label
     from cordfuse.synth import write_cohort
     from cordfuse.training.config import TrainConfig
-    from cordfuse.training.trainer import choose_device, train
+    from cordfuse.training.trainer import choose_device, describe_validation, train
 
     out = Path(out)
     started = time.perf_counter()
@@ -97,7 +97,7 @@ def run_demo(
         summary = train(out / "prepared", out / "runs" / model, train_config)
         runs[model] = out / "runs" / model
         log(
-            f"      best validation Dice {summary['best_val_dice']:.3f} "
+            f"      {describe_validation(summary)} "
             f"({summary['seconds']:.0f} s)"
         )
 

@@ -166,6 +166,8 @@ def histogram_png(values: np.ndarray, fit: MixtureFit, title: str) -> bytes:
                 color="tab:green", lw=0.8, ls="--", label=f"normal(0, {noise.normal_sigma:.3g})")
         if log:
             ax.set_yscale("log")
+            peak = float(np.exp(mixture_logpdf(np.zeros(1), noise))[0])
+            ax.set_ylim(peak * 1e-5, peak * 2)
         ax.set_xlabel("feature(other sequence) - feature(T2Sag)")
         ax.set_ylabel("density" + (" (log)" if log else ""))
     axes[0].legend(fontsize=7)
@@ -201,5 +203,6 @@ def analyze_features(model_path: str | Path, prepared: str | Path, out: str | Pa
                "mean": float(values.mean()), "std": float(values.std()),
                "fraction_exact_zero": float(np.mean(values == 0))}
     atomic_write_text(out / "fit.json", json.dumps(details, indent=2) + "\n")
-    atomic_write_bytes(out / "histogram.png", histogram_png(values, fit, Path(model_path).name))
+    title = "/".join(Path(model_path).resolve().parts[-2:])
+    atomic_write_bytes(out / "histogram.png", histogram_png(values, fit, title))
     return fit

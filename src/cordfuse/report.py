@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import datetime
 import json
+import math
 import platform
 import sys
 from html import escape
@@ -183,8 +184,9 @@ def tables_section(records, manifest: dict) -> str:
     if not records:
         return "<p>No evaluated prediction in this run.</p>"
     labels, order = manifest["labels"], manifest["experiments"]
+    reference = "baseline" if "baseline" in order else order[0]
     t1 = table1(records, experiments=order, labels=labels, inferences=manifest["inferences"])
-    t2 = table2(records, reference=order[0], experiments=order, labels=labels)
+    t2 = table2(records, reference=reference, experiments=order, labels=labels)
     return t1.to_html() + t2.to_html()
 
 
@@ -213,10 +215,12 @@ def qc_section(run: Path, manifest: dict, fold: dict | None) -> str:
     test = set((fold or {}).get("test", []))
     if not test:
         return "<p>No test subject in this run.</p>"
-    try:
-        subjects = {s.name: s for s in discover(manifest["data"]).subjects}
-    except CordfuseError:
-        subjects = {}
+    subjects = {}
+    if manifest["data"] and Path(manifest["data"]).is_dir():
+        try:
+            subjects = {s.name: s for s in discover(manifest["data"]).subjects}
+        except CordfuseError:
+            subjects = {}
     blocks = []
     for name in sorted(test):
         path = run / "prepared" / name
@@ -245,19 +249,28 @@ def qc_section(run: Path, manifest: dict, fold: dict | None) -> str:
 
 
 def _run_folders(run: Path) -> list[Path]:
-    return sorted(p.parent for p in (run / "runs").glob("**/log.jsonl"))
+    """Every training folder in the run (a folder with ``log.jsonl``; the run itself for the
+    output of ``cordfuse train``)."""
+    return sorted(p.parent for p in run.glob("**/log.jsonl"))
+
+
+def _run_name(run: Path, folder: Path) -> str:
+    name = str(folder.relative_to(run))
+    return name.removeprefix("runs/") if name != "." else run.resolve().name
 
 
 def curves_section(run: Path) -> str:
     blocks = []
     for folder in _run_folders(run):
-        name = str(folder.relative_to(run / "runs"))
+        name = _run_name(run, folder)
         summary = {}
         if (folder / "summary.json").exists():
             summary = json.loads((folder / "summary.json").read_text())
         caption = escape(name)
         if summary:
-            caption += (f": best validation Dice {summary['best_val_dice']:.3f}, "
+            best = summary.get("best_val_dice")
+            caption += (": " + (f"best validation Dice {best:.3f}" if best is not None
+                                and math.isfinite(best) else "no validation subject") + ", "
                         f"{summary['epochs']} epochs in {summary['seconds']:.0f} s")
         picture = _img((folder / "curves.png").read_bytes(), f"training curves of {name}",
                        "curve") if (folder / "curves.png").exists() else ""
@@ -271,22 +284,35 @@ def _pre(data) -> str:
     return f"<pre>{escape(text)}</pre>"
 
 
-def configuration_section(run: Path, manifest: dict, document: dict) -> str:
-    parts = ["<h3>Run settings</h3>", _pre(manifest["settings"])]
+def configuration_section(run: Path, manifest: dict, document: dict | None) -> str:
+    parts = ["<h3>Run settings</h3>", _pre(manifest["settings"])] if manifest["settings"] else []
     for name in ("study.yaml", "study.yml", "study.json"):
         if (run / name).exists():
             parts += [f"<h3>{escape(name)}</h3>", _pre((run / name).read_text())]
-    parts += ["<h3>Pre-processing</h3>", _pre(document.get("config", {}))]
+    if document:
+        parts += ["<h3>Pre-processing</h3>", _pre(document.get("config", {}))]
     for folder in _run_folders(run):
         summary_path = folder / "summary.json"
         if summary_path.exists():
             config = json.loads(summary_path.read_text()).get("config")
             if config:
-                parts += [f"<h3>Training: {escape(str(folder.relative_to(run / 'runs')))}</h3>",
+                parts += [f"<h3>Training: {escape(_run_name(run, folder))}</h3>",
                           _pre(config)]
     rows = [[escape(k), escape(str(v))] for k, v in manifest["versions"].items()]
-    parts += ["<h3>Versions used</h3>", _table(["package", "version"], rows, "versions")]
+    when = "used by the run" if manifest["kind"] != "folder" else "of this report (the run " \
+        "recorded none)"
+    parts += [f"<h3>Versions {when}</h3>", _table(["package", "version"], rows, "versions")]
     return "".join(parts)
+
+
+def _default_manifest(run: Path, records) -> dict:
+    """What a folder without ``cordfuse_run.json`` (e.g. a ``cordfuse train`` output) implies."""
+    experiments = list(dict.fromkeys(r.experiment for r in records))
+    inferences = list(dict.fromkeys(r.inference for r in records))
+    created = datetime.datetime.fromtimestamp(run.stat().st_mtime).isoformat(timespec="seconds")
+    return {"kind": "folder", "created": created, "data": "", "minutes": None, "settings": {},
+            "experiments": experiments, "labels": {}, "inferences": inferences,
+            "qc_predictions": [], "versions": versions()}
 
 
 STYLE = """
@@ -322,34 +348,46 @@ SECTIONS = (("overview", "Overview"), ("availability", "Dataset"), ("tables", "M
 
 
 def build_report(run_dir: str | Path, progress=None) -> str:
-    """The HTML text of the report of one run folder."""
+    """The HTML text of the report of one run folder (demo, study, or a training folder)."""
     from cordfuse.evaluation.tables import records_from_csv
 
     run = Path(run_dir)
-    try:
-        manifest = json.loads((run / MANIFEST).read_text())
-    except (OSError, ValueError) as exc:
-        raise CordfuseError(f"{run}: not a cordfuse run folder (no readable {MANIFEST}; "
-                            "cordfuse demo and cordfuse study write one)") from exc
-    try:
-        document = json.loads((run / "prepared" / "dataset.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise CordfuseError(f"{run}/prepared/dataset.json: unreadable ({exc})") from exc
-    fold = json.loads((run / "fold.json").read_text()) if (run / "fold.json").exists() else None
+    if not run.is_dir():
+        raise CordfuseError(f"{run}: no such folder")
     records = records_from_csv((run / "per_image.csv").read_text()) \
         if (run / "per_image.csv").exists() else []
+    if (run / MANIFEST).exists():
+        try:
+            manifest = json.loads((run / MANIFEST).read_text())
+        except ValueError as exc:
+            raise CordfuseError(f"{run / MANIFEST}: unreadable ({exc})") from exc
+    elif records or _run_folders(run) or (run / "prepared" / "dataset.json").exists():
+        manifest = _default_manifest(run, records)
+    else:
+        raise CordfuseError(f"{run}: not a cordfuse run folder (no {MANIFEST}, training log, "
+                            "prepared dataset or per_image.csv); give the folder of cordfuse "
+                            "demo, study or train")
+    document = None
+    if (run / "prepared" / "dataset.json").exists():
+        try:
+            document = json.loads((run / "prepared" / "dataset.json").read_text())
+        except ValueError as exc:
+            raise CordfuseError(f"{run}/prepared/dataset.json: unreadable ({exc})") from exc
+    fold = json.loads((run / "fold.json").read_text()) if (run / "fold.json").exists() else None
     minutes = manifest.get("minutes")
     overview = (f"<p>cordfuse {escape(manifest['kind'])} run of {escape(manifest['created'])}"
-                + (f", {minutes:.1f} min" if minutes is not None else "") + f". Data: "
-                f"<code>{escape(manifest['data'])}</code>; {len(document['subjects'])} subjects "
-                f"prepared.</p><p>Synthetic data check the pipeline; they are not a clinical "
+                + (f", {minutes:.1f} min" if minutes is not None else "") + ". "
+                + (f"Data: <code>{escape(manifest['data'])}</code>. " if manifest["data"] else "")
+                + (f"{len(document['subjects'])} subjects prepared." if document else "")
+                + "</p><p>Results on synthetic data check the pipeline; they are not a clinical "
                 "validation.</p>")
+    absent = "<p>Not in this folder.</p>"
     builders = {
         "overview": lambda: overview,
-        "availability": lambda: availability_section(document, fold),
+        "availability": lambda: availability_section(document, fold) if document else absent,
         "tables": lambda: tables_section(records, manifest),
         "boxplots": lambda: boxplots_section(records, manifest),
-        "qc": lambda: qc_section(run, manifest, fold),
+        "qc": lambda: qc_section(run, manifest, fold) if document else absent,
         "curves": lambda: curves_section(run),
         "configuration": lambda: configuration_section(run, manifest, document),
     }

@@ -94,7 +94,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
 )}
 
 PRESET_SCHEDULES = {"paper": {"epochs": 1000, "iterations": 250},
-                    "small": {"epochs": 50, "iterations": 25}}
+                    "small": {"epochs": 100, "iterations": 25}}
 
 EXAMPLE_CONFIG = """\
 # cordfuse study: the paper's experiment grid (Tables 1 and 2).
@@ -106,7 +106,7 @@ synthetic:
   seed: 0
 preset: small          # small (CPU) or paper (full networks, for a GPU)
 seeds: 1               # number of training seeds (0, 1, ...) or a list; the paper used 3
-# epochs: 50           # default: 50 x 25 for small, 1000 x 250 for paper
+# epochs: 100          # default: 100 x 25 for small, 1000 x 250 for paper
 # iterations: 25
 test_per_cohort: 3     # held-out test subjects per cohort (one more per cohort validates)
 experiments: [baseline, specific-stir, specific-t2s-t1, specific-t2s-t2ax, mi, mi-frozen,
@@ -476,7 +476,7 @@ def _prepare(study: StudyConfig, out: Path, log):
 
 def _train_all(study: StudyConfig, out: Path, fold, log) -> list[RunStatus]:
     from cordfuse.training.config import TrainConfig
-    from cordfuse.training.trainer import train
+    from cordfuse.training.trainer import describe_validation, train
 
     statuses = []
     experiments = study.ordered_experiments
@@ -509,7 +509,7 @@ def _train_all(study: StudyConfig, out: Path, fold, log) -> list[RunStatus]:
                 log(f"      skipped: {exc}")
                 continue
             statuses.append(RunStatus(experiment.name, seed, "trained", "", summary["seconds"]))
-            log(f"      best validation Dice {summary['best_val_dice']:.3f} "
+            log(f"      {describe_validation(summary)} "
                 f"({summary['seconds']:.0f} s)")
     return statuses
 

@@ -196,8 +196,10 @@ def table1(records: Sequence[Record], *, experiments: Sequence[str] | None = Non
             row.append(Cell(value, f"{value:.3f}"))
         table.rows.append(row)
     _mark_best(table.rows, 2)
+    counts = ", ".join(f"{c} {len({r.image for r in records if r.cohort == c})}"
+                       for c in cohorts)
     table.notes = ["Blank: no test image of that cohort has that combination of sequences. "
-                   "Bold: best in its column."]
+                   f"Bold: best in its column. Test images per cohort: {counts}."]
     return table
 
 
@@ -270,6 +272,12 @@ def boxplot_png(records: Sequence[Record], cohort: str, rows: Sequence[tuple[str
                       if not np.all(np.isnan(v))]
             data.append(values)
         ax.boxplot(data, showmeans=True)
+        for k, values in enumerate(data, start=1):  # every image, as few are tested per cohort
+            if not values:
+                continue
+            offsets = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else 0.0
+            ax.scatter(k + np.asarray(offsets), values, s=9, color="tab:blue", alpha=0.6,
+                       zorder=3)
         ax.set_xticks(range(1, len(names) + 1), names, rotation=35, ha="right", fontsize=7)
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(f"{title}, cohort {cohort}")

@@ -145,6 +145,14 @@ def load_checkpoint(path: str | Path) -> dict:
     return checkpoint
 
 
+def describe_validation(summary: dict) -> str:
+    """``best validation Dice 0.412``, or why there is none."""
+    best = summary.get("best_val_dice")
+    if best is None or not math.isfinite(best):
+        return "no validation subject fits this model (best = last epoch)"
+    return f"best validation Dice {best:.3f}"
+
+
 def _save(path: Path, payload: dict) -> None:
     buffer = io.BytesIO()
     torch.save(payload, buffer)
@@ -324,7 +332,8 @@ def train(
             with open(out / "log.jsonl", "a") as handle:
                 handle.write(json.dumps(record) + "\n")
             _plot(history, out / "curves.png")
-    summary = {"epochs": config.epochs, "best_val_dice": best,
+    summary = {"epochs": config.epochs,
+               "best_val_dice": best if math.isfinite(best) else None,  # None: no validation
                "last_val_dice": history[-1]["val_dice"] if history else float("nan"),
                "seconds": round(time.perf_counter() - started, 2), "world_size": world,
                "digest": weights_digest(model), "train": [str(i) for i in train_ids],
