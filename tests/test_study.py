@@ -17,6 +17,7 @@ from cordfuse.evaluation.tables import Record, records_from_csv, records_to_csv,
 from cordfuse.features import fit_mixture, mixture_logpdf
 from cordfuse.nn.networks import FeatureNoise
 from cordfuse.preprocess.pipeline import PreparedSubject
+from cordfuse.report import SECTIONS
 from cordfuse.study import (
     ALL_AVAILABLE,
     EXAMPLE_CONFIG,
@@ -224,6 +225,9 @@ def test_study_runs_the_grid_and_writes_the_tables(tiny_study):
     prepared = PreparedSubject.load(out / "prepared" / mask.name.split("_")[0])
     assert list(nib.load(mask).shape) == prepared.t2sag["fused_shape"]
     assert np.allclose(nib.load(mask).affine, prepared.t2sag["fused_affine"], atol=1e-4)
+    report = (out / "report.html").read_text()
+    assert all(f'<section id="{key}">' in report for key, _ in SECTIONS)
+    assert report.count('<figure class="qc"') == len(fold["test"])
     table = (out / "table1.md").read_text()
     assert "| T2Sag baseline | T2Sag |" in table and "| Mean Imputation | all available |" in table
     # the frozen encoder is the baseline's, bit for bit
