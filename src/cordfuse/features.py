@@ -144,13 +144,9 @@ def feature_differences(model, prepared_paths: list[Path], *, device, max_values
 
 
 def histogram_png(values: np.ndarray, fit: MixtureFit, title: str) -> bytes:
-    import io
+    from cordfuse.figures import png_bytes, pyplot
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     noise = fit.noise
     limit = float(np.quantile(np.abs(values), 0.995)) or 1.0
     grid = np.linspace(-limit, limit, 801)
@@ -173,10 +169,7 @@ def histogram_png(values: np.ndarray, fit: MixtureFit, title: str) -> bytes:
     axes[0].legend(fontsize=7)
     fig.suptitle(f"{title}: weight {noise.weight:.3f}", fontsize=9)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    return buffer.getvalue()
+    return png_bytes(fig)
 
 
 def analyze_features(model_path: str | Path, prepared: str | Path, out: str | Path, *,

@@ -258,16 +258,12 @@ def write_prediction(prediction: Prediction, out: Path, *, threshold: float, per
 
 def write_prediction_qc(prediction: Prediction, path: Path) -> None:
     """Sagittal T2Sag through the cord with the predicted lesion outline (red)."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import nibabel as nib
 
+    from cordfuse.figures import png_bytes, pyplot
     from cordfuse.io import atomic_write_bytes
 
+    plt = pyplot()
     image = fused_t2sag_image(prediction.prepared)
     canon = nib.as_closest_canonical(nib.Nifti1Image(image, prediction.affine))
     mask = nib.as_closest_canonical(nib.Nifti1Image(prediction.mask, prediction.affine))
@@ -283,10 +279,7 @@ def write_prediction_qc(prediction: Prediction, path: Path) -> None:
     ax.set_title(f"{prediction.subject}: {len(prediction.lesions)} lesions predicted",
                  color="white", fontsize=9)
     ax.set_axis_off()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, facecolor="black")
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, png_bytes(fig))
 
 
 def subjects_from_input(path: str | Path | None, files: dict[str, list[str]], *, mapping=None):

@@ -72,17 +72,6 @@ def write_manifest(out: Path, *, kind: str, data: Path, settings: dict, experime
 # -- pictures ------------------------------------------------------------------------------------
 
 
-def _png(fig) -> bytes:
-    import io
-
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90, facecolor=fig.get_facecolor())
-    plt.close(fig)
-    return buffer.getvalue()
-
-
 def _img(data: bytes, alt: str, css: str = "") -> str:
     encoded = base64.b64encode(data).decode()
     return f'<img class="{css}" alt="{escape(alt)}" src="data:image/png;base64,{encoded}">'
@@ -91,24 +80,24 @@ def _img(data: bytes, alt: str, css: str = "") -> str:
 def subject_qc_png(prepared, image: np.ndarray, affine: np.ndarray, truth: np.ndarray | None,
                    predictions: list[tuple[str, np.ndarray]]) -> bytes:
     """Sagittal T2Sag (native) with outlines, then the straightened crop of every sequence."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import nibabel as nib
     from matplotlib.lines import Line2D
 
+    from cordfuse.figures import png_bytes, pyplot
     from cordfuse.io import voxel_sizes
 
-    def canonical(volume):
-        return np.asarray(nib.as_closest_canonical(nib.Nifti1Image(
-            np.asarray(volume, np.float32), affine)).dataobj)
+    plt = pyplot()
 
-    data = canonical(image)
-    spacing = voxel_sizes(nib.as_closest_canonical(nib.Nifti1Image(data, affine)).affine)
-    outlines = ([("ground truth", canonical(truth), "lime")] if truth is not None else []) + [
-        (label, canonical(mask), PREDICTION_COLOURS[k % len(PREDICTION_COLOURS)])
+    def canonical(volume):
+        return nib.as_closest_canonical(nib.Nifti1Image(np.asarray(volume, np.float32), affine))
+
+    reference = canonical(image)
+    data, spacing = np.asarray(reference.dataobj), voxel_sizes(reference.affine)
+    layers = ([("ground truth", truth, "lime")] if truth is not None else []) + [
+        (label, mask, PREDICTION_COLOURS[k % len(PREDICTION_COLOURS)])
         for k, (label, mask) in enumerate(predictions)]
+    outlines = [(label, np.asarray(canonical(volume).dataobj), colour)
+                for label, volume, colour in layers]
     weight = sum(o[1].sum(axis=(1, 2)) for o in outlines) if outlines else None
     x = int(np.argmax(weight)) if weight is not None and weight.any() else data.shape[0] // 2
     seqs = prepared.sequences
@@ -141,7 +130,7 @@ def subject_qc_png(prepared, image: np.ndarray, affine: np.ndarray, truth: np.nd
         ax.set_title(f"{seq}\nstraightened", color="white", fontsize=7)
         ax.set_axis_off()
     fig.tight_layout()
-    return _png(fig)
+    return png_bytes(fig, dpi=90)
 
 
 # -- sections --------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -136,7 +136,6 @@ class StudyConfig:
     device: str = "auto"
     amp: str = "auto"
     augment: bool = True
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.preset not in PRESET_SCHEDULES:
@@ -191,7 +190,7 @@ class StudyConfig:
         if noise not in ("paper", "fit"):
             noise = str((base / str(noise)).resolve())
         values["feature_noise"] = noise
-        known = {f.name for f in fields(cls)} - {"extra", "synthetic_subjects", "synthetic_seed"}
+        known = {f.name for f in fields(cls)} - {"synthetic_subjects", "synthetic_seed"}
         unknown = [k for k in data if k not in known]
         if unknown:
             raise CordfuseError(f"unknown setting(s) {', '.join(sorted(unknown))} (see "

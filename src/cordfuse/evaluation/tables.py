@@ -253,11 +253,9 @@ def boxplot_png(records: Sequence[Record], cohort: str, rows: Sequence[tuple[str
                 labels: dict[str, str] | None = None) -> bytes:
     """Box plots of per-image F1 and Dice (mean over seeds) in one cohort, one box per row
     ``(experiment, inference)``; returns PNG bytes."""
-    import matplotlib
+    from cordfuse.figures import png_bytes, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     labels = labels or {}
     fig, axes = plt.subplots(1, len(TABLE_METRICS), figsize=(4 + 0.9 * len(rows), 4.2),
                              squeeze=False)
@@ -283,10 +281,7 @@ def boxplot_png(records: Sequence[Record], cohort: str, rows: Sequence[tuple[str
         ax.set_title(f"{title}, cohort {cohort}")
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    return buffer.getvalue()
+    return png_bytes(fig)
 
 
 # -- per-image CSV ------------------------------------------------------------------------------

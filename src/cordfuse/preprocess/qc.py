@@ -7,32 +7,16 @@ with the lesion label outlined. :func:`write_centerline_qc` draws a centreline o
 
 from __future__ import annotations
 
-import io as _io
 from pathlib import Path
 
 import numpy as np
 
+from cordfuse.figures import png_bytes, pyplot
 from cordfuse.io import apply_affine, atomic_write_bytes
 
 
-def _figure():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, plt, path: Path) -> None:
-    buffer = _io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, facecolor=fig.get_facecolor())
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
 def write_prepared_qc(prepared, path: str | Path) -> None:
-    plt = _figure()
+    plt = pyplot()
     seqs = prepared.sequences
     geometry = prepared.geometry
     c = int(round(geometry.centre_index))
@@ -60,14 +44,14 @@ def write_prepared_qc(prepared, path: str | Path) -> None:
     fig.suptitle(f"{prepared.subject}: straightened {geometry.size}x{geometry.size} crops, "
                  f"{geometry.spacing} mm, {geometry.nz} slices (red: lesion label)",
                  color="white", fontsize=9)
-    _save(fig, plt, Path(path))
+    atomic_write_bytes(Path(path), png_bytes(fig))
 
 
 def write_centerline_qc(data: np.ndarray, affine: np.ndarray, centerline, path: str | Path):
     """Sagittal and coronal views (RAS display) of an image with its centreline."""
     import nibabel as nib
 
-    plt = _figure()
+    plt = pyplot()
     img = nib.as_closest_canonical(nib.Nifti1Image(np.asarray(data, np.float32), affine))
     canon, canon_affine = np.asarray(img.dataobj), img.affine
     vox = apply_affine(np.linalg.inv(canon_affine), centerline.points)
@@ -84,4 +68,4 @@ def write_centerline_qc(data: np.ndarray, affine: np.ndarray, centerline, path: 
         ax.plot(u, vox[:, 2], color="red", linewidth=1.0)
         ax.set_title(title, color="white")
         ax.set_axis_off()
-    _save(fig, plt, Path(path))
+    atomic_write_bytes(Path(path), png_bytes(fig))

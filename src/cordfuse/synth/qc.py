@@ -49,13 +49,9 @@ def _panels(scan, sequence: str):
 
 def write_subject_qc(subject, path: Path) -> None:
     """Write the subject's QC PNG to ``path`` (atomically)."""
-    import io
+    from cordfuse.figures import png_bytes, pyplot
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     columns = []
     for stem, scan in subject.scans.items():
         sequence = subject.plans[stem].sequence
@@ -97,8 +93,5 @@ def write_subject_qc(subject, path: Path) -> None:
         color="white",
         fontsize=9,
     )
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, facecolor="black")
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, png_bytes(fig, dpi=110))
 

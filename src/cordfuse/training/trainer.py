@@ -183,11 +183,9 @@ def validate(model, subjects, config: TrainConfig, device, dtype) -> float:
 
 
 def _plot(history: list[dict], path: Path) -> None:
-    import matplotlib
+    from cordfuse.figures import png_bytes, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     epochs = [h["epoch"] for h in history]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(epochs, [h["train_loss"] for h in history], label="train loss (CE + Dice)")
@@ -199,10 +197,7 @@ def _plot(history: list[dict], path: Path) -> None:
     twin.set_ylim(0, 1)
     fig.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, png_bytes(fig))
 
 
 def train(
