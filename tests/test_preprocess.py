@@ -106,6 +106,21 @@ class TestFusion:
         assert error.max() <= 0.5, error.max()
 
 
+    def test_registration_is_deterministic(self):
+        """The same pair gives the same transform, bit for bit: ITK's threaded metric did not
+        (1e-3 mm between runs, enough to flip predicted voxels in CI)."""
+        import SimpleITK as sitk
+
+        subject = generate_subject(5, 2, "B")
+        upper, lower = (subject.scans[stem] for stem in subject.stems("T2Sag"))
+        pair = [Slab.from_array(scan.image, scan.affine) for scan in (upper, lower)]
+        threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+        found = [register_rigid(*pair) for _ in range(6)]
+        for other in found[1:]:
+            np.testing.assert_array_equal(found[0], other)
+        assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == threads
+
+
 class TestCropGeometry:
     def test_grid_extent_is_cord_extent_plus_margin(self):
         geometry = reference_geometry(
@@ -128,6 +143,26 @@ class TestCropGeometry:
         expected = world[..., 0] * 0.3 + world[..., 1] ** 2 * 0.05 + world[..., 2] * 0.1
         np.testing.assert_allclose(back, expected, atol=0.02)
         assert crop_points(geometry, centres)[0, 0, 0, 0] > centres[0, 0], "i runs right to left"
+
+    def test_voxels_on_the_crop_edge_do_not_flip_with_float_noise(self):
+        """A world grid sharing the crop's planes puts voxels exactly on its edge (-0.5): a
+        1e-12 mm change of the centres (slab registration noise) must not move them out."""
+        geometry = CropGeometry(spacing=0.5, size=8, z0=0.0, nz=9)
+        centres = np.zeros((geometry.nz, 2))
+        affine = np.diag([0.5, 0.5, 0.5, 1.0])
+        affine[:3, 3] = [-2.0, -2.0, -1.0]  # x, y = -2 and +2 mm are the crop's edges
+        crop = np.ones((8, 8, 9), np.float32)
+        covered = [
+            crop_to_world_grid(crop, geometry, centres + delta, (12, 12, 24), affine) > 0
+            for delta in (0.0, 1e-12, -1e-12)
+        ]
+        assert covered[0].any()
+        for other in covered[1:]:
+            np.testing.assert_array_equal(covered[0], other)
+        # the edge voxels (first and ninth of x and y) are in, the tenth is out
+        for axis in (0, 1):
+            assert covered[0].take(0, axis).any() and covered[0].take(8, axis).any()
+            assert not covered[0].take(9, axis).any()
 
 
 class TestPrepared:

@@ -269,6 +269,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 # predict
 
 
+def _usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. under Slurm or taskset)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from concurrent.futures import ProcessPoolExecutor
 
@@ -298,10 +305,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     update = _progress(len(subjects), "predict")
     start = time.perf_counter()
     results = []
+    if args.threads is not None and args.threads < 1:
+        raise CordfuseError(f"--threads must be at least 1, got {args.threads}")
     if args.jobs > 1:
         # spawn, not fork: forking a process whose torch thread pools are running deadlocks
         # each worker gets its share of the cores: oversubscribed torch pools run far slower
-        threads = max(1, (os.cpu_count() or 1) // args.jobs)
+        threads = args.threads or max(1, _usable_cores() // args.jobs)
         with ProcessPoolExecutor(max_workers=args.jobs,
                                  mp_context=multiprocessing.get_context("spawn"),
                                  initializer=torch.set_num_threads, initargs=(threads,)) as pool:
@@ -310,9 +319,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 results.append(future.result())
                 update(results[-1][0])
     else:
-        for subject in subjects:
-            results.append(predict_and_write(subject, models, out, options))
-            update(subject.name)
+        before = torch.get_num_threads()
+        torch.set_num_threads(args.threads or before)
+        try:
+            for subject in subjects:
+                results.append(predict_and_write(subject, models, out, options))
+                update(subject.name)
+        finally:
+            torch.set_num_threads(before)
     failed = 0
     for name, status, message, written, warnings in results:
         for warning in warnings:
@@ -564,6 +578,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="auto: bf16 on CUDA and on CPUs with native bf16, else fp32")
     predict.add_argument("--batch-size", type=int, default=2, help="windows per forward pass")
     predict.add_argument("--jobs", type=int, default=1, help="subjects in parallel (processes)")
+    predict.add_argument("--threads", type=int,
+                         help="CPU threads of each process (default: the usable cores / --jobs)")
     predict.add_argument("--mapping", help="JSON/YAML file overriding the sequence rules")
     predict.add_argument("--qc", action="store_true", help="QC picture per subject")
     predict.set_defaults(func=cmd_predict)

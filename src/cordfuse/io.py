@@ -138,6 +138,17 @@ def apply_affine(affine: np.ndarray, points: np.ndarray) -> np.ndarray:
     return points @ affine[:3, :3].T + affine[:3, 3]
 
 
+def inside_voxel_boxes(vox: np.ndarray, shape) -> np.ndarray:
+    """Which continuous voxel coordinates ``vox`` (N, 3) lie in a grid of ``shape``'s voxel boxes.
+
+    Grids that share planes put points exactly on a box edge (-0.5 or n - 0.5): coordinates are
+    rounded to 1e-6 voxel first, so that 1e-12 mm of registration noise cannot move them in or
+    out (and a scan's coverage or a back-mapped crop differ between two runs).
+    """
+    edge = np.round(vox, 6)
+    return np.all((edge >= -0.5) & (edge <= np.asarray(shape) - 0.5), axis=1)
+
+
 def same_grid(a_shape, a_affine, b_shape, b_affine, *, atol_mm: float = 1e-3) -> bool:
     """True when two images share shape and affine (within ``atol_mm`` at every corner)."""
     if tuple(a_shape[:3]) != tuple(b_shape[:3]):

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from cordfuse.io import apply_affine
+from cordfuse.io import apply_affine, inside_voxel_boxes
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def crop_to_world_grid(
     j = (world[:, 1] - cy) / geometry.spacing + geometry.centre_index
     coords = np.stack([i, j, k])
     limit = np.array([geometry.size, geometry.size, geometry.nz])[:, None]
-    inside = np.all((coords >= -0.5) & (coords <= limit - 0.5), axis=0)
+    inside = inside_voxel_boxes(coords.T, limit[:, 0])
     out = np.zeros(len(world), np.float32)
     if inside.any():
         clipped = np.clip(coords[:, inside], 0, limit - 1)

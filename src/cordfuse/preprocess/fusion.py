@@ -21,7 +21,7 @@ import numpy as np
 from scipy import ndimage
 
 from cordfuse.errors import CordfuseError
-from cordfuse.io import apply_affine, voxel_sizes
+from cordfuse.io import apply_affine, inside_voxel_boxes, voxel_sizes
 
 _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -61,7 +61,7 @@ class Slab:
         volume = self.data if what == "image" else self.labels[what]
         vox = apply_affine(np.linalg.inv(self.affine), points)
         shape = np.asarray(volume.shape)
-        covered = np.all((vox >= -0.5) & (vox <= shape - 0.5), axis=1)
+        covered = inside_voxel_boxes(vox, shape)
         values = np.zeros(len(points), np.float32)
         if covered.any():
             inside = np.clip(vox[covered], 0, shape - 1)
@@ -202,8 +202,7 @@ def register_rigid(fixed: Slab, moving: Slab, *, seed: int = 7) -> np.ndarray:
     """Rigid transform (4x4, world RAS mm) that maps ``moving``'s world onto ``fixed``'s.
 
     Mattes mutual information on the overlap of the two slabs, Euler 3D transform centred on
-    the overlap, two resolution levels. Deterministic for a given ``seed``.
-    """
+    the overlap, two resolution levels. Deterministic for a given ``seed`` (single-threaded)."""
     import SimpleITK as sitk
 
     z_lo = fixed.z_extent()[0]
@@ -214,27 +213,35 @@ def register_rigid(fixed: Slab, moving: Slab, *, seed: int = 7) -> np.ndarray:
     moving_image = _to_sitk(moving_data, moving_affine)
     centre = apply_affine(fixed_affine, (np.asarray(fixed_data.shape) - 1) / 2)
 
-    method = sitk.ImageRegistrationMethod()
-    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
-    method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(0.3, seed)
-    method.SetInterpolator(sitk.sitkLinear)
-    method.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=1.0, minStep=1e-4, numberOfIterations=300, relaxationFactor=0.6,
-        gradientMagnitudeTolerance=1e-8,
-    )
-    method.SetOptimizerScalesFromPhysicalShift()
-    method.SetShrinkFactorsPerLevel([2, 1])
-    method.SetSmoothingSigmasPerLevel([1.0, 0.0])
-    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
-    initial = sitk.Euler3DTransform()
-    initial.SetCenter((_LPS[:3, :3] @ centre).tolist())
-    method.SetInitialTransform(initial, inPlace=True)
+    # Single-threaded: ITK's pool hands work units to threads in a varying order, so threaded
+    # sums differ on every run and the optimiser's path drifts (1e-3 mm between two runs of the
+    # same pair, enough to change predictions). Costs ~0.3 s per pair of slabs.
+    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
     try:
+        method = sitk.ImageRegistrationMethod()
+        method.SetNumberOfThreads(1)
+        method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+        method.SetMetricSamplingStrategy(method.RANDOM)
+        method.SetMetricSamplingPercentage(0.3, seed)
+        method.SetInterpolator(sitk.sitkLinear)
+        method.SetOptimizerAsRegularStepGradientDescent(
+            learningRate=1.0, minStep=1e-4, numberOfIterations=300, relaxationFactor=0.6,
+            gradientMagnitudeTolerance=1e-8,
+        )
+        method.SetOptimizerScalesFromPhysicalShift()
+        method.SetShrinkFactorsPerLevel([2, 1])
+        method.SetSmoothingSigmasPerLevel([1.0, 0.0])
+        method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+        initial = sitk.Euler3DTransform()
+        initial.SetCenter((_LPS[:3, :3] @ centre).tolist())
+        method.SetInitialTransform(initial, inPlace=True)
         method.Execute(fixed_image, moving_image)
     except RuntimeError as exc:
         last = [line for line in str(exc).splitlines() if line.strip()][-1:] or ["unknown"]
         raise CordfuseError(f"{moving.name}: slab registration failed ({last[0].strip()})") from exc
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     rotation = np.array(initial.GetMatrix()).reshape(3, 3)
     translation = np.array(initial.GetTranslation())
     centre_lps = np.array(initial.GetCenter())
