@@ -236,8 +236,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from cordfuse.nn.networks import FeatureNoise
+    from cordfuse.training import describe_validation
     from cordfuse.training.config import TrainConfig
-    from cordfuse.training.trainer import describe_validation, train
+    from cordfuse.training.trainer import train
 
     sequences = tuple(s.strip() for s in args.sequences.split(",")) if args.sequences else None
     if args.model == "specific" and not sequences:
@@ -284,6 +285,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from cordfuse.inference import load_models, predict_and_write, subjects_from_input
     from cordfuse.training.trainer import choose_device
 
+    if args.threads is not None and args.threads < 1:
+        raise CordfuseError(f"--threads must be at least 1, got {args.threads}")
     load_models(args.model, torch.device("cpu"))  # a bad model file fails once, up front
 
     files = {seq: getattr(args, seq.lower()) for seq in
@@ -305,8 +308,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     update = _progress(len(subjects), "predict")
     start = time.perf_counter()
     results = []
-    if args.threads is not None and args.threads < 1:
-        raise CordfuseError(f"--threads must be at least 1, got {args.threads}")
     if args.jobs > 1:
         # spawn, not fork: forking a process whose torch thread pools are running deadlocks
         # each worker gets its share of the cores: oversubscribed torch pools run far slower
@@ -320,7 +321,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 update(results[-1][0])
     else:
         before = torch.get_num_threads()
-        torch.set_num_threads(args.threads or before)
+        if args.threads:
+            torch.set_num_threads(args.threads)
         try:
             for subject in subjects:
                 results.append(predict_and_write(subject, models, out, options))

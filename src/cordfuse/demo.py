@@ -53,8 +53,9 @@ def run_demo(
     from cordfuse.preprocess.batch import load_prepared_dataset, prepare_dataset
     from cordfuse.preprocess.pipeline import PRESETS, native_lesion_label
     from cordfuse.synth import write_cohort
+    from cordfuse.training import describe_validation
     from cordfuse.training.config import TrainConfig
-    from cordfuse.training.trainer import choose_device, describe_validation, train
+    from cordfuse.training.trainer import choose_device, train
 
     out = Path(out)
     started = time.perf_counter()

@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import datetime
 import json
-import math
 import platform
 import sys
 from html import escape
@@ -34,6 +33,7 @@ import numpy as np
 from cordfuse.errors import CordfuseError
 from cordfuse.io import atomic_write_text
 from cordfuse.sequences import SEQUENCES
+from cordfuse.training import describe_validation
 
 MANIFEST = "cordfuse_run.json"
 REPORT = "report.html"
@@ -209,7 +209,7 @@ def qc_section(run: Path, manifest: dict, fold: dict | None) -> str:
         try:
             subjects = {s.name: s for s in discover(manifest["data"]).subjects}
         except CordfuseError:
-            subjects = {}
+            pass  # without the raw data, the QC is drawn without the ground-truth outline
     blocks = []
     for name in sorted(test):
         path = run / "prepared" / name
@@ -223,7 +223,7 @@ def qc_section(run: Path, manifest: dict, fold: dict | None) -> str:
             try:
                 truth = native_lesion_label(subjects[name], prepared.config)[0]
             except CordfuseError:
-                truth = None
+                pass  # no readable label: no ground-truth outline
         predictions = []
         for label, folder in manifest["qc_predictions"]:
             mask_path = run / folder / f"{prepared.subject}_lesion.nii.gz"
@@ -257,9 +257,7 @@ def curves_section(run: Path) -> str:
             summary = json.loads((folder / "summary.json").read_text())
         caption = escape(name)
         if summary:
-            best = summary.get("best_val_dice")
-            caption += (": " + (f"best validation Dice {best:.3f}" if best is not None
-                                and math.isfinite(best) else "no validation subject") + ", "
+            caption += (f": {describe_validation(summary)}, "
                         f"{summary['epochs']} epochs in {summary['seconds']:.0f} s")
         picture = _img((folder / "curves.png").read_bytes(), f"training curves of {name}",
                        "curve") if (folder / "curves.png").exists() else ""

@@ -474,8 +474,9 @@ def _prepare(study: StudyConfig, out: Path, log):
 
 
 def _train_all(study: StudyConfig, out: Path, fold, log) -> list[RunStatus]:
+    from cordfuse.training import describe_validation
     from cordfuse.training.config import TrainConfig
-    from cordfuse.training.trainer import describe_validation, train
+    from cordfuse.training.trainer import train
 
     statuses = []
     experiments = study.ordered_experiments

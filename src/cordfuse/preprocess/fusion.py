@@ -219,8 +219,7 @@ def register_rigid(fixed: Slab, moving: Slab, *, seed: int = 7) -> np.ndarray:
     threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
     try:
-        method = sitk.ImageRegistrationMethod()
-        method.SetNumberOfThreads(1)
+        method = sitk.ImageRegistrationMethod()  # takes the global default: one thread
         method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
         method.SetMetricSamplingStrategy(method.RANDOM)
         method.SetMetricSamplingPercentage(0.3, seed)

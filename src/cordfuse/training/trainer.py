@@ -145,14 +145,6 @@ def load_checkpoint(path: str | Path) -> dict:
     return checkpoint
 
 
-def describe_validation(summary: dict) -> str:
-    """``best validation Dice 0.412``, or why there is none."""
-    best = summary.get("best_val_dice")
-    if best is None or not math.isfinite(best):
-        return "no validation subject fits this model (best = last epoch)"
-    return f"best validation Dice {best:.3f}"
-
-
 def _save(path: Path, payload: dict) -> None:
     buffer = io.BytesIO()
     torch.save(payload, buffer)
