@@ -13,7 +13,14 @@ from scipy import stats
 
 from cordfuse.cli import main
 from cordfuse.errors import CordfuseError
-from cordfuse.evaluation.tables import Record, records_from_csv, records_to_csv, table1, table2
+from cordfuse.evaluation.tables import (
+    Record,
+    records_from_csv,
+    records_to_csv,
+    table1,
+    table2,
+    table2_per_cohort,
+)
 from cordfuse.features import fit_mixture, mixture_logpdf
 from cordfuse.nn.networks import FeatureNoise
 from cordfuse.preprocess.pipeline import PreparedSubject
@@ -83,26 +90,45 @@ def test_table1_layout_blanks_bold_and_seed_means(fake_records):
     assert csv_lines[2] == "specific,T2Sag+STIR,0.7,,0.42,"
 
 
-def test_table2_mean_std_over_seeds_and_wilcoxon_marks(fake_records):
+def test_table2_pools_the_cohorts_as_the_paper(fake_records):
     table = table2(fake_records, reference="baseline", experiments=["baseline", "mi"])
-    assert table.header == ["model", "F1 A", "F1 B", "Dice A", "Dice B"]
+    assert table.header == ["model", "Lesion-wise F1", "Dice"]
     assert [row[0] for row in table.rows] == ["baseline", "mi"]  # T2Sag-only models only
     baseline, mi = table.rows
-    seed_means = [np.mean([0.6, 0.7, 0.8]), np.mean([0.62, 0.72, 0.82])]
+    # per seed, the mean over the 5 images of both cohorts; then mean ± std over seeds
+    seed_means = [np.mean([0.6, 0.7, 0.8, 0.2, 0.2]), np.mean([0.62, 0.72, 0.82, 0.2, 0.2])]
     assert mi[1].text.startswith(f"{np.mean(seed_means):.3f} ± {np.std(seed_means, ddof=1):.3f}")
+    assert baseline[2].text.startswith("0.340 ± 0.028")  # Dice: seed means 0.32 and 0.36
+    assert "pooled" in table.title and "one pair per test image" in table.notes[0]
+
+
+def test_table2_wilcoxon_has_one_pair_per_image_averaged_over_seeds(fake_records):
+    table = table2_per_cohort(fake_records, reference="baseline", experiments=["baseline", "mi"])
+    assert table.header == ["model", "F1 A", "F1 B", "Dice A", "Dice B"]
+    baseline, mi = table.rows
     assert baseline[4].text == "0.250 ± 0.071"  # Dice B: seed means 0.2 and 0.3
     assert mi[4].text == ""  # Dice undefined for mi on B: blank, never a fake number
     assert mi[1].bold and not baseline[1].bold
-    # 6 paired (seed, image) values, all better: exact two-sided p = 2/64 -> "**"
-    p = stats.wilcoxon([0.6, 0.7, 0.8, 0.62, 0.72, 0.82], [0.5, 0.6, 0.7] * 2).pvalue
-    assert p < 0.05 and mi[1].text.endswith("**")
+    # cohort A: 3 images, each mi > baseline. Pairing (seed, image) would give 6 pairs and
+    # p = 2/64 ("**"); one pair per image gives 3 pairs, p = 2/8 = 0.25: no mark.
+    assert stats.wilcoxon([0.6, 0.7, 0.8, 0.62, 0.72, 0.82], [0.5, 0.6, 0.7] * 2).pvalue < 0.05
+    assert stats.wilcoxon([0.61, 0.71, 0.81], [0.5, 0.6, 0.7]).pvalue == pytest.approx(0.25)
+    assert not mi[1].text.endswith("*")
     assert "*" not in baseline[1].text  # no mark against itself
 
 
 def test_table2_single_star_for_p_between_005_and_01():
-    # 5 paired values all higher: exact two-sided p = 2/32 = 0.0625 -> "*"
-    recs = [_record("baseline", 0, "T2Sag", f"i{i}", "A", 0.5, 0.5) for i in range(5)]
-    recs += [_record("mi", 0, "T2Sag", f"i{i}", "A", 0.6 + 0.01 * i, 0.5) for i in range(5)]
+    # 5 images, each better on average over 2 seeds: exact two-sided p = 2/32 = 0.0625 -> "*"
+    recs = [_record("baseline", seed, "T2Sag", f"i{i}", "A", 0.5, 0.5)
+            for i in range(5) for seed in (0, 1)]
+    recs += [_record("mi", seed, "T2Sag", f"i{i}", "A", 0.6 + 0.01 * i - 0.2 * seed, 0.5)
+             for i in range(5) for seed in (0, 1)]
+    row = table2(recs, experiments=["baseline", "mi"]).rows[1]
+    # averaged over seeds, mi is 0.5 + 0.01 i: above the baseline for i = 1..4 only, tie at 0
+    p = stats.wilcoxon([0.51, 0.52, 0.53, 0.54], [0.5] * 4).pvalue
+    assert p == pytest.approx(0.125)
+    assert row[1].text == "0.520 ± 0.141"
+    recs = [r for r in recs if r.seed == 0]
     row = table2(recs, experiments=["baseline", "mi"]).rows[1]
     assert row[1].text.endswith("*") and not row[1].text.endswith("**")
     assert row[2].text == "0.500 ± 0.000"  # equal values: p = 1, no mark

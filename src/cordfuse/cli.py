@@ -253,7 +253,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         iterations=args.iterations, batch_size=args.batch_size, seed=args.seed,
         val_fraction=args.val_fraction, fold_file=args.fold_file, frozen_from=args.frozen_from,
         augment=not args.no_augment, amp=args.amp, deterministic=args.deterministic,
-        num_workers=args.workers, feature_noise=noise,
+        num_workers=args.workers, feature_noise=noise, fusion=args.fusion,
+        sequence_dropout=args.sequence_dropout,
     )
     summary = train(args.prepared, args.out, config, device=args.device, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -372,6 +373,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     summary = summary_table(rows)
     if args.output:
         atomic_write_text(args.output, rows_to_csv(rows))
+    lesions_path = args.lesions or (_lesions_beside(args.output) if args.output else None)
+    if lesions_path:
+        from cordfuse.evaluation.lesions import rows_to_csv as lesions_to_csv
+
+        atomic_write_text(lesions_path, lesions_to_csv([lesion for row in rows
+                                                        for lesion in row.lesions]))
     if args.json and pred.is_file():
         import json as _json
 
@@ -383,7 +390,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(format_text(rows, summary))
         if args.output:
             print(f"per-image metrics: {args.output}")
+        if lesions_path:
+            print(f"per-lesion table: {lesions_path}")
     return 1 if problems else 0
+
+
+def _lesions_beside(output: str) -> str:
+    """``metrics.csv`` -> ``metrics_lesions.csv``: the per-lesion table next to the per-image."""
+    path = Path(output)
+    return str(path.with_name(f"{path.stem}_lesions{path.suffix or '.csv'}"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -539,6 +554,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--variant", choices=("frozen-encoder", "distillation", "feature-aug"))
     train.add_argument("--frozen-from", help="baseline checkpoint for --variant frozen-encoder")
     train.add_argument("--noise-params", help="JSON of the feature-aug mixture (analyze-features)")
+    train.add_argument("--fusion", choices=("bottleneck", "all-levels"), default="bottleneck",
+                       help="where the sequences meet: the paper's bottleneck (default), or every "
+                            "encoder level, Mean Imputation per level (beyond the paper)")
+    train.add_argument("--sequence-dropout", type=float, default=0.0, metavar="P",
+                       help="Mean Imputation: hide each available non-T2Sag sequence of a "
+                            "training sample with probability P (default 0, the paper's recipe)")
     train.add_argument("--preset", choices=("paper", "small"), default="paper")
     train.add_argument("--epochs", type=int, default=1000)
     train.add_argument("--iterations", type=int, default=250, help="iterations per epoch")
@@ -593,7 +614,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--pred", required=True, help="prediction file or folder")
     evaluate.add_argument("--gt", required=True, help="ground-truth file, folder or BIDS dataset")
     evaluate.add_argument("--json", action="store_true", help="JSON output")
-    evaluate.add_argument("-o", "--output", help="per-image metrics CSV")
+    evaluate.add_argument("-o", "--output", help="per-image metrics CSV (and, unless --lesions "
+                          "says otherwise, the per-lesion table as <name>_lesions.csv)")
+    evaluate.add_argument("--lesions", help="per-lesion CSV: every ground-truth lesion (detected "
+                          "or missed) and every predicted lesion (true or false positive)")
     evaluate.add_argument("--participants", help="participants.tsv with a cohort column")
     evaluate.add_argument("--alpha", type=float, default=0.10, help="detected if > alpha covered")
     evaluate.add_argument("--beta", type=float, default=0.70, help="max fraction outside")

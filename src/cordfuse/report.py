@@ -168,7 +168,7 @@ def availability_section(document: dict, fold: dict | None) -> str:
 
 
 def tables_section(records, manifest: dict) -> str:
-    from cordfuse.evaluation.tables import table1, table2
+    from cordfuse.evaluation.tables import table1, table2, table2_per_cohort
 
     if not records:
         return "<p>No evaluated prediction in this run.</p>"
@@ -176,7 +176,26 @@ def tables_section(records, manifest: dict) -> str:
     reference = "baseline" if "baseline" in order else order[0]
     t1 = table1(records, experiments=order, labels=labels, inferences=manifest["inferences"])
     t2 = table2(records, reference=reference, experiments=order, labels=labels)
-    return t1.to_html() + t2.to_html()
+    t2c = table2_per_cohort(records, reference=reference, experiments=order, labels=labels)
+    return t1.to_html() + t2.to_html() + t2c.to_html()
+
+
+def extra_sequences_section(run: Path, manifest: dict) -> str:
+    """Lesion by lesion, what the sequences beyond T2Sag add (from ``per_lesion.csv``)."""
+    from cordfuse.evaluation.lesions import extra_sequences_tables, rows_from_csv
+
+    path = run / "per_lesion.csv"
+    if not path.exists():
+        return "<p>No per-lesion results in this run (per_lesion.csv).</p>"
+    rows = rows_from_csv(path.read_text())
+    summary, changed = extra_sequences_tables(rows, experiments=manifest["experiments"],
+                                              labels=manifest["labels"])
+    if not summary.rows:
+        return ("<p>No model here was run with more sequences than T2Sag on a test subject "
+                "that has them.</p>")
+    if not changed.rows:
+        return summary.to_html() + "<p>No lesion's detection changes with the extra sequences."
+    return summary.to_html() + changed.to_html()
 
 
 def boxplots_section(records, manifest: dict) -> str:
@@ -330,7 +349,8 @@ window.addEventListener('load', function () {
 """
 
 SECTIONS = (("overview", "Overview"), ("availability", "Dataset"), ("tables", "Metrics"),
-            ("boxplots", "Box plots"), ("qc", "Per-subject QC"), ("curves", "Training curves"),
+            ("extra", "What the extra sequences add"), ("boxplots", "Box plots"),
+            ("qc", "Per-subject QC"), ("curves", "Training curves"),
             ("configuration", "Configuration and versions"))
 
 
@@ -373,6 +393,7 @@ def build_report(run_dir: str | Path, progress=None) -> str:
         "overview": lambda: overview,
         "availability": lambda: availability_section(document, fold) if document else absent,
         "tables": lambda: tables_section(records, manifest),
+        "extra": lambda: extra_sequences_section(run, manifest),
         "boxplots": lambda: boxplots_section(records, manifest),
         "qc": lambda: qc_section(run, manifest, fold) if document else absent,
         "curves": lambda: curves_section(run),

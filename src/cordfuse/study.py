@@ -33,7 +33,11 @@ Layout of the study folder::
     features/seed-<n>/                 fitted feature noise (feature_noise: fit)
     predictions/<experiment>/seed-<n>/<sequences>/<subject>_lesion.nii.gz
     metrics/<experiment>_seed-<n>.csv  per-image metrics
-    per_image.csv, table1.{md,csv,tex}, table2.{md,csv,tex}, boxplot_<cohort>.png
+    lesions/<experiment>_seed-<n>.csv  per-lesion outcomes (cordfuse.evaluation.lesions)
+    per_image.csv, table1.{md,csv,tex}, table2.{md,csv,tex} (cohorts pooled, as the paper),
+    table2_cohorts.{md,csv,tex}, boxplot_<cohort>.png
+    per_lesion.csv, extra_sequences.{md,csv}, lesions_changed.{md,csv}: what the extra sequences
+    add, lesion by lesion (paired with T2Sag alone, exact McNemar test)
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ from cordfuse.evaluation.tables import (
     records_to_csv,
     table1,
     table2,
+    table2_per_cohort,
 )
 from cordfuse.io import atomic_write_bytes, atomic_write_text
 from cordfuse.sequences import REFERENCE_SEQUENCE, SEQUENCES
@@ -70,6 +75,8 @@ class Experiment:
     model: str
     sequences: tuple[str, ...] = SEQUENCES
     variant: str | None = None
+    fusion: str = "bottleneck"
+    sequence_dropout: float = 0.0
 
     @property
     def multi(self) -> bool:
@@ -91,6 +98,11 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     Experiment("mi-frozen", "MI + frozen encoder", "mean-imputation", variant="frozen-encoder"),
     Experiment("mi-distill", "MI + distillation", "mean-imputation", variant="distillation"),
     Experiment("feature-aug", "T2Sag + feature aug.", "baseline", ("T2Sag",), "feature-aug"),
+    Experiment("mi-dropout", "MI + sequence dropout", "mean-imputation", sequence_dropout=0.5),
+    Experiment("mi-all-levels", "MI, all-level fusion", "mean-imputation",
+               fusion="all-levels"),
+    Experiment("mi-all-levels-dropout", "MI, all-level fusion + sequence dropout",
+               "mean-imputation", fusion="all-levels", sequence_dropout=0.5),
 )}
 
 PRESET_SCHEDULES = {"paper": {"epochs": 1000, "iterations": 250},
@@ -282,7 +294,8 @@ def _train_config(study: StudyConfig, experiment: Experiment, seed: int, out: Pa
     config = {"model": experiment.model, "sequences": experiment.sequences,
               "variant": experiment.variant, "preset": study.preset, "epochs": epochs,
               "iterations": iterations, "batch_size": study.batch_size, "seed": seed,
-              "fold_file": str(out / "fold.json"), "amp": study.amp, "augment": study.augment}
+              "fold_file": str(out / "fold.json"), "amp": study.amp, "augment": study.augment,
+              "fusion": experiment.fusion, "sequence_dropout": experiment.sequence_dropout}
     if experiment.variant == "frozen-encoder":
         config["frozen_from"] = str(out / "runs" / "baseline" / f"seed-{seed}")
     if experiment.variant == "feature-aug":
@@ -362,7 +375,9 @@ def write_tables(out: Path, study: StudyConfig, records: list[Record]) -> dict[s
         return written
     tables = {"table1": table1(records, experiments=order, labels=labels,
                                inferences=inference_order(study.specific_sets)),
-              "table2": table2(records, reference="baseline", experiments=order, labels=labels)}
+              "table2": table2(records, reference="baseline", experiments=order, labels=labels),
+              "table2_cohorts": table2_per_cohort(records, reference="baseline",
+                                                  experiments=order, labels=labels)}
     for name, table in tables.items():
         for suffix, text in (("md", table.to_markdown()), ("csv", table.to_csv()),
                              ("tex", table.to_latex())):
@@ -415,7 +430,9 @@ def run_study(config_path: str | Path, out: str | Path | None = None, *,
         records = load_records(out)
         if not records:
             raise CordfuseError(f"{out}: no evaluated run yet (metrics/*.csv)")
-        return {"records": records, "tables": write_tables(out, study, records), "runs": []}
+        written = write_tables(out, study, records)
+        written.update(write_lesion_tables(out, study, load_lesion_rows(out, records)))
+        return {"records": records, "tables": written, "runs": []}
     started = time.perf_counter()
     copy = out / ("study" + (config_path.suffix or ".yaml"))
     if config_path.resolve() != copy.resolve():
@@ -425,6 +442,8 @@ def run_study(config_path: str | Path, out: str | Path | None = None, *,
     statuses = _train_all(study, out, fold, log)
     records = _evaluate_all(study, out, dataset, fold, prep, statuses, log)
     written = write_tables(out, study, records)
+    written.update(write_lesion_tables(out, study, _lesions_all(out, dataset, fold, prep,
+                                                                records, log)))
     minutes = (time.perf_counter() - started) / 60
     atomic_write_text(out / "status.json", json.dumps(
         {"minutes": round(minutes, 2), "runs": [asdict(s) for s in statuses]}, indent=2) + "\n")
@@ -537,3 +556,71 @@ def _evaluate_all(study, out: Path, dataset, fold, prep, statuses, log) -> list[
         atomic_write_text(target, records_to_csv(records))
     wanted = {(s.experiment, s.seed) for s in usable}
     return [r for r in load_records(out) if (r.experiment, r.seed) in wanted]
+
+
+# -- lesion by lesion -----------------------------------------------------------------------------
+
+
+def _prediction_path(out: Path, experiment: str, seed: int, inference: str, subject: str) -> Path:
+    return (out / "predictions" / experiment / f"seed-{seed}" / inference.replace(" ", "-") /
+            f"{subject}_lesion.nii.gz")
+
+
+def _lesions_all(out: Path, dataset, fold, prep, records: list[Record], log):
+    """Per-lesion rows of every evaluated (model, seed), from the saved predictions; one
+    ``lesions/<experiment>_seed-<n>.csv`` per run, never redone."""
+    from cordfuse.evaluation.lesions import SynthTruth, lesion_rows, rows_to_csv
+    from cordfuse.io import read_volume, voxel_sizes
+
+    runs = sorted({(r.experiment, r.seed) for r in records})
+    missing = [run for run in runs
+               if not (out / "lesions" / f"{run[0]}_seed-{run[1]}.csv").exists()]
+    if missing:
+        truths = _native_truths(dataset, fold["test"], prep)
+        synth = {name: SynthTruth.load(dataset.root, name) for name in truths}
+    for k, (experiment, seed) in enumerate(missing, start=1):
+        log(f"[lesions {k}/{len(missing)}] {experiment} seed {seed}")
+        rows = []
+        for r in records:
+            if (r.experiment, r.seed) != (experiment, seed):
+                continue
+            truth, affine = truths[r.image]
+            prediction, _ = read_volume(_prediction_path(out, experiment, seed, r.inference,
+                                                         r.image))
+            rows += lesion_rows(prediction, truth, affine, subject=r.image, synth=synth[r.image],
+                                voxel_volume_mm3=float(np.prod(voxel_sizes(affine))),
+                                cohort=r.cohort, experiment=experiment, seed=seed,
+                                inference=r.inference)
+        atomic_write_text(out / "lesions" / f"{experiment}_seed-{seed}.csv", rows_to_csv(rows))
+    return load_lesion_rows(out, records)
+
+
+def load_lesion_rows(out: Path, records: list[Record]):
+    """The per-lesion rows of the runs that ``records`` hold."""
+    from cordfuse.evaluation.lesions import rows_from_csv
+
+    rows = []
+    for experiment, seed in sorted({(r.experiment, r.seed) for r in records}):
+        path = out / "lesions" / f"{experiment}_seed-{seed}.csv"
+        if path.exists():
+            rows += rows_from_csv(path.read_text())
+    return rows
+
+
+def write_lesion_tables(out: Path, study: StudyConfig, rows) -> dict[str, Path]:
+    """``per_lesion.csv`` and the "what the extra sequences add" tables (md, csv)."""
+    from cordfuse.evaluation.lesions import extra_sequences_tables, rows_to_csv
+
+    written = {}
+    if not rows:
+        return written
+    atomic_write_text(out / "per_lesion.csv", rows_to_csv(rows))
+    written["per_lesion"] = out / "per_lesion.csv"
+    labels = {e.name: e.label for e in EXPERIMENTS.values()}
+    tables = extra_sequences_tables(rows, experiments=[e.name for e in study.ordered_experiments],
+                                    labels=labels)
+    for name, table in zip(("extra_sequences", "lesions_changed"), tables, strict=True):
+        for suffix, text in (("md", table.to_markdown()), ("csv", table.to_csv())):
+            atomic_write_text(out / f"{name}.{suffix}", text)
+            written[f"{name}.{suffix}"] = out / f"{name}.{suffix}"
+    return written

@@ -12,6 +12,11 @@ Pairs are found three ways:
   labels, each slab is compared with ``<subject>_slab-N_lesion.nii.gz`` (``predict --per-slab``).
 
 Cohorts come from the dataset's ``participants.tsv`` (or ``--participants``).
+
+Besides the per-image rows, every pair gives per-lesion rows (:mod:`cordfuse.evaluation.lesions`):
+each ground-truth lesion found or missed, each predicted lesion true or false positive; with a
+synthetic dataset's truth, each ground-truth lesion's visibility on every sequence and which
+sequences' fields of view cover it.
 """
 
 from __future__ import annotations
@@ -20,12 +25,13 @@ import csv
 import io
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from cordfuse.errors import CordfuseError
+from cordfuse.evaluation.lesions import LesionRow, SynthTruth, lesion_rows
 from cordfuse.evaluation.metrics import ImageMetrics, evaluate_masks
 from cordfuse.evaluation.stats import summarise
 from cordfuse.io import read_volume, same_grid, voxel_sizes
@@ -38,16 +44,24 @@ class Row:
     image: str
     cohort: str | None
     metrics: ImageMetrics
+    lesions: list[LesionRow] = field(default_factory=list)
 
 
-def evaluate_pair(prediction_path: Path, truth_path: Path, **options) -> ImageMetrics:
+def evaluate_pair(prediction_path: Path, truth_path: Path, *, name: str = "",
+                  synth: SynthTruth | None = None, **options) -> tuple[ImageMetrics,
+                                                                        list[LesionRow]]:
+    """Image metrics and per-lesion rows of one prediction against its ground truth."""
     prediction, affine = read_volume(prediction_path)
     truth, truth_affine = read_volume(truth_path)
     if not same_grid(prediction.shape, affine, truth.shape, truth_affine, atol_mm=1e-2):
         raise CordfuseError(f"{prediction_path}: not on the grid of {truth_path} "
                             f"({prediction.shape} vs {truth.shape})")
-    return evaluate_masks(prediction, truth, voxel_volume_mm3=float(np.prod(voxel_sizes(affine))),
-                          **options)
+    voxel = float(np.prod(voxel_sizes(affine)))
+    metrics = evaluate_masks(prediction, truth, voxel_volume_mm3=voxel, **options)
+    motion = synth.motion_of(truth_path.name) if synth is not None else None
+    rows = lesion_rows(prediction, truth, truth_affine, subject=name or truth_path.name,
+                       voxel_volume_mm3=voxel, synth=synth, motion=motion, **options)
+    return metrics, rows
 
 
 def _subject_of(name: str) -> str:
@@ -111,13 +125,20 @@ def evaluate(pred: Path, gt: Path, *, participants: Path | None = None, **option
         raise CordfuseError(f"no prediction in {pred} matches a ground truth in {gt}")
     cohorts = read_participants(participants or (gt / "participants.tsv" if gt.is_dir() else None))
     rows, problems = [], []
+    truths: dict[str, SynthTruth | None] = {}
     for name, prediction, truth in pairs:
+        subject = _subject_of(name)
+        if gt.is_dir() and subject not in truths:  # the generator's truth, when there is one
+            truths[subject] = SynthTruth.load(gt, subject)
         try:
-            metrics = evaluate_pair(prediction, truth, **options)
+            metrics, lesions = evaluate_pair(prediction, truth, name=name,
+                                             synth=truths.get(subject), **options)
         except CordfuseError as exc:
             problems.append(str(exc))
             continue
-        rows.append(Row(name, cohorts.get(_subject_of(name)), metrics))
+        cohort = cohorts.get(subject)
+        rows.append(Row(name, cohort, metrics,
+                        [replace(r, cohort=cohort or "") for r in lesions]))
     return rows, problems
 
 

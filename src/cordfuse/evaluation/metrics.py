@@ -58,11 +58,16 @@ def lesions(mask: np.ndarray, *, voxel_volume_mm3: float, min_volume_mm3: float 
     return new_ids[labels], int(keep.sum())
 
 
-def _detected(reference: np.ndarray, n_ref: int, other: np.ndarray, n_other: int, *,
-              alpha: float, beta: float, gamma: float) -> int:
-    """How many lesions of ``reference`` are detected by the lesions of ``other``."""
+def lesion_outcomes(reference: np.ndarray, n_ref: int, other: np.ndarray, n_other: int, *,
+                    alpha: float = ALPHA, beta: float = BETA,
+                    gamma: float = GAMMA) -> tuple[np.ndarray, np.ndarray]:
+    """Per lesion of ``reference`` (labels 1..n_ref): the fraction of it covered by ``other``'s
+    lesions, and whether it is detected by them (the rules of the module docstring). Both arrays
+    have ``n_ref`` entries, lesion ``i`` at index ``i - 1``."""
+    covered_fraction = np.zeros(n_ref)
+    detected = np.zeros(n_ref, bool)
     if n_ref == 0:
-        return 0
+        return covered_fraction, detected
     other_any = other > 0
     reference_any = reference > 0
     ref_size = np.bincount(reference.ravel(), minlength=n_ref + 1)
@@ -71,10 +76,10 @@ def _detected(reference: np.ndarray, n_ref: int, other: np.ndarray, n_other: int
     outside_fraction = np.divide(outside, np.maximum(other_size, 1))
     both = reference_any & other_any
     pairs = np.stack([reference[both], other[both]], axis=1)
-    found = 0
     for ref_id in range(1, n_ref + 1):
         hits = pairs[pairs[:, 0] == ref_id, 1]
         covered = len(hits)
+        covered_fraction[ref_id - 1] = covered / ref_size[ref_id]
         if covered / ref_size[ref_id] <= alpha:  # strictly more than alpha is needed
             continue
         ids, overlaps = np.unique(hits, return_counts=True)
@@ -87,8 +92,16 @@ def _detected(reference: np.ndarray, n_ref: int, other: np.ndarray, n_other: int
             cumulated += overlap
             if cumulated / covered >= gamma:
                 break
-        found += ok
-    return found
+        detected[ref_id - 1] = ok
+    return covered_fraction, detected
+
+
+def _detected(reference: np.ndarray, n_ref: int, other: np.ndarray, n_other: int, *,
+              alpha: float, beta: float, gamma: float) -> int:
+    """How many lesions of ``reference`` are detected by the lesions of ``other``."""
+    _, detected = lesion_outcomes(reference, n_ref, other, n_other, alpha=alpha, beta=beta,
+                                  gamma=gamma)
+    return int(detected.sum())
 
 
 @dataclass(frozen=True)

@@ -69,3 +69,18 @@ def mean_std(per_seed: Sequence[float], digits: int = 3) -> str:
     values = np.asarray(per_seed, float)
     std = values.std(ddof=1) if len(values) > 1 else 0.0
     return f"{values.mean():.{digits}f} ± {std:.{digits}f}"
+
+
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar test of paired binary outcomes from the discordant counts.
+
+    Under the null hypothesis each discordant pair goes either way with probability 1/2, so the
+    p-value is the two-sided binomial test of ``only_a`` successes in ``only_a + only_b``
+    trials; 1.0 when there is no discordant pair.
+    """
+    if only_a < 0 or only_b < 0:
+        raise ValueError("counts must be non-negative")
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    return float(stats.binomtest(only_a, n, 0.5).pvalue)

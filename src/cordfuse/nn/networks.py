@@ -11,6 +11,10 @@ One class, :class:`CordNet`, covers every model of the paper:
   sequence are the mean of that sample's available sequences (equation 1).
 * **Latent feature augmentation**: noise from :class:`FeatureNoise` is added to the bottleneck
   during training, followed by a LeakyReLU.
+* **All-level fusion** (``fusion="all-levels"``, beyond the paper, along its stated future work
+  "fusing at different depths"): every encoder level is fused like the bottleneck (Mean
+  Imputation per level, then a 1x1x1 convolution back to that level's channels), so the decoder's
+  skip connections carry every sequence at full resolution instead of T2Sag's alone.
 
 The fusion is a plain (linear) convolution, so replicated features through it equal one
 convolution with the summed weights, as the paper remarks.
@@ -28,6 +32,7 @@ from dynamic_network_architectures.initialization.weight_init import InitWeights
 from torch import nn
 
 REFERENCE = "T2Sag"
+FUSIONS = ("bottleneck", "all-levels")
 
 
 @dataclass(frozen=True)
@@ -166,14 +171,20 @@ class CordNet(nn.Module):
         *,
         mean_imputation: bool = False,
         feature_noise: FeatureNoise | None = None,
+        fusion: str = "bottleneck",
     ):
         super().__init__()
         if not sequences or sequences[0] != REFERENCE:
             raise ValueError(f"sequences must start with {REFERENCE}, got {list(sequences)}")
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+        if fusion == "all-levels" and len(sequences) < 2:
+            raise ValueError("all-level fusion needs more than one sequence")
         self.config = config
         self.sequences = list(sequences)
         self.mean_imputation = mean_imputation
         self.feature_noise = feature_noise
+        self.fusion_levels = fusion
         self.encoders = nn.ModuleDict({seq: make_encoder(config) for seq in self.sequences})
         channels = config.bottleneck_channels
         if len(self.sequences) > 1:
@@ -181,6 +192,11 @@ class CordNet(nn.Module):
                                     config.fusion_kernel, padding=config.fusion_kernel // 2)
         else:
             self.fusion = None
+        # One 1x1x1 fusion per skip level (finest first); a kernel of 1 keeps each voxel's
+        # sequences together without mixing in neighbours that a misalignment could bring.
+        self.skip_fusions = nn.ModuleList(
+            nn.Conv3d(c * len(self.sequences), c, 1) for c in config.features[:-1]
+        ) if fusion == "all-levels" else None
         self.decoder = UNetDecoder(self.encoders[REFERENCE], config.num_classes,
                                    config.convs_per_stage, deep_supervision=True)
         self.apply(InitWeights_He(1e-2))
@@ -198,14 +214,17 @@ class CordNet(nn.Module):
         if not self.mean_imputation and not bool(available.all()):
             raise ValueError("this model needs every one of its sequences for every sample")
         skips = self.encoders[REFERENCE](x[:, :1])
-        features = [skips[-1]]
+        per_sequence = [skips]
         for i, seq in enumerate(self.sequences[1:], start=1):
             if bool(available[:, i].any()):
-                features.append(self.encoders[seq](x[:, i : i + 1])[-1])
+                per_sequence.append(self.encoders[seq](x[:, i : i + 1]))
             else:  # nobody in the batch has it: it is imputed anyway
-                features.append(torch.zeros_like(skips[-1]))
-        stacked = torch.stack(features, dim=1)
+                per_sequence.append([torch.zeros_like(s) for s in skips])
+        stacked = torch.stack([levels[-1] for levels in per_sequence], dim=1)
         fused_input = mean_impute(stacked, available) if self.mean_imputation else stacked
+        if self.skip_fusions is not None:
+            skips = [self._fuse_level(fuse, [levels[depth] for levels in per_sequence], available)
+                     for depth, fuse in enumerate(self.skip_fusions)] + [skips[-1]]
         if self.fusion is not None:
             bottleneck = self.fusion(fused_input.flatten(1, 2))
         else:
@@ -216,6 +235,14 @@ class CordNet(nn.Module):
             bottleneck = nn.functional.leaky_relu(bottleneck + noise, 0.01)
         logits = self.decoder([*skips[:-1], bottleneck])
         return NetOutput(logits[: self.config.deep_supervision_levels], stacked, available)
+
+    def _fuse_level(self, fuse: nn.Conv3d, features: list[torch.Tensor],
+                    available: torch.Tensor) -> torch.Tensor:
+        """Mean Imputation (or plain stacking) and a 1x1x1 fusion of one skip level."""
+        stacked = torch.stack(features, dim=1)
+        if self.mean_imputation:
+            stacked = mean_impute(stacked, available)
+        return fuse(stacked.flatten(1, 2))
 
     def freeze_encoder(self, sequence: str = REFERENCE) -> None:
         """Freeze one encoder's weights (the frozen-encoder variant)."""

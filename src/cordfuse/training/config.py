@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 
 from cordfuse.errors import CordfuseError
-from cordfuse.nn.networks import NET_PRESETS, FeatureNoise, NetConfig
+from cordfuse.nn.networks import FUSIONS, NET_PRESETS, FeatureNoise, NetConfig
 from cordfuse.sequences import SEQUENCES
 
 MODELS = ("baseline", "specific", "mean-imputation")
@@ -44,6 +44,11 @@ class TrainConfig:
     deterministic: bool = False
     num_workers: int = 0
     val_overlap: float = 0.5
+    #: Where the sequences meet: the paper's ``bottleneck``, or ``all-levels`` (every skip too).
+    fusion: str = "bottleneck"
+    #: Probability of hiding each available non-T2Sag sequence of a training sample (Mean
+    #: Imputation only); 0 is the paper's recipe.
+    sequence_dropout: float = 0.0
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -63,6 +68,15 @@ class TrainConfig:
             raise CordfuseError(f"the {self.variant} variant needs a multi-sequence model")
         if self.variant == "frozen-encoder" and not self.frozen_from:
             raise CordfuseError("--variant frozen-encoder needs --frozen-from BASELINE_CHECKPOINT")
+        if self.fusion not in FUSIONS:
+            raise CordfuseError(f"unknown fusion {self.fusion!r}; one of {', '.join(FUSIONS)}")
+        if self.fusion != "bottleneck" and len(self.model_sequences) < 2:
+            raise CordfuseError(f"--fusion {self.fusion} needs a multi-sequence model")
+        if not 0.0 <= self.sequence_dropout < 1.0:
+            raise CordfuseError("--sequence-dropout is a probability in [0, 1)")
+        if self.sequence_dropout and self.model != "mean-imputation":
+            raise CordfuseError("--sequence-dropout needs Mean Imputation (the only model that "
+                                "accepts missing sequences)")
         if self.epochs < 1 or self.iterations < 1 or self.batch_size < 1:
             raise CordfuseError("epochs, iterations and batch size must be at least 1")
 

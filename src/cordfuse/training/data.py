@@ -12,6 +12,10 @@
 
 Sample ``n`` of the run is drawn from ``SeedSequence([seed, n])`` only: any worker, any resume,
 gets the same patch, which is what makes an interrupted run resume bit for bit.
+
+**Sequence dropout** (option, Mean Imputation): each available non-T2Sag sequence of a sample is
+hidden (zeroed, flagged unavailable) with probability ``sequence_dropout``, so the network trains
+on every subset of a subject's sequences and cannot tie a lesion's evidence to one combination.
 """
 
 from __future__ import annotations
@@ -72,12 +76,14 @@ class PatchDataset(torch.utils.data.Dataset):
     """Sample ``n`` is a deterministic function of ``(seed, n)``; ``len`` is unbounded in use."""
 
     def __init__(self, subjects, patch_size, *, seed: int, foreground_fraction: float,
-                 augment: bool, rank: int = 0, world_size: int = 1):
+                 augment: bool, sequence_dropout: float = 0.0, rank: int = 0,
+                 world_size: int = 1):
         self.subjects = subjects
         self.patch_size = tuple(patch_size)
         self.seed = seed
         self.foreground_fraction = foreground_fraction
         self.augment = augment
+        self.sequence_dropout = sequence_dropout
         self.rank, self.world_size = rank, world_size
         self._transform = make_augmentation() if augment else None
 
@@ -91,6 +97,11 @@ class PatchDataset(torch.utils.data.Dataset):
         image, label = extract_patch(subject, self.patch_size, rng,
                                      foreground=rng.random() < self.foreground_fraction)
         available = subject.available.copy()
+        if self.sequence_dropout:  # no draw at 0, so the paper's recipe keeps its samples
+            hide = rng.random(len(available)) < self.sequence_dropout
+            hide[0] = False  # T2Sag carries the skips and the label: never hidden
+            available &= ~hide
+            image[~available] = 0.0
         if self._transform is not None:
             image, label = augment_patch(image, label, available, self._transform, rng)
         return (torch.from_numpy(np.ascontiguousarray(image)),

@@ -111,6 +111,7 @@ def build_model(config: TrainConfig) -> CordNet:
         config.model_sequences,
         mean_imputation=config.model == "mean-imputation",
         feature_noise=config.feature_noise if config.variant == "feature-aug" else None,
+        fusion=config.fusion,
     )
     if config.variant == "frozen-encoder":
         baseline = load_checkpoint(config.frozen_from)
@@ -260,7 +261,8 @@ def train(
             find_unused_parameters=len(sequences) > 1)
     dataset = PatchDataset(train_subjects, patch, seed=config.seed,
                            foreground_fraction=config.foreground_fraction,
-                           augment=config.augment, rank=rank, world_size=world)
+                           augment=config.augment, sequence_dropout=config.sequence_dropout,
+                           rank=rank, world_size=world)
     per_epoch = config.iterations * config.batch_size
     started = time.perf_counter()
     step = start_epoch * config.iterations

@@ -1,0 +1,391 @@
+"""Lesion by lesion: which ground-truth lesions a prediction finds, and what each sequence adds.
+
+Image-level metrics say *how many* lesions a model finds; this module says *which*. For one
+prediction and its ground truth, :func:`lesion_rows` lists
+
+* every ground-truth lesion (``kind="gt"``): volume, centroid in world mm, the fraction of it
+  covered by predicted lesions, and whether it is detected under the Anima rules
+  (:mod:`cordfuse.evaluation.metrics`);
+* every predicted lesion (``kind="pred"``): the same, ``detected`` meaning true positive.
+
+When the dataset carries the synthetic generator's truth
+(``derivatives/synth/<subject>_truth.json``), :func:`annotate_with_truth` adds to each
+ground-truth lesion its visibility on every sequence (the fraction of full lesion contrast the
+generator drew) and whether each sequence's field of view covers it. A lesion is **faint** when its T2Sag visibility is below :data:`FAINT_VISIBILITY`
+(the generator draws faint lesions at 0.25-0.45, the others at 0.45-1.0).
+
+:func:`compare_inferences` pairs the outcomes of the same lesions under two sets of sequences at
+inference (T2Sag alone versus more) and tests the discordant pairs with the exact McNemar test.
+
+No torch import: this runs wherever the predictions and labels are.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from cordfuse.evaluation.metrics import ALPHA, BETA, GAMMA, MIN_VOLUME_MM3, lesion_outcomes, lesions
+from cordfuse.evaluation.stats import mcnemar_exact
+from cordfuse.sequences import SEQUENCES
+
+#: T2Sag visibility below which a lesion counts as faint (the generator's faint/clear boundary).
+FAINT_VISIBILITY = 0.45
+#: A generator lesion whose centre falls outside every component is matched to the nearest
+#: component centroid within this distance (partial-volume edge of a small lesion).
+MATCH_MM = 5.0
+
+
+@dataclass(frozen=True)
+class LesionRow:
+    """One lesion of one image, for one model and one set of sequences at inference."""
+
+    subject: str
+    kind: str  # "gt" (ground-truth lesion) or "pred" (predicted lesion)
+    lesion: int  # connected-component id, 1..n, in this image
+    volume_mm3: float
+    centroid_mm: tuple[float, float, float]
+    covered_fraction: float  # gt: share predicted; pred: share inside a ground-truth lesion
+    detected: bool  # gt: detected (Anima); pred: true positive
+    cohort: str = ""
+    experiment: str = ""
+    seed: int | None = None
+    inference: str = ""
+    #: generator truth, when known: ``visibility`` and ``covers`` per sequence, ``faint``
+    truth: dict = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple:
+        """What identifies the same lesion across models and inference sets."""
+        return (self.subject, self.kind, self.lesion)
+
+    @property
+    def visibility_class(self) -> str:
+        """``faint`` / ``clear`` on T2Sag, or ``""`` without generator truth."""
+        if "faint" not in self.truth:
+            return ""
+        return "faint" if self.truth["faint"] else "clear"
+
+
+def lesion_rows(prediction: np.ndarray, truth: np.ndarray, affine: np.ndarray, *, subject: str,
+                voxel_volume_mm3: float, min_volume_mm3: float = MIN_VOLUME_MM3,
+                alpha: float = ALPHA, beta: float = BETA, gamma: float = GAMMA,
+                connectivity: int = 6, synth: SynthTruth | None = None,
+                motion: np.ndarray | None = None, **context) -> list[LesionRow]:
+    """Ground-truth and predicted lesions of one image (see the module docstring); ``synth``
+    adds the generator's truth to the ground-truth lesions (:func:`annotate_with_truth`);
+    ``context`` fills the row's cohort, experiment, seed and inference."""
+    prediction, truth = np.asarray(prediction) > 0, np.asarray(truth) > 0
+    if prediction.shape != truth.shape:
+        raise ValueError(f"prediction {prediction.shape} and truth {truth.shape} differ in shape")
+    options = dict(voxel_volume_mm3=voxel_volume_mm3, min_volume_mm3=min_volume_mm3,
+                   connectivity=connectivity)
+    pred_labels, n_pred = lesions(prediction, **options)
+    gt_labels, n_gt = lesions(truth, **options)
+    rules = dict(alpha=alpha, beta=beta, gamma=gamma)
+    rows = []
+    for kind, labels, n, other, n_other in (("gt", gt_labels, n_gt, pred_labels, n_pred),
+                                            ("pred", pred_labels, n_pred, gt_labels, n_gt)):
+        covered, detected = lesion_outcomes(labels, n, other, n_other, **rules)
+        for i, (volume, centroid) in enumerate(_components(labels, n, affine), start=1):
+            rows.append(LesionRow(subject, kind, i, volume * voxel_volume_mm3, centroid,
+                                  float(covered[i - 1]), bool(detected[i - 1]), **context))
+    if synth is not None:
+        rows = annotate_with_truth(rows, synth, affine, gt_labels, motion)
+    return rows
+
+
+def _components(labels: np.ndarray, n: int, affine: np.ndarray):
+    """``(voxel count, world centroid)`` of components 1..n."""
+    if n == 0:
+        return []
+    index = np.nonzero(labels)
+    ids = labels[index]
+    counts = np.bincount(ids, minlength=n + 1)[1:]
+    sums = np.stack([np.bincount(ids, weights=axis, minlength=n + 1)[1:] for axis in index], 1)
+    voxels = sums / counts[:, None]
+    world = voxels @ np.asarray(affine)[:3, :3].T + np.asarray(affine)[:3, 3]
+    return [(int(c), tuple(round(float(v), 3) for v in w)) for c, w in zip(counts, world,
+                                                                            strict=True)]
+
+
+# -- the generator's truth ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScanField:
+    """Where one scan of a sequence looks: its voxel-to-world affine, shape and the subject's
+    motion (this scanner's world -> anatomy, as the generator's truth stores it)."""
+
+    stem: str
+    sequence: str
+    affine: np.ndarray
+    shape: tuple[int, int, int]
+    motion: np.ndarray
+
+    def covers(self, anatomy_mm: Sequence[float]) -> bool:
+        world = np.linalg.inv(self.motion) @ np.r_[np.asarray(anatomy_mm, float), 1.0]
+        voxel = np.linalg.solve(self.affine, world)[:3]
+        return bool(np.all((voxel > -0.5) & (voxel < np.asarray(self.shape) - 0.5)))
+
+
+@dataclass(frozen=True)
+class SynthTruth:
+    """A subject's generated lesions (centre in anatomy mm, visibility per sequence) and the
+    fields of view of its scans."""
+
+    lesions: list[dict]
+    scans: list[ScanField]
+
+    @classmethod
+    def load(cls, root: str | Path, subject: str) -> SynthTruth | None:
+        """The truth of ``subject`` under the BIDS ``root``, or None when it has none."""
+        import nibabel as nib
+
+        root = Path(root)
+        path = root / "derivatives" / "synth" / f"{subject}_truth.json"
+        if not path.exists():
+            return None
+        document = json.loads(path.read_text())
+        scans = []
+        for stem, scan in document.get("scans", {}).items():
+            image = root / subject / "anat" / f"{stem}.nii.gz"
+            if not image.exists():
+                continue
+            header = nib.load(str(image))  # the header only: no voxel is read
+            scans.append(ScanField(stem, scan["sequence"], np.asarray(header.affine, float),
+                                   tuple(int(n) for n in header.shape[:3]),
+                                   np.asarray(scan["motion_world_to_anatomy"], float)))
+        return cls(document.get("lesions", []), scans)
+
+    def motion_of(self, label_name: str) -> np.ndarray:
+        """World -> anatomy of the grid of a label named ``<scan stem>_...``: the scan's motion
+        (a moved lower T2Sag slab), identity for the fused T2Sag grid (the upper slab's world)."""
+        for scan in self.scans:
+            if label_name.startswith(scan.stem + "_"):
+                return scan.motion
+        return np.eye(4)
+
+
+def annotate_with_truth(rows: list[LesionRow], truth: SynthTruth, labels_affine: np.ndarray,
+                        gt_labels: np.ndarray, motion: np.ndarray | None = None
+                        ) -> list[LesionRow]:
+    """Add the generator's truth to the ground-truth rows of one image.
+
+    ``gt_labels`` are the ground-truth components (as :func:`cordfuse.evaluation.metrics.lesions`
+    numbers them) on the grid of ``labels_affine``, whose world is the anatomy's (the fused T2Sag
+    grid: its upper slab is never moved), or related to it by ``motion`` (world -> anatomy,
+    :meth:`SynthTruth.motion_of`). Generator lesions merged into one component make one lesion:
+    faint only when all of them are faint on T2Sag, visible on a sequence as much as the most
+    visible of them, covered by a sequence when any of them is.
+    """
+    members: dict[int, list[dict]] = {}
+    gt = [r for r in rows if r.kind == "gt"]
+    centroids = np.array([r.centroid_mm for r in gt]) if gt else np.zeros((0, 3))
+    to_voxel = np.linalg.inv(labels_affine) @ np.linalg.inv(
+        np.eye(4) if motion is None else np.asarray(motion, float))
+    for lesion in truth.lesions:
+        centre_h = to_voxel @ np.r_[np.asarray(lesion["center_world_mm"], float), 1.0]
+        centre = (labels_affine @ centre_h)[:3]  # in this grid's world
+        voxel = np.rint(centre_h[:3]).astype(int)
+        component = 0
+        if np.all((voxel >= 0) & (voxel < gt_labels.shape)):
+            component = int(gt_labels[tuple(voxel)])
+        if component == 0 and len(centroids):
+            distance = np.linalg.norm(centroids - centre, axis=1)
+            if distance.min() <= MATCH_MM:
+                component = gt[int(distance.argmin())].lesion
+        if component:
+            members.setdefault(component, []).append(lesion)
+    out = []
+    for row in rows:
+        found = members.get(row.lesion, []) if row.kind == "gt" else []
+        if not found:
+            out.append(row)
+            continue
+        visibility = {s: max(m["visibility"].get(s, 0.0) for m in found) for s in SEQUENCES}
+        covers = {s: any(scan.covers(m["center_world_mm"]) for m in found for scan in truth.scans
+                         if scan.sequence == s) for s in SEQUENCES}
+        out.append(replace(row, truth={
+            "visibility": visibility, "covers": covers, "generated": len(found),
+            "faint": all(m["visibility"]["T2Sag"] < FAINT_VISIBILITY for m in found)}))
+    return out
+
+
+# -- paired comparison of two inference sets ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PairedDetection:
+    """The same ground-truth lesions, detected with sequences ``base`` and ``other``."""
+
+    n: int
+    both: int
+    only_other: int  # found with ``other`` only (what the extra sequences add)
+    only_base: int  # found with ``base`` only (what they cost)
+    neither: int
+    p_value: float  # exact McNemar test on the discordant pairs
+
+    @property
+    def sensitivity_base(self) -> float:
+        return (self.both + self.only_base) / self.n if self.n else math.nan
+
+    @property
+    def sensitivity_other(self) -> float:
+        return (self.both + self.only_other) / self.n if self.n else math.nan
+
+    @property
+    def gain(self) -> float:
+        return self.sensitivity_other - self.sensitivity_base
+
+
+def paired_outcomes(base: Iterable[LesionRow],
+                    other: Iterable[LesionRow]) -> list[tuple[LesionRow, LesionRow]]:
+    """Ground-truth lesions present in both lists, as ``(base row, other row)``."""
+    by_key = {r.key: r for r in base if r.kind == "gt"}
+    return [(by_key[r.key], r) for r in other if r.kind == "gt" and r.key in by_key]
+
+
+def compare_inferences(pairs: Sequence[tuple[LesionRow, LesionRow]]) -> PairedDetection:
+    """Counts of the 2x2 table of paired outcomes and the exact McNemar p-value."""
+    both = sum(a.detected and b.detected for a, b in pairs)
+    only_other = sum(b.detected and not a.detected for a, b in pairs)
+    only_base = sum(a.detected and not b.detected for a, b in pairs)
+    return PairedDetection(len(pairs), both, only_other, only_base,
+                           len(pairs) - both - only_other - only_base,
+                           mcnemar_exact(only_other, only_base))
+
+
+# -- CSV ----------------------------------------------------------------------------------------
+
+_COLUMNS = ("experiment", "seed", "inference", "subject", "cohort", "kind", "lesion",
+            "volume_mm3", "x_mm", "y_mm", "z_mm", "covered_fraction", "detected", "t2sag",
+            "generated", *(f"visibility_{s}" for s in SEQUENCES),
+            *(f"covers_{s}" for s in SEQUENCES))
+
+
+def rows_to_csv(rows: Iterable[LesionRow]) -> str:
+    """One line per lesion; truth columns are empty without the generator's truth."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(_COLUMNS)
+    for r in rows:
+        visibility = r.truth.get("visibility", {})
+        covers = r.truth.get("covers", {})
+        writer.writerow([
+            r.experiment, "" if r.seed is None else r.seed, r.inference, r.subject, r.cohort,
+            r.kind, r.lesion, f"{r.volume_mm3:.3f}", *r.centroid_mm, f"{r.covered_fraction:.4f}",
+            int(r.detected), r.visibility_class, r.truth.get("generated", ""),
+            *(visibility.get(s, "") for s in SEQUENCES),
+            *("" if s not in covers else int(covers[s]) for s in SEQUENCES)])
+    return buffer.getvalue()
+
+
+def rows_from_csv(text: str) -> list[LesionRow]:
+    rows = []
+    for d in csv.DictReader(io.StringIO(text)):
+        truth: dict = {}
+        if d["t2sag"]:
+            truth = {"faint": d["t2sag"] == "faint", "generated": int(d["generated"]),
+                     "visibility": {s: float(d[f"visibility_{s}"]) for s in SEQUENCES},
+                     "covers": {s: d[f"covers_{s}"] == "1" for s in SEQUENCES}}
+        rows.append(LesionRow(
+            d["subject"], d["kind"], int(d["lesion"]), float(d["volume_mm3"]),
+            (float(d["x_mm"]), float(d["y_mm"]), float(d["z_mm"])),
+            float(d["covered_fraction"]), d["detected"] == "1", d["cohort"], d["experiment"],
+            int(d["seed"]) if d["seed"] else None, d["inference"], truth))
+    return rows
+
+
+# -- the report's "what the extra sequences add" -------------------------------------------------
+
+GROUPS = (("faint", "faint on T2Sag"), ("clear", "clear on T2Sag"), ("", "all lesions"))
+
+
+def _groups(rows: Sequence[LesionRow]) -> list[tuple[str, str]]:
+    """The visibility groups to show: faint/clear/all with the generator's truth, else all."""
+    return list(GROUPS) if any(r.truth for r in rows) else [GROUPS[-1]]
+
+
+def _comparisons(rows: Sequence[LesionRow], experiments: Sequence[str], base: str):
+    """``(experiment, seed, inference, pairs)`` of every inference set that adds sequences to
+    ``base`` for a model, in the given experiment order."""
+    found = []
+    keys = sorted({(r.experiment, r.seed, r.inference) for r in rows if r.inference != base},
+                  key=lambda k: (experiments.index(k[0]) if k[0] in experiments else 99,
+                                 k[1] if k[1] is not None else -1, k[2]))
+    for experiment, seed, inference in keys:
+        reference = [r for r in rows if (r.experiment, r.seed, r.inference) ==
+                     (experiment, seed, base)]
+        if not reference:
+            continue  # a model that cannot run on T2Sag alone (specific sequences)
+        other = [r for r in rows if (r.experiment, r.seed, r.inference) ==
+                 (experiment, seed, inference)]
+        pairs = paired_outcomes(reference, other)
+        if pairs:
+            found.append((experiment, seed, inference, pairs))
+    return found
+
+
+def extra_sequences_tables(rows: Sequence[LesionRow], *, experiments: Sequence[str],
+                           labels: dict[str, str], base: str = "T2Sag"):
+    """Two tables: paired lesion-wise sensitivity with ``base`` versus each larger set of
+    sequences (per model and seed, by T2Sag visibility when the truth is known), and the lesions
+    whose detection changes."""
+    from cordfuse.evaluation.tables import Cell, Table
+
+    groups = _groups(rows)
+    header = ["model", "seed", "sequences at inference"]
+    for _, name in groups:
+        header += [f"{name}: n", f"{name}: sensitivity {base} → more",
+                   f"{name}: found only with / only without", f"{name}: McNemar p"]
+    summary = Table("What the extra sequences add: the same ground-truth lesions, detected "
+                    f"with {base} alone and with more sequences", header)
+    changed = Table("Lesions whose detection changes when sequences are added",
+                    ["model", "seed", "sequences at inference", "subject", "lesion",
+                     "volume (mm³)", f"{base} visibility", "best other visibility",
+                     "sequences covering it", "detected with"])
+    for experiment, seed, inference, pairs in _comparisons(rows, experiments, base):
+        row: list = [labels.get(experiment, experiment), "" if seed is None else str(seed),
+                     inference]
+        for key, _ in groups:
+            chosen = [p for p in pairs if not key or p[1].visibility_class == key]
+            result = compare_inferences(chosen)
+            row += [Cell(result.n, str(result.n)),
+                    Cell(result.gain, "" if not result.n else
+                         f"{result.sensitivity_base:.3f} → {result.sensitivity_other:.3f}"),
+                    Cell(None, f"{result.only_other} / {result.only_base}"),
+                    Cell(result.p_value, f"{result.p_value:.3g}")]
+        summary.rows.append(row)
+        for a, b in pairs:
+            if a.detected == b.detected:
+                continue
+            visibility = b.truth.get("visibility", {})
+            others = {s: v for s, v in visibility.items()
+                      if s != base and b.truth["covers"].get(s)}
+            best = max(others, key=others.get) if others else ""
+            changed.rows.append([
+                labels.get(experiment, experiment), "" if seed is None else str(seed), inference,
+                b.subject, str(b.lesion), Cell(b.volume_mm3, f"{b.volume_mm3:.0f}"),
+                Cell(visibility.get(base), f"{visibility[base]:.2f}" if visibility else ""),
+                Cell(others.get(best), f"{others[best]:.2f} ({best})" if best else ""),
+                ", ".join(s for s in SEQUENCES if b.truth.get("covers", {}).get(s)),
+                "more sequences" if b.detected else f"{base} only"])
+    summary.notes = [
+        "Pairs: every ground-truth lesion of the test subjects that have this set of sequences, "
+        f"detected (Anima: > {ALPHA:.0%} of it predicted, predictions mostly inside lesions) "
+        f"with {base} alone and with the set, by the same model and seed. McNemar: exact "
+        "two-sided binomial test on the discordant pairs (found only with / only without)."]
+    if len(groups) > 1:
+        summary.notes.append(
+            f"Faint: T2Sag visibility below {FAINT_VISIBILITY} of full lesion contrast in the "
+            "generator's truth (derivatives/synth); such lesions are drawn bright on STIR and "
+            "T2*Ax.")
+    return summary, changed
