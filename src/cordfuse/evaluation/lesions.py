@@ -11,8 +11,9 @@ prediction and its ground truth, :func:`lesion_rows` lists
 When the dataset carries the synthetic generator's truth
 (``derivatives/synth/<subject>_truth.json``), :func:`annotate_with_truth` adds to each
 ground-truth lesion its visibility on every sequence (the fraction of full lesion contrast the
-generator drew) and whether each sequence's field of view covers it. A lesion is **faint** when its T2Sag visibility is below :data:`FAINT_VISIBILITY`
-(the generator draws faint lesions at 0.25-0.45, the others at 0.45-1.0).
+generator drew) and whether each sequence's field of view covers it. A lesion is **faint** when
+its T2Sag visibility is below :data:`FAINT_VISIBILITY` (the generator draws faint lesions at
+0.25-0.45, the others at 0.45-1.0).
 
 :func:`compare_inferences` pairs the outcomes of the same lesions under two sets of sequences at
 inference (T2Sag alone versus more) and tests the discordant pairs with the exact McNemar test.
