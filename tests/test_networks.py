@@ -186,3 +186,57 @@ class TestFeatureNoise:
         noise = FeatureNoise(weight=0.5, logistic_scale=0.01, normal_sigma=1.0)
         draws = noise.sample((200_000,), generator=torch.Generator().manual_seed(1)).double()
         assert draws.var().item() == pytest.approx(0.5 + 0.5 * np.pi**2 * 1e-4 / 3, rel=0.03)
+
+
+class TestAllLevelFusion:
+    def test_every_skip_carries_every_sequence(self):
+        """With all-level fusion a non-T2Sag encoder reaches the output through its skips even
+        when its bottleneck path is cut; with the paper's fusion it does not (see above)."""
+        net = CordNet(SMALL, list(SEQUENCES), mean_imputation=True, fusion="all-levels")
+        assert len(net.skip_fusions) == len(SMALL.features) - 1
+        c = SMALL.bottleneck_channels
+        with torch.no_grad():
+            net.fusion.weight[:, c:] = 0
+        out = net(tiny_input())
+        out.logits[0].sum().backward()
+        for seq in SEQUENCES[1:]:
+            first_stage = [p.grad for p in net.encoders[seq].stages[0].parameters()]
+            assert any(g is not None and torch.count_nonzero(g) > 0 for g in first_stage), seq
+
+    def test_missing_sequences_are_imputed_at_every_level(self):
+        """A sequence marked missing cannot change the answer, at any level, and T2Sag alone
+        gives each level's T2Sag features replicated (equation 1 per level)."""
+        net = CordNet(SMALL, list(SEQUENCES), mean_imputation=True, fusion="all-levels").eval()
+        x = tiny_input(batch=2)
+        flags = torch.tensor([[1, 1, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0]], dtype=torch.bool)
+        reference = net(x, flags).logits[0]
+        x2 = x.clone()
+        x2[0, 2:] = torch.randn_like(x2[0, 2:])
+        x2[1, 1:] = torch.randn_like(x2[1, 1:])
+        torch.testing.assert_close(net(x2, flags).logits[0], reference)
+        x3 = x.clone()
+        x3[0, 1] = torch.randn_like(x3[0, 1])  # an available sequence does change it
+        assert not torch.allclose(net(x3, flags).logits[0][0], reference[0])
+        skips = net.encoders["T2Sag"](x[1:, :1])
+        fuse = net.skip_fusions[0]
+        replicated = fuse(torch.cat([skips[0]] * 6, dim=1))
+        alone = net._fuse_level(fuse, [skips[0]] + [torch.zeros_like(skips[0])] * 5, flags[1:])
+        torch.testing.assert_close(alone, replicated)
+
+    def test_t2sag_may_be_missing_only_with_all_level_fusion(self):
+        flags = torch.tensor([[0, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0]], dtype=torch.bool)
+        net = CordNet(SMALL, list(SEQUENCES), mean_imputation=True, fusion="all-levels").eval()
+        x = tiny_input()
+        reference = net(x, flags).logits[0]
+        x2 = x.clone()
+        x2[0, 0] = torch.randn_like(x2[0, 0])  # the missing T2Sag of sample 0 cannot matter
+        torch.testing.assert_close(net(x2, flags).logits[0], reference)
+        paper = CordNet(SMALL, list(SEQUENCES), mean_imputation=True)
+        with pytest.raises(ValueError, match="every sample needs T2Sag"):
+            paper(x, flags)
+
+    def test_needs_several_sequences(self):
+        with pytest.raises(ValueError, match="more than one sequence"):
+            CordNet(SMALL, ["T2Sag"], fusion="all-levels")
+        with pytest.raises(ValueError, match="fusion must be one of"):
+            CordNet(SMALL, list(SEQUENCES), fusion="everywhere")

@@ -25,6 +25,7 @@ from cordfuse.features import fit_mixture, mixture_logpdf
 from cordfuse.nn.networks import FeatureNoise
 from cordfuse.preprocess.pipeline import PreparedSubject
 from cordfuse.report import SECTIONS
+from cordfuse.sequences import SEQUENCES
 from cordfuse.study import (
     ALL_AVAILABLE,
     EXAMPLE_CONFIG,
@@ -165,8 +166,9 @@ def test_study_config_parsing_and_errors(tmp_path):
     path = tmp_path / "example.yaml"
     path.write_text(EXAMPLE_CONFIG)
     config = StudyConfig.from_file(path)
-    assert config.experiments == tuple(EXPERIMENTS) and config.seeds == (0,)
-    assert config.schedule == (100, 25) and config.synthetic_subjects == 40
+    assert config.experiments == tuple(e for e in EXPERIMENTS if e != "mi-dropout")
+    assert config.seeds == (0,) and config.test_per_cohort == 22
+    assert config.schedule == (100, 25) and config.synthetic_subjects == 120
     paper = StudyConfig.from_mapping({"preset": "paper", "seeds": 3}, tmp_path)
     assert paper.schedule == (1000, 250) and paper.seeds == (0, 1, 2)
     assert StudyConfig.from_mapping({"dataset": "bids"}, tmp_path).dataset == str(
@@ -268,6 +270,45 @@ def test_study_runs_the_grid_and_writes_the_tables(tiny_study):
     aug = torch.load(out / "runs" / "feature-aug" / "seed-0" / "checkpoint_best.pt",
                      weights_only=False)["config"]
     assert FeatureNoise(**aug["feature_noise"]) == fitted
+
+
+def test_study_lists_every_lesion_and_what_the_extra_sequences_add(tiny_study):
+    from cordfuse.evaluation.lesions import rows_from_csv
+
+    out = tiny_study
+    records = records_from_csv((out / "per_image.csv").read_text())
+    rows = rows_from_csv((out / "per_lesion.csv").read_text())
+    # every evaluated image has its lesions listed, and the counts agree with its metrics
+    for r in records:
+        mine = [x for x in rows if (x.experiment, x.seed, x.inference, x.subject) ==
+                (r.experiment, r.seed, r.inference, r.image)]
+        assert sum(x.kind == "gt" for x in mine) == r.values["n_gt"]
+        assert sum(x.kind == "pred" for x in mine) == r.values["n_pred"]
+        assert sum(x.detected for x in mine if x.kind == "gt") == r.values["gt_detected"]
+    # the synthetic truth is attached: faint and clear lesions both occur
+    assert {x.visibility_class for x in rows if x.kind == "gt"} >= {"faint", "clear"}
+    table = (out / "extra_sequences.md").read_text()
+    assert "| Mean Imputation | 0 | all available |" in table
+    assert "McNemar" in table and "faint on T2Sag" in table
+    assert "baseline |" not in table.split("\n", 4)[-1]  # the baseline has nothing to add
+    assert (out / "lesions_changed.csv").exists()
+    report = (out / "report.html").read_text()
+    assert "What the extra sequences add" in report and "McNemar" in report
+
+
+def test_diagnose_measures_the_multi_sequence_models(tiny_study, capsys):
+    assert main(["diagnose", str(tiny_study), "--experiments", "mi,mi-all-levels"]) == 0
+    assert "Diagnosed 2 model(s)" in capsys.readouterr().out
+    result = json.loads((tiny_study / "diagnostics.json").read_text())
+    assert set(result["models"]) == {"mi/seed-0", "mi-all-levels/seed-0"}
+    for model in result["models"].values():
+        assert set(model["encoder_relative_change"]) == set(SEQUENCES)
+        assert model["encoder_relative_change"]["T2Sag"] > 0  # two SGD steps moved it
+        assert model["sequence_effect"]["subjects"]
+    assert result["alignment_test"]["T2Sag"]["median_misalignment_mm"] == 0.0
+    assert "# Multi-sequence diagnostics" in (tiny_study / "diagnostics.md").read_text()
+    assert main(["diagnose", str(tiny_study / "runs")]) == 2
+    assert "not a study folder" in capsys.readouterr().err
 
 
 def test_study_resumes_without_redoing_work(tiny_study, capsys):

@@ -15,6 +15,7 @@ import torch
 from cordfuse.cli import main
 from cordfuse.errors import CordfuseError
 from cordfuse.preprocess.batch import load_prepared_dataset
+from cordfuse.sequences import SEQUENCES
 from cordfuse.training.config import TrainConfig
 from cordfuse.training.data import load_subjects
 from cordfuse.training.trainer import (
@@ -150,6 +151,76 @@ class TestCheckpointsAndVariants:
         (tmp_path / "junk.pt").write_bytes(b"junk")
         with pytest.raises(CordfuseError, match="unreadable checkpoint"):
             load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_sequence_dropout_hides_other_sequences_never_t2sag(prepared_small):
+    from cordfuse.training.data import PatchDataset
+
+    _, paths = load_prepared_dataset(prepared_small)
+    subjects = load_subjects(paths, list(SEQUENCES))
+    many = [s for s in subjects if s.available.sum() >= 2]
+    assert many, "the fixture cohort needs a subject with several sequences"
+    plain = PatchDataset(many, (24, 24, 64), seed=0, foreground_fraction=0.3, augment=False)
+    dropped = PatchDataset(many, (24, 24, 64), seed=0, foreground_fraction=0.3, augment=False,
+                           sequence_dropout=0.5)
+    hidden = kept = 0
+    for n in range(200):
+        image, label, available = dropped[n]
+        full_image, full_label, full_available = plain[n]
+        assert available[0] and bool((available <= full_available).all())
+        assert torch.equal(label, full_label)  # the same patch, only sequences hidden
+        for k in range(1, len(SEQUENCES)):
+            if full_available[k] and not available[k]:
+                hidden += 1
+                assert torch.count_nonzero(image[k]) == 0
+            elif full_available[k]:
+                kept += 1
+                assert torch.equal(image[k], full_image[k])
+        assert torch.equal(image[0], full_image[0])
+    assert 0.4 < hidden / (hidden + kept) < 0.6
+    with pytest.raises(CordfuseError, match="needs Mean Imputation"):
+        TrainConfig(model="baseline", sequence_dropout=0.5)
+    with pytest.raises(CordfuseError, match="probability"):
+        TrainConfig(sequence_dropout=1.0)
+    with pytest.raises(CordfuseError, match="multi-sequence model"):
+        TrainConfig(model="baseline", fusion="all-levels")
+
+
+def test_reference_dropout_hides_t2sag_only_where_the_others_cover_the_patch(prepared_small):
+    from cordfuse.training.data import REFERENCE_DROP_COVER, PatchDataset
+
+    _, paths = load_prepared_dataset(prepared_small)
+    subjects = load_subjects(paths, list(SEQUENCES))
+    plain = PatchDataset(subjects, (24, 24, 64), seed=1, foreground_fraction=0.5, augment=False)
+    dropped = PatchDataset(subjects, (24, 24, 64), seed=1, foreground_fraction=0.5,
+                           augment=False, reference_dropout=0.6)
+    hidden = eligible = 0
+    for n in range(300):
+        image, label, available = dropped[n]
+        full_image, _, full_available = plain[n]
+        others = (full_image[1:][full_available[1:]] != 0).any(dim=0)
+        covered = bool(others.float().mean() >= REFERENCE_DROP_COVER) and \
+            bool(others[label > 0].all())
+        eligible += covered
+        if not available[0]:
+            hidden += 1
+            assert covered and torch.count_nonzero(image[0]) == 0
+            assert torch.equal(available[1:], full_available[1:])  # the others stay
+        else:
+            assert torch.equal(image, full_image)
+    assert eligible > 20 and 0.45 < hidden / eligible < 0.75
+    with pytest.raises(CordfuseError, match="--fusion all-levels"):
+        TrainConfig(reference_dropout=0.3)
+
+
+def test_all_level_fusion_trains_and_predicts(prepared_small, tmp_path):
+    from cordfuse.inference import load_model
+
+    config = tiny(model="mean-imputation", fusion="all-levels", sequence_dropout=0.3,
+                  reference_dropout=0.5, epochs=1)
+    train(prepared_small, tmp_path / "run", config, progress=False)
+    model = load_model(tmp_path / "run", torch.device("cpu"))
+    assert model.config.fusion == "all-levels" and model.model.skip_fusions is not None
 
 
 def test_ddp_on_two_cpu_processes_stays_in_sync(prepared_small, tmp_path):

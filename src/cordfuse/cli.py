@@ -254,7 +254,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction, fold_file=args.fold_file, frozen_from=args.frozen_from,
         augment=not args.no_augment, amp=args.amp, deterministic=args.deterministic,
         num_workers=args.workers, feature_noise=noise, fusion=args.fusion,
-        sequence_dropout=args.sequence_dropout,
+        sequence_dropout=args.sequence_dropout, reference_dropout=args.reference_dropout,
     )
     summary = train(args.prepared, args.out, config, device=args.device, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -419,6 +419,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if result["ok"] else 1
 
 
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from cordfuse.diagnostics import diagnose_study
+
+    experiments = [e.strip() for e in args.experiments.split(",")] if args.experiments else None
+    result = diagnose_study(args.study_dir, device=args.device, experiments=experiments)
+    print(f"Diagnosed {len(result['models'])} model(s): "
+          f"{Path(args.study_dir) / 'diagnostics.md'} (and .json)")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 # study, analyze-features
 
@@ -560,6 +570,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--sequence-dropout", type=float, default=0.0, metavar="P",
                        help="Mean Imputation: hide each available non-T2Sag sequence of a "
                             "training sample with probability P (default 0, the paper's recipe)")
+    train.add_argument("--reference-dropout", type=float, default=0.0, metavar="P",
+                       help="with --fusion all-levels: hide T2Sag itself with probability P in "
+                            "training samples whose other sequences cover the patch, so that "
+                            "they learn to find lesions on their own (default 0)")
     train.add_argument("--preset", choices=("paper", "small"), default="paper")
     train.add_argument("--epochs", type=int, default=1000)
     train.add_argument("--iterations", type=int, default=250, help="iterations per epoch")
@@ -665,6 +679,17 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--seed", type=int, default=0)
     features.add_argument("--device", default="auto")
     features.set_defaults(func=cmd_analyze_features)
+
+    diagnose = verbs.add_parser(
+        "diagnose", help="why the extra sequences do (not) change a study's answers",
+        description="Measurements on a finished study: encoder learning and fusion weights per "
+        "sequence, bottleneck and probability change when sequences are added, lesion contrast "
+        "and misalignment per sequence in the prepared crops, field-of-view coverage.")
+    diagnose.add_argument("study_dir", help="folder of a finished cordfuse study")
+    diagnose.add_argument("--experiments", help="comma-separated experiments (default: every "
+                          "Mean Imputation model of the study)")
+    diagnose.add_argument("--device", default="cpu")
+    diagnose.set_defaults(func=cmd_diagnose)
     return parser
 
 

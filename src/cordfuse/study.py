@@ -18,6 +18,10 @@ The models (section 2.3-2.4), in training order:
 ``mi-frozen``        Mean Imputation with the T2Sag encoder of ``baseline`` (same seed) frozen
 ``mi-distill``       Mean Imputation with the L1 distillation loss (alpha 0.1)
 ``feature-aug``      T2Sag with latent feature augmentation
+``mi-dropout``       Mean Imputation, each other sequence hidden with probability 0.5 in training
+``mi-all-levels``    Mean Imputation fused at every encoder level (beyond the paper)
+``mi-all-levels-refdrop`` the same, T2Sag hidden with probability 0.35 in training samples whose
+                     other sequences cover the patch
 ==================== ====================================================================
 
 Sequences at inference, for each test subject: T2Sag alone (every model that can), each
@@ -77,6 +81,7 @@ class Experiment:
     variant: str | None = None
     fusion: str = "bottleneck"
     sequence_dropout: float = 0.0
+    reference_dropout: float = 0.0
 
     @property
     def multi(self) -> bool:
@@ -101,8 +106,8 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     Experiment("mi-dropout", "MI + sequence dropout", "mean-imputation", sequence_dropout=0.5),
     Experiment("mi-all-levels", "MI, all-level fusion", "mean-imputation",
                fusion="all-levels"),
-    Experiment("mi-all-levels-dropout", "MI, all-level fusion + sequence dropout",
-               "mean-imputation", fusion="all-levels", sequence_dropout=0.5),
+    Experiment("mi-all-levels-refdrop", "MI, all-level fusion + T2Sag dropout",
+               "mean-imputation", fusion="all-levels", reference_dropout=0.35),
 )}
 
 PRESET_SCHEDULES = {"paper": {"epochs": 1000, "iterations": 250},
@@ -113,16 +118,20 @@ EXAMPLE_CONFIG = """\
 # Either a BIDS dataset with cohorts in participants.tsv ...
 #   dataset: /path/to/bids
 # ... or a synthetic cohort made by the study itself:
+# 120 subjects: 66 test (about 50 lesions faint on T2Sag, enough for the paired faint-lesion
+# comparison), 3 validation, 51 training. Test subjects only cost inference time.
 synthetic:
-  subjects: 40
+  subjects: 120
   seed: 0
 preset: small          # small (CPU) or paper (full networks, for a GPU)
 seeds: 1               # number of training seeds (0, 1, ...) or a list; the paper used 3
 # epochs: 100          # default: 100 x 25 for small, 1000 x 250 for paper
 # iterations: 25
-test_per_cohort: 3     # held-out test subjects per cohort (one more per cohort validates)
+test_per_cohort: 22    # held-out test subjects per cohort (one more per cohort validates)
+# The paper's grid, then two models beyond it (docs/multisequence.md); also available:
+# mi-dropout (Mean Imputation with sequence dropout).
 experiments: [baseline, specific-stir, specific-t2s-t1, specific-t2s-t2ax, mi, mi-frozen,
-              mi-distill, feature-aug]
+              mi-distill, feature-aug, mi-all-levels, mi-all-levels-refdrop]
 feature_noise: paper   # paper | fit (analyze the MI model of the same seed) | a JSON file
 # device: auto         # auto | cpu | cuda
 # jobs: 2              # pre-processing processes
@@ -132,14 +141,14 @@ feature_noise: paper   # paper | fit (analyze the MI model of the same seed) | a
 @dataclass(frozen=True)
 class StudyConfig:
     dataset: str | None = None
-    synthetic_subjects: int = 40
+    synthetic_subjects: int = 120
     synthetic_seed: int = 0
     preset: str = "small"
     seeds: tuple[int, ...] = (0,)
     epochs: int | None = None
     iterations: int | None = None
     batch_size: int = 2
-    test_per_cohort: int = 3
+    test_per_cohort: int = 22
     experiments: tuple[str, ...] = tuple(EXPERIMENTS)
     feature_noise: str = "paper"
     centerline: str = "auto"
@@ -187,7 +196,7 @@ class StudyConfig:
         if synthetic is not None:
             if not isinstance(synthetic, dict):
                 raise CordfuseError("synthetic: needs subjects and seed")
-            values["synthetic_subjects"] = int(synthetic.get("subjects", 40))
+            values["synthetic_subjects"] = int(synthetic.get("subjects", 120))
             values["synthetic_seed"] = int(synthetic.get("seed", 0))
         if "dataset" in data:
             values["dataset"] = str((base / str(data.pop("dataset"))).resolve())
@@ -295,7 +304,8 @@ def _train_config(study: StudyConfig, experiment: Experiment, seed: int, out: Pa
               "variant": experiment.variant, "preset": study.preset, "epochs": epochs,
               "iterations": iterations, "batch_size": study.batch_size, "seed": seed,
               "fold_file": str(out / "fold.json"), "amp": study.amp, "augment": study.augment,
-              "fusion": experiment.fusion, "sequence_dropout": experiment.sequence_dropout}
+              "fusion": experiment.fusion, "sequence_dropout": experiment.sequence_dropout,
+              "reference_dropout": experiment.reference_dropout}
     if experiment.variant == "frozen-encoder":
         config["frozen_from"] = str(out / "runs" / "baseline" / f"seed-{seed}")
     if experiment.variant == "feature-aug":

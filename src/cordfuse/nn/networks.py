@@ -209,8 +209,8 @@ class CordNet(nn.Module):
             raise ValueError(f"expected {len(self.sequences)} channels, got {k}")
         if available is None:
             available = torch.ones(batch, k, dtype=torch.bool, device=x.device)
-        if not bool(available[:, 0].all()):
-            raise ValueError(f"every sample needs {REFERENCE}")
+        if self.skip_fusions is None and not bool(available[:, 0].all()):
+            raise ValueError(f"every sample needs {REFERENCE} (it gives the decoder's skips)")
         if not self.mean_imputation and not bool(available.all()):
             raise ValueError("this model needs every one of its sequences for every sample")
         skips = self.encoders[REFERENCE](x[:, :1])

@@ -49,6 +49,10 @@ class TrainConfig:
     #: Probability of hiding each available non-T2Sag sequence of a training sample (Mean
     #: Imputation only); 0 is the paper's recipe.
     sequence_dropout: float = 0.0
+    #: Probability of hiding T2Sag itself in a training sample whose other sequences cover the
+    #: patch (all-level fusion only: every level is then imputed from the others), so that each
+    #: other encoder learns to find lesions on its own; 0 never hides it.
+    reference_dropout: float = 0.0
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -77,6 +81,12 @@ class TrainConfig:
         if self.sequence_dropout and self.model != "mean-imputation":
             raise CordfuseError("--sequence-dropout needs Mean Imputation (the only model that "
                                 "accepts missing sequences)")
+        if not 0.0 <= self.reference_dropout < 1.0:
+            raise CordfuseError("--reference-dropout is a probability in [0, 1)")
+        if self.reference_dropout and (self.model != "mean-imputation"
+                                       or self.fusion != "all-levels"):
+            raise CordfuseError("--reference-dropout needs Mean Imputation with --fusion "
+                                "all-levels (the paper's decoder takes its skips from T2Sag)")
         if self.epochs < 1 or self.iterations < 1 or self.batch_size < 1:
             raise CordfuseError("epochs, iterations and batch size must be at least 1")
 

@@ -16,6 +16,11 @@ gets the same patch, which is what makes an interrupted run resume bit for bit.
 **Sequence dropout** (option, Mean Imputation): each available non-T2Sag sequence of a sample is
 hidden (zeroed, flagged unavailable) with probability ``sequence_dropout``, so the network trains
 on every subset of a subject's sequences and cannot tie a lesion's evidence to one combination.
+
+**Reference dropout** (option, all-level fusion): with probability ``reference_dropout`` T2Sag
+itself is hidden, when the other available sequences cover at least :data:`REFERENCE_DROP_COVER`
+of the patch and every lesion voxel in it, so that the other encoders learn to find lesions on
+their own instead of leaving it to T2Sag.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ import torch
 from cordfuse.preprocess.pipeline import PreparedSubject
 
 NORMALISATION = "z-score per sequence on the cord core (disk of 3 mm around the centreline)"
+#: Share of a patch the other sequences must cover before T2Sag may be hidden (reference dropout).
+REFERENCE_DROP_COVER = 0.8
 
 
 @dataclass
@@ -76,14 +83,15 @@ class PatchDataset(torch.utils.data.Dataset):
     """Sample ``n`` is a deterministic function of ``(seed, n)``; ``len`` is unbounded in use."""
 
     def __init__(self, subjects, patch_size, *, seed: int, foreground_fraction: float,
-                 augment: bool, sequence_dropout: float = 0.0, rank: int = 0,
-                 world_size: int = 1):
+                 augment: bool, sequence_dropout: float = 0.0, reference_dropout: float = 0.0,
+                 rank: int = 0, world_size: int = 1):
         self.subjects = subjects
         self.patch_size = tuple(patch_size)
         self.seed = seed
         self.foreground_fraction = foreground_fraction
         self.augment = augment
         self.sequence_dropout = sequence_dropout
+        self.reference_dropout = reference_dropout
         self.rank, self.world_size = rank, world_size
         self._transform = make_augmentation() if augment else None
 
@@ -102,6 +110,11 @@ class PatchDataset(torch.utils.data.Dataset):
             hide[0] = False  # T2Sag carries the skips and the label: never hidden
             available &= ~hide
             image[~available] = 0.0
+        if self.reference_dropout and rng.random() < self.reference_dropout:
+            others = (image[1:][available[1:]] != 0).any(axis=0)
+            if others.mean() >= REFERENCE_DROP_COVER and others[label > 0].all():
+                available[0] = False
+                image[0] = 0.0
         if self._transform is not None:
             image, label = augment_patch(image, label, available, self._transform, rng)
         return (torch.from_numpy(np.ascontiguousarray(image)),

@@ -262,7 +262,8 @@ def train(
     dataset = PatchDataset(train_subjects, patch, seed=config.seed,
                            foreground_fraction=config.foreground_fraction,
                            augment=config.augment, sequence_dropout=config.sequence_dropout,
-                           rank=rank, world_size=world)
+                           reference_dropout=config.reference_dropout, rank=rank,
+                           world_size=world)
     per_epoch = config.iterations * config.batch_size
     started = time.perf_counter()
     step = start_epoch * config.iterations
