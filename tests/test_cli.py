@@ -62,7 +62,11 @@ def test_demo_runs_the_main_job_end_to_end(tiny_demo, tmp_path):
     assert "| F1 A | F1 B | F1 C | Dice A | Dice B | Dice C |" in table.replace(
         "model | sequences at inference | ", ""
     )
-    assert table.count("| Mean Imputation |") == 3  # Table 1: T2Sag, all available; Table 2
+    # Table 1: T2Sag, all available; Table 2; what the extra sequences add (all available)
+    assert table.count("| Mean Imputation |") == 4
+    assert "| Mean Imputation | 0 | all available |" in table and "McNemar" in table
+    lesions = (out / "per_lesion.csv").read_text().splitlines()
+    assert lesions[0].startswith("experiment,seed,inference,subject") and len(lesions) > 1
     per_image = (out / "per_image.csv").read_text().splitlines()
     assert len(per_image) == 1 + 3 * 3  # 3 test subjects x 3 (model, sequences) setups
     assert main(["demo", str(tmp_path / "small"), "--subjects", "3"]) == 2
