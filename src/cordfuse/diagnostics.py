@@ -33,9 +33,7 @@ from scipy import ndimage
 
 from cordfuse.io import atomic_write_text
 from cordfuse.sequences import SEQUENCES
-
-#: +1 where lesions are brighter than the cord on a sequence, -1 where darker (T1, MP2RAGE).
-POLARITY = {"T2Sag": 1, "STIR": 1, "T2starAx": 1, "T2Ax": 1, "T1Sag": -1, "MP2RAGE": -1}
+from cordfuse.synth.protocol import LESION_SIGN
 
 
 def encoder_learning(run_dir: str | Path) -> dict:
@@ -123,11 +121,8 @@ def _fused_bottleneck(net, images: np.ndarray, flags: np.ndarray, patch_z: int, 
 
 
 def _medians(rows: list[dict], keys) -> dict:
-    out = {}
-    for key in keys:
-        values = [r[key] for r in rows if r.get(key) is not None]
-        out[f"median_{key}"] = float(np.median(values)) if values else None
-    return out
+    return {f"median_{key}": _median(r[key] for r in rows if r.get(key) is not None)
+            for key in keys}
 
 
 def inplane_misalignment(reference: np.ndarray, moving: np.ndarray, *,
@@ -157,13 +152,16 @@ def lesion_alignment(prepared_subjects, *, search: int = 3, margin: int = 8) -> 
     with the T2Sag crop around the lesion (mm), and the lesion's signal at the label position
     (mean z-score, signed by the sequence's lesion polarity) as is and after undoing that
     misalignment."""
+    from cordfuse.training.data import normalise
+
     per_sequence: dict[str, list[dict]] = {seq: [] for seq in SEQUENCES}
     for prepared in prepared_subjects:
         if prepared.label is None:
             continue
         components, n = ndimage.label(prepared.label > 0)
         spacing = prepared.geometry.spacing
-        z = {seq: _zscored(prepared, seq) for seq in prepared.sequences}
+        normalised, _ = normalise(prepared, list(SEQUENCES))
+        z = {seq: normalised[SEQUENCES.index(seq)] for seq in prepared.sequences}
         for index in range(1, n + 1):
             mask = components == index
             if mask.sum() < 4:
@@ -179,8 +177,8 @@ def lesion_alignment(prepared_subjects, *, search: int = 3, margin: int = 8) -> 
                 per_sequence[seq].append({
                     "subject": prepared.subject, "lesion": index,
                     "misalignment_mm": float(np.hypot(*shift) * spacing),
-                    "signal_at_label": POLARITY[seq] * float(z[seq][mask].mean()),
-                    "signal_aligned": POLARITY[seq] * float(aligned[mask].mean())})
+                    "signal_at_label": LESION_SIGN[seq] * float(z[seq][mask].mean()),
+                    "signal_aligned": LESION_SIGN[seq] * float(aligned[mask].mean())})
     summary = {}
     for seq, rows in per_sequence.items():
         summary[seq] = {
@@ -192,11 +190,6 @@ def lesion_alignment(prepared_subjects, *, search: int = 3, margin: int = 8) -> 
             "median_signal_aligned": _median(r["signal_aligned"] for r in rows),
         }
     return summary
-
-
-def _zscored(prepared, seq: str) -> np.ndarray:
-    crop, stats = prepared.images[seq], prepared.stats[seq]
-    return np.where(crop != 0, (crop - stats["mean"]) / max(stats["std"], 1e-6), 0.0)
 
 
 def _median(values) -> float | None:
@@ -278,8 +271,8 @@ def coverage(prepared_subjects) -> dict:
     for seq in SEQUENCES:
         shares = [float((p.images[seq] == 0).mean()) for p in prepared_subjects
                   if seq in p.images]
-        out[seq] = {"subjects": len(shares), "mean_uncovered_share": _median(shares) if not shares
-                    else float(np.mean(shares))}
+        out[seq] = {"subjects": len(shares),
+                    "mean_uncovered_share": float(np.mean(shares)) if shares else None}
     return out
 
 
