@@ -50,7 +50,7 @@ def test_encoder_learning_measures_change_from_the_seeded_initial_weights(tmp_pa
     untouched = encoder_learning(_checkpoint(tmp_path, model, config))
     assert set(untouched["encoder_relative_change"].values()) == {0.0}
     with torch.no_grad():
-        for name, parameter in model.encoders["STIR"].named_parameters():
+        for parameter in model.encoders["STIR"].parameters():
             parameter.mul_(1.1)  # every STIR weight 10 % larger
         model.fusion.weight[:, :80] *= 3  # T2Sag's block of the fusion weighs 3x more
     result = encoder_learning(_checkpoint(tmp_path, model, config))
