@@ -357,16 +357,20 @@ class TestBadInput:
         captured = capsys.readouterr()
         assert status == 1
         failed = [line for line in captured.err.splitlines() if line.startswith("FAILED")]
-        assert len(failed) == 3, captured.err
+        assert len(failed) == 2, captured.err
         assert "sub-001" in failed[0] and "no T2Sag" in failed[0]
         assert "sub-002" in failed[1] and t2.name in failed[1] and "NaN" in failed[1]
-        assert (
-            "sub-003" in failed[2] and other.name in failed[2] and "does not overlap" in failed[2]
-        )
-        assert "1 prepared, 0 skipped (already done), 3 failed" in captured.out
+        # Only a T2Sag without cord refuses a subject: the far sequence is dropped, one line.
+        dropped = [line for line in captured.out.splitlines() if line.startswith("warning sub-003")]
+        assert len(dropped) == 1 and f"{seq} dropped" in dropped[0], captured.out
+        assert other.name in dropped[0] and "does not overlap the T2Sag cord" in dropped[0]
+        assert "2 prepared, 0 skipped (already done), 2 failed" in captured.out
+        assert PreparedSubject.load(out / "sub-003").sequences == [
+            q for q in subject3.sequences if q != seq
+        ]
         assert (out / "sub-004" / "prepared.npz").exists()
         document = json.loads((out / "dataset.json").read_text())
-        assert [f["id"] for f in document["failed"]] == ["sub-001", "sub-002", "sub-003"]
+        assert [f["id"] for f in document["failed"]] == ["sub-001", "sub-002"]
         assert {p: p.stat().st_mtime_ns for p in synth_copy.rglob("*")} == before
 
     def test_label_grid_mismatch_and_blank_t2sag(self, synth_copy, tmp_path):

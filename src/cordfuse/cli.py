@@ -148,8 +148,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             print(f"warning {result.name}: {warning}")
         if result.status == "failed":
             print(f"FAILED {result.name}: {result.message}", file=sys.stderr)
+    fallbacks = sum(len(r.fallbacks) for r in results if r.status != "failed")
     print(f"{counts['prepared']} prepared, {counts['skipped']} skipped (already done), "
-          f"{counts['failed']} failed, in {time.perf_counter() - start:.1f} s -> {args.out} "
+          f"{counts['failed']} failed, {fallbacks} centreline fallback(s) to T2Sag, in "
+          f"{time.perf_counter() - start:.1f} s -> {args.out} "
           f"({config.spacing} mm, {config.crop_size}x{config.crop_size})")
     if args.nnunet:
         from cordfuse.preprocess.nnunet import export_nnunet

@@ -150,8 +150,8 @@ def availability_section(document: dict, fold: dict | None) -> str:
     rows = []
     for s in document["subjects"]:
         cells = [escape(s["id"]), escape(s["cohort"] or "-"), escape(roles.get(s["id"], "-"))]
-        cells += ['<span class="yes">&#10003;</span>' if seq in s["sequences"] else "" for seq
-                  in SEQUENCES]
+        fallbacks = s.get("centerline_fallbacks", {})
+        cells += [_available_cell(seq, s["sequences"], fallbacks) for seq in SEQUENCES]
         rows.append(cells)
     matrix = _table(["subject", "cohort", "role", *SEQUENCES], rows, "availability")
     cohorts = sorted({s["cohort"] or "-" for s in document["subjects"]})
@@ -164,7 +164,23 @@ def availability_section(document: dict, fold: dict | None) -> str:
     failed = "".join(f"<li>{escape(f['id'])}: {escape(f['reason'])}</li>"
                      for f in document.get("failed", []))
     failed = f"<p>Failed pre-processing:</p><ul>{failed}</ul>" if failed else ""
-    return summary + matrix + failed
+    fallbacks = "".join(
+        f"<li>{escape(s['id'])} {escape(seq)}: {escape(reason)}</li>"
+        for s in document["subjects"] for seq, reason in s.get("centerline_fallbacks", {}).items())
+    if fallbacks:
+        fallbacks = ("<p>Centreline fallbacks (<span class=\"fallback\">&#10003;*</span>: the "
+                     "sequence's own centreline was missing, too short or implausible, and the "
+                     "T2Sag centreline refined in its image was used):</p>"
+                     f"<ul>{fallbacks}</ul>")
+    return summary + matrix + failed + fallbacks
+
+
+def _available_cell(seq: str, sequences: list[str], fallbacks: dict[str, str]) -> str:
+    if seq not in sequences:
+        return ""
+    if seq in fallbacks:
+        return f'<span class="fallback" title="{escape(fallbacks[seq])}">&#10003;*</span>'
+    return '<span class="yes">&#10003;</span>'
 
 
 def tables_section(records, manifest: dict) -> str:
@@ -332,6 +348,7 @@ th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 caption{font-weight:600;text-align:left;padding:4px 0}
 .yes{color:#2a9d8f;font-weight:700}
+.fallback{color:#e76f51;font-weight:700}
 .note{font-size:12px;color:#555}
 img.wide{max-width:100%}
 figure.qc,figure.curve{display:inline-block;margin:8px;vertical-align:top}

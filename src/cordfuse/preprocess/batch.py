@@ -37,12 +37,14 @@ class SubjectResult:
     nz: int = 0
     has_label: bool = False
     warnings: list[str] = field(default_factory=list)
+    fallbacks: dict[str, str] = field(default_factory=dict)  # sequence -> why (T2Sag centreline)
 
 
 def _result(prepared: PreparedSubject, status: str) -> SubjectResult:
     return SubjectResult(prepared.subject, status, cohort=prepared.cohort,
                          sequences=prepared.sequences, nz=prepared.geometry.nz,
-                         has_label=prepared.label is not None, warnings=prepared.warnings)
+                         has_label=prepared.label is not None, warnings=prepared.warnings,
+                         fallbacks=prepared.fallbacks)
 
 
 def prepare_one(subject: Subject, out: Path, config: PrepConfig, *, overwrite: bool, qc: bool):
@@ -120,7 +122,8 @@ def write_dataset_json(out: Path, config: PrepConfig, results: list[SubjectResul
         "cohorts": sorted({r.cohort for r in done if r.cohort}),
         "subjects": [
             {"id": r.name, "cohort": r.cohort, "sequences": r.sequences, "nz": r.nz,
-             "has_label": r.has_label, "warnings": r.warnings}
+             "has_label": r.has_label, "warnings": r.warnings,
+             "centerline_fallbacks": r.fallbacks}
             for r in done
         ],
         "failed": [{"id": r.name, "reason": r.message} for r in results if r.status == "failed"],

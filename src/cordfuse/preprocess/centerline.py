@@ -38,24 +38,78 @@ from scipy import ndimage
 from cordfuse.errors import CordfuseError
 from cordfuse.io import apply_affine, atomic_write_text, voxel_sizes
 
-# Cord half-axes (LR, AP) in mm tried by the detector; the CSF ring hugs the cord boundary and
-# the outer zone samples the tissue beyond the canal.
-CORD_SIZES_MM = ((4.5, 3.2), (5.5, 3.8), (6.8, 4.6))
-RING_OFFSETS_MM = (0.7, 3.0)
-OUTER_OFFSETS_MM = (4.5, 8.0)
-COARSE_INPLANE_MM = 1.0
-COARSE_SI_MM = 2.5
-MAX_CANDIDATES = 8
-REFINE_STEP_MM = 2.0
-CORD_MARGIN_MM = 0.5  # refinement window: the cord ellipse grown by this margin
-CANAL_WEIGHT = 1.5
-CENTRE_PRIOR = 0.3  # spinal FOVs are centred on the spine: a weak pull towards the FOV centre
-MIDLINE_PRIOR = 0.5  # on wide axial FOVs: pull towards the left-right symmetry axis ...
-MIDLINE_SCALE_MM = 20.0  # ... costing MIDLINE_PRIOR at 20 mm off the axis
-SURFACE_MARGIN_MM = 15.0  # the cord is never this close to the air around the body
-WIDE_FOV_MM = 80.0  # in-plane extent from which the body outline and its midline are in view
-BACKGROUND_LEVEL = 0.05  # normalised intensity below which border-connected voxels are air
-JUMP_PENALTY = 0.15  # cost per mm^2 of in-plane jump, per mm of S-I distance
+
+@dataclass(frozen=True)
+class DetectorParams:
+    """Tuning constants of the ``auto`` detector, in millimetres unless said otherwise.
+
+    The defaults were tuned on the synthetic cohorts and the native real scans, then checked at
+    clinical geometry (3-4 mm sagittal, 4-5 mm axial slices; see ``tests/test_centerline.py``).
+
+    Attributes:
+        cord_sizes_mm: cord half-axes (left-right, antero-posterior) tried by the detector.
+        ring_offsets_mm: the CSF ring, from and to this far beyond the cord boundary.
+        outer_offsets_mm: the tissue beyond the canal, from and to this far beyond the cord.
+        coarse_inplane_mm: in-plane pixel of the global search grid.
+        coarse_si_mm: S-I step of the global search grid.
+        peak_spacing_mm: candidates of one slice are local maxima at least this far apart.
+        max_candidates: candidates kept per slice for the path search.
+        jump_penalty: path cost per mm^2 of in-plane jump, per mm of S-I distance.
+        refine_step_mm: S-I distance between the slices refined at native resolution.
+        cord_margin_mm: the refinement window is the cord ellipse grown by this margin.
+        canal_weight: weight of the canal (cord + CSF) against the tissue beyond it, on bright-CSF
+            contrasts only. It carries the detection where cord and CSF are close (T2*: bright
+            grey matter); on dark-CSF contrasts (T1) bone and muscle beyond the canal are as dark
+            as CSF once thick slices average them, and fat pads between muscles then win.
+        centre_prior: a weak pull towards the FOV centre (spinal FOVs are centred on the spine),
+            in units of the normalised response at the FOV corner.
+        wide_fov_mm: in-plane extent from which the body outline and its midline are in view.
+        midline_prior: on wide FOVs, the cost of being ``midline_scale_mm`` off the left-right
+            symmetry axis, on which the cord lies (vessels come in pairs).
+        midline_scale_mm: see ``midline_prior``.
+        surface_margin_mm: the cord is never this close to the air around the body.
+        background_level: normalised intensity below which border-connected voxels are air.
+        extent_strength: a slice belongs to the cord where its path response exceeds this
+            fraction of the median response ...
+        extent_cnr: ... and the refined cord-CSF contrast-to-noise ratio exceeds this.
+        mirror_max_spacing_mm: the left-right symmetry refinement runs where the left-right
+            pixel is at most this (the cord must be resolved across; thick sagittal slices are
+            not).
+        max_median_mm: a sequence's centreline whose median in-plane distance to the T2Sag one
+            exceeds this is implausible, as is one with ...
+        max_p90_mm: ... a 90th percentile beyond this. The cord is 8-13 mm wide, so 5 mm (or
+            10 % of the path at 8 mm) has left it, while patients rarely move more than 2-3 mm
+            between two sequences of one session.
+        min_coverage: a centreline spanning less than this fraction of the S-I range where its
+            field of view meets the T2Sag cord is too short.
+    """
+
+    cord_sizes_mm: tuple[tuple[float, float], ...] = ((4.5, 3.2), (5.5, 3.8), (6.8, 4.6))
+    ring_offsets_mm: tuple[float, float] = (0.7, 3.0)
+    outer_offsets_mm: tuple[float, float] = (4.5, 8.0)
+    coarse_inplane_mm: float = 1.0
+    coarse_si_mm: float = 2.5
+    peak_spacing_mm: float = 6.0
+    max_candidates: int = 8
+    jump_penalty: float = 0.15
+    refine_step_mm: float = 2.0
+    cord_margin_mm: float = 0.5
+    canal_weight: float = 1.5
+    centre_prior: float = 0.3
+    wide_fov_mm: float = 80.0
+    midline_prior: float = 0.5
+    midline_scale_mm: float = 20.0
+    surface_margin_mm: float = 15.0
+    background_level: float = 0.05
+    extent_strength: float = 0.35
+    extent_cnr: float = 1.0
+    mirror_max_spacing_mm: float = 1.5
+    max_median_mm: float = 5.0
+    max_p90_mm: float = 8.0
+    min_coverage: float = 0.5
+
+
+DEFAULT_PARAMS = DetectorParams()
 
 
 @dataclass(frozen=True)
@@ -147,9 +201,9 @@ class _Slices:
     spacing: np.ndarray
 
 
-def _coarsen(fine: _Slices) -> tuple[_Slices, tuple[int, int, int]]:
+def _coarsen(fine: _Slices, params: DetectorParams) -> tuple[_Slices, tuple[int, int, int]]:
     """Average-pool to ~1 mm in-plane and ~2.5 mm S-I for the global search."""
-    targets = (COARSE_INPLANE_MM, COARSE_INPLANE_MM, COARSE_SI_MM)
+    targets = (params.coarse_inplane_mm, params.coarse_inplane_mm, params.coarse_si_mm)
     shape = fine.data.shape
     factors = tuple(
         max(1, min(n, round(t / s))) for t, s, n in zip(targets, fine.spacing, shape, strict=True)
@@ -166,7 +220,12 @@ def _coarsen(fine: _Slices) -> tuple[_Slices, tuple[int, int, int]]:
 
 
 def detect_centerline(
-    data: np.ndarray, affine: np.ndarray, *, polarity: str = "auto", smooth_mm: float = 3.0
+    data: np.ndarray,
+    affine: np.ndarray,
+    *,
+    polarity: str = "auto",
+    smooth_mm: float = 3.0,
+    params: DetectorParams = DEFAULT_PARAMS,
 ) -> Centerline:
     """Find the cord centreline of an image of any contrast (see the module docstring).
 
@@ -175,6 +234,7 @@ def detect_centerline(
         affine: its voxel-to-world affine.
         polarity: ``"bright-csf"`` (T2, STIR, T2*), ``"dark-csf"`` (T1, MP2RAGE) or ``"auto"``.
         smooth_mm: Gaussian smoothing of the path along S-I (mm).
+        params: the detector's tuning constants.
 
     Raises:
         CordfuseError: no cord-like structure found.
@@ -183,30 +243,136 @@ def detect_centerline(
     if not np.isfinite(canon_data).all():
         raise CordfuseError("image has NaN/Inf voxels")
     fine = _Slices(canon_data, canon_affine, voxel_sizes(canon_affine))
-    coarse, factors = _coarsen(fine)
+    coarse, factors = _coarsen(fine, params)
     image = _normalise(coarse.data)
     extent = np.asarray(coarse.data.shape[:2]) * coarse.spacing[:2]
-    if extent.min() >= WIDE_FOV_MM:  # the whole neck is in view: air and body surface exist
-        valid = _tissue(coarse.data, image)
-        deep = _deep_enough(valid, coarse.data, coarse.spacing)
+    if extent.min() >= params.wide_fov_mm:  # the whole neck is in view: air and body surface exist
+        valid = _tissue(coarse.data, image, params.background_level)
+        deep = _deep_enough(valid, coarse.data, coarse.spacing, params.surface_margin_mm)
     else:
         valid = coarse.data != 0  # exact zeros: outside the acquired field of view
         deep = np.ones(coarse.data.shape, dtype=bool)
     fine_norm = _Slices(_normalise(canon_data), canon_affine, fine.spacing)
     signs = {"bright-csf": [1.0], "dark-csf": [-1.0], "auto": [1.0, -1.0]}[polarity]
     response = {sign: np.full(image.shape, -np.inf, np.float32) for sign in signs}
-    for half_axes in CORD_SIZES_MM:
-        zones = _zone_means(image, valid, coarse.spacing, half_axes)
+    for half_axes in params.cord_sizes_mm:
+        zones = _zone_means(image, valid, coarse.spacing, half_axes, params)
         for sign in signs:
-            np.maximum(response[sign], _response(sign, zones), out=response[sign])
+            np.maximum(response[sign], _response(sign, zones, params), out=response[sign])
     best = None
     for sign in signs:
-        result = _detect(fine_norm, coarse, factors, sign, response[sign], deep)
+        result = _detect(fine_norm, coarse, factors, sign, response[sign], deep, params)
         if result is not None and (best is None or result[1] > best[1]):
             best = result
     if best is None:
         raise CordfuseError("no spinal cord found (no cord-in-CSF pattern along S-I)")
     return Centerline(_smooth(best[0], smooth_mm))
+
+
+def refine_along(
+    data: np.ndarray,
+    affine: np.ndarray,
+    guide: Centerline,
+    *,
+    polarity: str = "auto",
+    smooth_mm: float = 3.0,
+    params: DetectorParams = DEFAULT_PARAMS,
+) -> Centerline:
+    """The cord of an image found around another scan's centreline (the fallback of
+    :func:`check_against_reference`): every ``refine_step_mm`` of the image's S-I extent that
+    ``guide`` spans, the partial-volume centroid of the cord is searched around the guide, and
+    kept where it moves at most ``max(cord_sizes_mm)`` (else the guide's point stays).
+
+    Raises:
+        CordfuseError: the image does not overlap the guide along S-I, or shows no cord-in-CSF
+            contrast anywhere along it.
+    """
+    canon_data, canon_affine = _canonical(data, affine)
+    fine = _Slices(_normalise(canon_data), canon_affine, voxel_sizes(canon_affine))
+    # The guide in this image's voxels, as a function of the S-I voxel index.
+    along = np.arange(guide.z_range[0], guide.z_range[1] + 0.25, 0.25)
+    vox = apply_affine(np.linalg.inv(canon_affine), np.c_[guide.xy_at(along), along])
+    order = np.argsort(vox[:, 2])
+    vox = vox[order]
+    step = max(1, round(params.refine_step_mm / fine.spacing[2]))
+    slices = np.arange(0, canon_data.shape[2], step)
+    slices = slices[(slices >= vox[0, 2]) & (slices <= vox[-1, 2])]
+    if slices.size < 2:
+        raise CordfuseError("the image does not overlap the reference centreline along S-I")
+    seeds = np.stack([np.interp(slices, vox[:, 2], vox[:, a]) for a in (0, 1)], axis=1)
+    signs = {"bright-csf": [1.0], "dark-csf": [-1.0], "auto": [1.0, -1.0]}[polarity]
+    reach = max(max(size) for size in params.cord_sizes_mm)
+    best, best_cnr = None, -np.inf
+    for sign in signs:
+        found = np.array(
+            [
+                np.median(
+                    [_refine(fine, sign, k, seed, size, params) for size in params.cord_sizes_mm],
+                    axis=0,
+                )
+                for k, seed in zip(slices, seeds, strict=True)
+            ]
+        )
+        moved = np.hypot(*((found[:, :2] - seeds) * fine.spacing[:2]).T)
+        keep = (found[:, 2] > params.extent_cnr) & (moved <= reach)
+        ij = np.where(keep[:, None], found[:, :2], seeds)
+        if keep.any() and np.median(found[:, 2]) > best_cnr:
+            best, best_cnr = ij, float(np.median(found[:, 2]))
+    if best is None:
+        raise CordfuseError("no cord visible, even along the reference centreline")
+    world = apply_affine(canon_affine, np.c_[best, slices])
+    return Centerline(_smooth(world, smooth_mm))
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How a sequence's centreline compares with the T2Sag one (world mm, common S-I range).
+
+    Attributes:
+        problem: why the centreline is not trusted (empty when it is).
+        median_mm: median in-plane distance to the T2Sag centreline over the common range.
+        p90_mm: its 90th percentile.
+        coverage: fraction of the expected common S-I range this centreline spans.
+    """
+
+    problem: str
+    median_mm: float = float("nan")
+    p90_mm: float = float("nan")
+    coverage: float = float("nan")
+
+
+def check_against_reference(
+    line: Centerline,
+    reference: Centerline,
+    field_of_view_z: tuple[float, float],
+    params: DetectorParams = DEFAULT_PARAMS,
+) -> Agreement:
+    """Whether ``line`` (one sequence) is plausible against the T2Sag ``reference``.
+
+    Args:
+        line: the sequence's own centreline.
+        reference: the T2Sag centreline.
+        field_of_view_z: the sequence's S-I extent (world mm): where its cord could be found.
+        params: the thresholds (``max_median_mm``, ``max_p90_mm``, ``min_coverage``).
+    """
+    lo = max(reference.z_range[0], field_of_view_z[0])
+    hi = min(reference.z_range[1], field_of_view_z[1])
+    expected = hi - lo
+    if expected <= 0:
+        return Agreement("its field of view does not meet the T2Sag cord")
+    common_lo, common_hi = max(lo, line.z_range[0]), min(hi, line.z_range[1])
+    coverage = max(0.0, common_hi - common_lo) / expected
+    if coverage < params.min_coverage:
+        return Agreement(
+            f"too short ({coverage:.0%} of the {expected:.0f} mm it should span)", coverage=coverage
+        )
+    z = np.linspace(common_lo, common_hi, max(2, int((common_hi - common_lo) / 1.0) + 1))
+    distance = np.hypot(*(line.xy_at(z) - reference.xy_at(z)).T)
+    median, p90 = float(np.median(distance)), float(np.percentile(distance, 90))
+    problem = ""
+    if median > params.max_median_mm or p90 > params.max_p90_mm:
+        problem = f"implausible ({median:.1f} mm from the T2Sag centreline, median)"
+    return Agreement(problem, median, p90, coverage)
 
 
 def _ellipse_zone(spacing, half_axes, offsets, sector: int | None = None) -> np.ndarray:
@@ -236,7 +402,9 @@ def _ellipse_zone(spacing, half_axes, offsets, sector: int | None = None) -> np.
     return kernel / kernel.sum()
 
 
-def _zone_means(image: np.ndarray, valid: np.ndarray, spacing, half_axes) -> list[np.ndarray]:
+def _zone_means(
+    image: np.ndarray, valid: np.ndarray, spacing, half_axes, params: DetectorParams
+) -> list[np.ndarray]:
     """Mean intensity inside the cord, in each quarter of the CSF ring and beyond the canal.
 
     Normalised convolution: only ``valid`` voxels count, so the field-of-view border and
@@ -249,8 +417,8 @@ def _zone_means(image: np.ndarray, valid: np.ndarray, spacing, half_axes) -> lis
     # The cord zone is its white-matter wall (0.45-0.85 of the half-axes): on T2* the grey matter
     # is nearly as bright as CSF, while the white matter stays darker on every T2-like contrast.
     zones = [((-0.55 * b, -0.15 * b), None, 0.9)]
-    zones += [(RING_OFFSETS_MM, sector, 0.6) for sector in range(4)]
-    zones += [(OUTER_OFFSETS_MM, None, 0.3), ((-1.0, RING_OFFSETS_MM[1]), None, 0.6)]
+    zones += [(params.ring_offsets_mm, sector, 0.6) for sector in range(4)]
+    zones += [(params.outer_offsets_mm, None, 0.3), ((-1.0, params.ring_offsets_mm[1]), None, 0.6)]
     weights = valid.astype(np.float32)
     out = []
     for offsets, sector, support in zones:
@@ -262,7 +430,7 @@ def _zone_means(image: np.ndarray, valid: np.ndarray, spacing, half_axes) -> lis
     return out
 
 
-def _response(sign: float, zones) -> np.ndarray:
+def _response(sign: float, zones, params: DetectorParams) -> np.ndarray:
     """Cord-in-canal response: every quarter of the CSF ring must differ from the cord inside it,
     and the ring from the tissue outside it (where known), in the direction ``sign`` (+1: CSF
     brighter, as on T2). A bright fat band or a vessel fails the all-around test."""
@@ -273,14 +441,15 @@ def _response(sign: float, zones) -> np.ndarray:
     # The canal as a whole (cord + CSF) against the tissue beyond it: carries the detection
     # where cord and CSF are close (T2*: bright grey matter).
     canal_contrast = np.where(np.isnan(outer), 0.0, canal - outer)
-    return np.nan_to_num(ring_contrast + CANAL_WEIGHT * canal_contrast, nan=-1.0)
+    weight = params.canal_weight if sign > 0 else 0.0
+    return np.nan_to_num(ring_contrast + weight * canal_contrast, nan=-1.0)
 
 
-def _tissue(data: np.ndarray, image: np.ndarray) -> np.ndarray:
+def _tissue(data: np.ndarray, image: np.ndarray, background_level: float) -> np.ndarray:
     """Voxels that show the subject: not zero-filled (outside the acquired field of view) and
     not the air around the body (dark regions connected to the in-plane border). Body-surface
     fat next to air otherwise mimics a canal."""
-    dark = image < BACKGROUND_LEVEL
+    dark = image < background_level
     labels, n = ndimage.label(dark)
     if n:
         border = np.zeros_like(dark)
@@ -300,24 +469,24 @@ def _normalise(data: np.ndarray) -> np.ndarray:
     return np.clip((data - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32)
 
 
-def _candidates(resp_slice: np.ndarray, spacing) -> np.ndarray:
-    size = (max(3, round(6.0 / spacing[0])), max(3, round(6.0 / spacing[1])))
+def _candidates(resp_slice: np.ndarray, spacing, params: DetectorParams) -> np.ndarray:
+    size = tuple(max(3, round(params.peak_spacing_mm / step)) for step in spacing[:2])
     peaks = (resp_slice == ndimage.maximum_filter(resp_slice, size=size)) & (resp_slice > 0)
     ij = np.argwhere(peaks)
     if len(ij) == 0:
         ij = np.array([np.unravel_index(np.argmax(resp_slice), resp_slice.shape)])
     values = resp_slice[ij[:, 0], ij[:, 1]]
-    order = np.argsort(values)[::-1][:MAX_CANDIDATES]
+    order = np.argsort(values)[::-1][: params.max_candidates]
     return ij[order]
 
 
-def _viterbi(cands: list[np.ndarray], scores: list[np.ndarray], spacing) -> list[int]:
+def _viterbi(cands: list[np.ndarray], scores: list[np.ndarray], spacing, jump_penalty: float):
     sx, sy, sz = spacing
     cost = -scores[0]
     back = []
     for k in range(1, len(cands)):
         d = (cands[k][:, None, :] - cands[k - 1][None, :, :]) * np.array([sx, sy])
-        trans = JUMP_PENALTY * (d**2).sum(-1) / sz
+        trans = jump_penalty * (d**2).sum(-1) / sz
         total = cost[None, :] + trans
         arg = np.argmin(total, axis=1)
         back.append(arg)
@@ -328,34 +497,41 @@ def _viterbi(cands: list[np.ndarray], scores: list[np.ndarray], spacing) -> list
     return path[::-1]
 
 
-def _detect(fine: _Slices, coarse: _Slices, factors, sign: float, resp, deep):
+def _detect(
+    fine: _Slices, coarse: _Slices, factors, sign: float, resp, deep, params: DetectorParams
+):
     scale = np.percentile(resp, 99.9)
     if not np.isfinite(scale) or scale <= 0:
         return None
     raw = resp
-    prior = _position_prior(coarse)
+    prior = _position_prior(coarse, params)
     resp = np.where(deep, resp / scale - prior[:, :, None], -1.0)
     nz = resp.shape[2]
-    cands = [_candidates(resp[:, :, k], coarse.spacing) for k in range(nz)]
+    cands = [_candidates(resp[:, :, k], coarse.spacing, params) for k in range(nz)]
     scores = [resp[c[:, 0], c[:, 1], k] for k, c in enumerate(cands)]
-    path = _viterbi(cands, scores, coarse.spacing)
+    path = _viterbi(cands, scores, coarse.spacing, params.jump_penalty)
     seeds = np.array([cands[k][path[k]] for k in range(nz)], dtype=float)
     strength = np.array([scores[k][path[k]] for k in range(nz)])
     # Coarse path -> every native slice (coarse voxel centres in fine voxel units).
     fi, fj, fk = factors
     coarse_k = fk * np.arange(nz) + (fk - 1) / 2
-    # Refine on slices ~REFINE_STEP_MM apart: the path is smoothed over several mm anyway.
-    step = max(1, round(REFINE_STEP_MM / fine.spacing[2]))
+    # Refine on slices ~refine_step_mm apart: the path is smoothed over several mm anyway.
+    step = max(1, round(params.refine_step_mm / fine.spacing[2]))
     fine_k = np.arange(0, fine.data.shape[2], step)
     seed_i = np.interp(fine_k, coarse_k, fi * seeds[:, 0] + (fi - 1) / 2)
     seed_j = np.interp(fine_k, coarse_k, fj * seeds[:, 1] + (fj - 1) / 2)
     nearest = np.clip(np.rint((fine_k - (fk - 1) / 2) / fk).astype(int), 0, nz - 1)
     # Refine with every cord size and keep the median: robust to the size the search picked.
-    refined = np.array([
-        np.median([_refine(fine, sign, k, (si, sj), size) for size in CORD_SIZES_MM], axis=0)
-        for k, si, sj in zip(fine_k, seed_i, seed_j, strict=True)
-    ])
-    valid = _cord_extent(strength[nearest], refined[:, 2])
+    refined = np.array(
+        [
+            np.median(
+                [_refine(fine, sign, k, (si, sj), size, params) for size in params.cord_sizes_mm],
+                axis=0,
+            )
+            for k, si, sj in zip(fine_k, seed_i, seed_j, strict=True)
+        ]
+    )
+    valid = _cord_extent(strength[nearest], refined[:, 2], params)
     if valid.sum() < 2:
         return None
     ks = fine_k[valid]
@@ -364,12 +540,13 @@ def _detect(fine: _Slices, coarse: _Slices, factors, sign: float, resp, deep):
     world = apply_affine(fine.affine, np.c_[ij, ks])
     # Path quality, comparable between polarities (same intensity units): mean raw response.
     coarse_valid = np.unique(nearest[valid])
-    quality = float(np.mean([raw[seeds[k, 0].astype(int), seeds[k, 1].astype(int), k]
-                             for k in coarse_valid]))
+    quality = float(
+        np.mean([raw[seeds[k, 0].astype(int), seeds[k, 1].astype(int), k] for k in coarse_valid])
+    )
     return world, quality
 
 
-def _position_prior(coarse: _Slices) -> np.ndarray:
+def _position_prior(coarse: _Slices, params: DetectorParams) -> np.ndarray:
     """Penalty on in-plane positions: a weak pull towards the FOV centre (spinal FOVs are
     centred on the spine) and, on wide axial FOVs, a pull towards the body's left-right
     symmetry axis, on which the cord lies (vertebral arteries and jugulars come in pairs)."""
@@ -377,23 +554,27 @@ def _position_prior(coarse: _Slices) -> np.ndarray:
     x = (np.arange(shape[0]) - (shape[0] - 1) / 2) * spacing[0]
     y = (np.arange(shape[1]) - (shape[1] - 1) / 2) * spacing[1]
     half_diagonal = max(np.hypot(x[-1], y[-1]), 1e-6)
-    prior = CENTRE_PRIOR * (x[:, None] ** 2 + y[None, :] ** 2) / half_diagonal**2
-    if x[-1] - x[0] >= WIDE_FOV_MM:
+    prior = params.centre_prior * (x[:, None] ** 2 + y[None, :] ** 2) / half_diagonal**2
+    if x[-1] - x[0] >= params.wide_fov_mm:
         midline = _symmetry_axis(coarse.data) * spacing[0] + x[0]
-        prior = prior + MIDLINE_PRIOR * ((x[:, None] - midline) / MIDLINE_SCALE_MM) ** 2
+        off_axis = (x[:, None] - midline) / params.midline_scale_mm
+        prior = prior + params.midline_prior * off_axis**2
     return prior
 
 
-def _deep_enough(valid: np.ndarray, data: np.ndarray, spacing) -> np.ndarray:
-    """False within SURFACE_MARGIN_MM of the air around the body (the cord is always deep)."""
+def _deep_enough(valid: np.ndarray, data: np.ndarray, spacing, margin_mm: float) -> np.ndarray:
+    """False within ``margin_mm`` of the air around the body (the cord is always deep)."""
     air = ~valid & (data != 0)
     if not air.any():
         return np.ones_like(valid)
-    depth = np.stack([
-        ndimage.distance_transform_edt(~air[:, :, k], sampling=spacing[:2])
-        for k in range(air.shape[2])
-    ], axis=2)
-    return depth >= SURFACE_MARGIN_MM
+    depth = np.stack(
+        [
+            ndimage.distance_transform_edt(~air[:, :, k], sampling=spacing[:2])
+            for k in range(air.shape[2])
+        ],
+        axis=2,
+    )
+    return depth >= margin_mm
 
 
 def _symmetry_axis(data: np.ndarray) -> float:
@@ -412,7 +593,9 @@ def _symmetry_axis(data: np.ndarray) -> float:
     return float(s[central][np.argmax(score[central])] / 2)
 
 
-def _refine(fine: _Slices, sign: float, k: int, seed, half_axes, iterations: int = 3):
+def _refine(
+    fine: _Slices, sign: float, k: int, seed, half_axes, params: DetectorParams, iterations: int = 3
+):
     """Partial-volume weighted centroid of the cord around ``seed`` in slice ``k``.
 
     Returns ``(i, j, cnr)``: the refined voxel position and the cord-CSF contrast-to-noise
@@ -433,8 +616,9 @@ def _refine(fine: _Slices, sign: float, k: int, seed, half_axes, iterations: int
         ii, jj = np.indices(roi.shape)
         x, y = (ii + lo_i - ci) * sx, (jj + lo_j - cj) * sy
         rho_cord = (x / a) ** 2 + (y / b) ** 2
-        rho_ring_in = (x / (a + RING_OFFSETS_MM[0])) ** 2 + (y / (b + RING_OFFSETS_MM[0])) ** 2
-        rho_ring_out = (x / (a + RING_OFFSETS_MM[1])) ** 2 + (y / (b + RING_OFFSETS_MM[1])) ** 2
+        ring_in, ring_out = params.ring_offsets_mm
+        rho_ring_in = (x / (a + ring_in)) ** 2 + (y / (b + ring_in)) ** 2
+        rho_ring_out = (x / (a + ring_out)) ** 2 + (y / (b + ring_out)) ** 2
         inner = roi[rho_cord <= 0.3]
         ring = roi[(rho_ring_in > 1) & (rho_ring_out <= 1)]
         if inner.size == 0 or ring.size < 3:
@@ -447,7 +631,8 @@ def _refine(fine: _Slices, sign: float, k: int, seed, half_axes, iterations: int
         frac = np.clip((csf_level - roi) / contrast, 0, 1)
         # Mean shift with a cord-sized window: CSF inside the window pushes the estimate back
         # towards the cord, while dark tissue beyond a thin CSF layer stays out of reach.
-        weights = frac * (((x / (a + CORD_MARGIN_MM)) ** 2 + (y / (b + CORD_MARGIN_MM)) ** 2) <= 1)
+        margin = params.cord_margin_mm
+        weights = frac * (((x / (a + margin)) ** 2 + (y / (b + margin)) ** 2) <= 1)
         total = weights.sum()
         if total <= 0:
             cnr = 0.0
@@ -455,13 +640,40 @@ def _refine(fine: _Slices, sign: float, k: int, seed, half_axes, iterations: int
         ci = float((weights * ii).sum() / total + lo_i)
         cj = float((weights * jj).sum() / total + lo_j)
         cnr = float(contrast / (np.std(inner) + 0.02))
+    if cnr > 0 and fine.spacing[0] <= params.mirror_max_spacing_mm:
+        ci = _mirror_centre(image, ci, cj, fine.spacing, a + params.ring_offsets_mm[1], b)
     return np.array([ci, cj, cnr])
 
 
-def _cord_extent(strength: np.ndarray, contrast: np.ndarray) -> np.ndarray:
+def _mirror_centre(image: np.ndarray, ci: float, cj: float, spacing, reach: float, b: float):
+    """Left-right position (voxels) about which the canal's left-right profile (``reach`` mm
+    to each side, rows within ``b / 2`` mm of ``cj``) is most symmetric, within 1.5 mm of ``ci``.
+
+    The cord and its CSF are mirror-symmetric left-right, while the partial-volume centroid is
+    pulled by whatever is brightest inside the cord (the grey matter on T2*, a lesion)."""
+    sx, sy = spacing[:2]
+    rows = np.arange(int(np.floor(cj - 0.5 * b / sy)), int(np.ceil(cj + 0.5 * b / sy)) + 1)
+    rows = rows[(rows >= 0) & (rows < image.shape[1])]
+    if rows.size == 0:
+        return ci
+    profile = image[:, rows].mean(axis=1)
+    x = np.arange(image.shape[0])
+    t = np.arange(0.0, reach, min(sx, 0.5)) / sx  # half-widths compared, in voxels
+    best, best_cost = ci, np.inf
+    for centre in ci + np.arange(-1.5, 1.5001, 0.1) / sx:
+        left, right = centre - t, centre + t
+        if left[-1] < 0 or right[-1] > x[-1]:
+            continue
+        cost = np.mean((np.interp(left, x, profile) - np.interp(right, x, profile)) ** 2)
+        if cost < best_cost:
+            best, best_cost = centre, cost
+    return float(best)
+
+
+def _cord_extent(strength: np.ndarray, contrast: np.ndarray, params: DetectorParams):
     """Slices that belong to the cord: the longest run where the cord pattern is present."""
     reference = np.median(strength[strength > 0]) if (strength > 0).any() else 0.0
-    good = (strength > 0.35 * reference) & (contrast > 1.0)
+    good = (strength > params.extent_strength * reference) & (contrast > params.extent_cnr)
     # Close small gaps (a noisy slice), then keep the longest run.
     good = ndimage.binary_closing(good, structure=np.ones(3)) | good
     labels, n = ndimage.label(good)

@@ -23,7 +23,9 @@ from cordfuse.io import atomic_write_bytes, read_volume, same_grid
 from cordfuse.preprocess.centerline import (
     Centerline,
     centerline_from_mask,
+    check_against_reference,
     detect_centerline,
+    refine_along,
     sct_centerline,
 )
 from cordfuse.preprocess.crop import (
@@ -79,6 +81,13 @@ class PreparedSubject:
     t2sag: dict
     config: PrepConfig
     warnings: list[str] = field(default_factory=list)
+    centerlines: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    @property
+    def fallbacks(self) -> dict[str, str]:
+        """Sequences whose centreline fell back to the T2Sag one, and why."""
+        return {seq: info["reason"] for seq, info in self.centerlines.items()
+                if info["method"] == FALLBACK}
 
     @property
     def sequences(self) -> list[str]:
@@ -109,6 +118,7 @@ class PreparedSubject:
             "t2sag": self.t2sag,
             "config": asdict(self.config),
             "warnings": self.warnings,
+            "centerlines": self.centerlines,
             "has_label": self.label is not None,
         }
 
@@ -141,7 +151,7 @@ class PreparedSubject:
                                 f"this is {__version__}; prepare again")
         return cls(meta["subject"], meta["cohort"], CropGeometry(**meta["geometry"]), images,
                    centres, label, meta["stats"], meta["t2sag"], PrepConfig(**meta["config"]),
-                   meta.get("warnings", []))
+                   meta.get("warnings", []), meta.get("centerlines", {}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,10 +179,7 @@ def load_sequence(subject: Subject, seq: str, config: PrepConfig) -> tuple[Fused
         labels = {}
         if seq == REFERENCE_SEQUENCE and scan.lesion_label is not None:
             labels["lesion"] = _read_label(scan.lesion_label, data.shape, affine)
-        if config.centerline == "mask":
-            if scan.cord_label is None:
-                raise CordfuseError(f"{scan.path}: --centerline mask needs its cord mask "
-                                    f"({scan.stem}_seg-manual.nii.gz in derivatives/labels)")
+        if config.centerline == "mask" and scan.cord_label is not None:
             labels["cord"] = _read_label(scan.cord_label, data.shape, affine)
         slabs.append(Slab.from_array(data, affine, labels=labels, name=str(scan.path)))
         paths.append(scan.path)
@@ -197,63 +204,123 @@ def fused_t2sag_image(prepared: PreparedSubject) -> np.ndarray:
     return FusedSequence(slabs).render()[0]
 
 
-def sequence_centerline(fused: FusedSequence, seq: str, config: PrepConfig) -> Centerline:
-    """Centreline of a fused sequence: found on each slab, kept within the slab's S-I share."""
-    points = []
-    errors = []
+def sequence_centerline(fused: FusedSequence, seq: str, config: PrepConfig):
+    """Centreline of a fused sequence, found on each slab and kept within the slab's S-I share,
+    and the method that found it (``mask`` only where the slab has a cord mask, else ``auto``).
+
+    Raises:
+        CordfuseError: no slab shows a cord (the message names the first slab's file).
+    """
+    pieces, methods, errors = [], [], []
     for slab in fused.slabs:
+        method = config.centerline
+        if method == "mask" and "cord" not in slab.labels:
+            method = "auto"  # --centerline mask works per sequence, where masks exist
         try:
-            if config.centerline == "mask":
+            if method == "mask":
                 line = centerline_from_mask(slab.labels["cord"], slab.affine,
                                             smooth_mm=config.smooth_mm)
-            elif config.centerline == "sct":
+            elif method == "sct":
                 native = sct_centerline(slab.name)
                 correction = slab.affine @ np.linalg.inv(slab.native_affine)
-                moved = native.points @ correction[:3, :3].T + correction[:3, 3]
-                line = Centerline(moved)
+                line = Centerline(native.points @ correction[:3, :3].T + correction[:3, 3])
             else:
                 line = detect_centerline(slab.data, slab.affine, polarity=POLARITY[seq],
                                          smooth_mm=config.smooth_mm)
         except CordfuseError as exc:
             errors.append(f"{slab.name}: {str(exc).removeprefix(slab.name + ': ')}")
             continue
-        lo, hi = slab.z_bounds
-        share = line.points[(line.points[:, 2] >= lo - 5.0) & (line.points[:, 2] < hi + 5.0)]
-        points.append(share if len(share) >= 2 else line.points)
-    if not points:
+        pieces.append(_slab_share(line, slab))
+        methods.append(method)
+    if not pieces:
         raise CordfuseError(errors[0] if errors else f"{seq}: no spinal cord found")
-    return Centerline(np.concatenate(points))
+    return Centerline(np.concatenate(pieces)), "+".join(sorted(set(methods)))
+
+
+def _slab_share(line: Centerline, slab: Slab) -> np.ndarray:
+    lo, hi = slab.z_bounds
+    share = line.points[(line.points[:, 2] >= lo - 5.0) & (line.points[:, 2] < hi + 5.0)]
+    return share if len(share) >= 2 else line.points
+
+
+FALLBACK = "t2sag-fallback"
+
+
+def checked_centerline(fused: FusedSequence, seq: str, config: PrepConfig, reference: Centerline):
+    """A sequence's own centreline if it is plausible against the T2Sag ``reference``; else the
+    T2Sag centreline refined locally in the sequence's own image (see
+    :func:`~cordfuse.preprocess.centerline.check_against_reference` for the rules).
+
+    Returns:
+        ``(centreline, {"method": ..., "reason": ...})``; the method is :data:`FALLBACK` when
+        the fallback was used, and the reason says why.
+
+    Raises:
+        CordfuseError: the field of view misses the T2Sag cord, or the fallback failed too (no
+            cord visible along the T2Sag centreline).
+    """
+    fov = (min(s.z_extent()[0] for s in fused.slabs), max(s.z_extent()[1] for s in fused.slabs))
+    t2_lo, t2_hi = reference.z_range
+    if fov[1] < t2_lo or fov[0] > t2_hi:
+        raise CordfuseError(f"{fused.slabs[0].name}: field of view does not overlap the T2Sag "
+                            f"cord (scan at z {fov[0]:.0f}..{fov[1]:.0f} mm, T2Sag cord "
+                            f"{t2_lo:.0f}..{t2_hi:.0f} mm)")
+    try:
+        line, method = sequence_centerline(fused, seq, config)
+        problem = check_against_reference(line, reference, fov).problem
+    except CordfuseError as exc:
+        problem = f"not found ({str(exc).split(': ')[-1]})"
+    if not problem:
+        return line, {"method": method, "reason": ""}
+    pieces, errors = [], []
+    for slab in fused.slabs:
+        try:
+            guided = refine_along(slab.data, slab.affine, reference, polarity=POLARITY[seq],
+                                  smooth_mm=config.smooth_mm)
+        except CordfuseError as exc:
+            errors.append(str(exc))  # this slab does not meet the T2Sag cord, or shows none
+            continue
+        pieces.append(_slab_share(guided, slab))
+    if not pieces:
+        raise CordfuseError(f"{fused.slabs[0].name}: centreline {problem}, and the T2Sag "
+                            f"fallback failed ({errors[0]})")
+    return Centerline(np.concatenate(pieces)), {"method": FALLBACK, "reason": problem}
 
 
 def prepare_subject(subject: Subject, config: PrepConfig = PRESETS["paper"]) -> PreparedSubject:
     """Pre-process one subject (see the module docstring).
 
+    Every sequence's own centreline is checked against the T2Sag one; a missing, too short or
+    implausible one falls back to the T2Sag centreline refined in that sequence's image, and is
+    recorded in :attr:`PreparedSubject.centerlines` and the warnings. A sequence that shows no
+    cord even along the T2Sag centreline, or misses it, is dropped with a warning.
+
     Raises:
-        CordfuseError: one line naming the file and the reason (no T2Sag, no cord found, a field
-            of view that misses the T2Sag cord, NaNs, a label on another grid).
+        CordfuseError: one line naming the file and the reason (no T2Sag, no cord on T2Sag, a
+            field of view that misses the T2Sag cord, NaNs, a label on another grid).
     """
     if not subject.scans.get(REFERENCE_SEQUENCE):
         raise CordfuseError(f"no {REFERENCE_SEQUENCE} scan (required: lesions are defined on it)")
     fused: dict[str, FusedSequence] = {}
     lines: dict[str, Centerline] = {}
+    sources: dict[str, dict[str, str]] = {}
     warnings: list[str] = []
+    fused[REFERENCE_SEQUENCE] = load_sequence(subject, REFERENCE_SEQUENCE, config)[0]
+    reference, method = sequence_centerline(fused[REFERENCE_SEQUENCE], REFERENCE_SEQUENCE, config)
+    lines[REFERENCE_SEQUENCE] = reference
+    sources[REFERENCE_SEQUENCE] = {"method": method, "reason": ""}
     for seq in subject.sequences:
-        fused[seq], paths = load_sequence(subject, seq, config)
+        if seq == REFERENCE_SEQUENCE:
+            continue
+        fused[seq] = load_sequence(subject, seq, config)[0]
         try:
-            lines[seq] = sequence_centerline(fused[seq], seq, config)
+            lines[seq], sources[seq] = checked_centerline(fused[seq], seq, config, reference)
         except CordfuseError as exc:
-            if seq == REFERENCE_SEQUENCE:
-                raise
             warnings.append(f"{seq} dropped: {exc}")
             del fused[seq]
-    t2_lo, t2_hi = lines[REFERENCE_SEQUENCE].z_range
-    for seq in list(lines):
-        lo, hi = lines[seq].z_range
-        if hi < t2_lo or lo > t2_hi:
-            path = subject.scans[seq][0].path
-            raise CordfuseError(f"{path}: field of view does not overlap the T2Sag cord "
-                                f"(cord found at z {lo:.0f}..{hi:.0f} mm, T2Sag "
-                                f"{t2_lo:.0f}..{t2_hi:.0f} mm)")
+            continue
+        if sources[seq]["method"] == FALLBACK:
+            warnings.append(f"{seq} centreline: T2Sag fallback ({sources[seq]['reason']})")
     geometry = reference_geometry([line.z_range for line in lines.values()],
                                   spacing=config.spacing, size=config.crop_size,
                                   margin=config.margin_mm)
@@ -264,7 +331,8 @@ def prepare_subject(subject: Subject, config: PrepConfig = PRESETS["paper"]) -> 
         stats[seq] = intensity_stats(images[seq], geometry)
     label = _label_crop(subject, fused[REFERENCE_SEQUENCE], geometry, centres[REFERENCE_SEQUENCE])
     return PreparedSubject(subject.name, subject.cohort, geometry, images, centres, label, stats,
-                           _t2sag_meta(subject, fused[REFERENCE_SEQUENCE]), config, warnings)
+                           _t2sag_meta(subject, fused[REFERENCE_SEQUENCE]), config, warnings,
+                           sources)
 
 
 def sample_crop(fused: FusedSequence, geometry: CropGeometry, centres, *, what="image", order=1):

@@ -7,6 +7,7 @@ with the lesion label outlined. :func:`write_centerline_qc` draws a centreline o
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +22,10 @@ def write_prepared_qc(prepared, path: str | Path) -> None:
     geometry = prepared.geometry
     c = int(round(geometry.centre_index))
     aspect = 1.0
-    fig, axes = plt.subplots(1, 2 * len(seqs), figsize=(1.6 * 2 * len(seqs), 9),
-                             squeeze=False, facecolor="black")
+    width = max(6.4, 1.6 * 2 * len(seqs))
+    fig, axes = plt.subplots(1, 2 * len(seqs), figsize=(width, 9), squeeze=False,
+                             facecolor="black")
+    fallbacks = getattr(prepared, "fallbacks", {})
     for col, seq in enumerate(seqs):
         crop = prepared.images[seq]
         views = {"sagittal": crop[c, :, :].T, "coronal": crop[::-1, c, :].T}
@@ -39,11 +42,17 @@ def write_prepared_qc(prepared, path: str | Path) -> None:
             if labels is not None and labels[view].any():
                 ax.contour(labels[view], levels=[0.5], colors="red", linewidths=0.6,
                            origin="lower")
-            ax.set_title(f"{seq}\n{view}", color="white", fontsize=8)
+            if seq in fallbacks:  # its own centreline was not trusted: say so on the picture
+                ax.set_title(f"{seq}\n{view}\nT2Sag centreline", color="orange", fontsize=8)
+            else:
+                ax.set_title(f"{seq}\n{view}", color="white", fontsize=8)
             ax.set_axis_off()
-    fig.suptitle(f"{prepared.subject}: straightened {geometry.size}x{geometry.size} crops, "
-                 f"{geometry.spacing} mm, {geometry.nz} slices (red: lesion label)",
-                 color="white", fontsize=9)
+    title = (f"{prepared.subject}: straightened {geometry.size}x{geometry.size} crops, "
+             f"{geometry.spacing} mm, {geometry.nz} slices (red: lesion label)")
+    if fallbacks:
+        title += f"; centreline fallback to T2Sag: {', '.join(fallbacks)}"
+    # Wrapped to the figure's width: a one-sequence picture is narrow and cut a long title.
+    fig.suptitle(textwrap.fill(title, width=int(width * 11)), color="white", fontsize=9)
     atomic_write_bytes(Path(path), png_bytes(fig))
 
 
