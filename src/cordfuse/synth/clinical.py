@@ -145,3 +145,51 @@ def split_slabs(
         out.append((slice(start, stop), chunk_affine))
     return out
 
+
+# The clinical-geometry test bed: real scans with human cord masks (``../shared/data/real``),
+# each re-acquired on the clinical grids below. Sagittal grids only for ~1 mm isotropic inputs
+# (MT and T2* of SCT are already thick axial acquisitions).
+BED_SCANS = (
+    ("SCT errsm30 T2", "sct-errsm30/t2.nii.gz", "sct-errsm30/t2_seg-manual.nii.gz", True),
+    (
+        "spine-generic T1w",
+        "spinegeneric-unf01/sub-unf01_T1w.nii.gz",
+        "spinegeneric-unf01/sub-unf01_T1w_seg-manual.nii.gz",
+        True,
+    ),
+    (
+        "spine-generic T2w",
+        "spinegeneric-unf01/sub-unf01_T2w.nii.gz",
+        "spinegeneric-unf01/sub-unf01_T2w_seg-manual.nii.gz",
+        True,
+    ),
+    (
+        "spine-generic T2*",
+        "spinegeneric-unf01/sub-unf01_T2star.nii.gz",
+        "spinegeneric-unf01/sub-unf01_T2star_seg-manual.nii.gz",
+        True,
+    ),
+    ("SCT errsm30 MT", "sct-errsm30/mt1.nii.gz", "sct-errsm30/mt1_seg.nii.gz", False),
+    ("SCT T2*", "sct-t2s/t2s.nii.gz", "sct-t2s/t2s_seg.nii.gz", False),
+)
+BED_GEOMETRIES = (
+    ClinicalGeometry("sagittal", 3.0, 0.6),
+    ClinicalGeometry("sagittal", 3.0, 0.9),
+    ClinicalGeometry("sagittal", 4.0, 0.6),
+    ClinicalGeometry("sagittal", 4.0, 0.9),
+    ClinicalGeometry("axial", 4.0, 0.6),
+    ClinicalGeometry("axial", 5.0, 0.9),
+)
+
+
+def clinical_bed(real_root) -> list[tuple[str, str, str, ClinicalGeometry]]:
+    """Cases of the test bed: ``(name, image path, mask path, geometry)``."""
+    from pathlib import Path
+
+    root = Path(real_root)
+    return [
+        (name, str(root / image), str(root / mask), geometry)
+        for name, image, mask, isotropic in BED_SCANS
+        for geometry in BED_GEOMETRIES
+        if isotropic or geometry.orientation == "axial"
+    ]

@@ -1,0 +1,195 @@
+"""Real scans at clinical geometry (issue 12): the centreline on every contrast, and what happens
+when one sequence's centreline cannot be trusted (fallback to T2Sag, recorded everywhere)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import REAL_DATA, require_real_data
+from cordfuse.cli import main
+from cordfuse.dataset import discover
+from cordfuse.io import read_volume
+from cordfuse.preprocess import pipeline
+from cordfuse.preprocess.centerline import (
+    Centerline,
+    centerline_from_mask,
+    check_against_reference,
+    detect_centerline,
+    refine_along,
+)
+from cordfuse.preprocess.pipeline import FALLBACK, PRESETS, PreparedSubject, prepare_subject
+from cordfuse.synth.clinical import ClinicalGeometry, clinical_bed, reacquire
+
+BED = clinical_bed(REAL_DATA)
+
+
+def errors_against_mask(found: Centerline, mask: np.ndarray, affine: np.ndarray):
+    """In-plane distances (mm) to the per-slice centroids of a mask, and the S-I coverage."""
+    reference = centerline_from_mask(mask, affine).points
+    lo, hi = found.z_range
+    covered = np.mean((reference[:, 2] >= lo - 1.0) & (reference[:, 2] <= hi + 1.0))
+    return np.hypot(*(found.xy_at(reference[:, 2]) - reference[:, :2]).T), covered
+
+
+class TestReacquire:
+    def test_slices_average_over_their_thickness(self):
+        # A step along R-L at x = 0 mm: a 3 mm sagittal slice centred on it sees half of each side.
+        data = np.zeros((40, 10, 10), np.float32)
+        data[20:] = 1.0
+        affine = np.eye(4)
+        affine[0, 3] = -19.5  # voxel 20 starts at x = 0
+        out, out_affine = reacquire(data, affine, ClinicalGeometry("sagittal", 3.0, 1.0))
+        assert out_affine[0, 0] == 3.0 and out_affine[1, 1] == 1.0
+        centres_x = out_affine[0, 3] + 3.0 * np.arange(out.shape[0])
+        straddling = np.flatnonzero(np.abs(centres_x) < 1.5)
+        assert straddling.size == 1
+        value = out[straddling[0], 5, 5]
+        expected = 0.5 + centres_x[straddling[0]] / 3.0  # linear in the slice's offset
+        assert value == pytest.approx(expected, abs=0.1)
+        assert out[:straddling[0] - 1].max() < 1e-6 and out[straddling[0] + 2 :].min() > 1 - 1e-6
+
+    def test_mask_is_half_partial_volume_and_oblique_frames_are_kept(self):
+        data = np.zeros((30, 30, 30), np.float32)
+        data[10:20, 10:20, 10:20] = 1.0
+        rotation = np.eye(4)
+        angle = np.deg2rad(10)
+        rotation[1:3, 1:3] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+        geometry = ClinicalGeometry("axial", 4.0, 0.5)
+        mask, affine = reacquire(data, rotation, geometry, mask=True)
+        assert set(np.unique(mask)) <= {0, 1}
+        # The grid keeps the input's oblique frame: its S-I axis is the rotated third axis.
+        assert np.allclose(affine[:3, 2] / 4.0, rotation[:3, 2], atol=1e-6)
+        volume = mask.sum() * 0.5 * 0.5 * 4.0
+        assert volume == pytest.approx(1000.0, rel=0.25)
+
+
+@pytest.mark.parametrize(("name", "image", "mask", "geometry"), BED,
+                         ids=[f"{c[0]}-{c[3].label}".replace(" ", "_") for c in BED])
+def test_centreline_on_the_clinical_geometry_test_bed(name, image, mask, geometry):
+    require_real_data()
+    data, affine = read_volume(image)
+    cord, _ = read_volume(mask)
+    clinical, clinical_affine = reacquire(data, affine, geometry)
+    truth, _ = reacquire(cord, affine, geometry, mask=True)
+    found = detect_centerline(clinical, clinical_affine)
+    errors, covered = errors_against_mask(found, truth, clinical_affine)
+    assert covered >= 0.8, (name, geometry.label, covered)
+    assert np.median(errors) <= 1.0, (name, geometry.label, np.median(errors))
+    assert np.percentile(errors, 95) <= 3.0, (name, geometry.label, np.percentile(errors, 95))
+
+
+class TestAgainstReference:
+    @pytest.fixture()
+    def reference(self):
+        z = np.arange(-60.0, 61.0, 2.0)
+        return Centerline(np.c_[0.02 * z, 0.05 * z + 3.0, z])
+
+    def test_rules(self, reference):
+        fov = (-70.0, 70.0)
+        moved = Centerline(reference.points + [2.0, -1.5, 0.0])  # patient moved 2.5 mm: trusted
+        assert check_against_reference(moved, reference, fov).problem == ""
+        lost = Centerline(reference.points + [0.0, -12.0, 0.0])  # in the muscles behind the cord
+        agreement = check_against_reference(lost, reference, fov)
+        assert agreement.problem.startswith("implausible") and agreement.median_mm > 11
+        partly = reference.points.copy()
+        partly[partly[:, 2] > 30, 0] += 15.0  # leaves the cord over its upper quarter
+        assert check_against_reference(Centerline(partly), reference, fov).problem
+        short = Centerline(reference.points[25:35])  # 18 mm of 120 mm
+        assert check_against_reference(short, reference, fov).problem.startswith("too short")
+        # A small field of view is judged on the S-I range it covers, not the whole T2Sag cord.
+        small_fov = (-10.0, 10.0)
+        assert check_against_reference(short, reference, small_fov).problem == ""
+
+    def test_refine_along_finds_the_real_t1_cord_from_a_displaced_guide(self):
+        root = require_real_data()
+        data, affine = read_volume(root / "spinegeneric-unf01/sub-unf01_T1w.nii.gz")
+        cord, _ = read_volume(root / "spinegeneric-unf01/sub-unf01_T1w_seg-manual.nii.gz")
+        geometry = ClinicalGeometry("sagittal", 3.0, 0.7)
+        clinical, clinical_affine = reacquire(data, affine, geometry)
+        truth, _ = reacquire(cord, affine, geometry, mask=True)
+        exact = centerline_from_mask(truth, clinical_affine)
+        guide = Centerline(exact.points + [1.5, 2.0, 0.0])  # 2.5 mm off, as another scan's line
+        found = refine_along(clinical, clinical_affine, guide, polarity="dark-csf")
+        errors, covered = errors_against_mask(found, truth, clinical_affine)
+        assert covered >= 0.8
+        assert np.median(errors) <= 1.0, np.median(errors)
+
+    def test_blank_image_shows_no_cord_along_the_guide(self, reference):
+        with pytest.raises(Exception, match="no cord visible"):
+            refine_along(np.full((30, 40, 60), 50.0), np.eye(4) * [1, 1, 2, 1], reference)
+
+
+def _lose_centreline(monkeypatch, sequence: str, offset_mm: float = 14.0):
+    """Make the detector's centreline of one sequence leave the cord (as T1 did at 4 mm)."""
+    real = pipeline.detect_centerline
+
+    def detect(data, affine, *, polarity, smooth_mm):
+        line = real(data, affine, polarity=polarity, smooth_mm=smooth_mm)
+        if polarity == pipeline.POLARITY[sequence] and data.shape == detect.shape:
+            return Centerline(line.points + [0.0, -offset_mm, 0.0])
+        return line
+
+    monkeypatch.setattr(pipeline, "detect_centerline", detect)
+    return detect
+
+
+class TestFallback:
+    def test_implausible_centreline_falls_back_and_is_recorded_everywhere(
+        self, synth_copy, tmp_path, monkeypatch, capsys
+    ):
+        subject = next(s for s in discover(synth_copy).subjects
+                       if any(q in s.sequences for q in ("T1Sag", "MP2RAGE", "STIR")))
+        seq = next(q for q in ("T1Sag", "MP2RAGE", "STIR") if q in subject.sequences)
+        lost = _lose_centreline(monkeypatch, seq)
+        lost.shape = read_volume(subject.scans[seq][0].path)[0].shape
+        straight = prepare_subject(subject, PRESETS["small"])
+        assert straight.centerlines[seq]["method"] == FALLBACK
+        assert "implausible" in straight.centerlines[seq]["reason"]
+        assert straight.centerlines["T2Sag"] == {"method": "auto", "reason": ""}
+        assert straight.fallbacks == {seq: straight.centerlines[seq]["reason"]}
+        assert any(w.startswith(f"{seq} centreline: T2Sag fallback") for w in straight.warnings)
+        # The fallback found the cord in the sequence's own image: its crop centres follow the
+        # sequence's true cord (what the detector finds when it is not lost), not T2Sag's.
+        monkeypatch.undo()
+        normal = prepare_subject(subject, PRESETS["small"])
+        assert normal.centerlines[seq] == {"method": "auto", "reason": ""}
+        z = straight.geometry.z
+        fallback_error = np.hypot(*(straight.centres[seq] - normal.centres[seq]).T)
+        t2sag_error = np.hypot(*(straight.centres["T2Sag"] - normal.centres[seq]).T)
+        covered = straight.images[seq].any(axis=(0, 1)) & (np.abs(z - z.mean()) < 0.4 * np.ptp(z))
+        assert np.median(fallback_error[covered]) <= 0.5, np.median(fallback_error[covered])
+        assert np.median(fallback_error[covered]) < np.median(t2sag_error[covered])
+
+        _lose_centreline(monkeypatch, seq).shape = lost.shape
+        out = tmp_path / "prep"
+        only = tmp_path / "one"
+        shutil.copytree(synth_copy / subject.name, only / subject.name)
+        shutil.copytree(synth_copy / "derivatives", only / "derivatives")
+        assert main(["prepare", str(only), str(out), "--preset", "small", "--qc"]) == 0
+        printed = capsys.readouterr().out
+        assert "1 centreline fallback(s) to T2Sag" in printed
+        assert f"warning {subject.name}: {seq} centreline: T2Sag fallback" in printed
+        document = json.loads((out / "dataset.json").read_text())
+        assert list(document["subjects"][0]["centerline_fallbacks"]) == [seq]
+        assert PreparedSubject.load(out / subject.name).fallbacks == straight.fallbacks
+        from cordfuse.report import availability_section
+
+        html = availability_section(document, None)
+        assert 'class="fallback"' in html and "Centreline fallbacks" in html
+
+    def test_mask_centreline_where_masks_exist_auto_elsewhere(self, synth_copy):
+        from dataclasses import replace
+
+        subject = next(s for s in discover(synth_copy).subjects if len(s.sequences) > 1)
+        seq = next(q for q in subject.sequences if q != "T2Sag")
+        for scan in subject.scans[seq]:
+            scan.cord_label.unlink()
+        subject = next(s for s in discover(synth_copy).subjects if s.name == subject.name)
+        prepared = prepare_subject(subject, replace(PRESETS["small"], centerline="mask"))
+        assert prepared.centerlines["T2Sag"]["method"] == "mask"
+        assert prepared.centerlines[seq] == {"method": "auto", "reason": ""}
+        assert seq in prepared.sequences and not prepared.fallbacks
