@@ -149,6 +149,26 @@ def inside_voxel_boxes(vox: np.ndarray, shape) -> np.ndarray:
     return np.all((edge >= -0.5) & (edge <= np.asarray(shape) - 0.5), axis=1)
 
 
+def block_mean(
+    data: np.ndarray, affine: np.ndarray, targets_mm
+) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """Average-pool each voxel axis by the integer factor closest to ``target / spacing`` (at
+    least 1), dropping the incomplete last block. Returns ``(data, affine, factors)``; the affine
+    places each block's value at the centre of the voxels it averages."""
+    spacing = voxel_sizes(affine)
+    shape = data.shape
+    factors = tuple(
+        max(1, min(n, round(t / s))) for t, s, n in zip(targets_mm, spacing, shape, strict=True)
+    )
+    counts = [n // f for n, f in zip(shape, factors, strict=True)]
+    blocks = data[: counts[0] * factors[0], : counts[1] * factors[1], : counts[2] * factors[2]]
+    blocks = blocks.reshape(counts[0], factors[0], counts[1], factors[1], counts[2], factors[2])
+    scale = np.eye(4)
+    scale[:3, :3] = np.diag(factors)
+    scale[:3, 3] = (np.asarray(factors) - 1) / 2
+    return blocks.mean(axis=(1, 3, 5)), affine @ scale, factors
+
+
 def same_grid(a_shape, a_affine, b_shape, b_affine, *, atol_mm: float = 1e-3) -> bool:
     """True when two images share shape and affine (within ``atol_mm`` at every corner)."""
     if tuple(a_shape[:3]) != tuple(b_shape[:3]):

@@ -36,7 +36,7 @@ import numpy as np
 from scipy import ndimage
 
 from cordfuse.errors import CordfuseError
-from cordfuse.io import apply_affine, atomic_write_text, voxel_sizes
+from cordfuse.io import apply_affine, atomic_write_text, block_mean, voxel_sizes
 
 
 @dataclass(frozen=True)
@@ -204,18 +204,7 @@ class _Slices:
 def _coarsen(fine: _Slices, params: DetectorParams) -> tuple[_Slices, tuple[int, int, int]]:
     """Average-pool to ~1 mm in-plane and ~2.5 mm S-I for the global search."""
     targets = (params.coarse_inplane_mm, params.coarse_inplane_mm, params.coarse_si_mm)
-    shape = fine.data.shape
-    factors = tuple(
-        max(1, min(n, round(t / s))) for t, s, n in zip(targets, fine.spacing, shape, strict=True)
-    )
-    counts = [n // f for n, f in zip(shape, factors, strict=True)]
-    data = fine.data[: counts[0] * factors[0], : counts[1] * factors[1], : counts[2] * factors[2]]
-    data = data.reshape(counts[0], factors[0], counts[1], factors[1], counts[2], factors[2])
-    pooled = data.mean(axis=(1, 3, 5))
-    scale = np.eye(4)
-    scale[:3, :3] = np.diag(factors)
-    scale[:3, 3] = (np.asarray(factors) - 1) / 2
-    affine = fine.affine @ scale
+    pooled, affine, factors = block_mean(fine.data, fine.affine, targets)
     return _Slices(pooled, affine, voxel_sizes(affine)), factors
 
 
@@ -659,15 +648,13 @@ def _mirror_centre(image: np.ndarray, ci: float, cj: float, spacing, reach: floa
     profile = image[:, rows].mean(axis=1)
     x = np.arange(image.shape[0])
     t = np.arange(0.0, reach, min(sx, 0.5)) / sx  # half-widths compared, in voxels
-    best, best_cost = ci, np.inf
-    for centre in ci + np.arange(-1.5, 1.5001, 0.1) / sx:
-        left, right = centre - t, centre + t
-        if left[-1] < 0 or right[-1] > x[-1]:
-            continue
-        cost = np.mean((np.interp(left, x, profile) - np.interp(right, x, profile)) ** 2)
-        if cost < best_cost:
-            best, best_cost = centre, cost
-    return float(best)
+    centres = ci + np.arange(-1.5, 1.5001, 0.1) / sx
+    centres = centres[(centres - t[-1] >= 0) & (centres + t[-1] <= x[-1])]
+    if centres.size == 0:
+        return ci
+    left = np.interp(centres[:, None] - t, x, profile)
+    right = np.interp(centres[:, None] + t, x, profile)
+    return float(centres[np.argmin(((left - right) ** 2).mean(axis=1))])
 
 
 def _cord_extent(strength: np.ndarray, contrast: np.ndarray, params: DetectorParams):

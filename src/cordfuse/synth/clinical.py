@@ -133,7 +133,7 @@ def split_slabs(
     """Overlapping S-I chunks of an image on an R-A-S grid: ``(index along S-I, affine)``,
     superior first. Consecutive chunks share ``overlap_mm``."""
     n = data.shape[2]
-    step = abs(affine[2, 2])
+    step = float(np.linalg.norm(affine[:3, 2]))
     overlap = int(round(overlap_mm / step))
     size = int(np.ceil((n + (slabs - 1) * overlap) / slabs))
     out = []
@@ -144,6 +144,108 @@ def split_slabs(
         chunk_affine[:3, 3] = apply_affine(affine, [0, 0, start])
         out.append((slice(start, stop), chunk_affine))
     return out
+
+
+@dataclass(frozen=True)
+class TwoSlabSubject:
+    """What :func:`write_two_slab_subject` wrote, with the truth to check ``prepare`` against.
+
+    Attributes:
+        root: the BIDS dataset folder.
+        subject: the subject folder name (``sub-...``).
+        images: the slab files, superior first (``chunk-1``, ``chunk-2``).
+        labels: their lesion labels (the cord mask given as the lesion), same order.
+        motion: the rigid motion (world RAS mm) applied to the lower slab's affine.
+        true_affines: the slabs' affines before the motion.
+    """
+
+    root: object
+    subject: str
+    images: tuple
+    labels: tuple
+    motion: np.ndarray
+    true_affines: tuple
+
+
+def clinical_t2sag(
+    data: np.ndarray,
+    affine: np.ndarray,
+    cord: np.ndarray,
+    geometry: ClinicalGeometry,
+    keep_slices: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A real scan and its cord mask re-acquired as one clinical sagittal slab: ``(image, mask,
+    affine)``, cut to the ``keep_slices`` sagittal slices around the cord when given."""
+    image, image_affine = reacquire(data, affine, geometry)
+    mask, _ = reacquire(cord, affine, geometry, mask=True)
+    if keep_slices is not None and keep_slices < image.shape[0]:
+        centre = (
+            int(round(np.argwhere(mask).mean(axis=0)[0])) if mask.any() else image.shape[0] // 2
+        )
+        start = int(np.clip(centre - keep_slices // 2, 0, image.shape[0] - keep_slices))
+        image, mask = image[start : start + keep_slices], mask[start : start + keep_slices]
+        image_affine = image_affine.copy()
+        image_affine[:3, 3] = apply_affine(image_affine, [start, 0, 0])
+    return image, mask, image_affine
+
+
+def write_two_slab_subject(
+    root,
+    data: np.ndarray,
+    affine: np.ndarray,
+    cord: np.ndarray,
+    *,
+    subject: str = "sub-real01",
+    geometry: ClinicalGeometry = ClinicalGeometry("sagittal", 3.0, 0.7),
+    overlap_mm: float = 20.0,
+    rotation_deg=(2.0, 0.0, 0.0),
+    shift_mm=(0.0, 2.0, 0.0),
+    keep_slices: int | None = None,
+) -> TwoSlabSubject:
+    """A clinical two-slab T2Sag from a real sagittal T2 and its human cord mask, as BIDS.
+
+    The scan is re-acquired on ``geometry`` (:func:`clinical_t2sag`; ``keep_slices`` cuts it to
+    the sagittal slices around the cord, as a clinical T2Sag covers the canal), split into two S-I
+    slabs sharing ``overlap_mm``, and the lower slab's affine is moved by the rigid motion
+    (about the centre of the overlap), as a patient who moved between the two acquisitions. The
+    cord mask, given as the lesion label, follows each slab.
+    """
+    from pathlib import Path
+
+    from cordfuse.io import make_nifti, save_nifti
+    from cordfuse.synth.cohort import rigid_matrix
+
+    image, mask, image_affine = clinical_t2sag(data, affine, cord, geometry, keep_slices)
+    chunks = split_slabs(image, image_affine, slabs=2, overlap_mm=overlap_mm)
+    upper_bottom = apply_affine(chunks[0][1], [0, 0, 0])
+    overlap_centre = apply_affine(image_affine, (np.asarray(image.shape) - 1) / 2)
+    overlap_centre[2] = upper_bottom[2] + overlap_mm / 2 - 0.5 * geometry.inplane_mm
+    motion = rigid_matrix(rotation_deg, shift_mm, overlap_centre)
+    root = Path(root)
+    anat = root / subject / "anat"
+    labels = root / "derivatives" / "labels" / subject / "anat"
+    anat.mkdir(parents=True, exist_ok=True)
+    labels.mkdir(parents=True, exist_ok=True)
+    images, label_paths, true_affines = [], [], []
+    for index, (where, chunk_affine) in enumerate(chunks):
+        stored = motion @ chunk_affine if index == 1 else chunk_affine
+        stem = f"{subject}_acq-sag_chunk-{index + 1}_T2w"
+        save_nifti(
+            make_nifti(np.ascontiguousarray(image[:, :, where]), stored), anat / f"{stem}.nii.gz"
+        )
+        save_nifti(
+            make_nifti(np.ascontiguousarray(mask[:, :, where]), stored),
+            labels / f"{stem}_lesion-manual.nii.gz",
+        )
+        images.append(anat / f"{stem}.nii.gz")
+        label_paths.append(labels / f"{stem}_lesion-manual.nii.gz")
+        true_affines.append(chunk_affine)
+    description = root / "dataset_description.json"
+    if not description.exists():
+        description.write_text('{"Name": "real two-slab T2Sag", "BIDSVersion": "1.9.0"}\n')
+    return TwoSlabSubject(
+        root, subject, tuple(images), tuple(label_paths), motion, tuple(true_affines)
+    )
 
 
 # The clinical-geometry test bed: real scans with human cord masks (``../shared/data/real``),
