@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from conftest import REAL_DATA, require_real_data
 from cordfuse.cli import main
 from cordfuse.dataset import discover
-from cordfuse.io import read_volume
+from cordfuse.io import apply_affine, read_volume
 from cordfuse.preprocess import pipeline
 from cordfuse.preprocess.centerline import (
     Centerline,
@@ -193,3 +194,64 @@ class TestFallback:
         assert prepared.centerlines["T2Sag"]["method"] == "mask"
         assert prepared.centerlines[seq] == {"method": "auto", "reason": ""}
         assert seq in prepared.sequences and not prepared.fallbacks
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """A real sagittal T2 (SCT errsm30) as a clinical two-slab T2Sag, 3 mm slices, the lower
+    slab moved by 2 degrees and 2 mm, the human cord mask given as the lesion label, prepared
+    with the paper preset through the CLI."""
+    from cordfuse.synth.clinical import write_two_slab_subject
+
+    root = require_real_data()
+    data, affine = read_volume(root / "sct-errsm30/t2.nii.gz")
+    cord, _ = read_volume(root / "sct-errsm30/t2_seg-manual.nii.gz")
+    bids = tmp_path_factory.mktemp("real") / "bids"
+    truth = write_two_slab_subject(bids, data, affine, cord, overlap_mm=15.0,
+                                   rotation_deg=(2.0, 0.0, 0.0), shift_mm=(0.0, 2.0, 0.0))
+    out = bids.parent / "prepared"
+    assert main(["prepare", str(bids), str(out), "--preset", "paper"]) == 0
+    return truth, PreparedSubject.load(out / truth.subject)
+
+
+class TestRealTwoSlabSubject:
+    def test_prepare_recovers_the_motion_at_the_cord(self, prepared):
+        truth, subject = prepared
+        slabs = {Path(s["path"]).name: s for s in subject.t2sag["slabs"]}
+        lower = slabs[truth.images[1].name]
+        assert lower["registration_deg"] == pytest.approx(2.0, abs=0.3)
+        cord, _ = read_volume(truth.labels[1])
+        vox = np.argwhere(cord > 0)
+        found = apply_affine(np.array(lower["affine"]), vox)
+        true = apply_affine(truth.true_affines[1], vox)
+        residual = np.linalg.norm(found - true, axis=1)
+        assert residual.max() <= 0.5, residual.max()
+        moved = np.linalg.norm(apply_affine(truth.motion @ truth.true_affines[1], vox) - true,
+                               axis=1)
+        assert moved.min() >= 1.5  # the motion was there to recover
+
+    def test_cord_is_centred_in_the_crop(self, prepared):
+        _, subject = prepared
+        geometry = subject.geometry
+        offsets = []
+        for k in range(geometry.nz):
+            ij = np.argwhere(subject.label[:, :, k] > 0)
+            if len(ij):
+                offsets.append(np.hypot(*(ij.mean(axis=0) - geometry.centre_index))
+                               * geometry.spacing)
+        assert len(offsets) > 0.8 * geometry.nz * 0.5
+        assert np.median(offsets) <= 0.5, np.median(offsets)
+        assert np.percentile(offsets, 95) <= 1.5, np.percentile(offsets, 95)
+
+    def test_restore_onto_each_slab(self, prepared):
+        truth, subject = prepared
+        names = [Path(s["path"]).name for s in subject.t2sag["slabs"]]
+        for image, label in zip(truth.images, truth.labels, strict=True):
+            restored, restored_affine = pipeline.restore(
+                subject, subject.label.astype(np.float32), slab=names.index(image.name)
+            )
+            mask, mask_affine = read_volume(label)
+            assert np.allclose(restored_affine, mask_affine, atol=1e-4)
+            found = restored > 0.5
+            dice = 2 * (found & (mask > 0)).sum() / (found.sum() + (mask > 0).sum())
+            assert dice >= 0.9, (image.name, dice)

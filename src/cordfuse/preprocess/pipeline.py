@@ -386,10 +386,21 @@ def _t2sag_meta(subject: Subject, fused: FusedSequence) -> dict:
         "slabs": [
             {"path": slab.name, "shape": list(slab.data.shape),
              "native_affine": slab.native_affine.tolist(), "affine": slab.affine.tolist(),
-             "z_bounds": [float(b) for b in slab.z_bounds]}
+             "z_bounds": [float(b) for b in slab.z_bounds], **_registration_size(slab)}
             for slab in fused.slabs
         ],
     }
+
+
+def _registration_size(slab: Slab) -> dict[str, float]:
+    """How far the slab registration moved a slab: rotation angle (degrees) and the shift of the
+    slab's centre (mm). Zero for the top slab, which the others are registered to."""
+    correction = slab.affine @ np.linalg.inv(slab.native_affine)
+    cosine = np.clip((np.trace(correction[:3, :3]) - 1) / 2, -1.0, 1.0)
+    centre = slab.native_affine @ np.r_[(np.asarray(slab.data.shape) - 1) / 2, 1.0]
+    shift = np.linalg.norm((correction @ centre - centre)[:3])
+    return {"registration_deg": round(float(np.degrees(np.arccos(cosine))), 4),
+            "registration_mm": round(float(shift), 4)}
 
 
 def restore(prepared: PreparedSubject, crop: np.ndarray, *, slab: int | None = None, order=1):
