@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -121,3 +126,134 @@ class TestMaskBackendAndFormat:
     def test_blank_image_has_no_cord(self):
         with pytest.raises(CordfuseError, match="no spinal cord"):
             detect_centerline(np.zeros((30, 30, 30)), np.eye(4))
+
+
+STANDIN = '''#!{python}
+"""Stand-in for Spinal Cord Toolbox's {tool} (SCT >= 7.0 syntax): logs its arguments, then
+writes {what}."""
+import json, os, sys
+import nibabel as nib
+import numpy as np
+from cordfuse.io import reorient
+
+args = sys.argv[1:]
+with open(os.environ["STANDIN_LOG"], "a") as log:
+    log.write(json.dumps(["{tool}", *args]) + "\\n")
+if os.environ.get("STANDIN_FAIL") == "{tool}":
+    print("ERROR: model spinalcord is not installed", file=sys.stderr)
+    sys.exit(1)
+named = args[1:] if args[0] == "spinalcord" else args
+value = dict(zip(named[::2], named[1::2]))
+{body}
+'''
+DEEPSEG_BODY = '''assert args[0] == "spinalcord", args
+masks = json.loads(os.environ["STANDIN_MASKS"])
+mask = nib.load(masks[os.path.abspath(value["-i"])])
+nib.save(nib.Nifti1Image(np.asarray(mask.dataobj, np.uint8), mask.affine), value["-o"])
+'''
+CENTERLINE_BODY = '''assert value["-method"] == "fitseg", args
+seg = reorient(nib.load(value["-i"]))  # SCT works in RPI: a reoriented output tests the affine
+data = np.asarray(seg.dataobj) > 0
+line = np.zeros(data.shape, np.uint8)
+for k in range(data.shape[2]):
+    if data[:, :, k].any():
+        i, j = np.rint(np.argwhere(data[:, :, k]).mean(axis=0)).astype(int)
+        line[i, j, k] = 1
+out = value["-o"] if value["-o"].endswith(".nii.gz") else value["-o"] + ".nii.gz"
+nib.save(nib.Nifti1Image(line, seg.affine), out)
+np.savetxt(out[:-7] + ".csv", np.argwhere(line), delimiter=",")
+'''
+
+
+@pytest.fixture()
+def sct_standins(tmp_path, monkeypatch):
+    """``sct_deepseg`` and ``sct_get_centerline`` on PATH: the first copies a known cord mask
+    for its input (``STANDIN_MASKS``: image path -> mask path), the second writes one voxel per
+    axial slice at the mask's centroid, in RPI, as SCT does. Both log their arguments."""
+    import sys
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool, what, body in (
+        ("sct_deepseg", "the known cord mask of its input", DEEPSEG_BODY),
+        ("sct_get_centerline", "a discrete centreline of a segmentation", CENTERLINE_BODY),
+    ):
+        script = bin_dir / tool
+        script.write_text(STANDIN.format(python=sys.executable, tool=tool, what=what, body=body))
+        script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("STANDIN_LOG", str(tmp_path / "calls.jsonl"))
+    return tmp_path / "calls.jsonl"
+
+
+class TestSctBackend:
+    def test_one_image_end_to_end(self, synth_root, sct_standins, tmp_path, monkeypatch):
+        from cordfuse.cli import main
+        from cordfuse.dataset import discover
+
+        subject = discover(synth_root).subjects[0]
+        scan = next(s for s in subject.scans.get("STIR", subject.scans["T2Sag"]))
+        monkeypatch.setenv("STANDIN_MASKS", json.dumps({str(scan.path.resolve()):
+                                                        str(scan.cord_label)}))
+        temp = tmp_path / "tmp"
+        temp.mkdir()
+        monkeypatch.setenv("TMPDIR", str(temp))
+        tempfile.tempdir = None  # re-read TMPDIR
+        try:
+            assert main(["centerline", str(scan.path.resolve()), "-o", str(tmp_path / "c.csv"),
+                         "--method", "sct"]) == 0
+        finally:
+            tempfile.tempdir = None
+        calls = [json.loads(line) for line in sct_standins.read_text().splitlines()]
+        assert [c[0] for c in calls] == ["sct_deepseg", "sct_get_centerline"]
+        deepseg, get_centerline = calls
+        assert deepseg[1:4] == ["spinalcord", "-i", str(scan.path.resolve())]
+        seg = deepseg[deepseg.index("-o") + 1]
+        assert seg.endswith(".nii.gz") and get_centerline[1:3] == ["-i", seg]
+        assert get_centerline[get_centerline.index("-method") + 1] == "fitseg"
+        assert Path(seg).parent.parent == temp and not Path(seg).parent.exists()  # cleaned up
+        found = Centerline.from_csv(tmp_path / "c.csv")
+        mask, affine = read_volume(scan.cord_label)
+        errors = in_plane_errors(found, centerline_from_mask(mask, affine).points)
+        # The discrete centreline is rounded to voxels: at most half a pixel diagonal away. A
+        # wrong orientation or affine would put it centimetres off.
+        pixel = np.sqrt((affine[:3, :3] ** 2).sum(axis=0)).max()
+        assert np.percentile(errors, 95) <= 0.75 * pixel, np.percentile(errors, 95)
+
+    def test_prepare_converts_a_moved_slab_to_the_registered_world(
+        self, synth_root, sct_standins, monkeypatch
+    ):
+        from dataclasses import replace
+
+        from cordfuse.dataset import discover
+        from cordfuse.preprocess.pipeline import PRESETS, prepare_subject
+
+        subject = next(s for s in discover(synth_root).subjects if len(s.scans["T2Sag"]) == 2)
+        scans = [scan for seq in subject.sequences for scan in subject.scans[seq]]
+        monkeypatch.setenv("STANDIN_MASKS", json.dumps(
+            {str(s.path.resolve()): str(s.cord_label) for s in scans}))
+        with_sct = prepare_subject(subject, replace(PRESETS["small"], centerline="sct"))
+        with_masks = prepare_subject(subject, replace(PRESETS["small"], centerline="mask"))
+        assert {v["method"] for v in with_sct.centerlines.values()} == {"sct"}
+        lower = with_sct.t2sag["slabs"][1]
+        assert lower["registration_mm"] >= 1.5  # a missed conversion would show at this scale
+        lower_z = (with_sct.geometry.z < lower["z_bounds"][1]) & (with_sct.geometry.z > lower[
+            "z_bounds"][0])
+        for seq in with_masks.sequences:
+            covered = with_masks.images[seq].any(axis=(0, 1))
+            gap = np.hypot(*(with_sct.centres[seq] - with_masks.centres[seq]).T)
+            # Within the rounding of SCT's discrete centreline (half a ~0.9 mm pixel diagonal).
+            assert np.median(gap[covered]) <= 0.7, (seq, np.median(gap[covered]))
+            if seq == "T2Sag":
+                assert np.median(gap[covered & lower_z]) <= 0.7
+
+    def test_a_failing_sct_command_is_one_line(self, synth_root, sct_standins, monkeypatch):
+        from cordfuse.dataset import discover
+
+        scan = discover(synth_root).subjects[0].scans["T2Sag"][0]
+        monkeypatch.setenv("STANDIN_MASKS", "{}")
+        monkeypatch.setenv("STANDIN_FAIL", "sct_deepseg")
+        with pytest.raises(CordfuseError) as info:
+            sct_centerline(scan.path)
+        assert str(info.value) == (f"{scan.path}: sct_deepseg failed: ERROR: model spinalcord "
+                                   "is not installed")

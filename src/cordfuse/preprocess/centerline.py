@@ -18,7 +18,11 @@ Three backends:
     Centroid of a cord mask in each axial slice, smoothed.
 
 ``sct``
-    Spinal Cord Toolbox (``sct_deepseg spinalcord``, then ``sct_get_centerline -method fitseg``).
+    Spinal Cord Toolbox (``sct_deepseg spinalcord -i IMAGE -o SEG``, then ``sct_get_centerline -i
+    SEG -method fitseg -o OUT``). The syntax is SCT 7.0's and later (``sct_deepseg TASK``; SCT 6.x
+    used ``sct_deepseg -task seg_sc_contrast_agnostic``); ``sct_get_centerline``'s options have
+    been stable since SCT 5. Its discrete centreline NIfTI is read through its own affine, in
+    whatever orientation SCT wrote it.
 
 A :class:`Centerline` holds points in world RAS+ millimetres, ordered inferior to superior.
 """
@@ -675,7 +679,8 @@ def _cord_extent(strength: np.ndarray, contrast: np.ndarray, params: DetectorPar
 
 
 def sct_centerline(image_path: str | Path) -> Centerline:
-    """Centreline by Spinal Cord Toolbox: deepseg cord segmentation, then ``fitseg``.
+    """Centreline by Spinal Cord Toolbox (>= 7.0): deepseg cord segmentation, then ``fitseg``,
+    in a temporary folder removed afterwards.
 
     Raises:
         CordfuseError: SCT is not on PATH, or one of its commands failed.
