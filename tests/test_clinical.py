@@ -153,6 +153,15 @@ class TestFallback:
         assert straight.centerlines["T2Sag"] == {"method": "auto", "reason": ""}
         assert straight.fallbacks == {seq: straight.centerlines[seq]["reason"]}
         assert any(w.startswith(f"{seq} centreline: T2Sag fallback") for w in straight.warnings)
+        from cordfuse.figures import pyplot
+        from cordfuse.preprocess.qc import prepared_qc_figure
+
+        figure = prepared_qc_figure(straight)
+        flagged = [ax.get_title() for ax in figure.axes if "T2Sag centreline" in ax.get_title()]
+        assert len(flagged) == 2 and all(t.startswith(seq) for t in flagged)  # both views
+        assert f"centreline fallback to T2Sag: {seq}" in figure._suptitle.get_text().replace(
+            "\n", " ")
+        pyplot().close(figure)
         # The fallback found the cord in the sequence's own image: its crop centres follow the
         # sequence's true cord (what the detector finds when it is not lost), not T2Sag's.
         monkeypatch.undo()
@@ -255,3 +264,49 @@ class TestRealTwoSlabSubject:
             found = restored > 0.5
             dice = 2 * (found & (mask > 0)).sum() / (found.sum() + (mask > 0).sum())
             assert dice >= 0.9, (image.name, dice)
+
+
+class TestSlabNumbers:
+    def test_the_bids_chunk_is_the_slab_number(self):
+        from cordfuse.preprocess.pipeline import slab_numbers
+
+        def t2sag(*names):
+            return {"slabs": [{"path": f"/d/sub-1/anat/{n}"} for n in names]}
+
+        # Stored superior first; a site may number its chunks from the bottom.
+        assert slab_numbers(t2sag("sub-1_acq-sag_chunk-2_T2w.nii.gz",
+                                  "sub-1_acq-sag_chunk-1_T2w.nii.gz")) == [2, 1]
+        assert slab_numbers(t2sag("sub-1_acq-sag_chunk-1_T2w.nii.gz",
+                                  "sub-1_acq-sag_chunk-2_T2w.nii.gz")) == [1, 2]
+        assert slab_numbers(t2sag("upper.nii.gz", "lower.nii.gz")) == [1, 2]
+
+    def test_restore_takes_the_chunk_number(self, prepared, tmp_path, capsys):
+        truth, subject = prepared
+        folder = Path(truth.root).parent / "prepared" / truth.subject
+        crop = tmp_path / "label.npy"
+        np.save(crop, subject.label.astype(np.float32))
+        for chunk, image in ((1, truth.images[0]), (2, truth.images[1])):
+            out = tmp_path / f"chunk{chunk}.nii.gz"
+            assert main(["restore", str(folder), str(crop), "-o", str(out), "--slab",
+                         str(chunk)]) == 0
+            restored, affine = read_volume(out)
+            native, native_affine = read_volume(image)
+            assert restored.shape == native.shape and np.allclose(affine, native_affine)
+        assert main(["restore", str(folder), str(crop), "-o", str(tmp_path / "x.nii.gz"),
+                     "--slab", "0"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].endswith("has no T2Sag slab 0 (its slabs: 1, 2)"), err
+
+
+def test_qc_title_fits_a_one_sequence_picture(prepared):
+    from cordfuse.figures import pyplot
+    from cordfuse.preprocess.qc import prepared_qc_figure
+
+    _, subject = prepared
+    assert subject.sequences == ["T2Sag"]
+    figure = prepared_qc_figure(subject)
+    renderer = figure.canvas.get_renderer()
+    title = figure._suptitle.get_window_extent(renderer)
+    assert title.x0 >= 0 and title.x1 <= figure.bbox.x1, (title, figure.bbox)
+    assert "straightened" in figure._suptitle.get_text()
+    pyplot().close(figure)

@@ -292,11 +292,13 @@ class TestPrepared:
                     "-o",
                     str(target),
                     "--slab",
-                    "0",
+                    "1",  # the BIDS chunk number, as in the file name
                 ]
             )
             == 0
         )
+        assert "_chunk-1_" in first.path.name or len(discover(synth_root).subjects[0].scans[
+            "T2Sag"]) == 1
         restored = nib.load(target)
         native = nib.load(first.path)
         assert restored.shape == native.shape

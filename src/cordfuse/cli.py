@@ -211,14 +211,15 @@ def cmd_restore(args: argparse.Namespace) -> int:
     import numpy as np
 
     from cordfuse.io import load_nifti, make_nifti, save_nifti
-    from cordfuse.preprocess.pipeline import PreparedSubject, restore
+    from cordfuse.preprocess.pipeline import PreparedSubject, restore, slab_index
 
     prepared = PreparedSubject.load(args.prepared)
     crop = _read_crop(args.crop)
-    data, affine = restore(prepared, crop, slab=args.slab)
-    source = prepared.t2sag["slabs"][args.slab or 0]["path"]
+    index = None if args.slab is None else slab_index(prepared, args.slab)
+    data, affine = restore(prepared, crop, slab=index)
+    source = prepared.t2sag["slabs"][index or 0]["path"]
     like = None
-    if Path(source).exists() and (args.slab is not None or len(prepared.t2sag["slabs"]) == 1):
+    if Path(source).exists() and (index is not None or len(prepared.t2sag["slabs"]) == 1):
         like = load_nifti(source)  # keep the T2Sag header (descriptions, units, qform codes)
     if args.probabilities:
         out = make_nifti(data.astype(np.float32), affine, like=like)
@@ -549,7 +550,10 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("prepared", help="prepared subject folder or its prepared.npz")
     restore.add_argument("crop", help="crop-space mask/probabilities (.nii[.gz] or .npy)")
     restore.add_argument("-o", "--output", required=True)
-    restore.add_argument("--slab", type=int, help="onto T2Sag slab N (0 = top) instead of fused")
+    restore.add_argument("--slab", type=int, metavar="N",
+                         help="onto the T2Sag slab of chunk N, as in its BIDS file name "
+                              "(..._chunk-N_T2w.nii.gz; without chunks, N counts from 1 at the "
+                              "top) instead of the fused T2Sag")
     restore.add_argument("--probabilities", action="store_true", help="keep float values")
     restore.add_argument("--threshold", type=float, default=0.5)
     restore.set_defaults(func=cmd_restore)

@@ -31,6 +31,7 @@ from cordfuse.preprocess.pipeline import (
     fused_t2sag_image,
     prepare_subject,
     restore,
+    slab_numbers,
 )
 from cordfuse.sequences import REFERENCE_SEQUENCE, SEQUENCES
 from cordfuse.training.config import TrainConfig
@@ -230,9 +231,9 @@ def write_prediction(prediction: Prediction, out: Path, *, threshold: float, per
     targets["csv"] = out / f"{name}_lesions.csv"
     if qc:
         targets["qc"] = out / f"{name}_qc.png"
-    if per_slab:
-        for k in range(len(slabs)):
-            targets[f"slab{k}"] = out / f"{name}_slab-{k + 1}_lesion.nii.gz"
+    if per_slab:  # named by the user's slab numbers (the BIDS chunk), as restore --slab takes
+        for k, number in enumerate(slab_numbers(prediction.prepared.t2sag)):
+            targets[f"slab{k}"] = out / f"{name}_slab-{number}_lesion.nii.gz"
     clash = [p for p in targets.values() if p.resolve() in inputs]
     if clash:
         raise CordfuseError(f"{clash[0]}: output would overwrite an input file")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -390,6 +391,30 @@ def _t2sag_meta(subject: Subject, fused: FusedSequence) -> dict:
             for slab in fused.slabs
         ],
     }
+
+
+def slab_numbers(t2sag: dict) -> list[int]:
+    """The user's number of each T2Sag slab (stored superior first): the BIDS ``chunk-N`` of its
+    file name, or its position from the top counting from 1 when the files carry no chunk."""
+    found = [re.search(r"_chunk-(\d+)_", Path(slab["path"]).name) for slab in t2sag["slabs"]]
+    numbers = [int(match.group(1)) for match in found if match]
+    if len(numbers) == len(found) and len(set(numbers)) == len(numbers):
+        return numbers
+    return list(range(1, len(found) + 1))
+
+
+def slab_index(prepared: PreparedSubject, number: int) -> int:
+    """Index (superior first) of the T2Sag slab the user calls ``number`` (see
+    :func:`slab_numbers`).
+
+    Raises:
+        CordfuseError: no slab has that number.
+    """
+    numbers = slab_numbers(prepared.t2sag)
+    if number not in numbers:
+        raise CordfuseError(f"{prepared.subject} has no T2Sag slab {number} "
+                            f"(its slabs: {', '.join(map(str, numbers))})")
+    return numbers.index(number)
 
 
 def _registration_size(slab: Slab) -> dict[str, float]:

@@ -17,6 +17,13 @@ from cordfuse.io import apply_affine, atomic_write_bytes
 
 
 def write_prepared_qc(prepared, path: str | Path) -> None:
+    """Write :func:`prepared_qc_figure` as a PNG."""
+    atomic_write_bytes(Path(path), png_bytes(prepared_qc_figure(prepared)))
+
+
+def prepared_qc_figure(prepared):
+    """The straightened crops of a prepared subject side by side (a matplotlib figure); a
+    sequence whose centreline fell back to T2Sag's is titled in orange."""
     plt = pyplot()
     seqs = prepared.sequences
     geometry = prepared.geometry
@@ -53,7 +60,7 @@ def write_prepared_qc(prepared, path: str | Path) -> None:
         title += f"; centreline fallback to T2Sag: {', '.join(fallbacks)}"
     # Wrapped to the figure's width: a one-sequence picture is narrow and cut a long title.
     fig.suptitle(textwrap.fill(title, width=int(width * 11)), color="white", fontsize=9)
-    atomic_write_bytes(Path(path), png_bytes(fig))
+    return fig
 
 
 def write_centerline_qc(data: np.ndarray, affine: np.ndarray, centerline, path: str | Path):
