@@ -76,9 +76,10 @@ class DetectorParams:
         extent_strength: a slice belongs to the cord where its path response exceeds this
             fraction of the median response ...
         extent_cnr: ... and the refined cord-CSF contrast-to-noise ratio exceeds this.
-        mirror_max_spacing_mm: the left-right symmetry refinement runs where the left-right
-            pixel is at most this (the cord must be resolved across; thick sagittal slices are
-            not).
+        mirror_max_spacing_mm: on bright-CSF contrasts, a left-right symmetry refinement
+            removes the pull of bright grey matter (T2*) on the partial-volume centroid, where the
+            left-right pixel is at most this (the cord must be resolved across; thick sagittal
+            slices are not). On dark-CSF contrasts the centroid is unbiased and is kept.
         max_median_mm: a sequence's centreline whose median in-plane distance to the T2Sag one
             exceeds this is implausible, as is one with ...
         max_p90_mm: ... a 90th percentile beyond this. The cord is 8-13 mm wide, so 5 mm (or
@@ -248,13 +249,18 @@ def detect_centerline(
     fine_norm = _Slices(_normalise(canon_data), canon_affine, fine.spacing)
     signs = {"bright-csf": [1.0], "dark-csf": [-1.0], "auto": [1.0, -1.0]}[polarity]
     response = {sign: np.full(image.shape, -np.inf, np.float32) for sign in signs}
+    quality_map = {sign: np.full(image.shape, -np.inf, np.float32) for sign in signs}
     for half_axes in params.cord_sizes_mm:
         zones = _zone_means(image, valid, coarse.spacing, half_axes, params)
         for sign in signs:
-            np.maximum(response[sign], _response(sign, zones, params), out=response[sign])
+            path_map, symmetric = _response(sign, zones, params)
+            np.maximum(response[sign], path_map, out=response[sign])
+            np.maximum(quality_map[sign], symmetric, out=quality_map[sign])
     best = None
     for sign in signs:
-        result = _detect(fine_norm, coarse, factors, sign, response[sign], deep, params)
+        result = _detect(
+            fine_norm, coarse, factors, sign, response[sign], quality_map[sign], deep, params
+        )
         if result is not None and (best is None or result[1] > best[1]):
             best = result
     if best is None:
@@ -426,7 +432,10 @@ def _zone_means(
 def _response(sign: float, zones, params: DetectorParams) -> np.ndarray:
     """Cord-in-canal response: every quarter of the CSF ring must differ from the cord inside it,
     and the ring from the tissue outside it (where known), in the direction ``sign`` (+1: CSF
-    brighter, as on T2). A bright fat band or a vessel fails the all-around test."""
+    brighter, as on T2). A bright fat band or a vessel fails the all-around test.
+
+    Returns the response the path search uses and the same with the canal term whatever the
+    polarity (to compare polarities)."""
     centre, *quarters, outer, canal = (sign * z for z in zones)
     # Mean over the four quarters: CSF is often invisible on one side (the cord touching the
     # canal wall, a small field of view), while a fat band scores on one side only.
@@ -435,7 +444,9 @@ def _response(sign: float, zones, params: DetectorParams) -> np.ndarray:
     # where cord and CSF are close (T2*: bright grey matter).
     canal_contrast = np.where(np.isnan(outer), 0.0, canal - outer)
     weight = params.canal_weight if sign > 0 else 0.0
-    return np.nan_to_num(ring_contrast + weight * canal_contrast, nan=-1.0)
+    response = np.nan_to_num(ring_contrast + weight * canal_contrast, nan=-1.0)
+    symmetric = np.nan_to_num(ring_contrast + params.canal_weight * canal_contrast, nan=-1.0)
+    return response, symmetric
 
 
 def _tissue(data: np.ndarray, image: np.ndarray, background_level: float) -> np.ndarray:
@@ -491,12 +502,21 @@ def _viterbi(cands: list[np.ndarray], scores: list[np.ndarray], spacing, jump_pe
 
 
 def _detect(
-    fine: _Slices, coarse: _Slices, factors, sign: float, resp, deep, params: DetectorParams
+    fine: _Slices,
+    coarse: _Slices,
+    factors,
+    sign: float,
+    resp,
+    quality_map,
+    deep,
+    params: DetectorParams,
 ):
+    """The path of one polarity: world points and its quality, the mean of ``quality_map`` along
+    it (the response with the canal term for both polarities, so that they compare: the path
+    search uses it on bright-CSF contrasts only)."""
     scale = np.percentile(resp, 99.9)
     if not np.isfinite(scale) or scale <= 0:
         return None
-    raw = resp
     prior = _position_prior(coarse, params)
     resp = np.where(deep, resp / scale - prior[:, :, None], -1.0)
     nz = resp.shape[2]
@@ -531,10 +551,9 @@ def _detect(
     ij = refined[valid, :2]
     ij = np.stack([ndimage.median_filter(ij[:, a], size=5, mode="nearest") for a in (0, 1)], 1)
     world = apply_affine(fine.affine, np.c_[ij, ks])
-    # Path quality, comparable between polarities (same intensity units): mean raw response.
     coarse_valid = np.unique(nearest[valid])
     quality = float(
-        np.mean([raw[seeds[k, 0].astype(int), seeds[k, 1].astype(int), k] for k in coarse_valid])
+        np.mean([quality_map[int(seeds[k, 0]), int(seeds[k, 1]), k] for k in coarse_valid])
     )
     return world, quality
 
@@ -633,7 +652,7 @@ def _refine(
         ci = float((weights * ii).sum() / total + lo_i)
         cj = float((weights * jj).sum() / total + lo_j)
         cnr = float(contrast / (np.std(inner) + 0.02))
-    if cnr > 0 and fine.spacing[0] <= params.mirror_max_spacing_mm:
+    if cnr > 0 and sign > 0 and fine.spacing[0] <= params.mirror_max_spacing_mm:
         ci = _mirror_centre(image, ci, cj, fine.spacing, a + params.ring_offsets_mm[1], b)
     return np.array([ci, cj, cnr])
 
