@@ -310,3 +310,19 @@ def test_qc_title_fits_a_one_sequence_picture(prepared):
     assert title.x0 >= 0 and title.x1 <= figure.bbox.x1, (title, figure.bbox)
     assert "straightened" in figure._suptitle.get_text()
     pyplot().close(figure)
+
+
+def test_only_a_t2sag_without_cord_refuses_the_subject(synth_copy, tmp_path, capsys):
+    import nibabel as nib
+
+    subject = discover(synth_copy).subjects[0]
+    for scan in subject.scans["T2Sag"]:
+        image = nib.load(scan.path)
+        nib.save(nib.Nifti1Image(np.full(image.shape, 80, np.int16), image.affine), scan.path)
+    only = tmp_path / "one"
+    shutil.copytree(synth_copy / subject.name, only / subject.name)
+    assert main(["prepare", str(only), str(tmp_path / "out"), "--preset", "small"]) == 1
+    failed = [line for line in capsys.readouterr().err.splitlines() if line.startswith("FAILED")]
+    assert len(failed) == 1, failed
+    first = sorted(subject.scans["T2Sag"], key=lambda s: s.path.name)
+    assert any(s.path.name in failed[0] for s in first) and "no spinal cord" in failed[0]

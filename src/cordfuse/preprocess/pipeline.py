@@ -42,6 +42,7 @@ PREPARED_NAME = "prepared.npz"
 POLARITY = {"T2Sag": "bright-csf", "STIR": "bright-csf", "T2starAx": "bright-csf",
             "T2Ax": "bright-csf", "T1Sag": "dark-csf", "MP2RAGE": "dark-csf"}
 CORD_CORE_MM = 3.0  # radius of the disk around the centreline used for intensity statistics
+FALLBACK = "t2sag-fallback"  # centreline method of a sequence that fell back to T2Sag's
 
 
 @dataclass(frozen=True)
@@ -242,9 +243,6 @@ def _slab_share(line: Centerline, slab: Slab) -> np.ndarray:
     lo, hi = slab.z_bounds
     share = line.points[(line.points[:, 2] >= lo - 5.0) & (line.points[:, 2] < hi + 5.0)]
     return share if len(share) >= 2 else line.points
-
-
-FALLBACK = "t2sag-fallback"
 
 
 def checked_centerline(fused: FusedSequence, seq: str, config: PrepConfig, reference: Centerline):
