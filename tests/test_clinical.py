@@ -326,3 +326,25 @@ def test_only_a_t2sag_without_cord_refuses_the_subject(synth_copy, tmp_path, cap
     assert len(failed) == 1, failed
     first = sorted(subject.scans["T2Sag"], key=lambda s: s.path.name)
     assert any(s.path.name in failed[0] for s in first) and "no spinal cord" in failed[0]
+
+
+def test_centerline_cli_reads_the_polarity_a_bids_name_states(tmp_path, capsys):
+    """A T1w at 5 mm sagittal slices: read from the image alone, the fat around the canal looks
+    like bright CSF and the path leaves the cord; the file name says T1w, and the CLI uses it."""
+    from cordfuse.io import make_nifti, save_nifti
+    from cordfuse.preprocess.centerline import polarity_from_name
+
+    root = require_real_data()
+    data, affine = read_volume(root / "spinegeneric-unf01/sub-unf01_T1w.nii.gz")
+    cord, _ = read_volume(root / "spinegeneric-unf01/sub-unf01_T1w_seg-manual.nii.gz")
+    geometry = ClinicalGeometry("sagittal", 5.0, 0.5)
+    clinical, clinical_affine = reacquire(data, affine, geometry)
+    truth, _ = reacquire(cord, affine, geometry, mask=True)
+    image = tmp_path / "sub-unf01_acq-sag_T1w.nii.gz"
+    save_nifti(make_nifti(clinical, clinical_affine), image)
+    assert polarity_from_name(image) == "dark-csf"
+    assert polarity_from_name(tmp_path / "scan.nii.gz") is None
+    assert main(["centerline", str(image), "-o", str(tmp_path / "c.csv")]) == 0
+    errors, covered = errors_against_mask(Centerline.from_csv(tmp_path / "c.csv"), truth,
+                                          clinical_affine)
+    assert covered >= 0.8 and np.median(errors) <= 1.0, np.median(errors)

@@ -167,6 +167,7 @@ def cmd_centerline(args: argparse.Namespace) -> int:
     from cordfuse.preprocess.centerline import (
         centerline_from_mask,
         detect_centerline,
+        polarity_from_name,
         sct_centerline,
     )
 
@@ -180,7 +181,10 @@ def cmd_centerline(args: argparse.Namespace) -> int:
         line = sct_centerline(args.image)
     else:
         try:
-            line = detect_centerline(data, affine, polarity=args.contrast)
+            polarity = args.contrast
+            if polarity == "auto":  # a BIDS suffix that states the contrast beats a guess
+                polarity = polarity_from_name(args.image) or "auto"
+            line = detect_centerline(data, affine, polarity=polarity)
         except CordfuseError as exc:
             raise CordfuseError(f"{args.image}: {exc}") from exc
     line.to_csv(args.output)
@@ -542,7 +546,9 @@ def build_parser() -> argparse.ArgumentParser:
     centerline.add_argument("--method", choices=("auto", "mask", "sct"), default="auto")
     centerline.add_argument("--mask", help="cord mask for --method mask")
     centerline.add_argument("--contrast", choices=("auto", "bright-csf", "dark-csf"),
-                            default="auto", help="CSF brighter (T2, STIR, T2*) or darker (T1)")
+                            default="auto",
+                            help="CSF brighter (T2, STIR, T2*) or darker (T1, UNIT1); auto: from "
+                                 "the BIDS suffix (_T1w, _T2w, ...), else from the image")
     centerline.add_argument("--qc", metavar="PNG", help="write a QC picture")
     centerline.set_defaults(func=cmd_centerline)
 

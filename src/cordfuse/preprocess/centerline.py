@@ -213,6 +213,28 @@ def _coarsen(fine: _Slices, params: DetectorParams) -> tuple[_Slices, tuple[int,
     return _Slices(pooled, affine, voxel_sizes(affine)), factors
 
 
+# CSF polarity of the BIDS suffixes that say it: T1-weighted images (and MP2RAGE's UNIT1) show
+# dark CSF, T2-weighted ones (T2*, STIR, PD) bright CSF.
+SUFFIX_POLARITY = {
+    "T1w": "dark-csf", "UNIT1": "dark-csf", "MP2RAGE": "dark-csf",
+    "T2w": "bright-csf", "T2star": "bright-csf", "T2starw": "bright-csf", "STIR": "bright-csf",
+    "PDw": "bright-csf", "PD": "bright-csf",
+}
+
+
+def polarity_from_name(path: str | Path) -> str | None:
+    """The CSF polarity a BIDS file name states through its suffix (``..._T1w.nii.gz`` ->
+    ``"dark-csf"``), or None when it states none. Reading it from the image alone can fail: a T1
+    at thick sagittal slices shows a bright-CSF-like pattern in the fat around the canal."""
+    from cordfuse.sequences import parse_bids_name
+
+    try:
+        suffix = parse_bids_name(Path(path).name).suffix
+    except CordfuseError:
+        return None
+    return SUFFIX_POLARITY.get(suffix)
+
+
 def detect_centerline(
     data: np.ndarray,
     affine: np.ndarray,
