@@ -240,3 +240,21 @@ class TestAllLevelFusion:
             CordNet(SMALL, ["T2Sag"], fusion="all-levels")
         with pytest.raises(ValueError, match="fusion must be one of"):
             CordNet(SMALL, list(SEQUENCES), fusion="everywhere")
+
+
+def test_unused_deep_supervision_heads_are_gone_and_old_checkpoints_load():
+    from cordfuse.training.config import TrainConfig
+    from cordfuse.training.trainer import build_model
+
+    model = build_model(TrainConfig(model="baseline", preset="small"))
+    levels = model.config.deep_supervision_levels
+    heads = list(model.decoder.seg_layers)
+    assert all(isinstance(h, torch.nn.Identity) for h in heads[:-levels])
+    assert all(isinstance(h, torch.nn.Conv3d) for h in heads[-levels:])
+    out = model(torch.randn(2, 1, *model.config.patch_size))
+    assert len(out.logits) == levels and all(t.shape[1] == 2 for t in out.logits)
+    # A checkpoint of the time when every head had weights still loads, strictly.
+    old = dict(model.state_dict())
+    old["decoder.seg_layers.0.weight"] = torch.zeros(2, 4, 1, 1, 1)
+    old["decoder.seg_layers.0.bias"] = torch.zeros(2)
+    model.load_state_dict(old)

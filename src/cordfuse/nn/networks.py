@@ -200,6 +200,13 @@ class CordNet(nn.Module):
         self.decoder = UNetDecoder(self.encoders[REFERENCE], config.num_classes,
                                    config.convs_per_stage, deep_supervision=True)
         self.apply(InitWeights_He(1e-2))
+        # Only the deep_supervision_levels finest outputs reach the loss. The coarser heads would
+        # compute logits nobody uses and leave parameters without gradients, which
+        # DistributedDataParallel refuses unless it searches the graph every step: drop them.
+        self.unused_heads = len(self.decoder.seg_layers) - config.deep_supervision_levels
+        for index in range(self.unused_heads):
+            self.decoder.seg_layers[index] = nn.Identity()
+        self.register_load_state_dict_pre_hook(_skip_unused_heads)
 
     def forward(self, x: torch.Tensor, available: torch.Tensor | None = None) -> NetOutput:
         """``x``: ``(B, K, X, Y, Z)``, channels in ``self.sequences`` order; ``available``:
@@ -248,6 +255,15 @@ class CordNet(nn.Module):
         """Freeze one encoder's weights (the frozen-encoder variant)."""
         for parameter in self.encoders[sequence].parameters():
             parameter.requires_grad_(False)
+
+
+def _skip_unused_heads(module: CordNet, state_dict, prefix, *_args) -> None:
+    """Checkpoints written before the unused deep-supervision heads were dropped still hold their
+    weights: leave them out when loading."""
+    for index in range(module.unused_heads):
+        head = f"{prefix}decoder.seg_layers.{index}."
+        for key in [k for k in state_dict if k.startswith(head)]:
+            del state_dict[key]
 
 
 def distillation_loss(features: torch.Tensor, available: torch.Tensor) -> torch.Tensor:

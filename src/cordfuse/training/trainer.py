@@ -256,9 +256,11 @@ def train(
         best, history = checkpoint["best_val_dice"], checkpoint["history"]
     net = model
     if world > 1:
+        # Only Mean Imputation skips the encoder of a sequence missing from a whole batch; every
+        # other model uses all its parameters at every step, so DDP need not search the graph.
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[dev.index] if dev.type == "cuda" else None,
-            find_unused_parameters=len(sequences) > 1)
+            find_unused_parameters=model.mean_imputation)
     dataset = PatchDataset(train_subjects, patch, seed=config.seed,
                            foreground_fraction=config.foreground_fraction,
                            augment=config.augment, sequence_dropout=config.sequence_dropout,
