@@ -79,7 +79,7 @@ class TestCheckpointsAndVariants:
     def test_checkpoint_holds_everything_to_predict(self, prepared_small, tmp_path):
         out = tmp_path / "run"
         train(prepared_small, out, tiny(model="mean-imputation", epochs=2), progress=False)
-        checkpoint = load_checkpoint(out)
+        checkpoint = load_checkpoint(out / "checkpoint_latest.pt")
         for key in (
             "model",
             "optimizer",
@@ -255,3 +255,101 @@ def test_small_preset_learns_on_cpu(learned):
     untrained = validate(build_model(config), val, config, torch.device("cpu"), None)
     assert untrained < 0.05
     assert summary["best_val_dice"] > untrained + 0.15, summary["best_val_dice"]
+
+
+class TestAugmentation:
+    """nnU-Net-strength augmentation (paper preset): ranges and probabilities over many draws,
+    one spatial transform for all sequences and the label, zeros kept where nothing was seen."""
+
+    @staticmethod
+    def patch():
+        rng = np.random.default_rng(0)
+        base = rng.normal(size=(48, 48, 64)).astype(np.float32) + 3.0
+        image = np.stack([base] * 4)  # identical sequences: any spatial difference would show
+        image[:, :, :, :8] = 0.0  # outside the field of view at the bottom of the patch
+        image[2] = 0.0  # a missing sequence
+        label = np.zeros((48, 48, 64), np.uint8)
+        label[18:30, 20:26, 28:40] = 1
+        return image, label, np.array([True, True, False, True])
+
+    def test_ranges_and_probabilities_of_the_paper_recipe(self):
+        from cordfuse.training.data import NNUNET, augment_patch
+
+        image, label, available = self.patch()
+        draws = []
+        for n in range(400):
+            drawn = {}
+            augment_patch(image, label, available, NNUNET, np.random.default_rng(n), drawn)
+            draws.append(drawn)
+        rotated = [d["angles_deg"] for d in draws if np.any(d["angles_deg"])]
+        zoomed = [d["zoom"] for d in draws if d["zoom"] != 1.0]
+        assert 0.14 < len(rotated) / 400 < 0.26 and 0.14 < len(zoomed) / 400 < 0.26
+        angles = np.abs(np.array(rotated))
+        assert angles[:, 2].max() > 25 and angles[:, 2].max() <= 30  # about S-I: +-30
+        assert angles[:, :2].max() > 12 and angles[:, :2].max() <= 15  # in-plane axes: +-15
+        assert min(zoomed) < 0.8 and max(zoomed) > 1.3 and 0.7 <= min(zoomed) <= max(zoomed) <= 1.4
+        for axis in (0, 2):
+            assert 0.42 < np.mean([axis in d["mirror"] for d in draws]) < 0.58
+        assert not any(1 in d["mirror"] for d in draws)  # never anterior-posterior
+        per_sequence = [d[i] for d in draws for i in (0, 1, 3)]
+        for key, p, lo, hi in (("gamma", 0.3, 0.7, 1.5), ("brightness", 0.15, 0.75, 1.25),
+                               ("contrast", 0.15, 0.75, 1.25), ("noise_variance", 0.1, 0, 0.1),
+                               ("gamma_inverted", 0.1, 0.7, 1.5),
+                               ("low_resolution", 0.125, 0.5, 1.0)):
+            values = [d[key] for d in per_sequence if key in d]
+            assert abs(len(values) / len(per_sequence) - p) < 0.05, (key, len(values))
+            assert lo <= min(values) and max(values) <= hi, key
+        assert all(2 not in d for d in draws)  # nothing drawn for the missing sequence
+
+    def test_one_spatial_transform_and_zeros_kept(self):
+        from dataclasses import replace
+
+        from cordfuse.training.data import NNUNET, augment_patch
+
+        image, label, available = self.patch()
+        spatial_only = replace(NNUNET, p_noise=0, p_blur=0, p_brightness=0, p_contrast=0,
+                               p_low_resolution=0, p_gamma=0, p_gamma_inverted=0,
+                               p_rotation=1.0, p_scaling=1.0)
+        full = replace(NNUNET, p_rotation=1.0, p_scaling=1.0, p_noise=1.0, p_gamma=1.0)
+        for n in range(20):
+            out, lab = augment_patch(image, label, available, spatial_only,
+                                     np.random.default_rng(n))
+            assert np.array_equal(out[0], out[1]) and np.array_equal(out[0], out[3])
+            assert (out[2] == 0).all()
+            # The label moved with the image: the lesion block's texture is where the label is.
+            moved, _ = augment_patch(np.where(label > 0, 50.0, 1.0)[None].astype(np.float32),
+                                     label, np.array([True]), spatial_only,
+                                     np.random.default_rng(n))
+            assert np.mean(moved[0][lab > 0] > 25) > 0.9
+            noisy, _ = augment_patch(image, label, available, full, np.random.default_rng(n))
+            outside = out[0] == 0  # not seen after the spatial transform
+            assert (noisy[:, outside][[0, 1, 3]] == 0).all() and (noisy[2] == 0).all()
+            assert (noisy[0][~outside] != 0).mean() > 0.99
+
+
+class TestDataPath:
+    def test_workers_persist_and_draw_the_same_patches(self, prepared_small, tmp_path):
+        """Worker processes (persistent over epochs) give the run bit for bit: sample n is a
+        function of (seed, n) only."""
+        inline = train(prepared_small, tmp_path / "inline", tiny(epochs=2, num_workers=0),
+                       progress=False)
+        workers = train(prepared_small, tmp_path / "workers", tiny(epochs=2, num_workers=2),
+                        progress=False)
+        assert workers["digest"] == inline["digest"]
+
+    def test_validation_every_n_epochs_and_at_the_end(self, prepared_small, tmp_path):
+        summary = train(prepared_small, tmp_path / "run", tiny(epochs=3, val_every=2),
+                        progress=False)
+        log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text()
+               .splitlines()]
+        validated = [not np.isnan(r["val_dice"]) for r in log]
+        assert validated == [False, True, True]
+        assert all(r["val_seconds"] >= 0 for r in log) and summary["best_val_dice"] is not None
+        assert load_checkpoint(tmp_path / "run")["epoch"] in (1, 2)  # best: a validated epoch
+
+    def test_auto_workers(self):
+        from cordfuse.training.trainer import data_workers
+
+        assert data_workers(tiny(), torch.device("cpu")) == 0
+        assert 1 <= data_workers(tiny(), torch.device("cuda")) <= 8
+        assert data_workers(tiny(num_workers=3), torch.device("cuda")) == 3

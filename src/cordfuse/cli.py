@@ -260,7 +260,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         iterations=args.iterations, batch_size=args.batch_size, seed=args.seed,
         val_fraction=args.val_fraction, fold_file=args.fold_file, frozen_from=args.frozen_from,
         augment=not args.no_augment, amp=args.amp, deterministic=args.deterministic,
-        num_workers=args.workers, feature_noise=noise, fusion=args.fusion,
+        num_workers=args.workers, val_every=args.val_every, feature_noise=noise,
+        fusion=args.fusion,
         sequence_dropout=args.sequence_dropout, reference_dropout=args.reference_dropout,
     )
     summary = train(args.prepared, args.out, config, device=args.device, resume=args.resume)
@@ -596,7 +597,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:N")
     train.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), default="auto",
                        help="autocast: auto = bf16/fp16 on CUDA, none on CPU")
-    train.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    train.add_argument("--workers", type=int, default=None,
+                       help="data-loading processes (default: the cores less one, at most 8, on "
+                            "CUDA; none on CPU)")
+    train.add_argument("--val-every", type=int, default=1, metavar="N",
+                       help="validate every N epochs and after the last (default 1)")
     train.add_argument("--no-augment", action="store_true")
     train.add_argument("--deterministic", action="store_true",
                        help="deterministic algorithms (bit-exact resume on CPU)")

@@ -42,7 +42,10 @@ class TrainConfig:
     augment: bool = True
     amp: str = "auto"  # auto | bf16 | fp16 | none
     deterministic: bool = False
-    num_workers: int = 0
+    #: Data-loading processes; None: the cores less one (at most 8) on CUDA, none on CPU.
+    num_workers: int | None = None
+    #: Validate every this many epochs (and after the last one).
+    val_every: int = 1
     val_overlap: float = 0.5
     #: Where the sequences meet: the paper's ``bottleneck``, or ``all-levels`` (every skip too).
     fusion: str = "bottleneck"
@@ -55,6 +58,8 @@ class TrainConfig:
     reference_dropout: float = 0.0
 
     def __post_init__(self):
+        if self.val_every < 1 or (self.num_workers is not None and self.num_workers < 0):
+            raise CordfuseError("--val-every must be >= 1 and --workers >= 0")
         if self.model not in MODELS:
             raise CordfuseError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
         if self.variant is not None and self.variant not in VARIANTS:

@@ -6,9 +6,10 @@
 * **Patches**: the full in-plane crop, a random window along S-I (padded when the cord is
   shorter); a third of patches are centred on a lesion voxel (nnU-Net's foreground
   oversampling).
-* **Augmentation** (torchio): the same spatial transform for every sequence and the label (small
-  rotation and scaling, left-right mirroring), intensity transforms drawn per available sequence
-  (noise, blur), plus gamma and brightness/contrast on each available sequence.
+* **Augmentation** (:class:`Augmentation`): nnU-Net v2's default recipe for the ``paper`` preset
+  (a lighter one for ``small``). The same spatial transform for every sequence and the label;
+  intensity transforms drawn per available sequence, only inside its coverage (found before any
+  intensity change), so out-of-coverage zeros and missing sequences stay exactly zero.
 
 Sample ``n`` of the run is drawn from ``SeedSequence([seed, n])`` only: any worker, any resume,
 gets the same patch, which is what makes an interrupted run resume bit for bit.
@@ -84,7 +85,7 @@ class PatchDataset(torch.utils.data.Dataset):
 
     def __init__(self, subjects, patch_size, *, seed: int, foreground_fraction: float,
                  augment: bool, sequence_dropout: float = 0.0, reference_dropout: float = 0.0,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, augmentation: Augmentation | None = None):
         self.subjects = subjects
         self.patch_size = tuple(patch_size)
         self.seed = seed
@@ -93,7 +94,7 @@ class PatchDataset(torch.utils.data.Dataset):
         self.sequence_dropout = sequence_dropout
         self.reference_dropout = reference_dropout
         self.rank, self.world_size = rank, world_size
-        self._transform = make_augmentation() if augment else None
+        self.augmentation = (augmentation or NNUNET) if augment else None
 
     def __len__(self) -> int:
         return 2**62
@@ -115,8 +116,8 @@ class PatchDataset(torch.utils.data.Dataset):
             if others.mean() >= REFERENCE_DROP_COVER and others[label > 0].all():
                 available[0] = False
                 image[0] = 0.0
-        if self._transform is not None:
-            image, label = augment_patch(image, label, available, self._transform, rng)
+        if self.augmentation is not None:
+            image, label = augment_patch(image, label, available, self.augmentation, rng)
         return (torch.from_numpy(np.ascontiguousarray(image)),
                 torch.from_numpy(np.ascontiguousarray(label)).long(),
                 torch.from_numpy(available))
@@ -142,57 +143,160 @@ def extract_patch(subject: SubjectArrays, patch_size, rng, *, foreground: bool):
     return image, label
 
 
-def make_augmentation():
-    """The spatial transform (shared by all sequences and the label)."""
-    import torchio as tio
+@dataclass(frozen=True)
+class Augmentation:
+    """Ranges and probabilities of the training augmentation (per sample unless said).
 
-    return tio.Compose([
-        tio.RandomAffine(scales=(0.9, 1.1), degrees=(10, 10, 10), default_pad_value=0.0, p=0.3),
-        tio.RandomFlip(axes=(0,), flip_probability=0.5),
-    ])
+    :data:`NNUNET` is nnU-Net v2's default 3D recipe (``nnUNetTrainer``) adapted to the
+    straightened crop: rotations about the S-I axis keep nnU-Net's +-30 degrees, but about the
+    in-plane axes only +-15 degrees, since the crop follows the cord and a larger tilt turns it out
+    of the 24 mm wide patch; mirroring is left-right and superior-inferior, not
+    anterior-posterior (the dorsal columns, where most cord MS lesions sit, stay behind).
+    :data:`LIGHT` is the lighter recipe the ``small`` CPU preset keeps.
+
+    Attributes:
+        rotation_deg: maximum rotation about (left-right, antero-posterior, S-I) axes.
+        p_rotation: probability of a rotation.
+        scaling: range of the isotropic zoom factor.
+        p_scaling: probability of a zoom.
+        mirror_axes: voxel axes mirrored, each with probability 1/2.
+        noise_variance: range of the Gaussian noise variance.
+        p_noise: probability of noise (all available sequences).
+        blur_sigma: range of the Gaussian blur sigma (voxels).
+        p_blur: probability of blur; each available sequence then with ``p_blur_channel``.
+        p_blur_channel: see ``p_blur``.
+        brightness: range of the multiplicative brightness factor.
+        p_brightness: probability, drawn per available sequence.
+        contrast: range of the contrast factor (about the mean, range preserved).
+        p_contrast: probability, drawn per available sequence.
+        low_resolution: range of the zoom of the low-resolution simulation.
+        p_low_resolution: probability; each available sequence then with ``p_low_channel``.
+        p_low_channel: see ``p_low_resolution``.
+        gamma: range of the gamma exponent (on the channel rescaled to [0, 1], stats kept).
+        p_gamma: probability of gamma, per available sequence.
+        p_gamma_inverted: probability of a gamma on the inverted image, per available sequence.
+    """
+
+    rotation_deg: tuple[float, float, float] = (15.0, 15.0, 30.0)
+    p_rotation: float = 0.2
+    scaling: tuple[float, float] = (0.7, 1.4)
+    p_scaling: float = 0.2
+    mirror_axes: tuple[int, ...] = (0, 2)
+    noise_variance: tuple[float, float] = (0.0, 0.1)
+    p_noise: float = 0.1
+    blur_sigma: tuple[float, float] = (0.5, 1.0)
+    p_blur: float = 0.2
+    p_blur_channel: float = 0.5
+    brightness: tuple[float, float] = (0.75, 1.25)
+    p_brightness: float = 0.15
+    contrast: tuple[float, float] = (0.75, 1.25)
+    p_contrast: float = 0.15
+    low_resolution: tuple[float, float] = (0.5, 1.0)
+    p_low_resolution: float = 0.25
+    p_low_channel: float = 0.5
+    gamma: tuple[float, float] = (0.7, 1.5)
+    p_gamma: float = 0.3
+    p_gamma_inverted: float = 0.1
 
 
-def intensity_augmentation(names: list[str]):
-    """Noise and blur, parameters drawn independently for each of the named sequences."""
-    import torchio as tio
-
-    return tio.Compose([
-        tio.RandomNoise(std=(0.0, 0.1), p=0.15, include=names),
-        tio.RandomBlur(std=(0.0, 0.5), p=0.2, include=names),
-    ])
-
-
-def augment_patch(image, label, available, spatial, rng):
-    """Same spatial transform for every sequence and the label; intensity per sequence."""
-    import torchio as tio
-
-    names = [f"s{i}" for i in range(image.shape[0])]
-    images = {n: tio.ScalarImage(tensor=torch.from_numpy(image[i : i + 1]))
-              for i, n in enumerate(names)}
-    label_map = tio.LabelMap(tensor=torch.from_numpy(label[None].astype(np.int64)))
-    subject = tio.Subject(label=label_map, **images)
-    present = [n for n, flag in zip(names, available, strict=True) if flag]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(rng.integers(2**31)))
-        subject = spatial(subject)
-        subject = intensity_augmentation(present)(subject)
-    out = np.stack([subject[n].data[0].numpy() for n in names]).astype(np.float32)
-    for i, flag in enumerate(available):
-        out[i] = _gamma_contrast(out[i], rng) if flag else 0.0  # missing sequences stay zero
-    return out, subject["label"].data[0].numpy().astype(np.uint8)
+NNUNET = Augmentation()
+LIGHT = Augmentation(rotation_deg=(10.0, 10.0, 10.0), p_rotation=0.3, scaling=(0.9, 1.1),
+                     p_scaling=0.3, mirror_axes=(0,), noise_variance=(0.0, 0.01), p_noise=0.15,
+                     blur_sigma=(0.0, 0.5), p_blur=0.2, p_blur_channel=1.0, p_low_resolution=0.0,
+                     p_gamma_inverted=0.0)
+#: The recipe of each preset.
+PRESET_AUGMENTATION = {"paper": NNUNET, "small": LIGHT}
 
 
-def _gamma_contrast(channel: np.ndarray, rng) -> np.ndarray:
-    """nnU-Net-style gamma (on the [0, 1] rescaled channel) and brightness/contrast."""
-    covered = channel != 0
-    if rng.random() < 0.3:
-        lo, hi = channel.min(), channel.max()
-        if hi > lo:
-            gamma = float(np.exp(rng.uniform(-0.35, 0.4)))
-            channel = ((channel - lo) / (hi - lo)) ** gamma * (hi - lo) + lo
-    if rng.random() < 0.15:
-        channel = channel * rng.uniform(0.75, 1.25)
-    if rng.random() < 0.15:
-        mean = channel[covered].mean() if covered.any() else 0.0
-        channel = (channel - mean) * rng.uniform(0.75, 1.25) + mean
+def augment_patch(image, label, available, params: Augmentation, rng, drawn: dict | None = None):
+    """One augmented sample: the same spatial transform for every sequence and the label, then
+    intensity transforms per available sequence, only inside each sequence's coverage (taken
+    after the spatial transform, before any intensity change). Missing sequences stay zero.
+
+    Args:
+        image: ``(K, X, Y, Z)`` normalised sequences.
+        label: ``(X, Y, Z)`` lesion label.
+        available: ``(K,)`` booleans.
+        params: the recipe.
+        rng: NumPy generator of this sample (the augmentation is a function of it).
+        drawn: if given, filled with the parameters drawn (for tests and curiosity).
+    """
+    drawn = {} if drawn is None else drawn
+    image, label = _spatial(image, label, params, rng, drawn)
+    covered = image != 0
+    out = np.zeros_like(image)
+    for i in np.flatnonzero(available):
+        out[i] = _intensity(image[i], covered[i], params, rng, drawn.setdefault(i, {}))
+    return out, label
+
+
+def _spatial(image, label, params: Augmentation, rng, drawn):
+    from scipy import ndimage
+
+    angles = np.zeros(3)
+    if rng.random() < params.p_rotation:
+        angles = np.deg2rad(rng.uniform(-1, 1, 3) * np.asarray(params.rotation_deg))
+    zoom = rng.uniform(*params.scaling) if rng.random() < params.p_scaling else 1.0
+    mirror = [axis for axis in params.mirror_axes if rng.random() < 0.5]
+    drawn.update(angles_deg=np.rad2deg(angles), zoom=zoom, mirror=mirror)
+    if angles.any() or zoom != 1.0:
+        from cordfuse.synth.acquire import rotation_matrix
+
+        # Output voxel p samples the input at centre + R (p - centre) / zoom.
+        matrix = rotation_matrix(np.rad2deg(angles)) / zoom
+        centre = (np.asarray(label.shape) - 1) / 2
+        offset = centre - matrix @ centre
+        image = np.stack([
+            ndimage.affine_transform(channel, matrix, offset, order=1, mode="constant", cval=0.0)
+            for channel in image
+        ])
+        label = (ndimage.affine_transform(label.astype(np.float32), matrix, offset, order=1,
+                                          mode="constant", cval=0.0) > 0.5).astype(np.uint8)
+    for axis in mirror:
+        image = np.flip(image, axis=axis + 1)
+        label = np.flip(label, axis=axis)
+    return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(label)
+
+
+def _intensity(channel, covered, params: Augmentation, rng, drawn) -> np.ndarray:
+    from scipy import ndimage
+
+    channel = channel.astype(np.float32, copy=True)
+    if rng.random() < params.p_noise:
+        drawn["noise_variance"] = variance = rng.uniform(*params.noise_variance)
+        channel = channel + rng.normal(0.0, np.sqrt(variance), channel.shape).astype(np.float32)
+    if rng.random() < params.p_blur and rng.random() < params.p_blur_channel:
+        drawn["blur_sigma"] = sigma = rng.uniform(*params.blur_sigma, 3)
+        channel = ndimage.gaussian_filter(channel, sigma)
+    if rng.random() < params.p_brightness:
+        drawn["brightness"] = factor = rng.uniform(*params.brightness)
+        channel = channel * factor
+    if rng.random() < params.p_contrast and covered.any():
+        drawn["contrast"] = factor = rng.uniform(*params.contrast)
+        mean, lo, hi = channel[covered].mean(), channel[covered].min(), channel[covered].max()
+        channel = np.clip((channel - mean) * factor + mean, lo, hi)
+    if rng.random() < params.p_low_resolution and rng.random() < params.p_low_channel:
+        drawn["low_resolution"] = zoom = rng.uniform(*params.low_resolution)
+        small = ndimage.zoom(channel, zoom, order=0)
+        channel = ndimage.zoom(small, np.asarray(channel.shape) / np.asarray(small.shape),
+                               order=3)[: channel.shape[0], : channel.shape[1], : channel.shape[2]]
+    for p, inverted in ((params.p_gamma_inverted, True), (params.p_gamma, False)):
+        if rng.random() < p and covered.any():
+            drawn["gamma_inverted" if inverted else "gamma"] = gamma = rng.uniform(*params.gamma)
+            channel = _gamma(channel, covered, gamma, inverted)
     return np.where(covered, channel, 0.0).astype(np.float32)
+
+
+def _gamma(channel, covered, gamma: float, inverted: bool) -> np.ndarray:
+    """nnU-Net's gamma: on the channel rescaled to [0, 1] (inverted if asked), mean and standard
+    deviation of the covered voxels restored afterwards."""
+    values = channel[covered]
+    mean, std = values.mean(), values.std()
+    lo, hi = values.min(), values.max()
+    if hi <= lo:
+        return channel
+    sign = -1.0 if inverted else 1.0
+    scaled = np.clip((sign * channel - min(sign * lo, sign * hi)) / (hi - lo), 0, 1) ** gamma
+    out = sign * scaled
+    new = out[covered]
+    return (out - new.mean()) / max(new.std(), 1e-8) * std + mean

@@ -40,7 +40,12 @@ from cordfuse.nn.networks import CordNet, distillation_loss
 from cordfuse.nn.sliding import predict_probabilities
 from cordfuse.preprocess.batch import load_prepared_dataset
 from cordfuse.training.config import TrainConfig
-from cordfuse.training.data import NORMALISATION, PatchDataset, load_subjects
+from cordfuse.training.data import (
+    NORMALISATION,
+    PRESET_AUGMENTATION,
+    PatchDataset,
+    load_subjects,
+)
 from cordfuse.training.losses import deep_supervision_loss
 
 LATEST, BEST = "checkpoint_latest.pt", "checkpoint_best.pt"
@@ -150,6 +155,17 @@ def _save(path: Path, payload: dict) -> None:
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def data_workers(config: TrainConfig, device: torch.device) -> int:
+    """Data-loading processes: as configured, else (``None``) enough to keep a GPU fed (the
+    cores less one, at most 8) and none on CPU, where they would compete with the training."""
+    if config.num_workers is not None:
+        return config.num_workers
+    if device.type != "cuda":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(8, (cores or 2) - 1))
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -265,22 +281,34 @@ def train(
                            foreground_fraction=config.foreground_fraction,
                            augment=config.augment, sequence_dropout=config.sequence_dropout,
                            reference_dropout=config.reference_dropout, rank=rank,
-                           world_size=world)
+                           world_size=world, augmentation=PRESET_AUGMENTATION[config.preset])
     per_epoch = config.iterations * config.batch_size
     started = time.perf_counter()
     step = start_epoch * config.iterations
-    for epoch in range(start_epoch, config.epochs):
-        sampler = range(epoch * per_epoch, (epoch + 1) * per_epoch)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=config.batch_size,
-                                             sampler=sampler, num_workers=config.num_workers)
-        from tqdm import tqdm
+    workers = data_workers(config, dev)
+    # One loader for the whole run: its workers live across epochs and prefetch ahead. Sample n
+    # depends on (seed, n) only, so any worker count draws the same patches.
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=config.batch_size,
+        sampler=range(start_epoch * per_epoch, config.epochs * per_epoch),
+        num_workers=workers, persistent_workers=workers > 0, pin_memory=dev.type == "cuda",
+        prefetch_factor=4 if workers > 0 else None,
+        # Its own generator: starting the loader must not draw from the global torch RNG,
+        # which the feature noise uses and a resumed run restores.
+        generator=torch.Generator().manual_seed(config.seed))
+    batches = iter(loader)
+    from tqdm import tqdm
 
-        bar = tqdm(loader, total=config.iterations, desc=f"epoch {epoch + 1}/{config.epochs}",
+    for epoch in range(start_epoch, config.epochs):
+        bar = tqdm(range(config.iterations), desc=f"epoch {epoch + 1}/{config.epochs}",
                    disable=None if (progress and rank == 0) else True, leave=False)
         losses = []
         epoch_start = time.perf_counter()
-        for images, labels, available in bar:
-            images, labels, available = images.to(dev), labels.to(dev), available.to(dev)
+        for _ in bar:
+            images, labels, available = next(batches)
+            images = images.to(dev, non_blocking=True)
+            labels = labels.to(dev, non_blocking=True)
+            available = available.to(dev, non_blocking=True)
             with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 output = net(images, available)
                 loss = deep_supervision_loss(output.logits, labels)
@@ -293,16 +321,23 @@ def train(
             torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
             scaler.step(optimizer)
             scaler.update()
-            losses.append(float(loss.detach()))
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            losses.append(loss.detach())  # read once per epoch: no device sync per step
             step += 1
             if stop_hook is not None:
                 stop_hook(step)
+        train_loss = float(torch.stack(losses).float().mean())
+        bar.set_postfix(loss=f"{train_loss:.3f}")
         scheduler.step()
-        val_dice = validate(model, val_subjects, config, dev, dtype)
+        train_seconds = time.perf_counter() - epoch_start
+        # Validation (a sliding window over whole crops) every val_every epochs and at the end,
+        # so that at 1000 epochs it stays a bounded share of the run.
+        validated = bool(val_subjects) and (
+            (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs)
+        val_dice = validate(model, val_subjects, config, dev, dtype) if validated else math.nan
         record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
-                  "train_loss": float(np.mean(losses)), "val_dice": val_dice,
-                  "epoch_seconds": round(time.perf_counter() - epoch_start, 3)}
+                  "train_loss": train_loss, "val_dice": val_dice,
+                  "epoch_seconds": round(time.perf_counter() - epoch_start, 3),
+                  "val_seconds": round(time.perf_counter() - epoch_start - train_seconds, 3)}
         history.append(record)
         improved = not math.isnan(val_dice) and val_dice > best
         best = val_dice if improved else best
@@ -319,7 +354,7 @@ def train(
             }
             _save(out / LATEST, payload)
             # Without validation subjects there is no "best": it follows the latest epoch.
-            if improved or math.isnan(val_dice) or not (out / BEST).exists():
+            if improved or not val_subjects or not (out / BEST).exists():
                 _save(out / BEST, payload)
             with open(out / "log.jsonl", "a") as handle:
                 handle.write(json.dumps(record) + "\n")
