@@ -353,3 +353,21 @@ class TestDataPath:
         assert data_workers(tiny(), torch.device("cpu")) == 0
         assert 1 <= data_workers(tiny(), torch.device("cuda")) <= 8
         assert data_workers(tiny(num_workers=3), torch.device("cuda")) == 3
+
+
+def test_compile_option_wraps_the_training_step(prepared_small, tmp_path, monkeypatch):
+    """``train --compile`` hands the training network to torch.compile (checked with a stand-in:
+    compiling needs a compiler toolchain, and pays off on CUDA only)."""
+    compiled = []
+
+    def fake_compile(module):
+        compiled.append(module)
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    plain = train(prepared_small, tmp_path / "plain", tiny(epochs=1), progress=False)
+    assert compiled == []
+    again = train(prepared_small, tmp_path / "compiled", tiny(epochs=1, compile=True),
+                  progress=False)
+    assert len(compiled) == 1 and isinstance(compiled[0], torch.nn.Module)
+    assert again["digest"] == plain["digest"]

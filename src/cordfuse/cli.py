@@ -260,7 +260,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         iterations=args.iterations, batch_size=args.batch_size, seed=args.seed,
         val_fraction=args.val_fraction, fold_file=args.fold_file, frozen_from=args.frozen_from,
         augment=not args.no_augment, amp=args.amp, deterministic=args.deterministic,
-        num_workers=args.workers, val_every=args.val_every, feature_noise=noise,
+        num_workers=args.workers, val_every=args.val_every, compile=args.compile,
+        feature_noise=noise,
         fusion=args.fusion,
         sequence_dropout=args.sequence_dropout, reference_dropout=args.reference_dropout,
     )
@@ -602,6 +603,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "CUDA; none on CPU)")
     train.add_argument("--val-every", type=int, default=1, metavar="N",
                        help="validate every N epochs and after the last (default 1)")
+    train.add_argument("--compile", action="store_true",
+                       help="compile the training step with torch.compile (CUDA: about 1.9x "
+                            "faster steps after a one-off compile)")
     train.add_argument("--no-augment", action="store_true")
     train.add_argument("--deterministic", action="store_true",
                        help="deterministic algorithms (bit-exact resume on CPU)")

@@ -38,7 +38,7 @@ from cordfuse.training import describe_validation
 MANIFEST = "cordfuse_run.json"
 REPORT = "report.html"
 PACKAGES = ("cordfuse", "torch", "numpy", "scipy", "nibabel", "SimpleITK",
-            "dynamic_network_architectures", "torchio", "connected-components-3d", "matplotlib")
+            "dynamic_network_architectures", "connected-components-3d", "matplotlib")
 PREDICTION_COLOURS = ("red", "orange", "deepskyblue", "magenta")
 
 

@@ -46,6 +46,8 @@ class TrainConfig:
     num_workers: int | None = None
     #: Validate every this many epochs (and after the last one).
     val_every: int = 1
+    #: Compile the training step with ``torch.compile`` (CUDA; a one-off compile of ~1 min).
+    compile: bool = False
     val_overlap: float = 0.5
     #: Where the sequences meet: the paper's ``bottleneck``, or ``all-levels`` (every skip too).
     fusion: str = "bottleneck"

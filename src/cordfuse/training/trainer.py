@@ -277,6 +277,8 @@ def train(
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[dev.index] if dev.type == "cuda" else None,
             find_unused_parameters=model.mean_imputation)
+    if config.compile:
+        net = torch.compile(net)
     dataset = PatchDataset(train_subjects, patch, seed=config.seed,
                            foreground_fraction=config.foreground_fraction,
                            augment=config.augment, sequence_dropout=config.sequence_dropout,
