@@ -81,6 +81,9 @@ def main() -> None:
                         help="iterations per measured epoch (default 60 on CUDA, 4 on CPU)")
     parser.add_argument("--subjects", type=int, default=6)
     parser.add_argument("--json", help="also write the numbers here")
+    parser.add_argument("--models", default="baseline,mean-imputation")
+    parser.add_argument("--repeats", type=int, default=1, help="trainer runs per setting")
+    parser.add_argument("--no-options", action="store_true", help="skip the options table")
     args = parser.parse_args()
     import torch
 
@@ -113,13 +116,13 @@ def main() -> None:
         rows = []
         variants = [(amp, False) for amp in (("bf16", "none") if cuda else ("none",))]
         variants += [("bf16", True)] if cuda else []  # torch.compile on the real trainer
-        for model in ("baseline", "mean-imputation"):
-            for amp, compiled in variants:
+        for model in args.models.split(","):
+            for (amp, compiled), repeat in [(v, r) for v in variants for r in range(args.repeats)]:
                 config = TrainConfig(model=model, preset=preset, epochs=2, iterations=iterations,
                                      amp=amp, seed=0, val_fraction=0.2, compile=compiled)
                 if cuda:
                     torch.cuda.reset_peak_memory_stats()
-                out = root / f"{model}-{amp}"
+                out = root / f"{model}-{amp}-{compiled}-{repeat}"
                 train(root / "prepared", out, config, device=device.type, progress=False)
                 last = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
                 train_seconds = last["epoch_seconds"] - last["val_seconds"]
@@ -139,7 +142,7 @@ def main() -> None:
                              f"1000x250 = {hours:.1f} h, {run['workers']} workers"))
         print_table(f"trainer / bare loop, {preset} preset, batch 2, {iterations} iterations "
                     "(goal ratio >= 0.95)", rows)
-        if cuda:
+        if cuda and not args.no_options:
             options = []
             base = TrainConfig(model="baseline", preset=preset, amp="bf16")
             for label, kwargs in (
