@@ -264,12 +264,12 @@ class TestAugmentation:
     @staticmethod
     def patch():
         rng = np.random.default_rng(0)
-        base = rng.normal(size=(48, 48, 64)).astype(np.float32) + 3.0
+        base = rng.normal(size=(32, 32, 40)).astype(np.float32) + 3.0
         image = np.stack([base] * 4)  # identical sequences: any spatial difference would show
-        image[:, :, :, :8] = 0.0  # outside the field of view at the bottom of the patch
+        image[:, :, :, :6] = 0.0  # outside the field of view at the bottom of the patch
         image[2] = 0.0  # a missing sequence
-        label = np.zeros((48, 48, 64), np.uint8)
-        label[18:30, 20:26, 28:40] = 1
+        label = np.zeros((32, 32, 40), np.uint8)
+        label[12:20, 13:18, 16:26] = 1
         return image, label, np.array([True, True, False, True])
 
     def test_ranges_and_probabilities_of_the_paper_recipe(self):
