@@ -68,7 +68,9 @@ def learned(tmp_path_factory):
     bids = write_cohort(root / "bids", subjects=10, seed=21)
     prepared = root / "prepared"
     assert main(["prepare", str(bids), str(prepared), "--preset", "small", "--jobs", "2"]) == 0
-    config = TrainConfig(model="baseline", preset="small", epochs=50, iterations=25, seed=0)
+    # Validated every 5 epochs: the tests need the best of the run, not every epoch's Dice.
+    config = TrainConfig(model="baseline", preset="small", epochs=50, iterations=25, seed=0,
+                         val_every=5)
     summary = train(prepared, root / "run", config, progress=False)
     return {"bids": bids, "prepared": prepared, "run": root / "run", "summary": summary,
             "config": config}
