@@ -40,7 +40,12 @@ def main() -> None:
         detect_centerline,
         polarity_from_name,
     )
-    from cordfuse.synth.clinical import BED_SCANS, ClinicalGeometry, clinical_bed, reacquire
+    from cordfuse.synth.clinical import (
+        BED_SCANS,
+        ClinicalGeometry,
+        clinical_bed,
+        reacquire_with_mask,
+    )
 
     root = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
     if not root.is_dir():
@@ -60,8 +65,7 @@ def main() -> None:
     for name, image, mask, geometry in cases:
         data, affine = read_volume(image)
         cord, _ = read_volume(mask)
-        clinical, clinical_affine = reacquire(data, affine, geometry)
-        truth, _ = reacquire(cord, affine, geometry, mask=True)
+        clinical, truth, clinical_affine = reacquire_with_mask(data, affine, cord, geometry)
         reference = centerline_from_mask(truth, clinical_affine).points
         start = time.perf_counter()
         # As `cordfuse centerline` does: the polarity a BIDS suffix states, else from the image.

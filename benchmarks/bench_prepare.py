@@ -75,7 +75,11 @@ def real_two_slab(scan: Path, pixel: float, repeats: int) -> None:
     from cordfuse.io import make_nifti, read_volume, save_nifti
     from cordfuse.preprocess import fusion
     from cordfuse.preprocess.pipeline import PRESETS, prepare_subject
-    from cordfuse.synth.clinical import ClinicalGeometry, clinical_t2sag, write_two_slab_subject
+    from cordfuse.synth.clinical import (
+        ClinicalGeometry,
+        reacquire_with_mask,
+        write_two_slab_subject,
+    )
 
     data, affine = read_volume(scan)
     geometry = ClinicalGeometry("sagittal", 3.0, pixel)
@@ -93,7 +97,8 @@ def real_two_slab(scan: Path, pixel: float, repeats: int) -> None:
                                      subject="sub-ms01", geometry=geometry, keep_slices=17,
                                      overlap_mm=30.0)
         # The same scan as one slab, with a lesion label too (as the two-slab subject has).
-        image, mask, image_affine = clinical_t2sag(data, affine, np.zeros_like(data), geometry, 17)
+        image, mask, image_affine = reacquire_with_mask(data, affine, np.zeros_like(data),
+                                                        geometry, keep_slices=17)
         one = Path(tmp) / "one" / "sub-ms01" / "anat"
         labels = Path(tmp) / "one" / "derivatives" / "labels" / "sub-ms01" / "anat"
         one.mkdir(parents=True)

@@ -23,9 +23,23 @@ from cordfuse.preprocess.centerline import (
     refine_along,
 )
 from cordfuse.preprocess.pipeline import FALLBACK, PRESETS, PreparedSubject, prepare_subject
-from cordfuse.synth.clinical import ClinicalGeometry, clinical_bed, reacquire
+from cordfuse.synth.clinical import (
+    ClinicalGeometry,
+    clinical_bed,
+    reacquire,
+    reacquire_with_mask,
+)
 
 BED = clinical_bed(REAL_DATA)
+
+
+def clinical_case(image, mask, geometry: ClinicalGeometry):
+    """A real scan and its human cord mask, read and re-acquired on ``geometry``:
+    ``(image, affine, mask)``."""
+    data, affine = read_volume(image)
+    cord, _ = read_volume(mask)
+    clinical, truth, clinical_affine = reacquire_with_mask(data, affine, cord, geometry)
+    return clinical, clinical_affine, truth
 
 
 def errors_against_mask(found: Centerline, mask: np.ndarray, affine: np.ndarray):
@@ -72,10 +86,7 @@ class TestReacquire:
                          ids=[f"{c[0]}-{c[3].label}".replace(" ", "_") for c in BED])
 def test_centreline_on_the_clinical_geometry_test_bed(name, image, mask, geometry):
     require_real_data()
-    data, affine = read_volume(image)
-    cord, _ = read_volume(mask)
-    clinical, clinical_affine = reacquire(data, affine, geometry)
-    truth, _ = reacquire(cord, affine, geometry, mask=True)
+    clinical, clinical_affine, truth = clinical_case(image, mask, geometry)
     found = detect_centerline(clinical, clinical_affine)
     errors, covered = errors_against_mask(found, truth, clinical_affine)
     assert covered >= 0.8, (name, geometry.label, covered)
@@ -107,11 +118,11 @@ class TestAgainstReference:
 
     def test_refine_along_finds_the_real_t1_cord_from_a_displaced_guide(self):
         root = require_real_data()
-        data, affine = read_volume(root / "spinegeneric-unf01/sub-unf01_T1w.nii.gz")
-        cord, _ = read_volume(root / "spinegeneric-unf01/sub-unf01_T1w_seg-manual.nii.gz")
-        geometry = ClinicalGeometry("sagittal", 3.0, 0.7)
-        clinical, clinical_affine = reacquire(data, affine, geometry)
-        truth, _ = reacquire(cord, affine, geometry, mask=True)
+        clinical, clinical_affine, truth = clinical_case(
+            root / "spinegeneric-unf01/sub-unf01_T1w.nii.gz",
+            root / "spinegeneric-unf01/sub-unf01_T1w_seg-manual.nii.gz",
+            ClinicalGeometry("sagittal", 3.0, 0.7),
+        )
         exact = centerline_from_mask(truth, clinical_affine)
         guide = Centerline(exact.points + [1.5, 2.0, 0.0])  # 2.5 mm off, as another scan's line
         found = refine_along(clinical, clinical_affine, guide, polarity="dark-csf")
@@ -335,11 +346,11 @@ def test_centerline_cli_reads_the_polarity_a_bids_name_states(tmp_path, capsys):
     from cordfuse.preprocess.centerline import polarity_from_name
 
     root = require_real_data()
-    data, affine = read_volume(root / "spinegeneric-unf01/sub-unf01_T1w.nii.gz")
-    cord, _ = read_volume(root / "spinegeneric-unf01/sub-unf01_T1w_seg-manual.nii.gz")
-    geometry = ClinicalGeometry("sagittal", 5.0, 0.5)
-    clinical, clinical_affine = reacquire(data, affine, geometry)
-    truth, _ = reacquire(cord, affine, geometry, mask=True)
+    clinical, clinical_affine, truth = clinical_case(
+        root / "spinegeneric-unf01/sub-unf01_T1w.nii.gz",
+        root / "spinegeneric-unf01/sub-unf01_T1w_seg-manual.nii.gz",
+        ClinicalGeometry("sagittal", 5.0, 0.5),
+    )
     image = tmp_path / "sub-unf01_acq-sag_T1w.nii.gz"
     save_nifti(make_nifti(clinical, clinical_affine), image)
     assert polarity_from_name(image) == "dark-csf"

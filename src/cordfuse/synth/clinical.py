@@ -167,15 +167,16 @@ class TwoSlabSubject:
     true_affines: tuple
 
 
-def clinical_t2sag(
+def reacquire_with_mask(
     data: np.ndarray,
     affine: np.ndarray,
     cord: np.ndarray,
     geometry: ClinicalGeometry,
     keep_slices: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A real scan and its cord mask re-acquired as one clinical sagittal slab: ``(image, mask,
-    affine)``, cut to the ``keep_slices`` sagittal slices around the cord when given."""
+    """A real scan and its cord mask re-acquired together on ``geometry``: ``(image, mask,
+    affine)``, cut to the ``keep_slices`` sagittal slices around the cord when given (a clinical
+    T2Sag covers the canal, not the shoulders)."""
     image, image_affine = reacquire(data, affine, geometry)
     mask, _ = reacquire(cord, affine, geometry, mask=True)
     if keep_slices is not None and keep_slices < image.shape[0]:
@@ -204,7 +205,7 @@ def write_two_slab_subject(
 ) -> TwoSlabSubject:
     """A clinical two-slab T2Sag from a real sagittal T2 and its human cord mask, as BIDS.
 
-    The scan is re-acquired on ``geometry`` (:func:`clinical_t2sag`; ``keep_slices`` cuts it to
+    The scan is re-acquired on ``geometry`` (:func:`reacquire_with_mask`; ``keep_slices`` cuts it to
     the sagittal slices around the cord, as a clinical T2Sag covers the canal), split into two S-I
     slabs sharing ``overlap_mm``, and the lower slab's affine is moved by the rigid motion
     (about the centre of the overlap), as a patient who moved between the two acquisitions. The
@@ -215,7 +216,7 @@ def write_two_slab_subject(
     from cordfuse.io import make_nifti, save_nifti
     from cordfuse.synth.cohort import rigid_matrix
 
-    image, mask, image_affine = clinical_t2sag(data, affine, cord, geometry, keep_slices)
+    image, mask, image_affine = reacquire_with_mask(data, affine, cord, geometry, keep_slices)
     chunks = split_slabs(image, image_affine, slabs=2, overlap_mm=overlap_mm)
     upper_bottom = apply_affine(chunks[0][1], [0, 0, 0])
     overlap_centre = apply_affine(image_affine, (np.asarray(image.shape) - 1) / 2)
