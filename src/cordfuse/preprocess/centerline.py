@@ -213,6 +213,9 @@ def _coarsen(fine: _Slices, params: DetectorParams) -> tuple[_Slices, tuple[int,
     return _Slices(pooled, affine, voxel_sizes(affine)), factors
 
 
+# The sign(s) each polarity tries: +1 reads CSF brighter than the cord.
+POLARITY_SIGNS = {"bright-csf": (1.0,), "dark-csf": (-1.0,), "auto": (1.0, -1.0)}
+
 # CSF polarity of the BIDS suffixes that say it: T1-weighted images (and MP2RAGE's UNIT1) show
 # dark CSF, T2-weighted ones (T2*, STIR, PD) bright CSF.
 SUFFIX_POLARITY = {
@@ -269,7 +272,7 @@ def detect_centerline(
         valid = coarse.data != 0  # exact zeros: outside the acquired field of view
         deep = np.ones(coarse.data.shape, dtype=bool)
     fine_norm = _Slices(_normalise(canon_data), canon_affine, fine.spacing)
-    signs = {"bright-csf": [1.0], "dark-csf": [-1.0], "auto": [1.0, -1.0]}[polarity]
+    signs = POLARITY_SIGNS[polarity]
     response = {sign: np.full(image.shape, -np.inf, np.float32) for sign in signs}
     quality_map = {sign: np.full(image.shape, -np.inf, np.float32) for sign in signs}
     for half_axes in params.cord_sizes_mm:
@@ -321,7 +324,7 @@ def refine_along(
     if slices.size < 2:
         raise CordfuseError("the image does not overlap the reference centreline along S-I")
     seeds = np.stack([np.interp(slices, vox[:, 2], vox[:, a]) for a in (0, 1)], axis=1)
-    signs = {"bright-csf": [1.0], "dark-csf": [-1.0], "auto": [1.0, -1.0]}[polarity]
+    signs = POLARITY_SIGNS[polarity]
     reach = max(max(size) for size in params.cord_sizes_mm)
     best, best_cnr = None, -np.inf
     for sign in signs:
