@@ -246,8 +246,9 @@ def _spatial(image, label, params: Augmentation, rng, drawn):
         matrix = rotation_matrix(np.rad2deg(angles)) / zoom
         centre = (np.asarray(label.shape) - 1) / 2
         offset = centre - matrix @ centre
-        image = np.stack([
+        image = np.stack([  # an empty (missing) sequence stays empty: no need to resample it
             ndimage.affine_transform(channel, matrix, offset, order=1, mode="constant", cval=0.0)
+            if channel.any() else channel
             for channel in image
         ])
         label = (ndimage.affine_transform(label.astype(np.float32), matrix, offset, order=1,
