@@ -32,8 +32,9 @@ def bare_loop(config, device, steps: int, *, channels_last: bool = False,
     """Iterations per second of the network alone on GPU-resident random tensors."""
     import torch
 
+    from cordfuse.nn.device import autocast_dtype
     from cordfuse.training.losses import deep_supervision_loss
-    from cordfuse.training.trainer import autocast_dtype, build_model
+    from cordfuse.training.trainer import build_model
 
     torch.manual_seed(0)
     torch.backends.cudnn.benchmark = benchmark

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from _common import print_table, register_full_cohort
@@ -25,17 +24,15 @@ from _common import print_table, register_full_cohort
 def make_checkpoint(path: Path, model: str) -> None:
     import torch
 
-    from cordfuse import __version__
+    from cordfuse.checkpoint import Checkpoint, initial_network
     from cordfuse.preprocess.pipeline import PRESETS
     from cordfuse.training.config import TrainConfig
-    from cordfuse.training.trainer import build_model
 
     config = TrainConfig(model=model, preset="paper")
     torch.manual_seed(0)
-    net = build_model(config)
-    torch.save({"model": net.state_dict(), "config": config.to_dict(),
-                "sequences": config.model_sequences, "prep": asdict(PRESETS["paper"]),
-                "cordfuse_version": __version__}, path)
+    net = initial_network(config, config.net, config.model_sequences)
+    Checkpoint(net.state_dict(), config, config.net, config.model_sequences,
+               PRESETS["paper"]).save(path)
 
 
 def run(args: list[str]) -> tuple[float, float]:

@@ -25,12 +25,13 @@ def main() -> None:
     import torch
 
     from cordfuse.cli import main as cli
+    from cordfuse.nn.device import choose_device
     from cordfuse.preprocess.batch import load_prepared_dataset
     from cordfuse.synth.cohort import write_cohort
     from cordfuse.training.config import TrainConfig
     from cordfuse.training.data import PatchDataset, load_subjects
     from cordfuse.training.losses import deep_supervision_loss
-    from cordfuse.training.trainer import build_model, choose_device
+    from cordfuse.training.trainer import build_model
 
     device = choose_device("auto")
     rows = []

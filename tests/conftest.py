@@ -91,3 +91,27 @@ def tiny_demo(tmp_path_factory):
         status = main(["demo", str(out), "--subjects", "9", "--epochs", "1", "--iterations", "2",
                        "--test-per-cohort", "1"])
     return {"out": out, "status": status, "printed": printed.getvalue()}
+
+
+@pytest.fixture(scope="session")
+def prepared_small(synth_root, tmp_path_factory) -> Path:
+    """The fixture cohort prepared with the small preset (read-only for tests)."""
+    from cordfuse.cli import main
+
+    out = tmp_path_factory.mktemp("prep_small") / "out"
+    assert main(["prepare", str(synth_root), str(out), "--preset", "small"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_baseline(prepared_small, tmp_path_factory) -> Path:
+    """A small-preset T2Sag baseline trained for 2 iterations (deterministic): a real model whose
+    quality does not matter."""
+    from cordfuse.training.config import TrainConfig
+    from cordfuse.training.trainer import train
+
+    out = tmp_path_factory.mktemp("tiny_baseline") / "run"
+    config = TrainConfig(model="baseline", preset="small", epochs=1, iterations=2, seed=3,
+                         deterministic=True)
+    train(prepared_small, out, config, progress=False)
+    return out

@@ -34,7 +34,7 @@ def test_synth_never_overwrites_without_asking(tmp_path, capsys):
     precious.mkdir()
     (precious / "thesis.txt").write_text("do not delete")
     assert main(["synth", str(precious), "--subjects", "1", "--overwrite"]) == 2
-    assert "refusing to delete" in capsys.readouterr().err
+    assert "not made by cordfuse synth" in capsys.readouterr().err
     assert (precious / "thesis.txt").read_text() == "do not delete"
 
 

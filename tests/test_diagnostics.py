@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 import torch
 
-from cordfuse import __version__
+from cordfuse.checkpoint import Checkpoint
 from cordfuse.diagnostics import encoder_learning, inplane_misalignment
+from cordfuse.preprocess.pipeline import PRESETS
 from cordfuse.training.config import TrainConfig
 from cordfuse.training.trainer import build_model
 
@@ -36,10 +35,8 @@ def test_misalignment_recovers_a_known_shift_of_either_polarity(shift):
 
 def _checkpoint(tmp_path, model, config):
     path = tmp_path / "checkpoint_best.pt"
-    buffer = io.BytesIO()
-    torch.save({"model": model.state_dict(), "config": config.to_dict(),
-                "sequences": config.model_sequences, "cordfuse_version": __version__}, buffer)
-    path.write_bytes(buffer.getvalue())
+    Checkpoint(model.state_dict(), config, config.net, config.model_sequences,
+               PRESETS[config.preset]).save(path)
     return path
 
 

@@ -228,29 +228,38 @@ class TestCommandLine:
         assert "not on the grid" in capsys.readouterr().err
 
     def test_predictions_against_a_bids_dataset(self, synth_root, tmp_path, capsys):
+        """By default every subject is scored on its fused T2Sag grid (the grid predict, study
+        and demo use); --per-slab scores each slab label against predict --per-slab's files."""
         from cordfuse.dataset import discover
+        from cordfuse.preprocess.pipeline import PRESETS, native_lesion_label
 
-        (tmp_path / "pred").mkdir()
-        expected = 0
-        for subject in discover(synth_root).subjects:
+        subjects = discover(synth_root).subjects
+        assert any(len(s.scans["T2Sag"]) > 1 for s in subjects)  # both layouts are tried
+        (tmp_path / "fused").mkdir()
+        (tmp_path / "slabs").mkdir()
+        expected_slabs = 0
+        for subject in subjects:
+            label, affine = native_lesion_label(subject, PRESETS["paper"])
+            nib.save(nib.Nifti1Image(label, affine),  # a perfect prediction on the fused grid
+                     tmp_path / "fused" / f"{subject.name}_lesion.nii.gz")
             slabs = subject.scans["T2Sag"]
-            for k, scan in enumerate(slabs):
-                img = nib.load(scan.lesion_label)
-                name = (
-                    f"{subject.name}_lesion.nii.gz"
-                    if len(slabs) == 1
-                    else f"{subject.name}_slab-{k + 1}_lesion.nii.gz"
-                )
-                nib.save(img, tmp_path / "pred" / name)  # a perfect prediction
-                expected += 1
-        assert (
-            main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(synth_root), "--json"])
-            == 0
-        )
+            if len(slabs) > 1:
+                for k, scan in enumerate(slabs):
+                    nib.save(nib.load(scan.lesion_label),
+                             tmp_path / "slabs" / f"{subject.name}_slab-{k + 1}_lesion.nii.gz")
+                    expected_slabs += 1
+        assert main(["evaluate", "--pred", str(tmp_path / "fused"), "--gt", str(synth_root),
+                     "--json"]) == 0
         document = json.loads(capsys.readouterr().out)
-        assert len(document["images"]) == expected
-        assert all(row["dice"] == 1.0 for row in document["images"])
-        assert set(document["summary"]) == {"A", "B", "C", "all"}
+        assert [d["image"] for d in document["images"]] == [s.name for s in subjects]
+        assert all(d["dice"] == 1.0 for d in document["images"] if d["n_gt"])
+        assert {d["cohort"] for d in document["images"]} <= {"A", "B", "C"}
+        assert main(["evaluate", "--pred", str(tmp_path / "slabs"), "--gt", str(synth_root),
+                     "--json", "--per-slab"]) == 0
+        document = json.loads(capsys.readouterr().out)
+        assert len(document["images"]) == expected_slabs
+        assert all("_slab-" in d["image"] for d in document["images"])
+        assert all(d["dice"] == 1.0 for d in document["images"] if d["n_gt"])
 
 
 def test_evaluation_never_imports_torch():

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from cordfuse.checkpoint import Checkpoint
 from cordfuse.cli import main
 from cordfuse.dataset import discover
 from cordfuse.errors import CordfuseError
@@ -24,7 +25,7 @@ from cordfuse.nn.networks import NET_PRESETS, CordNet
 from cordfuse.nn.sliding import predict_probabilities
 from cordfuse.preprocess.pipeline import PRESETS, load_sequence, prepare_subject
 from cordfuse.training.config import TrainConfig
-from cordfuse.training.trainer import load_checkpoint, train
+from cordfuse.training.trainer import train
 
 CPU = torch.device("cpu")
 
@@ -232,7 +233,7 @@ class TestCommandLine:
             main(["predict", str(bad_model), "-i", str(synth_copy), "-o", str(tmp_path / "o2")])
             == 2
         )
-        assert "unreadable checkpoint" in capsys.readouterr().err
+        assert "not a cordfuse checkpoint" in capsys.readouterr().err
 
     def test_centreline_from_cord_masks(self, synth_root, tiny_models, tmp_path):
         assert (
@@ -258,8 +259,8 @@ class TestCommandLine:
     def test_weights_that_do_not_fit_their_configuration(
         self, tiny_models, tmp_path, capsys, synth_root
     ):
-        checkpoint = load_checkpoint(tiny_models["baseline"])
-        checkpoint["config"]["preset"] = "paper"  # small weights, paper architecture
+        checkpoint = Checkpoint.load(tiny_models["baseline"]).to_dict()
+        checkpoint["net"]["features"] = (32, 64, 128, 256, 320)  # small weights, paper widths
         torch.save(checkpoint, tmp_path / "mismatch.pt")
         assert (
             main(
@@ -277,7 +278,7 @@ class TestCommandLine:
         assert "does not match its configuration" in capsys.readouterr().err
 
     def test_checkpoint_of_another_major_version(self, tiny_models, tmp_path, synth_root, capsys):
-        checkpoint = load_checkpoint(tiny_models["baseline"])
+        checkpoint = Checkpoint.load(tiny_models["baseline"]).to_dict()
         checkpoint["cordfuse_version"] = "9.0.0"
         torch.save(checkpoint, tmp_path / "future.pt")
         assert (

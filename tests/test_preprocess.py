@@ -434,10 +434,15 @@ def test_save_and_load_round_trip(tmp_path, synth_root):
     subject = discover(synth_root).subjects[2]
     prepared = prepare_subject(subject, PRESETS["small"])
     prepared.save(tmp_path / "p.npz")
-    loaded = PreparedSubject.load(tmp_path / "p.npz")
+    loaded = PreparedSubject.load(tmp_path / "p.npz", native=True)
     assert loaded.sequences == prepared.sequences and loaded.config == prepared.config
-    for seq in prepared.sequences:
-        np.testing.assert_allclose(loaded.images[seq], prepared.images[seq], rtol=1e-3, atol=0.5)
+    for seq in prepared.sequences:  # exact: the crops are stored as float32
+        np.testing.assert_array_equal(loaded.images[seq], prepared.images[seq])
+    # self-contained: the fused native T2Sag and its ground truth travel with the crops
+    np.testing.assert_array_equal(loaded.native.image, prepared.native.image)
+    np.testing.assert_array_equal(loaded.native.lesion, prepared.native.lesion)
+    np.testing.assert_array_equal(loaded.native.affine, prepared.t2sag["fused_affine"])
+    assert loaded.synth_truth == prepared.synth_truth and loaded.synth_truth["scans"]
     stacked = loaded.stacked()
     assert stacked.shape[0] == 6
     for i, present in enumerate(loaded.availability):
@@ -486,3 +491,34 @@ def test_mask_and_sct_centreline_backends(synth_root, tmp_path, capsys, monkeypa
     )
     err = capsys.readouterr().err
     assert err.count("sct_deepseg is not on PATH") == 4
+
+
+@pytest.mark.parametrize("scale", [1e6, 1e-6])
+def test_crops_keep_any_scanner_intensity_scale(synth_copy, tmp_path, scale):
+    """Float-scaled scanners store values beyond float16's 65504, others tiny ones: the prepared
+    crops (and what training reads from them) keep them all, finite and to float32 precision."""
+    from cordfuse.training.data import normalise
+
+    subject = discover(synth_copy).subjects[0]
+    reference = prepare_subject(subject, PRESETS["small"])
+    for scans in subject.scans.values():
+        for scan in scans:
+            img = nib.load(scan.path)
+            data = np.asarray(img.dataobj, np.float64)
+            save_nifti(make_nifti((data / data.max() * scale).astype(np.float32), img.affine),
+                       scan.path)
+    scaled = prepare_subject(subject, PRESETS["small"])
+    scaled.save(tmp_path / "p.npz")
+    loaded = PreparedSubject.load(tmp_path / "p.npz")
+    assert loaded.sequences == reference.sequences
+    for seq in loaded.sequences:
+        crop = loaded.images[seq]
+        assert np.isfinite(crop).all()
+        np.testing.assert_array_equal(crop, scaled.images[seq])
+        peak = reference.images[seq].max()
+        np.testing.assert_allclose(crop / crop.max(), reference.images[seq] / peak,
+                                   rtol=1e-4, atol=1e-5)
+    images, available = normalise(loaded, loaded.sequences)
+    assert available.all() and np.isfinite(images).all()
+    reference_images, _ = normalise(reference, reference.sequences)
+    np.testing.assert_allclose(images, reference_images, rtol=1e-3, atol=1e-3)

@@ -260,15 +260,15 @@ def test_study_runs_the_grid_and_writes_the_tables(tiny_study):
     assert "| T2Sag baseline | T2Sag |" in table and "| Mean Imputation | all available |" in table
     # the frozen encoder is the baseline's, bit for bit
     baseline = torch.load(out / "runs" / "baseline" / "seed-0" / "checkpoint_best.pt",
-                          weights_only=False)["model"]
+                          weights_only=True)["model"]
     frozen = torch.load(out / "runs" / "mi-frozen" / "seed-0" / "checkpoint_best.pt",
-                        weights_only=False)["model"]
+                        weights_only=True)["model"]
     keys = [k for k in baseline if k.startswith("encoders.T2Sag.")]
     assert keys and all(torch.equal(baseline[k], frozen[k]) for k in keys)
     # feature-aug trained with the noise fitted on the mi model of the same seed
     fitted = FeatureNoise.from_json(out / "features" / "seed-0" / "noise_params.json")
     aug = torch.load(out / "runs" / "feature-aug" / "seed-0" / "checkpoint_best.pt",
-                     weights_only=False)["config"]
+                     weights_only=True)["config"]
     assert FeatureNoise(**aug["feature_noise"]) == fitted
 
 
@@ -336,3 +336,41 @@ def test_analyze_features_cli_writes_params_train_reads(tiny_study, tmp_path, ca
     assert main(["analyze-features", str(tiny_study / "runs" / "baseline" / "seed-0"),
                  str(tiny_study / "prepared"), "-o", str(tmp_path / "x")]) == 2
     assert "single-encoder model" in capsys.readouterr().err
+
+
+def test_evaluate_reproduces_the_study_and_nothing_needs_the_raw_data(tiny_study, tmp_path,
+                                                                      capsys):
+    """The study folder is self-contained: with its BIDS data gone, report, study (resumed) and
+    evaluate --gt PREPARED still work, and evaluate gives per_image.csv's numbers exactly."""
+    import shutil
+
+    from cordfuse.evaluation.evaluate import evaluate
+
+    moved = tmp_path / "study"
+    shutil.copytree(tiny_study, moved, ignore=shutil.ignore_patterns("data"))
+    assert not (moved / "data").exists()
+    records = records_from_csv((moved / "per_image.csv").read_text())
+    runs = sorted({(r.experiment, r.seed, r.inference) for r in records})
+    assert len(runs) > 5
+    for experiment, seed, inference in runs:
+        folder = moved / "predictions" / experiment / f"seed-{seed}" / inference.replace(" ", "-")
+        rows, problems = evaluate(folder, moved / "prepared")
+        assert not problems
+        expected = {r.image: r for r in records
+                    if (r.experiment, r.seed, r.inference) == (experiment, seed, inference)}
+        assert sorted(row.image for row in rows) == sorted(expected)
+        for row in rows:
+            assert row.cohort == expected[row.image].cohort
+            for key, value in row.metrics.to_dict().items():
+                want = expected[row.image].values[key]
+                assert value == want or (math.isnan(value) and math.isnan(want)), (row.image, key)
+    (moved / "report.html").unlink()
+    assert main(["report", str(moved)]) == 0
+    report = (moved / "report.html").read_text()
+    assert report.count('<figure class="qc"') == len(json.loads((moved / "fold.json")
+                                                                .read_text())["test"])
+    before = (moved / "per_image.csv").read_text()
+    shutil.copy(moved / "study.yaml", tmp_path / "tiny.yaml")
+    assert main(["study", str(tmp_path / "tiny.yaml"), "-o", str(moved)]) == 0
+    assert "going on with the prepared subjects" in capsys.readouterr().out
+    assert (moved / "per_image.csv").read_text() == before

@@ -10,6 +10,7 @@ import pytest
 from scipy import ndimage
 
 from cordfuse.io import apply_affine, axcodes, voxel_sizes
+from cordfuse.ownership import MANIFEST
 from cordfuse.synth.anatomy import draw_anatomy
 from cordfuse.synth.cohort import generate_subject, plan_scans, subject_rng, write_cohort
 from cordfuse.synth.protocol import LESION_SIGN, PROTOCOLS, cohort_profile
@@ -18,7 +19,9 @@ SEQS = ("T2Sag", "STIR", "T2starAx", "T2Ax", "T1Sag", "MP2RAGE")
 
 
 def _files(root):
-    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """The dataset's files and bytes, less the ownership manifest (it records when it was made)."""
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != MANIFEST}
 
 
 class TestDeterminism:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from cordfuse.checkpoint import Checkpoint
 from cordfuse.cli import main
 from cordfuse.errors import CordfuseError
 from cordfuse.preprocess.batch import load_prepared_dataset
@@ -21,17 +23,9 @@ from cordfuse.training.data import load_subjects
 from cordfuse.training.trainer import (
     StopTraining,
     build_model,
-    load_checkpoint,
     train,
     validate,
 )
-
-
-@pytest.fixture(scope="session")
-def prepared_small(synth_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("prep_small") / "out"
-    assert main(["prepare", str(synth_root), str(out), "--preset", "small"]) == 0
-    return out
 
 
 def tiny(**overrides) -> TrainConfig:
@@ -60,14 +54,55 @@ class TestResume:
 
         with pytest.raises(StopTraining):
             train(prepared_small, tmp_path / "resumed", config, stop_hook=kill, progress=False)
-        assert load_checkpoint(tmp_path / "resumed" / "checkpoint_latest.pt")["epoch"] == 0
+        assert Checkpoint.load(tmp_path / "resumed" / "checkpoint_latest.pt").epoch == 0
+        # As if the interruption had come between the checkpoint and the log: the log is
+        # rebuilt from the checkpoint's history, not appended to.
+        (tmp_path / "resumed" / "log.jsonl").write_text("")
         resumed = train(prepared_small, tmp_path / "resumed", config, resume=True, progress=False)
         assert resumed["digest"] == straight["digest"]
-        a = load_checkpoint(tmp_path / "straight" / "checkpoint_latest.pt")["model"]
-        b = load_checkpoint(tmp_path / "resumed" / "checkpoint_latest.pt")["model"]
+        a = Checkpoint.load(tmp_path / "straight" / "checkpoint_latest.pt").model
+        b = Checkpoint.load(tmp_path / "resumed" / "checkpoint_latest.pt").model
         assert all(torch.equal(a[k], b[k]) for k in a)
-        log = (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()
-        assert [json.loads(line)["epoch"] for line in log] == [1, 2, 3]
+
+        def log(run):
+            lines = (tmp_path / run / "log.jsonl").read_text().splitlines()
+            return [{k: v for k, v in json.loads(line).items() if not k.endswith("_seconds")}
+                    for line in lines]
+
+        assert [record["epoch"] for record in log("resumed")] == [1, 2, 3]
+        assert json.dumps(log("resumed")) == json.dumps(log("straight"))  # NaN-safe equality
+
+    def test_resume_refuses_another_configuration_or_split(self, prepared_small, tmp_path,
+                                                            capsys):
+        out = tmp_path / "run"
+        args = ["train", str(prepared_small), str(out), "--model", "baseline", "--preset",
+                "small", "--epochs", "1", "--iterations", "2", "--seed", "3"]
+        assert main(args) == 0
+        capsys.readouterr()
+        trained = (out / "checkpoint_latest.pt").read_bytes()
+        model = "model 'baseline' in the checkpoint, 'mean-imputation' requested"
+        epochs = "epochs 1 in the checkpoint, 2 requested"
+        for change, named in ((["--model", "mean-imputation"], [model]),
+                              (["--epochs", "2"], [epochs]),
+                              (["--epochs", "2", "--model", "mean-imputation"], [model, epochs])):
+            assert main([*args, *change, "--resume"]) == 2
+            err = capsys.readouterr().err
+            assert err.startswith(f"cordfuse: error: {out}: cannot resume: ")
+            assert err.count("\n") == 1 and err.count(" in the checkpoint") == len(named)
+            assert all(phrase in err for phrase in named), err
+        # The prepared data changed (a subject lost its label): another train/val split.
+        changed = tmp_path / "prepared"
+        shutil.copytree(prepared_small, changed)
+        document = json.loads((changed / "dataset.json").read_text())
+        next(s for s in document["subjects"] if s["has_label"])["has_label"] = False
+        (changed / "dataset.json").write_text(json.dumps(document))
+        assert main([*args[:1], str(changed), *args[2:], "--resume"]) == 2
+        err = capsys.readouterr().err
+        assert "cannot resume: the train/val split" in err and err.count("\n") == 1
+        assert (out / "checkpoint_latest.pt").read_bytes() == trained  # nothing was trained
+        # The number of data-loading workers changes only the speed: that run resumes (here
+        # with nothing left to train).
+        assert main([*args, "--workers", "0", "--resume"]) == 0
 
     def test_other_seed_other_weights(self, prepared_small, tmp_path):
         a = train(prepared_small, tmp_path / "a", tiny(epochs=1), progress=False)
@@ -79,7 +114,7 @@ class TestCheckpointsAndVariants:
     def test_checkpoint_holds_everything_to_predict(self, prepared_small, tmp_path):
         out = tmp_path / "run"
         train(prepared_small, out, tiny(model="mean-imputation", epochs=2), progress=False)
-        checkpoint = load_checkpoint(out / "checkpoint_latest.pt")
+        checkpoint = torch.load(out / "checkpoint_latest.pt", weights_only=True)
         for key in (
             "model",
             "optimizer",
@@ -115,11 +150,11 @@ class TestCheckpointsAndVariants:
             frozen_from=str(tmp_path / "base"),
         )
         train(prepared_small, tmp_path / "frozen", frozen, progress=False)
-        base = load_checkpoint(tmp_path / "base")["model"]
-        after = load_checkpoint(tmp_path / "frozen")["model"]
+        base = Checkpoint.load(tmp_path / "base").model
+        after = Checkpoint.load(tmp_path / "frozen").model
         keys = [k for k in base if k.startswith("encoders.T2Sag.")]
         assert keys and all(torch.equal(base[k], after[k]) for k in keys)
-        init = build_model(TrainConfig.from_dict(load_checkpoint(tmp_path / "frozen")["config"]))
+        init = build_model(Checkpoint.load(tmp_path / "frozen").config)
         decoder = [k for k in after if k.startswith("decoder.stages")]
         assert any(not torch.equal(after[k], init.state_dict()[k]) for k in decoder)
 
@@ -131,12 +166,13 @@ class TestCheckpointsAndVariants:
         config = tiny(model="specific", sequences=("T2Sag", "STIR"), epochs=1)
         summary = train(prepared_small, tmp_path / "specific", config, progress=False)
         assert set(summary["train"]) | set(summary["val"]) == with_stir
-        assert load_checkpoint(tmp_path / "specific")["sequences"] == ["T2Sag", "STIR"]
+        assert Checkpoint.load(tmp_path / "specific").sequences == ["T2Sag", "STIR"]
 
     def test_distillation_variant_trains(self, prepared_small, tmp_path):
         config = tiny(model="mean-imputation", variant="distillation", epochs=1)
         summary = train(prepared_small, tmp_path / "distil", config, progress=False)
         assert np.isfinite(json.loads((tmp_path / "distil/log.jsonl").read_text())["train_loss"])
+        assert Checkpoint.load(tmp_path / "distil").config.variant == "distillation"
         assert summary["digest"]
 
     def test_bad_configurations_are_clear_errors(self, prepared_small, tmp_path, capsys):
@@ -149,8 +185,8 @@ class TestCheckpointsAndVariants:
         assert main(["train", str(prepared_small), str(tmp_path / "y"), "--model", "specific"]) == 2
         assert "needs --sequences" in capsys.readouterr().err
         (tmp_path / "junk.pt").write_bytes(b"junk")
-        with pytest.raises(CordfuseError, match="unreadable checkpoint"):
-            load_checkpoint(tmp_path / "junk.pt")
+        with pytest.raises(CordfuseError, match="junk.pt: not a cordfuse checkpoint"):
+            Checkpoint.load(tmp_path / "junk.pt")
 
 
 def test_sequence_dropout_hides_other_sequences_never_t2sag(prepared_small):
@@ -345,7 +381,7 @@ class TestDataPath:
         validated = [not np.isnan(r["val_dice"]) for r in log]
         assert validated == [False, True, True]
         assert all(r["val_seconds"] >= 0 for r in log) and summary["best_val_dice"] is not None
-        assert load_checkpoint(tmp_path / "run")["epoch"] in (1, 2)  # best: a validated epoch
+        assert Checkpoint.load(tmp_path / "run").epoch in (1, 2)  # best: a validated epoch
 
     def test_auto_workers(self):
         from cordfuse.training.trainer import data_workers

@@ -11,7 +11,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -40,29 +39,6 @@ def _progress(total: int, desc: str):
 # synth
 
 
-def _is_synth_dataset(path: Path) -> bool:
-    try:
-        description = json.loads((path / "dataset_description.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return any(g.get("Name") == "cordfuse synth" for g in description.get("GeneratedBy", []))
-
-
-def prepare_output_folder(out: Path, *, overwrite: bool) -> None:
-    """Refuse to write into a non-empty folder unless ``overwrite`` and it is a synth dataset."""
-    if not out.exists() or not any(out.iterdir()):
-        return
-    if not overwrite:
-        raise CordfuseError(
-            f"{out}: folder exists and is not empty (use --overwrite to replace it)"
-        )
-    if not _is_synth_dataset(out):
-        raise CordfuseError(
-            f"{out}: not a cordfuse synthetic dataset; refusing to delete it even with --overwrite"
-        )
-    shutil.rmtree(out)
-
-
 def cmd_synth(args: argparse.Namespace) -> int:
     from cordfuse.synth import write_cohort
 
@@ -72,7 +48,6 @@ def cmd_synth(args: argparse.Namespace) -> int:
     if not cohorts:
         raise CordfuseError("--cohorts needs at least one name, e.g. A,B,C")
     out = Path(args.out)
-    prepare_output_folder(out, overwrite=args.overwrite)
     start = time.perf_counter()
     write_cohort(
         out,
@@ -81,6 +56,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         cohorts=cohorts,
         qc=args.qc,
         progress=_progress(args.subjects, "synth"),
+        overwrite=args.overwrite,
     )
     elapsed = time.perf_counter() - start
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
@@ -265,7 +241,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         fusion=args.fusion,
         sequence_dropout=args.sequence_dropout, reference_dropout=args.reference_dropout,
     )
-    summary = train(args.prepared, args.out, config, device=args.device, resume=args.resume)
+    summary = train(args.prepared, args.out, config, device=args.device, resume=args.resume,
+                    overwrite=args.overwrite)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"Trained {config.model}" + (f" ({config.variant})" if config.variant else "")
               + f" for {config.epochs} epochs in {summary['seconds']:.0f} s: "
@@ -293,7 +270,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
     from cordfuse.inference import load_models, predict_and_write, subjects_from_input
-    from cordfuse.training.trainer import choose_device
+    from cordfuse.nn.device import choose_device
+    from cordfuse.ownership import claim
 
     if args.threads is not None and args.threads < 1:
         raise CordfuseError(f"--threads must be at least 1, got {args.threads}")
@@ -306,13 +284,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not subjects:
         raise CordfuseError(f"{args.input}: no subject to predict")
     out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
+    claim(out, "predict")
     options = {
         "sequences": args.sequences.split(",") if args.sequences else None, "tta": args.tta,
         "threshold": args.threshold, "min_volume": args.min_volume,
         "device": str(choose_device(args.device)), "batch_size": args.batch_size, "amp": args.amp,
         "per_slab": args.per_slab, "save_probabilities": args.save_probabilities, "qc": args.qc,
-        "centerline": args.centerline,
+        "centerline": args.centerline, "overwrite": args.overwrite,
     }
     models = tuple(args.model)
     update = _progress(len(subjects), "predict")
@@ -339,17 +317,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 update(subject.name)
         finally:
             torch.set_num_threads(before)
-    failed = 0
+    counts = {"done": 0, "skipped": 0, "failed": 0}
     for name, status, message, written, warnings in results:
+        counts[status] += 1
         for warning in warnings:
             print(f"warning {name}: {warning}")
         if status == "failed":
-            failed += 1
             print(f"FAILED {name}: {message}", file=sys.stderr)
         else:
-            print(f"{name}: {written[0]}")
-    print(f"{len(results) - failed} predicted, {failed} failed, in "
-          f"{time.perf_counter() - start:.1f} s -> {out}")
+            print(f"{name}: {written[0]}" + (" (done before)" if status == "skipped" else ""))
+    failed = counts["failed"]
+    print(f"{counts['done']} predicted, {failed} failed, {counts['skipped']} skipped (done "
+          f"before with the same models and options), in {time.perf_counter() - start:.1f} s -> "
+          f"{out}")
     return 1 if failed else 0
 
 
@@ -374,7 +354,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     options = {"alpha": args.alpha, "beta": args.beta, "gamma": args.gamma,
                "min_volume_mm3": args.min_volume, "connectivity": args.connectivity}
     participants = Path(args.participants) if args.participants else None
-    rows, problems = evaluate(pred, gt, participants=participants, **options)
+    rows, problems = evaluate(pred, gt, participants=participants, per_slab=args.per_slab,
+                              **options)
     for problem in problems:
         print(f"FAILED {problem}", file=sys.stderr)
     if not rows:
@@ -417,14 +398,9 @@ def _lesions_beside(output: str) -> str:
 def cmd_demo(args: argparse.Namespace) -> int:
     from cordfuse.demo import DemoSettings, run_demo
 
-    out = Path(args.out)
-    prepare_output_folder(out / "data", overwrite=True)
-    for folder in ("prepared", "runs", "predictions"):
-        if (out / folder).exists():
-            shutil.rmtree(out / folder)
     settings = DemoSettings(subjects=args.subjects, seed=args.seed, epochs=args.epochs,
                             iterations=args.iterations, test_per_cohort=args.test_per_cohort)
-    result = run_demo(out, settings)
+    result = run_demo(args.out, settings, overwrite=args.overwrite)
     return 0 if result["ok"] else 1
 
 
@@ -610,6 +586,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--deterministic", action="store_true",
                        help="deterministic algorithms (bit-exact resume on CPU)")
     train.add_argument("--resume", action="store_true", help="continue from checkpoint_latest.pt")
+    train.add_argument("--overwrite", action="store_true",
+                       help="start again in a folder holding an earlier run (its checkpoints, "
+                            "log and curves are replaced; nothing else is touched)")
     train.set_defaults(func=cmd_train)
 
     predict = verbs.add_parser(
@@ -640,6 +619,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="CPU threads of each process (default: the usable cores / --jobs)")
     predict.add_argument("--mapping", help="JSON/YAML file overriding the sequence rules")
     predict.add_argument("--qc", action="store_true", help="QC picture per subject")
+    predict.add_argument("--overwrite", action="store_true",
+                         help="predict again the subjects already done in OUTPUT with the same "
+                              "models and options (by default they are skipped)")
     predict.set_defaults(func=cmd_predict)
 
     evaluate = verbs.add_parser(
@@ -647,7 +629,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Per-image Dice, lesion-wise sensitivity/precision/F1 exactly as Anima's "
                     "animaSegPerfAnalyzer -l, then mean and median per cohort.")
     evaluate.add_argument("--pred", required=True, help="prediction file or folder")
-    evaluate.add_argument("--gt", required=True, help="ground-truth file, folder or BIDS dataset")
+    evaluate.add_argument("--gt", required=True,
+                          help="ground-truth file or folder, a prepared folder (the fused native "
+                               "ground truth it stores) or a BIDS dataset (labels fused on the "
+                               "T2Sag grid)")
     evaluate.add_argument("--json", action="store_true", help="JSON output")
     evaluate.add_argument("-o", "--output", help="per-image metrics CSV (and, unless --lesions "
                           "says otherwise, the per-lesion table as <name>_lesions.csv)")
@@ -660,6 +645,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--min-volume", type=float, default=3.0,
                           help="lesions <= this volume (mm^3) are removed")
     evaluate.add_argument("--connectivity", type=int, choices=(6, 18, 26), default=6)
+    evaluate.add_argument("--per-slab", action="store_true",
+                          help="with a BIDS --gt of several T2Sag slabs: score each slab label "
+                               "against <subject>_slab-N_lesion.nii.gz (predict --per-slab) "
+                               "instead of the fused T2Sag grid")
     evaluate.set_defaults(func=cmd_evaluate)
 
     demo = verbs.add_parser("demo", help="run the whole pipeline on a small synthetic cohort")
@@ -669,6 +658,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int, default=50, help="training epochs per model")
     demo.add_argument("--iterations", type=int, default=25, help="iterations per epoch")
     demo.add_argument("--test-per-cohort", type=int, default=3, help="held-out test subjects")
+    demo.add_argument("--overwrite", action="store_true",
+                      help="replace an earlier demo in OUT (only what the demo wrote there)")
     demo.set_defaults(func=cmd_demo)
 
     study = verbs.add_parser("study", help="the paper's experiment grid, Tables 1 and 2",

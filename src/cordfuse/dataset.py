@@ -16,8 +16,11 @@ Example:
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from cordfuse.errors import CordfuseError
 from cordfuse.sequences import (
@@ -31,6 +34,7 @@ from cordfuse.sequences import (
 
 LESION_SUFFIX = "lesion-manual"
 CORD_SUFFIX = "seg-manual"
+SYNTH_TRUTH = Path("derivatives") / "synth"  # where cordfuse synth writes its truth
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,8 @@ class Subject:
     unmatched: list[Path] = field(default_factory=list)
     ambiguous: list[tuple[Path, list[str]]] = field(default_factory=list)
     orphan_labels: list[Path] = field(default_factory=list)
+    #: The generator's truth of a synthetic subject (``derivatives/synth/<id>_truth.json``).
+    synth_truth: Path | None = None
 
     @property
     def name(self) -> str:
@@ -130,6 +136,8 @@ def discover(root: str | Path, *, rules: dict[str, MatchRule] | None = None) -> 
     subjects = []
     for subject_id, session, anat in _anat_folders(root):
         subject = Subject(subject_id, session, cohorts.get(subject_id))
+        truth = root / SYNTH_TRUTH / f"{subject_id}_truth.json"
+        subject.synth_truth = truth if truth.is_file() else None
         label_dir = root / "derivatives" / "labels" / subject_id
         if session:
             label_dir = label_dir / session
@@ -188,3 +196,32 @@ def _is_fused_t2sag_stem(stem: str, subject: Subject, rules) -> bool:
         and match_sequence(name, rules) == ["T2Sag"]
         and len(subject.scans.get("T2Sag", [])) > 1
     )
+
+
+def synth_truth_document(subject: Subject) -> dict | None:
+    """A synthetic subject's lesions and its scans' grids, as plain JSON (see
+    :class:`cordfuse.evaluation.lesions.SynthTruth`); None for a subject without truth.
+
+    Reads the truth file and the headers (not the voxels) of the subject's scans.
+
+    Raises:
+        CordfuseError: an unreadable truth file.
+    """
+    if subject.synth_truth is None:
+        return None
+    import nibabel as nib
+
+    try:
+        document = json.loads(subject.synth_truth.read_text())
+    except (OSError, ValueError) as exc:
+        raise CordfuseError(f"{subject.synth_truth}: unreadable synthetic truth ({exc})") from exc
+    paths = {scan.stem: scan.path for scans in subject.scans.values() for scan in scans}
+    scans = {}
+    for stem, scan in document.get("scans", {}).items():
+        if stem in paths:
+            header = nib.load(str(paths[stem]))
+            scans[stem] = {"sequence": scan["sequence"],
+                           "motion_world_to_anatomy": scan["motion_world_to_anatomy"],
+                           "affine": np.asarray(header.affine, float).tolist(),
+                           "shape": [int(n) for n in header.shape[:3]]}
+    return {"lesions": document.get("lesions", []), "scans": scans}

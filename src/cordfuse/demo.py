@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cordfuse.errors import CordfuseError
 from cordfuse.evaluation.lesions import LesionRow, SynthTruth, extra_sequences_tables, lesion_rows
 from cordfuse.evaluation.lesions import rows_to_csv as lesions_to_csv
 from cordfuse.evaluation.metrics import evaluate_masks
@@ -48,20 +49,52 @@ class DemoSettings:
     jobs: int = 2
 
 
+#: What the demo writes in its folder (its ownership manifest lists them; see
+#: :mod:`cordfuse.ownership`).
+ENTRIES = ("data", "check.txt", "prepared", "fold.json", "runs", "predictions", "per_image.csv",
+           "per_lesion.csv", "results.md", "report.html", "cordfuse_run.json")
+
+
 def run_demo(
-    out: str | Path, settings: DemoSettings = DemoSettings(), log: Callable[[str], None] = print
+    out: str | Path, settings: DemoSettings = DemoSettings(), log: Callable[[str], None] = print,
+    *, overwrite: bool = False,
 ) -> dict:
+    """Run the demo into ``out`` (see the module docstring).
+
+    Args:
+        out: A new or empty folder, or an earlier demo's folder with ``overwrite``.
+        settings: Cohort size, seed and training schedule.
+        log: Where progress lines go.
+        overwrite: Replace an earlier demo's outputs in ``out`` (only what the demo wrote).
+
+    Returns:
+        ``ok`` (no problem in the data and no failed subject), ``minutes``, ``records`` and the
+        ``report`` path.
+
+    Raises:
+        CordfuseError: ``out`` holds files the demo did not write, or an earlier demo without
+            ``overwrite``.
+    """
     from cordfuse.check import check_dataset
     from cordfuse.dataset import discover
-    from cordfuse.inference import load_models, predict_subject, write_prediction
+    from cordfuse.inference import load_models, predict_prepared, write_prediction
+    from cordfuse.nn.device import choose_device
+    from cordfuse.ownership import claim
     from cordfuse.preprocess.batch import load_prepared_dataset, prepare_dataset
-    from cordfuse.preprocess.pipeline import PRESETS, native_lesion_label
+    from cordfuse.preprocess.pipeline import PRESETS
+    from cordfuse.study import load_test_subjects
     from cordfuse.synth import write_cohort
     from cordfuse.training import describe_validation
     from cordfuse.training.config import TrainConfig
-    from cordfuse.training.trainer import choose_device, train
+    from cordfuse.training.trainer import train
 
     out = Path(out)
+    folder = claim(out, "demo")
+    if folder.owned() and not overwrite:
+        raise CordfuseError(f"{out}: holds an earlier demo (use --overwrite to replace it, or "
+                            "give another folder)")
+    folder = claim(out, "demo", overwrite=True)
+    folder.own(*ENTRIES)
     started = time.perf_counter()
     steps = 7
     log(f"[1/{steps}] Synthetic cohort: {settings.subjects} subjects, cohorts A, B, C")
@@ -106,30 +139,28 @@ def run_demo(
             f"({summary['seconds']:.0f} s)"
         )
 
-    log(f"[5/{steps}] Predicting the test subjects")
+    log(f"[5/{steps}] Predicting the test subjects (from their prepared crops)")
     device = choose_device("auto")
-    test = [s for s in dataset.subjects if s.name in fold["test"]]
-    truths = {s.name: native_lesion_label(s, config) for s in test}
-    synth = {s.name: SynthTruth.load(data, s.name) for s in test}
+    test = load_test_subjects(out, fold)
     records: list[Record] = []
     lesions: list[LesionRow] = []
     for model, label, sequences in SETUPS:
         models = load_models([runs[model]], device)
-        folder = out / "predictions" / f"{model}_{label}"
-        for subject in test:
-            prediction = predict_subject(subject, models, sequences=sequences, device=device)
-            inputs = {scan.path.resolve() for scans in subject.scans.values() for scan in scans}
-            write_prediction(prediction, folder, threshold=0.5, per_slab=False,
-                             save_probabilities=False, qc=False, inputs=inputs)
-            truth, affine = truths[subject.name]
+        folder_out = out / "predictions" / f"{model}_{label}"
+        for prepared in test:
+            prediction = predict_prepared(prepared, models, sequences=sequences, device=device)
+            write_prediction(prediction, folder_out, threshold=0.5, per_slab=False,
+                             save_probabilities=False, qc=False, inputs=set())
+            truth, affine = prepared.native.lesion, prepared.native.affine
             voxel = float(np.prod(voxel_sizes(affine)))
             metrics = evaluate_masks(prediction.mask, truth, voxel_volume_mm3=voxel)
             inference = T2SAG_ONLY if sequences else ALL_AVAILABLE
-            records.append(Record(model, settings.seed, inference, subject.name,
-                                  subject.cohort or "-", metrics.to_dict()))
-            lesions += lesion_rows(prediction.mask, truth, affine, subject=subject.name,
-                                   voxel_volume_mm3=voxel, synth=synth[subject.name],
-                                   cohort=subject.cohort or "-", experiment=model,
+            records.append(Record(model, settings.seed, inference, prepared.subject,
+                                  prepared.cohort or "-", metrics.to_dict()))
+            lesions += lesion_rows(prediction.mask, truth, affine, subject=prepared.subject,
+                                   voxel_volume_mm3=voxel,
+                                   synth=SynthTruth.from_document(prepared.synth_truth),
+                                   cohort=prepared.cohort or "-", experiment=model,
                                    seed=settings.seed, inference=inference)
     log(f"[6/{steps}] Evaluating (Dice, lesion-wise F1 as Anima, lesion by lesion)")
     atomic_write_text(out / "per_image.csv", records_to_csv(records))

@@ -39,20 +39,16 @@ from cordfuse.synth.protocol import LESION_SIGN
 def encoder_learning(run_dir: str | Path) -> dict:
     """Per encoder, ``||W - W0|| / ||W0||`` over its weights; per sequence, the share of the
     bottleneck fusion convolution's weight norm on that sequence's input channels."""
-    from cordfuse.training.config import TrainConfig
-    from cordfuse.training.trainer import build_model, load_checkpoint
+    from cordfuse.checkpoint import Checkpoint, initial_network
 
-    checkpoint = load_checkpoint(run_dir)
-    config = TrainConfig.from_dict(checkpoint["config"])
-    if config.variant == "frozen-encoder":
-        from dataclasses import replace
-
-        config = replace(config, variant=None, frozen_from=None)
-    torch.manual_seed(config.seed)  # the trainer seeds, then builds: the same initial weights
-    initial = build_model(config).state_dict()
-    final = checkpoint["model"]
+    checkpoint = Checkpoint.load(run_dir)
+    # The trainer seeds, then builds: the same initial weights (a frozen-encoder model's T2Sag
+    # encoder started as its baseline's, which this does not rebuild).
+    torch.manual_seed(checkpoint.config.seed)
+    initial = initial_network(checkpoint.config, checkpoint.net, checkpoint.sequences).state_dict()
+    final = checkpoint.model
     moved = {}
-    for seq in checkpoint["sequences"]:
+    for seq in checkpoint.sequences:
         prefix = f"encoders.{seq}."
         keys = [k for k in final if k.startswith(prefix) and final[k].dtype.is_floating_point]
         change = sum(float(((final[k] - initial[k]).double() ** 2).sum()) for k in keys)
@@ -61,10 +57,10 @@ def encoder_learning(run_dir: str | Path) -> dict:
     out = {"encoder_relative_change": moved}
     if "fusion.weight" in final:
         weight = final["fusion.weight"].double()
-        blocks = weight.reshape(weight.shape[0], len(checkpoint["sequences"]), -1)
+        blocks = weight.reshape(weight.shape[0], len(checkpoint.sequences), -1)
         norms = blocks.pow(2).sum(dim=(0, 2)).sqrt()
         out["fusion_weight_share"] = {seq: float(n / norms.sum())
-                                      for seq, n in zip(checkpoint["sequences"], norms,
+                                      for seq, n in zip(checkpoint.sequences, norms,
                                                         strict=True)}
     return out
 
@@ -76,7 +72,7 @@ def sequence_effect(model, prepared_subjects, *, device="cpu") -> dict:
     from cordfuse.training.data import normalise
 
     net = model.model
-    patch_z = model.config.net.patch_size[2]
+    patch_z = model.net.patch_size[2]
     rows = []
     for prepared in prepared_subjects:
         if len(prepared.sequences) < 2 or prepared.label is None:
@@ -207,7 +203,7 @@ def misalignment_cost(model, prepared_subjects, *, shifts_mm=(0.0, 1.0, 2.0, 3.0
     from cordfuse.training.data import normalise
 
     net = model.model
-    patch_z = model.config.net.patch_size[2]
+    patch_z = model.net.patch_size[2]
     counts = {"T2Sag": [0, 0], **{shift: [0, 0] for shift in shifts_mm}}
     gained = {shift: 0 for shift in shifts_mm}
     for prepared in prepared_subjects:

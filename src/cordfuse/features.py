@@ -108,7 +108,7 @@ def feature_differences(model, prepared_paths: list[Path], *, device, max_values
     if len(sequences) < 2:
         raise CordfuseError(f"{model.path}: a single-encoder model has no feature differences "
                             "to analyse (use a Mean Imputation model)")
-    patch_z = model.config.net.patch_size[2]
+    patch_z = model.net.patch_size[2]
     rng = np.random.default_rng(seed)
     chunks: list[np.ndarray] = []
     counts = {seq: 0 for seq in sequences[1:]}
@@ -178,8 +178,8 @@ def analyze_features(model_path: str | Path, prepared: str | Path, out: str | Pa
     """Extract, fit, and write ``noise_params.json``, ``fit.json`` and ``histogram.png``."""
     from cordfuse.inference import load_model
     from cordfuse.io import atomic_write_bytes, atomic_write_text
+    from cordfuse.nn.device import choose_device
     from cordfuse.preprocess.batch import load_prepared_dataset
-    from cordfuse.training.trainer import choose_device
 
     dev = choose_device(device)
     model = load_model(model_path, dev)

@@ -14,6 +14,7 @@ specific-sequence model refuses input that lacks one of its sequences.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -21,14 +22,18 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from cordfuse import __version__
+from cordfuse.checkpoint import Checkpoint
 from cordfuse.dataset import Subject
 from cordfuse.errors import CordfuseError
-from cordfuse.io import apply_affine, voxel_sizes
+from cordfuse.io import apply_affine, atomic_write_text, voxel_sizes
+from cordfuse.nn.device import autocast_dtype
+from cordfuse.nn.networks import NetConfig
 from cordfuse.nn.sliding import predict_probabilities
+from cordfuse.ownership import OutputFolder
 from cordfuse.preprocess.pipeline import (
     PreparedSubject,
     PrepConfig,
-    fused_t2sag_image,
     prepare_subject,
     restore,
     slab_numbers,
@@ -36,16 +41,27 @@ from cordfuse.preprocess.pipeline import (
 from cordfuse.sequences import REFERENCE_SEQUENCE, SEQUENCES
 from cordfuse.training.config import TrainConfig
 from cordfuse.training.data import normalise
-from cordfuse.training.trainer import autocast_dtype, build_model, load_checkpoint
 
 FACE_CONNECTIVITY = ndimage.generate_binary_structure(3, 1)
 
 
 @dataclass
 class LoadedModel:
+    """A trained model ready to predict.
+
+    Attributes:
+        path: The training folder or checkpoint file it was loaded from.
+        model: The network, in evaluation mode on its device.
+        config: Its training configuration.
+        net: Its architecture, as stored in the checkpoint (its patch size is the window's).
+        sequences: Its encoders, in channel order (T2Sag first).
+        prep: The pre-processing to repeat on the input.
+    """
+
     path: Path
     model: torch.nn.Module
     config: TrainConfig
+    net: NetConfig
     sequences: list[str]
     prep: PrepConfig
 
@@ -55,28 +71,46 @@ class LoadedModel:
 
 
 def load_model(path: str | Path, device: torch.device) -> LoadedModel:
-    """A trained model ready to predict, from a training folder or a checkpoint file."""
-    checkpoint = load_checkpoint(path)
-    try:
-        config = TrainConfig.from_dict(checkpoint["config"])
-        if config.variant == "frozen-encoder":  # weights are in the checkpoint already
-            config = replace(config, variant=None, frozen_from=None)
-        model = build_model(config)
-        model.load_state_dict(checkpoint["model"])
-        prep = PrepConfig(**checkpoint["prep"])
-    except (KeyError, TypeError, RuntimeError, CordfuseError) as exc:
-        reason = str(exc).splitlines()[0]
-        raise CordfuseError(f"{path}: checkpoint does not match its configuration "
-                            f"({reason})") from exc
-    model.to(device).eval()
-    return LoadedModel(Path(path), model, config, list(checkpoint["sequences"]), prep)
+    """A trained model ready to predict, from a training folder or a checkpoint file.
+
+    The network is built from the architecture stored in the checkpoint, so a later change of
+    its preset does not change it.
+
+    Args:
+        path: A training folder (its best checkpoint) or a checkpoint file.
+        device: Where the model will run.
+
+    Returns:
+        The model, in evaluation mode on ``device``.
+
+    Raises:
+        CordfuseError: In one line: not a readable cordfuse checkpoint, or its weights do not fit
+            its architecture.
+    """
+    checkpoint = Checkpoint.load(path)
+    model = checkpoint.build_network().to(device).eval()
+    return LoadedModel(Path(path), model, checkpoint.config, checkpoint.net,
+                       checkpoint.sequences, checkpoint.prep)
 
 
 def load_models(paths, device: torch.device) -> list[LoadedModel]:
+    """Models of an ensemble.
+
+    Args:
+        paths: Training folders or checkpoint files.
+        device: Where the models will run.
+
+    Returns:
+        The models, in the order given.
+
+    Raises:
+        CordfuseError: A model cannot be loaded, or the models differ in pre-processing or
+            architecture.
+    """
     models = [load_model(p, device) for p in paths]
     first = models[0]
     for other in models[1:]:
-        if other.prep != first.prep or other.config.net != first.config.net:
+        if other.prep != first.prep or other.net != first.net:
             raise CordfuseError(f"{other.path}: an ensemble needs models with the same "
                                 f"pre-processing and network size as {first.path}")
     return models
@@ -111,6 +145,23 @@ class Prediction:
 
 def model_probabilities(model: LoadedModel, prepared: PreparedSubject, *, tta: bool,
                         device: torch.device, batch_size: int, amp: str) -> np.ndarray:
+    """One model's lesion probabilities on a prepared subject's crop (sliding window along S-I,
+    the model's patch length, 50 % overlap).
+
+    Args:
+        model: The model.
+        prepared: The subject, prepared with the model's settings.
+        tta: Also predict the left-right mirrored input and average.
+        device: Where to run.
+        batch_size: Windows per forward pass.
+        amp: ``--amp`` (``auto`` uses bf16 on CPUs that compute it natively).
+
+    Returns:
+        The probabilities on the crop grid.
+
+    Raises:
+        CordfuseError: The input lacks T2Sag, or a sequence that the model cannot do without.
+    """
     images, available = normalise(prepared, model.sequences)
     if not available[0]:
         raise CordfuseError(f"{model.path}: needs {REFERENCE_SEQUENCE}")
@@ -119,7 +170,7 @@ def model_probabilities(model: LoadedModel, prepared: PreparedSubject, *, tta: b
         raise CordfuseError(f"model {model.path} ({model.config.model}) needs "
                             f"{', '.join(model.sequences)}; this input lacks {', '.join(missing)}")
     return predict_probabilities(model.model, images, available,
-                                 patch_z=model.config.net.patch_size[2], overlap=0.5,
+                                 patch_z=model.net.patch_size[2], overlap=0.5,
                                  batch_size=batch_size, device=device,
                                  autocast_dtype=autocast_dtype(amp, device, cpu_auto_bf16=True),
                                  mirror=tta)
@@ -180,11 +231,56 @@ def predict_subject(
     prep = models[0].prep if centerline is None else replace(models[0].prep, centerline=centerline)
     prepared = prepare_subject(restrict_subject(subject, use), prep)
     prepared.label = None
+    return predict_prepared(prepared, models, tta=tta, threshold=threshold,
+                            min_volume_mm3=min_volume_mm3, device=device, batch_size=batch_size,
+                            amp=amp)
+
+
+def restrict_prepared(prepared: PreparedSubject, sequences) -> PreparedSubject:
+    """The prepared subject as if only ``sequences`` had been acquired: what a missing sequence
+    means to the networks (its channel is absent), on the crop geometry of the whole subject."""
+    keep = [s for s in prepared.sequences if s in sequences]
+    return replace(prepared, images={s: prepared.images[s] for s in keep},
+                   centres={s: prepared.centres[s] for s in keep},
+                   stats={s: prepared.stats[s] for s in keep})
+
+
+def predict_prepared(
+    prepared: PreparedSubject,
+    models: list[LoadedModel],
+    *,
+    sequences: list[str] | None = None,
+    tta: bool = False,
+    threshold: float = 0.5,
+    min_volume_mm3: float = 0.0,
+    device: torch.device | None = None,
+    batch_size: int = 2,
+    amp: str = "auto",
+) -> Prediction:
+    """Predict a prepared subject with one model or an ensemble (mean of probabilities), back on
+    its native fused T2Sag grid.
+
+    Args:
+        prepared: The subject on the reference grid (as ``prepare`` wrote it, or just prepared).
+        models: One model, or several of the same pre-processing (an ensemble).
+        sequences: Use only these of the subject's sequences (default: all the models take).
+        tta: Average with the left-right mirrored input.
+        threshold: Probability above which a voxel is lesion.
+        min_volume_mm3: Remove lesions smaller than this.
+        device: Where the networks run (default CPU).
+        batch_size: Windows per forward pass.
+        amp: Autocast (``auto``, ``bf16``, ``fp16``, ``none``).
+
+    Raises:
+        CordfuseError: no T2Sag, or a model that needs a sequence the subject lacks.
+    """
+    subset = restrict_prepared(prepared, usable_sequences(models, sequences))
     probabilities = np.mean([
-        model_probabilities(m, prepared, tta=tta, device=device, batch_size=batch_size, amp=amp)
+        model_probabilities(m, subset, tta=tta, device=device or torch.device("cpu"),
+                            batch_size=batch_size, amp=amp)
         for m in models
     ], axis=0)
-    return finish_prediction(prepared, probabilities, threshold=threshold,
+    return finish_prediction(subset, probabilities, threshold=threshold,
                              min_volume_mm3=min_volume_mm3)
 
 
@@ -212,18 +308,9 @@ def slab_masks(prediction: Prediction, threshold: float) -> list[tuple[np.ndarra
 # Outputs and the batch run (the I/O edge)
 
 
-def write_prediction(prediction: Prediction, out: Path, *, threshold: float, per_slab: bool,
-                     save_probabilities: bool, qc: bool, inputs: set[Path]) -> list[Path]:
-    """Write ``<subject>_lesion.nii.gz`` (+ options); returns the files written."""
-    import csv
-    import io
-
-    from cordfuse.io import atomic_write_text, load_nifti, make_nifti, save_nifti
-
-    slabs = prediction.prepared.t2sag["slabs"]
-    like = None
-    if len(slabs) == 1 and Path(slabs[0]["path"]).exists():
-        like = load_nifti(slabs[0]["path"])  # keep the T2Sag header
+def prediction_targets(prediction: Prediction, out: Path, *, per_slab: bool,
+                       save_probabilities: bool, qc: bool) -> dict[str, Path]:
+    """The files :func:`write_prediction` writes for these options, by kind."""
     name = prediction.subject
     targets = {"mask": out / f"{name}_lesion.nii.gz"}
     if save_probabilities:
@@ -234,6 +321,23 @@ def write_prediction(prediction: Prediction, out: Path, *, threshold: float, per
     if per_slab:  # named by the user's slab numbers (the BIDS chunk), as restore --slab takes
         for k, number in enumerate(slab_numbers(prediction.prepared.t2sag)):
             targets[f"slab{k}"] = out / f"{name}_slab-{number}_lesion.nii.gz"
+    return targets
+
+
+def write_prediction(prediction: Prediction, out: Path, *, threshold: float, per_slab: bool,
+                     save_probabilities: bool, qc: bool, inputs: set[Path]) -> list[Path]:
+    """Write ``<subject>_lesion.nii.gz`` (+ options); returns the files written."""
+    import csv
+    import io
+
+    from cordfuse.io import load_nifti, make_nifti, save_nifti
+
+    slabs = prediction.prepared.t2sag["slabs"]
+    like = None
+    if len(slabs) == 1 and Path(slabs[0]["path"]).exists():
+        like = load_nifti(slabs[0]["path"])  # keep the T2Sag header
+    targets = prediction_targets(prediction, out, per_slab=per_slab,
+                                 save_probabilities=save_probabilities, qc=qc)
     clash = [p for p in targets.values() if p.resolve() in inputs]
     if clash:
         raise CordfuseError(f"{clash[0]}: output would overwrite an input file")
@@ -265,7 +369,9 @@ def write_prediction_qc(prediction: Prediction, path: Path) -> None:
     from cordfuse.io import atomic_write_bytes
 
     plt = pyplot()
-    image = fused_t2sag_image(prediction.prepared)
+    if prediction.prepared.native is None:
+        raise CordfuseError(f"{prediction.subject}: no native T2Sag to draw the QC on")
+    image = prediction.prepared.native.image
     canon = nib.as_closest_canonical(nib.Nifti1Image(image, prediction.affine))
     mask = nib.as_closest_canonical(nib.Nifti1Image(prediction.mask, prediction.affine))
     data, labels = np.asarray(canon.dataobj), np.asarray(mask.dataobj)
@@ -314,15 +420,58 @@ def subjects_from_input(path: str | Path | None, files: dict[str, list[str]], *,
 
 
 _MODEL_CACHE: dict[tuple, list[LoadedModel]] = {}
+#: The options that change what ``predict`` writes for a subject (a finished subject predicted
+#: with other values is predicted again).
+RESULT_OPTIONS = ("sequences", "tta", "threshold", "min_volume", "amp", "per_slab",
+                  "save_probabilities", "qc", "centerline")
+
+
+def model_identity(paths) -> list[dict]:
+    """What makes a model the same model again: its checkpoint file, size and modification
+    time (a training folder's best checkpoint, else its latest, as :class:`Checkpoint` reads)."""
+    from cordfuse.checkpoint import BEST, LATEST
+
+    identity = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            path = path / BEST if (path / BEST).exists() else path / LATEST
+        stat = path.stat()
+        identity.append({"checkpoint": str(path.resolve()), "bytes": stat.st_size,
+                         "modified_ns": stat.st_mtime_ns})
+    return identity
+
+
+def record_path(out: Path, subject: str) -> Path:
+    """``<subject>_prediction.json``: what a finished subject's prediction was made with and
+    the files it wrote; written last, so its presence marks the subject done."""
+    return out / f"{subject}_prediction.json"
+
+
+def finished(out: Path, subject: str, record: dict) -> bool:
+    """Whether ``subject`` was predicted into ``out`` with the same models and options, and all
+    its files are there (a subject interrupted mid-way is not)."""
+    try:
+        previous = json.loads(record_path(out, subject).read_text())
+    except (OSError, ValueError):
+        return False
+    same = all(previous.get(k) == record[k] for k in ("models", "options"))
+    return same and all((out / name).exists() for name in previous.get("files", []))
 
 
 def predict_and_write(subject: Subject, model_paths: tuple[str, ...], out: Path, options: dict):
-    """Predict one subject and write its outputs; returns ``(name, status, message, files)``.
+    """Predict one subject and write its outputs, unless it was finished before with the same
+    models and options; returns ``(name, status, message, files, warnings)``, status ``done``,
+    ``skipped`` or ``failed``.
 
     Models are loaded once per process (``--jobs`` runs subjects in worker processes).
     """
     device = torch.device(options["device"])
     key = (model_paths, str(device))
+    record = {"models": model_identity(model_paths),
+              "options": {k: options.get(k) for k in RESULT_OPTIONS}}
+    if not options.get("overwrite") and finished(out, subject.name, record):
+        files = json.loads(record_path(out, subject.name).read_text())["files"]
+        return subject.name, "skipped", "", [out / name for name in files], []
     try:
         if key not in _MODEL_CACHE:
             _MODEL_CACHE[key] = load_models(model_paths, device)
@@ -332,10 +481,20 @@ def predict_and_write(subject: Subject, model_paths: tuple[str, ...], out: Path,
             batch_size=options["batch_size"], amp=options["amp"],
             centerline=options.get("centerline"))
         inputs = {scan.path.resolve() for scans in subject.scans.values() for scan in scans}
+        folder = OutputFolder(out, "predict")
+        targets = prediction_targets(prediction, out, per_slab=options["per_slab"],
+                                     save_probabilities=options["save_probabilities"],
+                                     qc=options["qc"])
+        names = [path.name for path in targets.values()]
+        folder.own(*names, record_path(out, subject.name).name)
         files = write_prediction(prediction, out, threshold=options["threshold"],
                                  per_slab=options["per_slab"],
                                  save_probabilities=options["save_probabilities"],
                                  qc=options["qc"], inputs=inputs)
     except CordfuseError as exc:
         return subject.name, "failed", str(exc), [], []
+    atomic_write_text(record_path(out, subject.name), json.dumps(
+        {**record, "cordfuse_version": __version__, "sequences": prediction.sequences,
+         "files": [path.name for path in files], "warnings": prediction.warnings},
+        indent=1) + "\n")
     return subject.name, "done", "", files, prediction.warnings

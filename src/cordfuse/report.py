@@ -37,6 +37,8 @@ from cordfuse.training import describe_validation
 
 MANIFEST = "cordfuse_run.json"
 REPORT = "report.html"
+#: Marks a file as a cordfuse report: the only kind of existing file ``report`` replaces.
+GENERATOR_META = '<meta name="generator" content="cordfuse report">'
 PACKAGES = ("cordfuse", "torch", "numpy", "scipy", "nibabel", "SimpleITK",
             "dynamic_network_architectures", "connected-components-3d", "matplotlib")
 PREDICTION_COLOURS = ("red", "orange", "deepskyblue", "magenta")
@@ -228,37 +230,20 @@ def boxplots_section(records, manifest: dict) -> str:
 
 
 def qc_section(run: Path, manifest: dict, fold: dict | None) -> str:
-    from cordfuse.dataset import discover
     from cordfuse.io import read_volume
-    from cordfuse.preprocess.pipeline import (
-        PreparedSubject,
-        fused_t2sag_image,
-        native_lesion_label,
-    )
+    from cordfuse.preprocess.pipeline import PreparedSubject
 
     test = set((fold or {}).get("test", []))
     if not test:
         return "<p>No test subject in this run.</p>"
-    subjects = {}
-    if manifest["data"] and Path(manifest["data"]).is_dir():
-        try:
-            subjects = {s.name: s for s in discover(manifest["data"]).subjects}
-        except CordfuseError:
-            pass  # without the raw data, the QC is drawn without the ground-truth outline
     blocks = []
     for name in sorted(test):
         path = run / "prepared" / name
         if not (path / "prepared.npz").exists():
             continue
-        prepared = PreparedSubject.load(path)
-        image = fused_t2sag_image(prepared)
-        affine = np.array(prepared.t2sag["fused_affine"])
-        truth = None
-        if name in subjects:
-            try:
-                truth = native_lesion_label(subjects[name], prepared.config)[0]
-            except CordfuseError:
-                pass  # no readable label: no ground-truth outline
+        # the prepared subject holds the native T2Sag and ground truth: no raw scan is read
+        prepared = PreparedSubject.load(path, native=True)
+        image, affine, truth = prepared.native.image, prepared.native.affine, prepared.native.lesion
         predictions = []
         for label, folder in manifest["qc_predictions"]:
             mask_path = run / folder / f"{prepared.subject}_lesion.nii.gz"
@@ -423,6 +408,7 @@ def build_report(run_dir: str | Path, progress=None) -> str:
         body.append(f'<section id="{key}"><h2>{escape(title)}</h2>{builders[key]()}</section>')
     nav = "".join(f'<a href="#{k}">{escape(t)}</a>' for k, t in SECTIONS)
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"{GENERATOR_META}"
             f"<title>cordfuse report: {escape(run.resolve().name)}</title>"
             f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body>"
             f"<header><h1>cordfuse report</h1><nav>{nav}</nav></header>"
@@ -430,6 +416,27 @@ def build_report(run_dir: str | Path, progress=None) -> str:
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None, progress=None) -> Path:
+    """Write the report of ``run_dir`` to ``out`` (default ``RUN_DIR/report.html``).
+
+    Args:
+        run_dir: A demo, study or training folder.
+        out: The HTML file; an existing file is replaced only when it is a cordfuse report.
+        progress: Called with each section's title as it is built.
+
+    Returns:
+        The path written.
+
+    Raises:
+        CordfuseError: not a run folder, or ``out`` is a file cordfuse did not write.
+    """
     path = Path(out) if out else Path(run_dir) / REPORT
+    if path.is_dir():
+        raise CordfuseError(f"{path}: is a folder; give the report's file name")
+    if path.exists():
+        with open(path, "rb") as handle:
+            head = handle.read(1024)
+        if GENERATOR_META.encode() not in head:
+            raise CordfuseError(f"{path}: exists and is not a cordfuse report; refusing to "
+                                "overwrite it (choose another -o)")
     atomic_write_text(path, build_report(run_dir, progress))
     return path

@@ -67,6 +67,7 @@ from cordfuse.evaluation.tables import (
     table2_per_cohort,
 )
 from cordfuse.io import atomic_write_bytes, atomic_write_text
+from cordfuse.ownership import claim
 from cordfuse.sequences import REFERENCE_SEQUENCE, SEQUENCES
 
 ALL_AVAILABLE = "all available"
@@ -330,48 +331,46 @@ def _feature_noise(study: StudyConfig, out: Path, seed: int, device: str, log):
     return FeatureNoise.from_json(target / "noise_params.json")
 
 
-def restrict_prepared(prepared, sequences):
-    """The prepared subject as if only ``sequences`` had been acquired."""
-    keep = [s for s in prepared.sequences if s in sequences]
-    return replace(prepared, images={s: prepared.images[s] for s in keep},
-                   centres={s: prepared.centres[s] for s in keep},
-                   stats={s: prepared.stats[s] for s in keep})
-
-
 def evaluate_run(study: StudyConfig, experiment: Experiment, seed: int, out: Path,
-                 test: list, truths: dict, device) -> list[Record]:
-    """Predict every test subject with every usable set of sequences and evaluate (Anima)."""
+                 test: list, device) -> list[Record]:
+    """Predict every test subject with every usable set of sequences and evaluate (Anima) on the
+    fused native T2Sag grid, against the ground truth the prepared subjects store."""
     from cordfuse.evaluation.metrics import evaluate_masks
-    from cordfuse.inference import finish_prediction, load_model, model_probabilities
+    from cordfuse.inference import load_model, predict_prepared
     from cordfuse.io import make_nifti, save_nifti, voxel_sizes
 
     model = load_model(out / "runs" / experiment.name / f"seed-{seed}", device)
     records = []
     for prepared in test:
-        truth, affine = truths[prepared.subject]
-        voxel = float(np.prod(voxel_sizes(affine)))
+        truth = prepared.native.lesion
+        voxel = float(np.prod(voxel_sizes(prepared.native.affine)))
         for label, sequences in inference_sets(experiment, prepared.sequences,
                                                study.specific_sets):
-            subset = restrict_prepared(prepared, sequences)
-            probabilities = model_probabilities(model, subset, tta=False, device=device,
-                                                batch_size=2, amp=study.amp)
-            prediction = finish_prediction(subset, probabilities, threshold=0.5,
-                                           min_volume_mm3=0.0)
-            folder = (out / "predictions" / experiment.name / f"seed-{seed}" /
-                      label.replace(" ", "-"))
+            prediction = predict_prepared(prepared, [model], sequences=list(sequences),
+                                          device=device, amp=study.amp)
             save_nifti(make_nifti(prediction.mask, prediction.affine),
-                       folder / f"{prepared.subject}_lesion.nii.gz")
-            metrics = evaluate_masks(prediction.mask, truth > 0.5, voxel_volume_mm3=voxel)
+                       _prediction_path(out, experiment.name, seed, label, prepared.subject))
+            metrics = evaluate_masks(prediction.mask, truth, voxel_volume_mm3=voxel)
             records.append(Record(experiment.name, seed, label, prepared.subject,
                                   prepared.cohort or "-", metrics.to_dict()))
     return records
 
 
-def _native_truths(dataset, test_ids: list[str], prep) -> dict:
-    from cordfuse.preprocess.pipeline import native_lesion_label
+def load_test_subjects(out: Path, fold: dict) -> list:
+    """The prepared test subjects with their fused native T2Sag and ground truth.
 
-    return {s.name: native_lesion_label(s, prep) for s in dataset.subjects
-            if s.subject_id in test_ids or s.name in test_ids}
+    Raises:
+        CordfuseError: a test subject was prepared without a lesion label.
+    """
+    from cordfuse.preprocess.batch import load_prepared_dataset
+    from cordfuse.preprocess.pipeline import PreparedSubject
+
+    _, paths = load_prepared_dataset(out / "prepared")
+    test = [PreparedSubject.load(p, native=True) for p in paths if p.parent.name in fold["test"]]
+    for prepared in test:
+        if prepared.native.lesion is None:
+            raise CordfuseError(f"{prepared.subject}: test subject without a lesion label")
+    return test
 
 
 def write_tables(out: Path, study: StudyConfig, records: list[Record]) -> dict[str, Path]:
@@ -435,7 +434,7 @@ def run_study(config_path: str | Path, out: str | Path | None = None, *,
     out = Path(out) if out else config_path.with_suffix("")
     if out.resolve() == config_path.parent.resolve():
         raise CordfuseError(f"{out}: give an output folder of its own for the study")
-    out.mkdir(parents=True, exist_ok=True)
+    claim(out, "study")
     if tables_only:
         records = load_records(out)
         if not records:
@@ -448,46 +447,51 @@ def run_study(config_path: str | Path, out: str | Path | None = None, *,
     if config_path.resolve() != copy.resolve():
         shutil.copyfile(config_path, copy)
     atomic_write_text(out / "config.json", json.dumps(asdict(study), indent=2, default=list) + "\n")
-    dataset, fold, prep = _prepare(study, out, log)
+    data, fold = _prepare(study, out, log)
     statuses = _train_all(study, out, fold, log)
-    records = _evaluate_all(study, out, dataset, fold, prep, statuses, log)
+    records = _evaluate_all(study, out, fold, statuses, log)
     written = write_tables(out, study, records)
-    written.update(write_lesion_tables(out, study, _lesions_all(out, dataset, fold, prep,
-                                                                records, log)))
+    written.update(write_lesion_tables(out, study, _lesions_all(out, fold, records, log)))
     minutes = (time.perf_counter() - started) / 60
     atomic_write_text(out / "status.json", json.dumps(
         {"minutes": round(minutes, 2), "runs": [asdict(s) for s in statuses]}, indent=2) + "\n")
-    written["report"] = _write_report(study, out, dataset.root, minutes)
+    written["report"] = _write_report(study, out, data, minutes)
     log(f"Study finished in {minutes:.1f} min: {out.resolve()}")
     log(f"Report: {written['report'].resolve()}")
     return {"records": records, "tables": written, "runs": statuses, "minutes": minutes,
             "fold": fold}
 
 
-def _prepare(study: StudyConfig, out: Path, log):
+def _prepare(study: StudyConfig, out: Path, log) -> tuple[Path, dict]:
+    """Prepare the study's dataset (made first when synthetic) and split it; returns the
+    dataset's root and the fold. Once prepared, the raw dataset is not needed any more: a study
+    whose dataset was moved or deleted goes on from its prepared subjects."""
     from cordfuse.dataset import discover
     from cordfuse.preprocess.batch import load_prepared_dataset, prepare_dataset
     from cordfuse.preprocess.pipeline import PRESETS
 
-    if study.dataset:
-        root = Path(study.dataset)
-        if not root.is_dir():
-            raise CordfuseError(f"{root}: dataset folder not found")
-    else:
+    root = Path(study.dataset) if study.dataset else out / "data"
+    prepared_before = (out / "prepared" / "dataset.json").exists()
+    if study.dataset and not root.is_dir() and not prepared_before:
+        raise CordfuseError(f"{root}: dataset folder not found")
+    if not study.dataset and not (root / "dataset_description.json").exists() \
+            and not prepared_before:
         from cordfuse.synth import write_cohort
 
-        root = out / "data"
-        if not (root / "dataset_description.json").exists():
-            log(f"[data] synthetic cohort: {study.synthetic_subjects} subjects "
-                f"(seed {study.synthetic_seed})")
-            write_cohort(root, subjects=study.synthetic_subjects, seed=study.synthetic_seed)
-    dataset = discover(root)
-    prep = replace(PRESETS[study.preset], centerline=study.centerline)
-    log(f"[prepare] {len(dataset.subjects)} subjects ({study.preset} preset)")
-    results = prepare_dataset(dataset, out / "prepared", prep, jobs=study.jobs)
-    for r in results:
-        if r.status == "failed":
-            log(f"      FAILED {r.name}: {r.message}")
+        log(f"[data] synthetic cohort: {study.synthetic_subjects} subjects "
+            f"(seed {study.synthetic_seed})")
+        write_cohort(root, subjects=study.synthetic_subjects, seed=study.synthetic_seed,
+                     overwrite=True)
+    if root.is_dir():
+        dataset = discover(root)
+        prep = replace(PRESETS[study.preset], centerline=study.centerline)
+        log(f"[prepare] {len(dataset.subjects)} subjects ({study.preset} preset)")
+        results = prepare_dataset(dataset, out / "prepared", prep, jobs=study.jobs)
+        for r in results:
+            if r.status == "failed":
+                log(f"      FAILED {r.name}: {r.message}")
+    else:
+        log(f"[prepare] {root} is gone: going on with the prepared subjects")
     document, _ = load_prepared_dataset(out / "prepared")
     if (out / "fold.json").exists():
         fold = json.loads((out / "fold.json").read_text())
@@ -499,7 +503,7 @@ def _prepare(study: StudyConfig, out: Path, log):
         atomic_write_text(out / "fold.json", json.dumps(fold, indent=2) + "\n")
     log(f"      train {len(fold['train'])}, validation {len(fold['val'])}, "
         f"test {len(fold['test'])} subjects")
-    return dataset, fold, prep
+    return root, fold
 
 
 def _train_all(study: StudyConfig, out: Path, fold, log) -> list[RunStatus]:
@@ -543,26 +547,21 @@ def _train_all(study: StudyConfig, out: Path, fold, log) -> list[RunStatus]:
     return statuses
 
 
-def _evaluate_all(study, out: Path, dataset, fold, prep, statuses, log) -> list[Record]:
-    from cordfuse.preprocess.batch import load_prepared_dataset
-    from cordfuse.preprocess.pipeline import PreparedSubject
-    from cordfuse.training.trainer import choose_device
+def _evaluate_all(study, out: Path, fold, statuses, log) -> list[Record]:
+    from cordfuse.nn.device import choose_device
 
     device = choose_device(study.device)
-    _, paths = load_prepared_dataset(out / "prepared")
-    test = [PreparedSubject.load(p) for p in paths if p.parent.name in fold["test"]]
-    truths = None
+    test = None
     usable = [s for s in statuses if s.status != "skipped"]
     for k, status in enumerate(usable, start=1):
         target = out / "metrics" / f"{status.experiment}_seed-{status.seed}.csv"
         if target.exists():
             continue
-        if truths is None:
-            truths = _native_truths(dataset, fold["test"], prep)
+        test = test or load_test_subjects(out, fold)
         log(f"[evaluate {k}/{len(usable)}] {status.experiment} seed {status.seed} on "
             f"{len(test)} test subjects")
         records = evaluate_run(study, EXPERIMENTS[status.experiment], status.seed, out, test,
-                               truths, device)
+                               device)
         atomic_write_text(target, records_to_csv(records))
     wanted = {(s.experiment, s.seed) for s in usable}
     return [r for r in load_records(out) if (r.experiment, r.seed) in wanted]
@@ -576,7 +575,7 @@ def _prediction_path(out: Path, experiment: str, seed: int, inference: str, subj
             f"{subject}_lesion.nii.gz")
 
 
-def _lesions_all(out: Path, dataset, fold, prep, records: list[Record], log):
+def _lesions_all(out: Path, fold, records: list[Record], log):
     """Per-lesion rows of every evaluated (model, seed), from the saved predictions; one
     ``lesions/<experiment>_seed-<n>.csv`` per run, never redone."""
     from cordfuse.evaluation.lesions import SynthTruth, lesion_rows, rows_to_csv
@@ -586,19 +585,19 @@ def _lesions_all(out: Path, dataset, fold, prep, records: list[Record], log):
     missing = [run for run in runs
                if not (out / "lesions" / f"{run[0]}_seed-{run[1]}.csv").exists()]
     if missing:
-        truths = _native_truths(dataset, fold["test"], prep)
-        synth = {name: SynthTruth.load(dataset.root, name) for name in truths}
+        test = {prepared.subject: prepared for prepared in load_test_subjects(out, fold)}
     for k, (experiment, seed) in enumerate(missing, start=1):
         log(f"[lesions {k}/{len(missing)}] {experiment} seed {seed}")
         rows = []
         for r in records:
             if (r.experiment, r.seed) != (experiment, seed):
                 continue
-            truth, affine = truths[r.image]
+            native = test[r.image].native
             prediction, _ = read_volume(_prediction_path(out, experiment, seed, r.inference,
                                                          r.image))
-            rows += lesion_rows(prediction, truth, affine, subject=r.image, synth=synth[r.image],
-                                voxel_volume_mm3=float(np.prod(voxel_sizes(affine))),
+            rows += lesion_rows(prediction, native.lesion, native.affine, subject=r.image,
+                                synth=SynthTruth.from_document(test[r.image].synth_truth),
+                                voxel_volume_mm3=float(np.prod(voxel_sizes(native.affine))),
                                 cohort=r.cohort, experiment=experiment, seed=seed,
                                 inference=r.inference)
         atomic_write_text(out / "lesions" / f"{experiment}_seed-{seed}.csv", rows_to_csv(rows))

@@ -1,17 +1,22 @@
 """``cordfuse evaluate``: per-image metrics of predictions against ground truth, then mean and
 median per cohort.
 
-Pairs are found three ways:
+Pairs are found four ways:
 
 * two files;
 * two folders: each prediction ``<subject>_lesion.nii.gz`` (as ``predict`` writes it, or any
   ``<subject>*.nii.gz``) is matched with the ground-truth file whose name starts with
   ``<subject>_``;
-* a prediction folder and a BIDS dataset: the subject's lesion label on the fused T2Sag
-  (``<T2Sag stem without chunk>_lesion-manual``) or its only T2Sag slab label; with several slab
-  labels, each slab is compared with ``<subject>_slab-N_lesion.nii.gz`` (``predict --per-slab``).
+* a prediction folder and a prepared folder (``cordfuse prepare`` output): the fused native ground
+  truth each prepared subject stores, the grid ``predict``, ``study`` and ``demo`` write and score
+  on (so ``evaluate`` reproduces a study's ``per_image.csv``); no raw scan is read;
+* a prediction folder and a BIDS dataset: the subject's lesion labels fused on the same fused
+  T2Sag grid (slab labels registered and fused like their slabs, or the label given on the fused
+  image). With ``per_slab=True`` (``--per-slab``), each slab label is instead compared with
+  ``<subject>_slab-N_lesion.nii.gz`` (``predict --per-slab``).
 
-Cohorts come from the dataset's ``participants.tsv`` (or ``--participants``).
+Cohorts come from the dataset's ``participants.tsv`` (or ``--participants``), or from the prepared
+subjects.
 
 Besides the per-image rows, every pair gives per-lesion rows (:mod:`cordfuse.evaluation.lesions`):
 each ground-truth lesion found or missed, each predicted lesion true or false positive; with a
@@ -25,6 +30,7 @@ import csv
 import io
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -47,20 +53,49 @@ class Row:
     lesions: list[LesionRow] = field(default_factory=list)
 
 
-def evaluate_pair(prediction_path: Path, truth_path: Path, *, name: str = "",
-                  synth: SynthTruth | None = None, **options) -> tuple[ImageMetrics,
-                                                                        list[LesionRow]]:
-    """Image metrics and per-lesion rows of one prediction against its ground truth."""
+@dataclass
+class GroundTruth:
+    """One image's ground truth, read when it is scored.
+
+    Attributes:
+        source: What it is, for messages (a file, or the subject it is fused from).
+        read: Returns the mask and its affine.
+        synth: The generator's truth of a synthetic subject, or None.
+        motion: World -> anatomy of the truth's grid (a moved slab's), None for the fused grid.
+        cohort: The subject's cohort when the source knows it.
+    """
+
+    source: str
+    read: Callable[[], tuple[np.ndarray, np.ndarray]]
+    synth: SynthTruth | None = None
+    motion: np.ndarray | None = None
+    cohort: str | None = None
+
+
+def truth_file(path: Path, synth: SynthTruth | None = None) -> GroundTruth:
+    """The ground truth in a NIfTI file."""
+    motion = synth.motion_of(path.name) if synth is not None else None
+    return GroundTruth(str(path), lambda: read_volume(path), synth, motion)
+
+
+def evaluate_pair(prediction_path: Path, truth: GroundTruth | Path, *, name: str = "",
+                  **options) -> tuple[ImageMetrics, list[LesionRow]]:
+    """Image metrics and per-lesion rows of one prediction against its ground truth.
+
+    Raises:
+        CordfuseError: the prediction is not on the ground truth's grid, or a file is unreadable.
+    """
+    if isinstance(truth, Path):
+        truth = truth_file(truth)
     prediction, affine = read_volume(prediction_path)
-    truth, truth_affine = read_volume(truth_path)
-    if not same_grid(prediction.shape, affine, truth.shape, truth_affine, atol_mm=1e-2):
-        raise CordfuseError(f"{prediction_path}: not on the grid of {truth_path} "
-                            f"({prediction.shape} vs {truth.shape})")
+    mask, truth_affine = truth.read()
+    if not same_grid(prediction.shape, affine, mask.shape, truth_affine, atol_mm=1e-2):
+        raise CordfuseError(f"{prediction_path}: not on the grid of {truth.source} "
+                            f"({prediction.shape} vs {mask.shape})")
     voxel = float(np.prod(voxel_sizes(affine)))
-    metrics = evaluate_masks(prediction, truth, voxel_volume_mm3=voxel, **options)
-    motion = synth.motion_of(truth_path.name) if synth is not None else None
-    rows = lesion_rows(prediction, truth, truth_affine, subject=name or truth_path.name,
-                       voxel_volume_mm3=voxel, synth=synth, motion=motion, **options)
+    metrics = evaluate_masks(prediction, mask, voxel_volume_mm3=voxel, **options)
+    rows = lesion_rows(prediction, mask, truth_affine, subject=name or Path(truth.source).name,
+                       voxel_volume_mm3=voxel, synth=truth.synth, motion=truth.motion, **options)
     return metrics, rows
 
 
@@ -68,34 +103,20 @@ def _subject_of(name: str) -> str:
     return name.split("_")[0]
 
 
-def find_pairs(pred: Path, gt: Path) -> list[tuple[str, Path, Path]]:
+def find_pairs(pred: Path, gt: Path, *, per_slab: bool = False
+               ) -> list[tuple[str, Path, GroundTruth]]:
     """``(image name, prediction, ground truth)`` triples (see the module docstring)."""
-    from cordfuse.dataset import discover
-
     if pred.is_file() and gt.is_file():
-        return [(_subject_of(pred.name), pred, gt)]
+        return [(_subject_of(pred.name), pred, truth_file(gt))]
     if not (pred.is_dir() and gt.is_dir()):
         raise CordfuseError("--pred and --gt must be two files or two folders")
-    predictions = sorted(pred.glob("*.nii*"))
-    pairs = []
+    if (gt / "dataset.json").is_file():
+        return _prepared_pairs(pred, gt)
     if any(gt.glob("sub-*/")) and (gt / "derivatives").is_dir():
-        for subject in discover(gt).subjects:
-            t2 = subject.scans.get("T2Sag", [])
-            if subject.fused_lesion_label is not None:
-                labels = [(subject.name, subject.fused_lesion_label, "_lesion.nii.gz")]
-            elif len(t2) == 1 and t2[0].lesion_label is not None:
-                labels = [(subject.name, t2[0].lesion_label, "_lesion.nii.gz")]
-            else:
-                labels = [(f"{subject.name}_slab-{k + 1}", s.lesion_label,
-                           f"_slab-{k + 1}_lesion.nii.gz") for k, s in enumerate(t2)
-                          if s.lesion_label is not None]
-            for name, label, suffix in labels:
-                match = pred / f"{subject.name}{suffix}"
-                if match.exists():
-                    pairs.append((name, match, label))
-        return pairs
+        return _bids_pairs(pred, gt, per_slab=per_slab)
     truths = sorted(gt.glob("*.nii*"))
-    for path in predictions:
+    pairs = []
+    for path in sorted(pred.glob("*.nii*")):
         if "_prob" in path.name or "_slab-" in path.name:
             continue
         subject = _subject_of(path.name)
@@ -104,9 +125,61 @@ def find_pairs(pred: Path, gt: Path) -> list[tuple[str, Path, Path]]:
         if len(candidates) > 1:
             candidates = [t for t in candidates if "lesion" in t.name] or candidates
         if len(candidates) == 1:
-            pairs.append((subject, path, candidates[0]))
+            pairs.append((subject, path, truth_file(candidates[0])))
         elif len(candidates) > 1:
             raise CordfuseError(f"{path}: several ground-truth files match {subject} in {gt}")
+    return pairs
+
+
+def _prepared_pairs(pred: Path, prepared: Path) -> list[tuple[str, Path, GroundTruth]]:
+    """Predictions against the fused native ground truth stored in prepared subjects."""
+    from cordfuse.preprocess.batch import load_prepared_dataset
+    from cordfuse.preprocess.pipeline import PreparedSubject, load_native
+
+    def reader(path: Path):
+        def read():
+            native = load_native(path)
+            if native.lesion is None:
+                raise CordfuseError(f"{path}: prepared without a lesion label")
+            return native.lesion, native.affine
+        return read
+
+    document, paths = load_prepared_dataset(prepared)
+    pairs = []
+    for entry, path in zip(document["subjects"], paths, strict=True):
+        match = pred / f"{entry['id']}_lesion.nii.gz"
+        if not entry.get("has_label") or not match.exists():
+            continue
+        synth = SynthTruth.from_document(PreparedSubject.load(path).synth_truth)
+        pairs.append((entry["id"], match, GroundTruth(str(path), reader(path), synth,
+                                                      cohort=entry.get("cohort"))))
+    return pairs
+
+
+def _bids_pairs(pred: Path, root: Path, *, per_slab: bool) -> list[tuple[str, Path, GroundTruth]]:
+    """Predictions against a BIDS dataset's labels: fused like the T2Sag slabs, or per slab."""
+    from cordfuse.dataset import discover, synth_truth_document
+    from cordfuse.preprocess.pipeline import PRESETS, native_lesion_label
+
+    pairs = []
+    for subject in discover(root).subjects:
+        if not subject.has_lesion_labels:
+            continue
+        synth = SynthTruth.from_document(synth_truth_document(subject))
+        slabs = [s for s in subject.scans.get("T2Sag", []) if s.lesion_label is not None]
+        if per_slab and subject.fused_lesion_label is None and len(slabs) > 1:
+            for k, scan in enumerate(slabs):
+                match = pred / f"{subject.name}_slab-{k + 1}_lesion.nii.gz"
+                if match.exists():
+                    pairs.append((f"{subject.name}_slab-{k + 1}", match,
+                                  truth_file(scan.lesion_label, synth)))
+            continue
+        match = pred / f"{subject.name}_lesion.nii.gz"
+        if match.exists():
+            def read(subject=subject):  # the fusion registers the slabs, as prepare does
+                return native_lesion_label(subject, PRESETS["paper"])
+            pairs.append((subject.name, match, GroundTruth(f"{subject.name} (fused T2Sag "
+                                                           "labels)", read, synth)))
     return pairs
 
 
@@ -118,25 +191,33 @@ def read_participants(path: Path | None) -> dict[str, str]:
     return read_cohorts(path.parent) if path.name == "participants.tsv" else read_cohorts(path)
 
 
-def evaluate(pred: Path, gt: Path, *, participants: Path | None = None, **options):
-    """Per-image rows and problems (one line each) for all pairs found."""
-    pairs = find_pairs(pred, gt)
+def evaluate(pred: Path, gt: Path, *, participants: Path | None = None, per_slab: bool = False,
+             **options):
+    """Per-image rows and problems (one line each) for all pairs found.
+
+    Args:
+        pred: A prediction file or folder.
+        gt: A ground-truth file or folder, a prepared folder or a BIDS dataset.
+        participants: A ``participants.tsv`` with a cohort column (default: the dataset's).
+        per_slab: With a BIDS dataset of several T2Sag slabs, score slab by slab.
+        **options: The Anima rules (``alpha``, ``beta``, ``gamma``, ``min_volume_mm3``,
+            ``connectivity``).
+
+    Raises:
+        CordfuseError: nothing to pair.
+    """
+    pairs = find_pairs(pred, gt, per_slab=per_slab)
     if not pairs:
         raise CordfuseError(f"no prediction in {pred} matches a ground truth in {gt}")
     cohorts = read_participants(participants or (gt / "participants.tsv" if gt.is_dir() else None))
     rows, problems = [], []
-    truths: dict[str, SynthTruth | None] = {}
     for name, prediction, truth in pairs:
-        subject = _subject_of(name)
-        if gt.is_dir() and subject not in truths:  # the generator's truth, when there is one
-            truths[subject] = SynthTruth.load(gt, subject)
         try:
-            metrics, lesions = evaluate_pair(prediction, truth, name=name,
-                                             synth=truths.get(subject), **options)
+            metrics, lesions = evaluate_pair(prediction, truth, name=name, **options)
         except CordfuseError as exc:
             problems.append(str(exc))
             continue
-        cohort = cohorts.get(subject)
+        cohort = cohorts.get(_subject_of(name)) or truth.cohort
         rows.append(Row(name, cohort, metrics,
                         [replace(r, cohort=cohort or "") for r in lesions]))
     return rows, problems

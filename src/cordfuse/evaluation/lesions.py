@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -146,25 +145,26 @@ class SynthTruth:
     scans: list[ScanField]
 
     @classmethod
+    def from_document(cls, document: dict | None) -> SynthTruth | None:
+        """From :func:`cordfuse.dataset.synth_truth_document` (as a prepared subject stores it)."""
+        if document is None:
+            return None
+        scans = [ScanField(stem, scan["sequence"], np.asarray(scan["affine"], float),
+                           tuple(int(n) for n in scan["shape"]),
+                           np.asarray(scan["motion_world_to_anatomy"], float))
+                 for stem, scan in document["scans"].items()]
+        return cls(document["lesions"], scans)
+
+    @classmethod
     def load(cls, root: str | Path, subject: str) -> SynthTruth | None:
         """The truth of ``subject`` under the BIDS ``root``, or None when it has none."""
-        import nibabel as nib
+        from cordfuse.dataset import SYNTH_TRUTH, discover, synth_truth_document
 
         root = Path(root)
-        path = root / "derivatives" / "synth" / f"{subject}_truth.json"
-        if not path.exists():
+        if not (root / SYNTH_TRUTH / f"{subject}_truth.json").exists():
             return None
-        document = json.loads(path.read_text())
-        scans = []
-        for stem, scan in document.get("scans", {}).items():
-            image = root / subject / "anat" / f"{stem}.nii.gz"
-            if not image.exists():
-                continue
-            header = nib.load(str(image))  # the header only: no voxel is read
-            scans.append(ScanField(stem, scan["sequence"], np.asarray(header.affine, float),
-                                   tuple(int(n) for n in header.shape[:3]),
-                                   np.asarray(scan["motion_world_to_anatomy"], float)))
-        return cls(document.get("lesions", []), scans)
+        found = [s for s in discover(root).subjects if s.name == subject]
+        return cls.from_document(synth_truth_document(found[0])) if found else None
 
     def motion_of(self, label_name: str) -> np.ndarray:
         """World -> anatomy of the grid of a label named ``<scan stem>_...``: the scan's motion

@@ -23,7 +23,14 @@ from cordfuse import __version__
 from cordfuse.dataset import Dataset, Subject
 from cordfuse.errors import CordfuseError
 from cordfuse.io import atomic_write_text
-from cordfuse.preprocess.pipeline import PREPARED_NAME, PreparedSubject, PrepConfig, prepare_subject
+from cordfuse.ownership import claim
+from cordfuse.preprocess.pipeline import (
+    PREPARED_NAME,
+    PreparedSubject,
+    PrepConfig,
+    is_prepared_with,
+    prepare_subject,
+)
 from cordfuse.sequences import SEQUENCES
 
 
@@ -51,13 +58,8 @@ def prepare_one(subject: Subject, out: Path, config: PrepConfig, *, overwrite: b
     """Prepare one subject into ``out/<subject>/``; never raises for a user-data problem."""
     folder = out / subject.name
     target = folder / PREPARED_NAME
-    if target.exists() and not overwrite:
-        try:
-            previous = PreparedSubject.load(target)
-            if previous.config == config:
-                return _result(previous, "skipped")
-        except CordfuseError:
-            pass  # unreadable or older: prepare again
+    if not overwrite and is_prepared_with(target, config):
+        return _result(PreparedSubject.load(target), "skipped")
     try:
         prepared = prepare_subject(subject, config)
         prepared.save(target)
@@ -80,13 +82,30 @@ def prepare_dataset(
     qc: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> list[SubjectResult]:
-    """Prepare every subject (``jobs`` processes) and write ``OUT/dataset.json``."""
+    """Prepare every subject (``jobs`` processes) and write ``OUT/dataset.json``.
+
+    Args:
+        dataset: The discovered dataset (read only).
+        out: A new or empty folder, or an earlier ``prepare`` output (finished subjects with the
+            same settings are skipped).
+        config: The pre-processing settings.
+        jobs: Subjects prepared in parallel (processes).
+        overwrite: Prepare finished subjects again.
+        qc: Also write a QC picture per subject.
+        progress: Called with each subject's name when it is done.
+
+    Returns:
+        One result per subject, in the dataset's order.
+
+    Raises:
+        CordfuseError: ``out`` lies inside the dataset, or holds files ``prepare`` did not write.
+    """
     out = Path(out)
     root = dataset.root.resolve()
     if out.resolve() == root or root in out.resolve().parents:
         raise CordfuseError(f"{out}: output inside the dataset; cordfuse never writes into "
                             f"{dataset.root} (choose a folder outside it)")
-    out.mkdir(parents=True, exist_ok=True)
+    claim(out, "prepare").own("dataset.json", *(s.name for s in dataset.subjects))
     results: list[SubjectResult] = []
     if jobs <= 1:
         for subject in dataset.subjects:

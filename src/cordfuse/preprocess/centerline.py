@@ -495,7 +495,10 @@ def _normalise(data: np.ndarray) -> np.ndarray:
     if values.size == 0:
         return np.zeros_like(data, dtype=np.float32)
     lo, hi = np.percentile(values, [1, 99.5])
-    return np.clip((data - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32)
+    if not hi > lo:  # a constant image: no contrast to find a cord in
+        return np.zeros_like(data, dtype=np.float32)
+    # no absolute floor on the span: scanners store intensities on any scale (1e-6 .. 1e6)
+    return np.clip((data - lo) / (hi - lo), 0, 1).astype(np.float32)
 
 
 def _candidates(resp_slice: np.ndarray, spacing, params: DetectorParams) -> np.ndarray:

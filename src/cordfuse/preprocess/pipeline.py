@@ -5,6 +5,12 @@
 missing ones absent), the lesion label crop when ground truth exists, per-sequence intensity
 statistics in the cord region, and everything needed to go back to the native T2Sag grid
 (:func:`restore`). A prepared subject is one compressed ``.npz`` file, written atomically.
+
+It is self-contained: besides the crops it holds the fused native T2Sag image and, when labels
+exist, the fused native ground truth (:class:`NativeT2Sag`), and a synthetic subject's generator
+truth, so evaluation, study, demo and report never read the raw scans again. Crops are stored as
+float32: a scanner's intensity scale (float-scaled data beyond 65504, or tiny values) round-trips
+exactly.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from cordfuse import __version__
-from cordfuse.dataset import Subject
+from cordfuse.dataset import Subject, synth_truth_document
 from cordfuse.errors import CordfuseError
 from cordfuse.io import atomic_write_bytes, read_volume, same_grid
 from cordfuse.preprocess.centerline import (
@@ -70,8 +76,29 @@ PRESETS = {
 
 
 @dataclass
+class NativeT2Sag:
+    """The fused native T2Sag, on the grid every prediction is written on.
+
+    Attributes:
+        image: The T2Sag slabs fused (registered) on the fused grid, float32.
+        affine: Voxel -> world (RAS mm) of the fused grid.
+        lesion: The ground-truth lesion mask on that grid (uint8), or None without labels.
+    """
+
+    image: np.ndarray
+    affine: np.ndarray
+    lesion: np.ndarray | None = None
+
+
+@dataclass
 class PreparedSubject:
-    """A subject on the reference grid: crops, label, statistics and the way back."""
+    """A subject on the reference grid: crops, label, statistics and the way back.
+
+    ``native`` is the fused native T2Sag (and its ground truth) when the subject was just prepared;
+    :meth:`load` leaves it out (training never needs it) and :func:`load_native` reads it.
+    ``synth_truth`` is the generator's truth of a synthetic subject (lesions and the grids of its
+    scans, :class:`cordfuse.evaluation.lesions.SynthTruth`), None otherwise.
+    """
 
     subject: str
     cohort: str | None
@@ -84,6 +111,8 @@ class PreparedSubject:
     config: PrepConfig
     warnings: list[str] = field(default_factory=list)
     centerlines: dict[str, dict[str, str]] = field(default_factory=dict)
+    native: NativeT2Sag | None = None
+    synth_truth: dict | None = None
 
     @property
     def fallbacks(self) -> dict[str, str]:
@@ -122,23 +151,39 @@ class PreparedSubject:
             "warnings": self.warnings,
             "centerlines": self.centerlines,
             "has_label": self.label is not None,
+            "synth_truth": self.synth_truth,
+            "has_native": self.native is not None,
         }
 
     def save(self, path: str | Path) -> None:
-        arrays = {f"image_{seq}": img.astype(np.float16) for seq, img in self.images.items()}
+        """Write the subject as one compressed ``.npz`` (atomically), with :attr:`native`."""
+        arrays = {f"image_{seq}": img.astype(np.float32) for seq, img in self.images.items()}
         arrays |= {f"centres_{seq}": c.astype(np.float32) for seq, c in self.centres.items()}
         if self.label is not None:
             arrays["label"] = self.label.astype(np.uint8)
+        if self.native is not None:
+            arrays["native_image"] = self.native.image.astype(np.float32)
+            arrays["native_affine"] = np.asarray(self.native.affine, np.float64)
+            if self.native.lesion is not None:
+                arrays["native_lesion"] = self.native.lesion.astype(np.uint8)
         arrays["meta"] = np.frombuffer(json.dumps(self.meta()).encode(), dtype=np.uint8)
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **arrays)
         atomic_write_bytes(path, buffer.getvalue())
 
     @classmethod
-    def load(cls, path: str | Path) -> PreparedSubject:
-        path = Path(path)
-        if path.is_dir():
-            path = path / PREPARED_NAME
+    def load(cls, path: str | Path, *, native: bool = False) -> PreparedSubject:
+        """Read a prepared subject (folder or its ``prepared.npz``).
+
+        Args:
+            path: The subject's folder or its ``prepared.npz``.
+            native: Also read :attr:`native` (the fused native T2Sag and ground truth), which
+                training does not need.
+
+        Raises:
+            CordfuseError: not a prepared subject, or one of another major version.
+        """
+        path = _prepared_file(path)
         try:
             with np.load(path) as npz:
                 meta = json.loads(npz["meta"].tobytes().decode())
@@ -153,7 +198,46 @@ class PreparedSubject:
                                 f"this is {__version__}; prepare again")
         return cls(meta["subject"], meta["cohort"], CropGeometry(**meta["geometry"]), images,
                    centres, label, meta["stats"], meta["t2sag"], PrepConfig(**meta["config"]),
-                   meta.get("warnings", []), meta.get("centerlines", {}))
+                   meta.get("warnings", []), meta.get("centerlines", {}),
+                   load_native(path) if native else None, meta.get("synth_truth"))
+
+
+def _prepared_file(path: str | Path) -> Path:
+    path = Path(path)
+    return path / PREPARED_NAME if path.is_dir() else path
+
+
+def is_prepared_with(path: str | Path, config: PrepConfig) -> bool:
+    """Whether ``path`` holds a subject this cordfuse prepared with ``config``, native T2Sag
+    included (what ``prepare`` may skip); reads its metadata only."""
+    try:
+        with np.load(_prepared_file(path)) as npz:
+            meta = json.loads(npz["meta"].tobytes().decode())
+        return (meta.get("has_native", False) and PrepConfig(**meta["config"]) == config
+                and meta["cordfuse_version"].split(".")[0] == __version__.split(".")[0])
+    except (OSError, KeyError, ValueError, TypeError, CordfuseError):
+        return False
+
+
+def load_native(path: str | Path) -> NativeT2Sag:
+    """The fused native T2Sag image and ground truth stored with a prepared subject.
+
+    Args:
+        path: The prepared subject's folder or its ``prepared.npz``.
+
+    Raises:
+        CordfuseError: unreadable, or prepared by a cordfuse that did not store them.
+    """
+    path = _prepared_file(path)
+    try:
+        with np.load(path) as npz:
+            if "native_image" not in npz.files:
+                raise CordfuseError(f"{path}: prepared without the native T2Sag (an older "
+                                    "cordfuse); prepare again")
+            lesion = npz["native_lesion"] if "native_lesion" in npz.files else None
+            return NativeT2Sag(npz["native_image"], npz["native_affine"], lesion)
+    except (OSError, KeyError, ValueError) as exc:
+        raise CordfuseError(f"{path}: not a prepared cordfuse subject ({exc})") from exc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,21 +273,43 @@ def load_sequence(subject: Subject, seq: str, config: PrepConfig) -> tuple[Fused
     return fuse_slabs(slabs, register=register), paths
 
 
+def native_t2sag(subject: Subject, fused: FusedSequence) -> NativeT2Sag:
+    """The fused T2Sag of a subject and its ground truth on the fused grid (see
+    :class:`NativeT2Sag`): a lesion label on the fused image as given, slab labels fused like
+    their slabs.
+
+    Raises:
+        CordfuseError: a fused label on another grid.
+    """
+    image, affine, _ = fused.render()
+    lesion = None
+    with_label = [slab for slab in fused.slabs if "lesion" in slab.labels]
+    if with_label and len(with_label) != len(fused.slabs) and subject.fused_lesion_label is None:
+        missing = [slab.name for slab in fused.slabs if "lesion" not in slab.labels]
+        raise CordfuseError(f"{missing[0]}: lesion label missing for this T2Sag slab "
+                            "(give one per slab, or one on the fused image)")
+    if subject.fused_lesion_label is not None:
+        data, label_affine = _read_checked(subject.fused_lesion_label)
+        if not same_grid(image.shape, affine, data.shape, label_affine):
+            raise CordfuseError(f"{subject.fused_lesion_label}: label grid differs from the fused "
+                                f"T2Sag grid {image.shape}")
+        lesion = (data > 0.5).astype(np.uint8)
+    elif any("lesion" in slab.labels for slab in fused.slabs):
+        lesion = (fused.render(what="lesion")[0] > 0.5).astype(np.uint8)
+    return NativeT2Sag(image.astype(np.float32), affine, lesion)
+
+
 def native_lesion_label(subject: Subject, config: PrepConfig) -> tuple[np.ndarray, np.ndarray]:
-    """The subject's ground-truth lesion mask on its fused native T2Sag grid, and its affine
-    (the grid every prediction is written on)."""
-    label, affine = load_sequence(subject, REFERENCE_SEQUENCE, config)[0].render(what="lesion")[:2]
-    return (label > 0.5).astype(np.uint8), affine
+    """The ground-truth lesion mask of raw scans on their fused native T2Sag grid, and its
+    affine: what ``evaluate --gt BIDS`` scores against (prepared subjects store it already).
 
-
-def fused_t2sag_image(prepared: PreparedSubject) -> np.ndarray:
-    """The subject's native T2Sag slabs fused on the grid its predictions are written on."""
-    import nibabel as nib
-
-    slabs = [Slab(np.asarray(nib.load(s["path"]).dataobj, np.float32), np.array(s["affine"]),
-                  np.array(s["native_affine"]), z_bounds=tuple(s["z_bounds"]))
-             for s in prepared.t2sag["slabs"]]
-    return FusedSequence(slabs).render()[0]
+    Raises:
+        CordfuseError: the subject has no lesion label, or an unreadable one.
+    """
+    native = native_t2sag(subject, load_sequence(subject, REFERENCE_SEQUENCE, config)[0])
+    if native.lesion is None:
+        raise CordfuseError(f"{subject.name}: no lesion label")
+    return native.lesion, native.affine
 
 
 def sequence_centerline(fused: FusedSequence, seq: str, config: PrepConfig):
@@ -328,10 +434,12 @@ def prepare_subject(subject: Subject, config: PrepConfig = PRESETS["paper"]) -> 
         centres[seq] = line.xy_at(geometry.z)
         images[seq] = sample_crop(fused[seq], geometry, centres[seq])
         stats[seq] = intensity_stats(images[seq], geometry)
-    label = _label_crop(subject, fused[REFERENCE_SEQUENCE], geometry, centres[REFERENCE_SEQUENCE])
+    reference_fused = fused[REFERENCE_SEQUENCE]
+    native = native_t2sag(subject, reference_fused)
+    label = _label_crop(subject, reference_fused, native, geometry, centres[REFERENCE_SEQUENCE])
     return PreparedSubject(subject.name, subject.cohort, geometry, images, centres, label, stats,
-                           _t2sag_meta(subject, fused[REFERENCE_SEQUENCE]), config, warnings,
-                           sources)
+                           _t2sag_meta(subject, reference_fused), config, warnings, sources,
+                           native, synth_truth_document(subject))
 
 
 def sample_crop(fused: FusedSequence, geometry: CropGeometry, centres, *, what="image", order=1):
@@ -356,23 +464,16 @@ def intensity_stats(crop: np.ndarray, geometry: CropGeometry) -> dict[str, float
             "p995": float(p_hi), "covered_slices": int(covered.sum())}
 
 
-def _label_crop(subject: Subject, fused: FusedSequence, geometry, centres) -> np.ndarray | None:
-    with_label = [s for s in fused.slabs if "lesion" in s.labels]
-    if subject.fused_lesion_label is not None:
-        shape, affine = fused.fused_grid()
-        data, label_affine = _read_checked(subject.fused_lesion_label)
-        if not same_grid(shape, affine, data.shape, label_affine):
-            raise CordfuseError(f"{subject.fused_lesion_label}: label grid differs from the fused "
-                                f"T2Sag grid {shape}")
-        source = FusedSequence([Slab.from_array(data, affine, labels={"lesion": data > 0.5})])
-    elif with_label:
-        if len(with_label) != len(fused.slabs):
-            missing = [s.name for s in fused.slabs if "lesion" not in s.labels]
-            raise CordfuseError(f"{missing[0]}: lesion label missing for this T2Sag slab "
-                                "(give one per slab, or one on the fused image)")
-        source = fused
-    else:
+def _label_crop(subject: Subject, fused: FusedSequence, native: NativeT2Sag, geometry,
+                centres) -> np.ndarray | None:
+    """The lesion label in the crop, from the label the native ground truth came from: a label
+    given on the fused image, else the slab labels (sampled from each slab directly)."""
+    if native.lesion is None:
         return None
+    source = fused
+    if subject.fused_lesion_label is not None:
+        source = FusedSequence([Slab.from_array(native.lesion.astype(np.float32), native.affine,
+                                                labels={"lesion": native.lesion > 0})])
     values = sample_crop(source, geometry, centres, what="lesion", order=1)
     return (values > 0.5).astype(np.uint8)
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from cordfuse import __version__
+from cordfuse.errors import CordfuseError
 from cordfuse.io import atomic_write_text, make_nifti, save_nifti
 from cordfuse.sequences import SEQUENCES
 from cordfuse.synth.acquire import Acquired, Displacement, acquire, build_affine, rotation_matrix
@@ -84,12 +85,17 @@ def subject_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, index]))
 
 
+def subject_id_of(index: int) -> str:
+    """The BIDS subject id of the ``index``-th synthetic subject (``sub-001`` for 1)."""
+    return f"sub-{index:03d}"
+
+
 def generate_subject(seed: int, index: int, cohort: str) -> SyntheticSubject:
     """Draw and acquire subject number ``index`` (1-based) of the cohort with ``seed``."""
     rng = subject_rng(seed, index)
     profile = cohort_profile(cohort)
     anatomy = draw_anatomy(rng, n_lesions=int(rng.integers(0, 9)), sequences=SEQUENCES)
-    subject_id = f"sub-{index:03d}"
+    subject_id = subject_id_of(index)
     plans = {f"{subject_id}_{plan.suffix}": plan for plan in plan_scans(anatomy, profile, rng)}
     subject = SyntheticSubject(subject_id, cohort, anatomy, plans)
     for stem, plan in plans.items():
@@ -374,12 +380,35 @@ def write_cohort(
     cohorts: Sequence[str] = ("A", "B", "C"),
     qc: bool = False,
     progress: Callable[[str], None] | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Generate ``subjects`` subjects (cohorts assigned in turn) and write them as BIDS."""
+    """Generate ``subjects`` subjects (cohorts assigned in turn) and write them as BIDS.
+
+    Args:
+        out: The dataset folder: new, empty, or an earlier ``synth`` output
+            (:func:`cordfuse.ownership.claim`).
+        subjects: How many subjects.
+        seed: Random seed; equal seeds give byte-identical datasets.
+        cohorts: Cohort names, assigned in turn.
+        qc: Also write a QC picture per subject.
+        progress: Called with each subject id once written.
+        overwrite: Replace an earlier synthetic dataset in ``out`` (only what synth wrote).
+
+    Returns:
+        The dataset root.
+    """
+    from cordfuse.ownership import claim
     from cordfuse.synth.qc import write_subject_qc
 
     root = Path(out)
-    root.mkdir(parents=True, exist_ok=True)
+    claim(root, "synth")  # refuses a folder synth did not make, before anything is removed
+    if (root / "dataset_description.json").exists() and not overwrite:
+        raise CordfuseError(f"{root}: holds a synthetic dataset already (use --overwrite to "
+                            "replace it)")
+    # A dataset without its description was interrupted: what synth wrote is redone.
+    folder = claim(root, "synth", overwrite=True)
+    folder.own("dataset_description.json", "participants.tsv", "derivatives",
+               *(subject_id_of(index) for index in range(1, subjects + 1)))
     description = {
         "Name": "cordfuse synthetic multi-sequence spinal cord cohort",
         "BIDSVersion": "1.9.0",
@@ -392,7 +421,6 @@ def write_cohort(
             }
         ],
     }
-    atomic_write_text(root / "dataset_description.json", json.dumps(description, indent=2) + "\n")
     derivative = {
         "Name": "cordfuse synthetic ground truth",
         "BIDSVersion": "1.9.0",
@@ -416,4 +444,6 @@ def write_cohort(
         if progress is not None:
             progress(subject.subject_id)
     atomic_write_text(root / "participants.tsv", "\n".join(rows) + "\n")
+    # Written last: its presence marks a finished dataset (an interrupted one is redone).
+    atomic_write_text(root / "dataset_description.json", json.dumps(description, indent=2) + "\n")
     return root

@@ -61,7 +61,9 @@ def normalise(prepared: PreparedSubject, sequences: list[str]) -> tuple[np.ndarr
             continue
         crop = prepared.images[seq]
         stats = prepared.stats[seq]
-        scaled = (crop - stats["mean"]) / max(stats["std"], 1e-6)
+        # relative, not an absolute floor: scanners store intensities on any scale (1e-6..1e6)
+        std = stats["std"] if stats["std"] > 0 else 1.0
+        scaled = (crop - stats["mean"]) / std
         images[i] = np.where(crop != 0, scaled, 0.0)
         available[i] = True
     return images, available

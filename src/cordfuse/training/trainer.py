@@ -3,14 +3,16 @@
 ``train(prepared_dir, out_dir, config)`` writes into ``out_dir``:
 
 * ``checkpoint_latest.pt`` (every epoch) and ``checkpoint_best.pt`` (best validation Dice), both
-  written atomically, holding the weights, optimiser, LR scheduler, epoch, RNG states, the full
-  configuration, the model's sequences, the normalisation and the pre-processing settings: all
-  that ``predict`` needs;
-* ``log.jsonl`` (one JSON line per epoch) and ``curves.png`` (loss and validation Dice).
+  :class:`cordfuse.checkpoint.Checkpoint`, written atomically: the weights, optimiser, LR
+  scheduler, epoch, RNG states, the full configuration and architecture, the model's sequences,
+  the normalisation and the pre-processing settings: all that ``predict`` needs;
+* ``log.jsonl`` (one JSON line per epoch, rewritten from the checkpoint's history) and
+  ``curves.png`` (loss and validation Dice).
 
-``resume=True`` continues from ``checkpoint_latest.pt``; because every training sample is a pure
-function of the seed and its index, and the global RNG state is restored, the final weights equal
-those of an uninterrupted run (CPU, deterministic algorithms).
+``resume=True`` continues from ``checkpoint_latest.pt`` when the requested configuration (but for
+the number of data-loading workers) and the train/val split are those of the checkpoint; because
+every training sample is a pure function of the seed and its index, and the global RNG state is
+restored, the final weights equal those of an uninterrupted run (CPU, deterministic algorithms).
 
 Several GPUs or machines: launch with ``torchrun --nproc_per_node N -m cordfuse train ...``;
 PyTorch DistributedDataParallel keeps the ranks in sync (NCCL on GPUs, gloo on CPUs).
@@ -19,26 +21,27 @@ PyTorch DistributedDataParallel keeps the ranks in sync (NCCL on GPUs, gloo on C
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import os
-import pickle
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from cordfuse import __version__
+from cordfuse.checkpoint import BEST, LATEST, Checkpoint, initial_network
 from cordfuse.errors import CordfuseError
 from cordfuse.evaluation.metrics import dice
 from cordfuse.io import atomic_write_bytes, atomic_write_text
+from cordfuse.nn.device import autocast_dtype, choose_device
 from cordfuse.nn.networks import CordNet, distillation_loss
 from cordfuse.nn.sliding import predict_probabilities
+from cordfuse.ownership import claim
 from cordfuse.preprocess.batch import load_prepared_dataset
+from cordfuse.preprocess.pipeline import PrepConfig
 from cordfuse.training.config import TrainConfig
 from cordfuse.training.data import (
     NORMALISATION,
@@ -48,42 +51,16 @@ from cordfuse.training.data import (
 )
 from cordfuse.training.losses import deep_supervision_loss
 
-LATEST, BEST = "checkpoint_latest.pt", "checkpoint_best.pt"
+#: Everything ``train`` writes in its folder (what ``--overwrite`` may remove).
+RUN_FILES = (LATEST, BEST, "log.jsonl", "curves.png", "summary.json")
+
+#: TrainConfig fields that change only how fast a run goes, not its result: a resumed run may
+#: change them.
+SPEED_ONLY = ("num_workers",)
 
 
 class StopTraining(Exception):
     """Raised by a ``stop_hook`` to simulate an interruption (tests)."""
-
-
-def choose_device(requested: str = "auto") -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise CordfuseError("--device cuda requested but no CUDA device is available")
-    return torch.device(requested)
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX); otherwise it is emulated."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def autocast_dtype(amp: str, device: torch.device, *, cpu_auto_bf16: bool = False):
-    """The autocast dtype for ``--amp``; ``auto`` uses bf16/fp16 on CUDA and, when
-    ``cpu_auto_bf16`` (prediction), bf16 on CPUs that compute it natively."""
-    if amp == "auto" and device.type == "cpu":
-        return torch.bfloat16 if cpu_auto_bf16 and cpu_has_native_bf16() else None
-    if amp == "none":
-        return None
-    if amp == "fp16":
-        return torch.float16
-    if amp == "bf16" or device.type == "cpu":
-        return torch.bfloat16
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def split_subjects(document: dict, config: TrainConfig) -> tuple[list[str], list[str]]:
@@ -111,17 +88,24 @@ def split_subjects(document: dict, config: TrainConfig) -> tuple[list[str], list
 
 
 def build_model(config: TrainConfig) -> CordNet:
-    model = CordNet(
-        config.net,
-        config.model_sequences,
-        mean_imputation=config.model == "mean-imputation",
-        feature_noise=config.feature_noise if config.variant == "feature-aug" else None,
-        fusion=config.fusion,
-    )
+    """The network to train: the configuration's preset, freshly initialised; for the
+    frozen-encoder variant, with the baseline's T2Sag encoder, frozen.
+
+    Args:
+        config: The training configuration.
+
+    Returns:
+        The network.
+
+    Raises:
+        CordfuseError: The ``frozen_from`` checkpoint cannot be read or its T2Sag encoder does
+            not fit this preset.
+    """
+    model = initial_network(config, config.net, config.model_sequences)
     if config.variant == "frozen-encoder":
-        baseline = load_checkpoint(config.frozen_from)
+        baseline = Checkpoint.load(config.frozen_from)
         prefix = "encoders.T2Sag."
-        weights = {k[len(prefix):]: v for k, v in baseline["model"].items() if k.startswith(prefix)}
+        weights = {k[len(prefix):]: v for k, v in baseline.model.items() if k.startswith(prefix)}
         if not weights:
             raise CordfuseError(f"{config.frozen_from}: no T2Sag encoder in this checkpoint")
         try:
@@ -133,28 +117,32 @@ def build_model(config: TrainConfig) -> CordNet:
     return model
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """Read a checkpoint (file or training folder); one clear error if it is not one of ours."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / BEST if (path / BEST).exists() else path / LATEST
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
-        raise CordfuseError(f"{path}: unreadable checkpoint ({exc})") from exc
-    if not isinstance(checkpoint, dict) or "model" not in checkpoint or "config" not in checkpoint:
-        raise CordfuseError(f"{path}: not a cordfuse checkpoint")
-    major = str(checkpoint.get("cordfuse_version", "0")).split(".")[0]
-    if major != __version__.split(".")[0]:
-        raise CordfuseError(f"{path}: trained with cordfuse {checkpoint.get('cordfuse_version')}, "
-                            f"this is {__version__} (another major version)")
-    return checkpoint
+def resume_conflicts(checkpoint: Checkpoint, config: TrainConfig,
+                     split: dict[str, list[str]]) -> list[str]:
+    """Why a run cannot continue from a checkpoint: every setting that would change the result.
 
+    Args:
+        checkpoint: The checkpoint to resume from.
+        config: The requested configuration.
+        split: The train/val split computed now from the prepared data.
 
-def _save(path: Path, payload: dict) -> None:
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    Returns:
+        One phrase per conflict (empty when the run can resume): each differing configuration
+        field (all but :data:`SPEED_ONLY`), the architecture if the preset changed, and else the
+        split, which then differs because the prepared data or the fold file changed.
+    """
+    before, after = checkpoint.config, config
+    conflicts = [f"{f.name} {getattr(before, f.name)!r} in the checkpoint, "
+                 f"{getattr(after, f.name)!r} requested" for f in fields(TrainConfig)
+                 if f.name not in SPEED_ONLY and getattr(before, f.name) != getattr(after, f.name)]
+    stored, now = asdict(checkpoint.net), asdict(config.net)
+    conflicts += [f"net.{key} {stored[key]!r} in the checkpoint, {now[key]!r} in the "
+                  f"{config.preset} preset now" for key in stored if stored[key] != now[key]]
+    # Another seed, model or fold file gives another split: only name it when nothing else does.
+    if not conflicts and checkpoint.split != split:
+        conflicts.append("the train/val split in the checkpoint differs from this one (the "
+                         "prepared data or the fold file changed)")
+    return conflicts
 
 
 def data_workers(config: TrainConfig, device: torch.device) -> int:
@@ -216,10 +204,32 @@ def train(
     *,
     device: str = "auto",
     resume: bool = False,
+    overwrite: bool = False,
     stop_hook: Callable[[int], None] | None = None,
     progress: bool = True,
 ) -> dict:
-    """Train one model; returns a summary (best/last validation Dice, epochs, time, digest)."""
+    """Train one model (see the module's description of what it writes).
+
+    Args:
+        prepared_dir: The prepared dataset.
+        out_dir: The training folder.
+        config: The training configuration.
+        device: ``auto`` or a torch device name.
+        resume: Continue from ``out_dir/checkpoint_latest.pt`` if there is one.
+        overwrite: Start again in a folder holding an earlier run: its checkpoints, log, curves
+            and summary are removed first (nothing else; :mod:`cordfuse.ownership`).
+        stop_hook: Called after every step with the step count (tests interrupt runs with it).
+        progress: Show a progress bar.
+
+    Returns:
+        A summary: best and last validation Dice, epochs, time, weights digest, split, config.
+
+    Raises:
+        CordfuseError: The data do not fit the configuration, the run to resume was made
+            with another configuration or split (one line naming every difference), or
+            ``out_dir`` holds an earlier run (without ``resume``/``overwrite``) or files
+            ``train`` did not write.
+    """
     import torch.distributed as dist
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -234,7 +244,11 @@ def train(
             dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     out = Path(out_dir)
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
+        claim(out, "train")  # refuses a folder train did not make, before anything is removed
+        if (out / LATEST).exists() and not (resume or overwrite):
+            raise CordfuseError(f"{out}: holds a training run already (--resume continues it, "
+                                "--overwrite starts again)")
+        claim(out, "train", overwrite=overwrite).own(*RUN_FILES)
     if config.deterministic:
         torch.use_deterministic_algorithms(True)
     torch.manual_seed(config.seed)
@@ -260,16 +274,23 @@ def train(
         optimizer, lambda epoch: (1 - epoch / config.epochs) ** config.poly_exponent)
     dtype = autocast_dtype(config.amp, dev)
     scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
+    split = {"train": [str(i) for i in train_ids], "val": [str(i) for i in val_ids]}
     start_epoch, best, history = 0, -math.inf, []
     if resume and (out / LATEST).exists():
-        checkpoint = load_checkpoint(out / LATEST)
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        torch.set_rng_state(checkpoint["rng"]["torch"])
-        start_epoch = checkpoint["epoch"] + 1
-        best, history = checkpoint["best_val_dice"], checkpoint["history"]
+        checkpoint = Checkpoint.load(out / LATEST)
+        if checkpoint.epoch is None:
+            raise CordfuseError(f"{checkpoint.path}: cannot resume: no training state in it")
+        conflicts = resume_conflicts(checkpoint, config, split)
+        if conflicts:
+            raise CordfuseError(f"{out}: cannot resume: {'; '.join(conflicts)} (start a new run "
+                                "with --overwrite or another folder)")
+        model.load_state_dict(checkpoint.model)
+        optimizer.load_state_dict(checkpoint.optimizer)
+        scheduler.load_state_dict(checkpoint.scheduler)
+        scaler.load_state_dict(checkpoint.scaler)
+        torch.set_rng_state(checkpoint.rng["torch"])
+        start_epoch = checkpoint.epoch + 1
+        best, history = checkpoint.best_val_dice, checkpoint.history
     net = model
     if world > 1:
         # Only Mean Imputation skips the encoder of a sequence missing from a whole batch; every
@@ -344,22 +365,21 @@ def train(
         improved = not math.isnan(val_dice) and val_dice > best
         best = val_dice if improved else best
         if rank == 0:
-            payload = {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "epoch": epoch, "best_val_dice": best, "history": history,
-                "rng": {"torch": torch.get_rng_state()},
-                "config": config.to_dict(), "sequences": sequences, "net": asdict(config.net),
-                "normalisation": NORMALISATION, "prep": document.get("config", {}),
-                "split": {"train": [str(i) for i in train_ids], "val": [str(i) for i in val_ids]},
-                "cordfuse_version": __version__,
-            }
-            _save(out / LATEST, payload)
-            # Without validation subjects there is no "best": it follows the latest epoch.
+            checkpoint = Checkpoint(
+                model=model.state_dict(), config=config, net=config.net, sequences=sequences,
+                prep=PrepConfig(**document["config"]), normalisation=NORMALISATION, split=split,
+                optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                scaler=scaler.state_dict(), epoch=epoch, best_val_dice=best, history=history,
+                rng={"torch": torch.get_rng_state()})
+            # Without validation subjects there is no "best": it follows the latest epoch. The
+            # best is saved before the latest, the point a resumed run restarts from: a run
+            # killed between the two redoes the epoch and so cannot miss a best epoch.
             if improved or not val_subjects or not (out / BEST).exists():
-                _save(out / BEST, payload)
-            with open(out / "log.jsonl", "a") as handle:
-                handle.write(json.dumps(record) + "\n")
+                checkpoint.save(out / BEST)
+            checkpoint.save(out / LATEST)
+            # Rewritten from the history, not appended: a resumed run's log is the uninterrupted
+            # run's, and a fresh run into a used folder starts a new one.
+            atomic_write_text(out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in history))
             _plot(history, out / "curves.png")
     summary = {"epochs": config.epochs,
                "best_val_dice": best if math.isfinite(best) else None,  # None: no validation

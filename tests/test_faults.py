@@ -1,0 +1,165 @@
+"""Faults survived: a verb killed (SIGKILL) mid-way and run again finishes with the result of an
+uninterrupted run; inputs are never changed; a bad input is one line, never a traceback."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cordfuse.cli import main
+
+TIMEOUT_S = 240
+
+
+def _hashes(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _cordfuse(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "cordfuse", *map(str, args)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _kill_when(process: subprocess.Popen, ready) -> None:
+    """SIGKILL ``process`` as soon as ``ready()`` holds (it must still be running then)."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while not ready():
+        assert process.poll() is None, f"finished before it could be killed: {process.stderr}"
+        assert time.monotonic() < deadline, "never reached the point to kill it at"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+
+
+def _finish(*args: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "cordfuse", *map(str, args)],
+                            capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert result.returncode == 0, result.stderr
+
+
+def _arrays(npz: Path) -> dict[str, np.ndarray]:
+    with np.load(npz) as data:
+        return {k: data[k] for k in data.files}
+
+
+def test_prepare_survives_a_kill(synth_copy, prepared_small, tmp_path):
+    before = _hashes(synth_copy)
+    out = tmp_path / "prepared"
+    process = _cordfuse("prepare", synth_copy, out, "--preset", "small")
+    _kill_when(process, lambda: len(list(out.glob("*/prepared.npz"))) >= 1)
+    assert not (out / "dataset.json").exists()  # the killed run never claimed to be finished
+    _finish("prepare", synth_copy, out, "--preset", "small")
+    assert _hashes(synth_copy) == before
+    straight = sorted(p.parent.name for p in prepared_small.glob("*/prepared.npz"))
+    assert sorted(p.parent.name for p in out.glob("*/prepared.npz")) == straight
+    for name in straight:
+        a, b = _arrays(out / name / "prepared.npz"), _arrays(prepared_small / name /
+                                                              "prepared.npz")
+        assert a.keys() == b.keys()
+        for key in a:
+            if key != "meta":  # the metadata names the input paths, which differ
+                np.testing.assert_array_equal(a[key], b[key], err_msg=f"{name} {key}")
+
+
+def test_train_survives_a_kill(prepared_small, tmp_path):
+    args = ["--preset", "small", "--model", "baseline", "--epochs", "3", "--iterations", "3",
+            "--seed", "5", "--deterministic"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    _finish("train", prepared_small, straight, *args)
+    process = _cordfuse("train", prepared_small, killed, *args)
+    _kill_when(process, lambda: (killed / "checkpoint_latest.pt").exists())
+    _finish("train", prepared_small, killed, *args, "--resume")
+    from cordfuse.checkpoint import Checkpoint
+
+    a, b = Checkpoint.load(straight / "checkpoint_latest.pt"), Checkpoint.load(
+        killed / "checkpoint_latest.pt")
+    assert a.epoch == b.epoch == 2
+    for name, tensor in a.model.items():
+        assert np.array_equal(tensor.numpy(), b.model[name].numpy()), name
+    assert (straight / "log.jsonl").read_text().count("\n") == 3
+    assert (killed / "log.jsonl").read_text().count("\n") == 3
+
+
+def test_predict_survives_a_kill(synth_copy, tiny_baseline, tmp_path):
+    before = _hashes(synth_copy)
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    _finish("predict", tiny_baseline, "-i", synth_copy, "-o", straight, "--qc")
+    process = _cordfuse("predict", tiny_baseline, "-i", synth_copy, "-o", killed, "--qc")
+    _kill_when(process, lambda: len(list(killed.glob("*_prediction.json"))) >= 1)
+    done = {p: p.stat().st_mtime_ns for p in killed.glob("*_prediction.json")}
+    _finish("predict", tiny_baseline, "-i", synth_copy, "-o", killed, "--qc")
+    assert _hashes(synth_copy) == before
+    a, b = _hashes(straight), _hashes(killed)
+    outputs = [k for k in a if k.endswith((".nii.gz", ".csv", ".png"))]
+    assert outputs and a.keys() == b.keys()
+    assert all(a[k] == b[k] for k in outputs)
+    # the subjects finished before the kill were not predicted again (their record is unchanged)
+    assert all(path.stat().st_mtime_ns == mtime for path, mtime in done.items())
+    assert len(list(killed.glob("*_prediction.json"))) == len(list(straight.glob("*_lesion.nii*")))
+
+
+def test_study_survives_a_kill(tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text("synthetic: {subjects: 9, seed: 3}\nepochs: 2\niterations: 2\n"
+                      "test_per_cohort: 1\nexperiments: [baseline, mi]\njobs: 1\n")
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    _finish("study", config, "-o", straight)
+    process = _cordfuse("study", config, "-o", killed)
+    _kill_when(process, lambda: (killed / "runs" / "mi" / "seed-0" /
+                                 "checkpoint_latest.pt").exists())
+    assert not (killed / "per_image.csv").exists()
+    _finish("study", config, "-o", killed)
+    assert (killed / "per_image.csv").read_text() == (straight / "per_image.csv").read_text()
+    assert (killed / "per_lesion.csv").read_text() == (straight / "per_lesion.csv").read_text()
+
+
+# -- bad inputs: one line, never a traceback ---------------------------------------------------
+
+
+def _truncate(path: Path) -> None:
+    raw = gzip.decompress(path.read_bytes())
+    path.write_bytes(gzip.compress(raw[: len(raw) // 3]))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "nan"])
+def test_bad_inputs_are_one_line_in_prepare_predict_and_evaluate(synth_copy, tiny_baseline,
+                                                                tmp_path, capsys, damage):
+    import nibabel as nib
+
+    image = sorted(synth_copy.glob("sub-001/anat/*T2w.nii.gz"))[0]
+    if damage == "truncated":
+        _truncate(image)
+    else:
+        img = nib.load(image)
+        data = np.asarray(img.dataobj, np.float32)
+        data[0, 0, 0] = np.nan
+        nib.save(nib.Nifti1Image(data, img.affine), image)
+    checked = main(["check", str(synth_copy)])
+    assert checked == 1 and image.name in capsys.readouterr().out  # check names it
+    assert main(["prepare", str(synth_copy), str(tmp_path / "prep"), "--preset", "small"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"FAILED sub-001: {image}" in err
+    assert main(["predict", str(tiny_baseline), "-i", str(synth_copy), "-o",
+                 str(tmp_path / "pred")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"FAILED sub-001: {image}" in err
+    label = sorted((synth_copy / "derivatives" / "labels").glob("sub-002/anat/*lesion*"))[0]
+    _truncate(label) if damage == "truncated" else shutil.copy(image, label)
+    pred = tmp_path / "pred"
+    assert main(["evaluate", "--pred", str(pred), "--gt", str(synth_copy)]) in (1, 2)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert any(str(label) in line or "sub-002" in line for line in err.splitlines()), err
