@@ -167,3 +167,16 @@ def test_loading_a_model_runs_no_code(verb, tmp_path, prepared_small, synth_root
     err = capsys.readouterr().err
     assert err.startswith("cordfuse: error: ") and err.count("\n") == 1, err
     assert "not a cordfuse checkpoint (" in err and "system" in err, err  # the refused call
+
+
+def test_report_of_a_run_with_a_crafted_checkpoint_runs_no_code(tmp_path, tiny_baseline):
+    """``report`` reads a run's log, curves and summary, never unpickles its checkpoints: a
+    crafted one beside them changes nothing and runs nothing."""
+    marker = tmp_path / "MARKER"
+    run = tmp_path / "run"
+    shutil.copytree(tiny_baseline, run)
+    for name in ("checkpoint_best.pt", "checkpoint_latest.pt"):
+        craft(tmp_path / "evil.pt", marker).replace(run / name)
+    assert main(["report", str(run)]) == 0
+    assert not marker.exists()
+    assert "Training curves" in (run / "report.html").read_text()

@@ -37,11 +37,10 @@ def dice(a, b) -> float:
 
 
 @pytest.fixture(scope="session")
-def tiny_models(synth_root, tmp_path_factory):
+def tiny_models(prepared_small, tmp_path_factory):
     """Briefly trained small-preset models: MI (two seeds), baseline, specific T2Sag+STIR."""
     root = tmp_path_factory.mktemp("tiny_models")
-    prepared = root / "prepared"
-    assert main(["prepare", str(synth_root), str(prepared), "--preset", "small"]) == 0
+    prepared = prepared_small
     runs = {}
     for name, values in {
         "mi0": dict(model="mean-imputation", seed=0),
