@@ -165,3 +165,41 @@ class TestVerbs:
         assert main(["report", str(run)]) == 0  # its own report is rebuilt
         assert (run / "report.html").read_text().startswith(first[:200])
 
+
+
+def test_one_job_per_participant_into_one_folder(synth_root, tiny_baseline, tmp_path, capsys):
+    """Two ``prepare --participant-label`` processes writing into the same folder at once (a
+    cluster array job): every subject is prepared and listed in dataset.json, and the manifest
+    lists every entry; check and an unknown label work the same way."""
+    import subprocess
+    import sys
+
+    from cordfuse.dataset import discover
+    from cordfuse.preprocess.batch import load_prepared_dataset
+    from cordfuse.preprocess.pipeline import PreparedSubject
+
+    ids = [s.subject_id for s in discover(synth_root).subjects]
+    halves = [ids[::2], ids[1::2]]
+    out = tmp_path / "prepared"
+    jobs = [subprocess.Popen([sys.executable, "-m", "cordfuse", "prepare", str(synth_root),
+                              str(out), "--preset", "small", "--participant-label",
+                              *[i.removeprefix("sub-") for i in half]],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for half in halves]
+    for job in jobs:
+        _, err = job.communicate(timeout=240)
+        assert job.returncode == 0, err
+    document, paths = load_prepared_dataset(out)
+    assert sorted(s["id"] for s in document["subjects"]) == sorted(ids)
+    assert all(PreparedSubject.load(p).subject in ids for p in paths)
+    assert set(ids) | {"dataset.json"} <= set(read_manifest(out)["entries"])
+    assert main(["check", str(synth_root), "--participant-label", ids[0], "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert json.dumps(report).count("sub-") and ids[1] not in json.dumps(report)
+    assert main(["prepare", str(synth_root), str(out), "--participant-label", "999"]) == 2
+    _one_error_line(capsys, "no participant sub-999")
+    predictions = tmp_path / "predictions"
+    assert main(["predict", str(tiny_baseline), "-i", str(synth_root), "-o", str(predictions),
+                 "--participant-label", ids[1]]) == 0
+    assert sorted(p.name for p in predictions.glob("*_lesion.nii.gz")) == [
+        f"{ids[1]}_lesion.nii.gz"]

@@ -73,19 +73,21 @@ def cmd_synth(args: argparse.Namespace) -> int:
 # check
 
 
-def run_check(dataset: str | Path, *, mapping: str | None = None, as_json: bool = False) -> int:
+def run_check(dataset: str | Path, *, mapping: str | None = None, as_json: bool = False,
+              participants: list[str] | None = None) -> int:
     from cordfuse.check import check_dataset
     from cordfuse.dataset import discover
     from cordfuse.sequences import load_rules
 
-    ds = discover(dataset, rules=load_rules(mapping))
+    ds = discover(dataset, rules=load_rules(mapping)).select(participants)
     report = check_dataset(ds, progress=_progress(len(ds.subjects), "check"))
     print(json.dumps(report.to_json(), indent=2) if as_json else report.format_text())
     return 0 if report.ok else 1
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    return run_check(args.dataset, mapping=args.mapping, as_json=args.json)
+    return run_check(args.dataset, mapping=args.mapping, as_json=args.json,
+                     participants=args.participant_label)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,7 +116,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from cordfuse.sequences import load_rules
 
     config = _prep_config(args)
-    dataset = discover(args.dataset, rules=load_rules(args.mapping))
+    dataset = discover(args.dataset, rules=load_rules(args.mapping)).select(args.participant_label)
     start = time.perf_counter()
     results = prepare_dataset(dataset, args.out, config, jobs=args.jobs, overwrite=args.overwrite,
                               qc=args.qc, progress=_progress(len(dataset.subjects), "prepare"))
@@ -280,7 +282,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     files = {seq: getattr(args, seq.lower()) for seq in
              ("T2Sag", "STIR", "T2starAx", "T2Ax", "T1Sag", "MP2RAGE")
              if getattr(args, seq.lower())}
-    subjects = subjects_from_input(args.input, files, mapping=args.mapping)
+    subjects = subjects_from_input(args.input, files, mapping=args.mapping,
+                                   participants=args.participant_label)
     if not subjects:
         raise CordfuseError(f"{args.input}: no subject to predict")
     out = Path(args.output)
@@ -464,6 +467,12 @@ def cmd_analyze_features(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
+def _add_participant_label(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--participant-label", nargs="+", metavar="LABEL",
+                        help="only these participants (01 or sub-01), as a BIDS App: one job per "
+                             "participant may write into the same output folder at once")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cordfuse",
@@ -495,6 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("dataset", help="BIDS dataset folder")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_participant_label(check)
     check.add_argument("--mapping", help="JSON/YAML file overriding the sequence matching rules")
     check.set_defaults(func=cmd_check)
 
@@ -512,6 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--no-register", action="store_true",
                          help="do not register sagittal slabs before fusing them")
     prepare.add_argument("--jobs", type=int, default=1, help="subjects in parallel (processes)")
+    _add_participant_label(prepare)
     prepare.add_argument("--mapping", help="JSON/YAML file overriding the sequence matching rules")
     prepare.add_argument("--nnunet", metavar="DIR", help="also write nnU-Net v2 raw format")
     prepare.add_argument("--qc", action="store_true", help="QC picture per subject")
@@ -617,6 +628,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--jobs", type=int, default=1, help="subjects in parallel (processes)")
     predict.add_argument("--threads", type=int,
                          help="CPU threads of each process (default: the usable cores / --jobs)")
+    _add_participant_label(predict)
     predict.add_argument("--mapping", help="JSON/YAML file overriding the sequence rules")
     predict.add_argument("--qc", action="store_true", help="QC picture per subject")
     predict.add_argument("--overwrite", action="store_true",

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +89,21 @@ class Dataset:
 
     def cohorts(self) -> list[str]:
         return sorted({s.cohort for s in self.subjects if s.cohort is not None})
+
+    def select(self, labels: list[str] | None) -> Dataset:
+        """The dataset restricted to some participants (BIDS-App ``--participant-label``: ``01``
+        or ``sub-01``); all of them when ``labels`` is empty or None.
+
+        Raises:
+            CordfuseError: a label names no subject of the dataset.
+        """
+        if not labels:
+            return self
+        wanted = {label if label.startswith("sub-") else f"sub-{label}" for label in labels}
+        unknown = sorted(wanted - {s.subject_id for s in self.subjects})
+        if unknown:
+            raise CordfuseError(f"{self.root}: no participant {', '.join(unknown)}")
+        return replace(self, subjects=[s for s in self.subjects if s.subject_id in wanted])
 
 
 def read_cohorts(root: Path) -> dict[str, str]:

@@ -389,8 +389,10 @@ def write_prediction_qc(prediction: Prediction, path: Path) -> None:
     atomic_write_bytes(path, png_bytes(fig))
 
 
-def subjects_from_input(path: str | Path | None, files: dict[str, list[str]], *, mapping=None):
-    """Subjects to predict: explicit files, one subject folder, or a BIDS dataset."""
+def subjects_from_input(path: str | Path | None, files: dict[str, list[str]], *, mapping=None,
+                        participants: list[str] | None = None):
+    """Subjects to predict: explicit files, one subject folder, or a BIDS dataset (restricted to
+    ``participants`` when given)."""
     from cordfuse.dataset import Scan, discover
     from cordfuse.sequences import load_rules, strip_nifti_extension
 
@@ -416,7 +418,7 @@ def subjects_from_input(path: str | Path | None, files: dict[str, list[str]], *,
     if path.name.startswith("sub-") and path.is_dir():
         dataset = discover(path.parent, rules=rules)
         return [s for s in dataset.subjects if s.subject_id == path.name]
-    return discover(path, rules=rules).subjects
+    return discover(path, rules=rules).select(participants).subjects
 
 
 _MODEL_CACHE: dict[tuple, list[LoadedModel]] = {}

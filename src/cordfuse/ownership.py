@@ -57,7 +57,7 @@ class OutputFolder:
         Args:
             *names: Names relative to the folder; only the first path component counts.
         """
-        with _locked(self.path):
+        with locked(self.path):
             manifest = read_manifest(self.path) or _new_manifest(self.verb)
             entries = set(manifest["entries"]) | {Path(n).parts[0] for n in names}
             manifest["entries"] = sorted(entries)
@@ -100,7 +100,7 @@ def claim(folder: str | Path, verb: str, *, overwrite: bool = False) -> OutputFo
     if path.exists() and not path.is_dir():
         raise CordfuseError(f"{path}: exists and is not a folder")
     path.mkdir(parents=True, exist_ok=True)
-    with _locked(path):
+    with locked(path):
         manifest = read_manifest(path)
         if manifest is None:
             if any(p.name != MANIFEST for p in path.iterdir()):
@@ -136,8 +136,9 @@ def _remove(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    """An exclusive lock on the folder itself (no lock file to clean up), across processes."""
+def locked(folder: Path) -> Iterator[None]:
+    """An exclusive lock on the folder itself (no lock file to clean up), across processes: for
+    read-modify-write of a file several processes share (the manifest, a dataset summary)."""
     handle = os.open(folder, os.O_RDONLY)
     try:
         fcntl.flock(handle, fcntl.LOCK_EX)

@@ -23,7 +23,7 @@ from cordfuse import __version__
 from cordfuse.dataset import Dataset, Subject
 from cordfuse.errors import CordfuseError
 from cordfuse.io import atomic_write_text
-from cordfuse.ownership import claim
+from cordfuse.ownership import claim, locked
 from cordfuse.preprocess.pipeline import (
     PREPARED_NAME,
     PreparedSubject,
@@ -129,6 +129,37 @@ def prepare_dataset(
 
 
 def write_dataset_json(out: Path, config: PrepConfig, results: list[SubjectResult]) -> None:
+    """Write (or update) ``OUT/dataset.json`` with these subjects' results.
+
+    Subjects of an earlier run into ``out`` that this run did not touch keep their entries, so
+    one job per participant (``--participant-label``) can share an output folder; the update
+    runs under the folder's lock, so concurrent jobs never lose each other's entries.
+    """
+    with locked(out):
+        try:
+            previous = json.loads((out / "dataset.json").read_text())
+        except (OSError, ValueError):
+            previous = {}
+        if previous.get("config") != asdict(config):  # other settings: those subjects are stale
+            previous = {}
+        mine = {r.name for r in results}
+        kept = [r for r in _results_from(previous) if r.name not in mine]
+        _write_document(out, config, kept + list(results))
+
+
+def _results_from(document: dict) -> list[SubjectResult]:
+    """The results an earlier ``dataset.json`` records (prepared and failed subjects)."""
+    done = [SubjectResult(s["id"], "prepared", cohort=s.get("cohort"),
+                          sequences=s.get("sequences", []), nz=s.get("nz", 0),
+                          has_label=s.get("has_label", False), warnings=s.get("warnings", []),
+                          fallbacks=s.get("centerline_fallbacks", {}))
+            for s in document.get("subjects", [])]
+    return done + [SubjectResult(f["id"], "failed", f.get("reason", ""))
+                   for f in document.get("failed", [])]
+
+
+def _write_document(out: Path, config: PrepConfig, results: list[SubjectResult]) -> None:
+    results = sorted(results, key=lambda r: r.name)
     done = [r for r in results if r.status != "failed"]
     document = {
         "cordfuse_version": __version__,
