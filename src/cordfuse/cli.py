@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from cordfuse import __version__
 from cordfuse.errors import CordfuseError
+from cordfuse.sequences import SEQUENCES
 
 
 def _progress(total: int, desc: str):
@@ -233,7 +233,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         noise = FeatureNoise.from_json(args.noise_params)
     config = TrainConfig(
         model=args.model,
-        sequences=sequences or ("T2Sag", "STIR", "T2starAx", "T2Ax", "T1Sag", "MP2RAGE"),
+        sequences=sequences or SEQUENCES,
         variant=args.variant, preset=args.preset, epochs=args.epochs,
         iterations=args.iterations, batch_size=args.batch_size, seed=args.seed,
         val_fraction=args.val_fraction, fold_file=args.fold_file, frozen_from=args.frozen_from,
@@ -259,35 +259,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 # predict
 
 
-def _usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity, e.g. under Slurm or taskset)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
-    from concurrent.futures import ProcessPoolExecutor
-
-    import torch
-
-    from cordfuse.inference import load_models, predict_and_write, subjects_from_input
+    from cordfuse.inference import predict_dataset, subjects_from_input
     from cordfuse.nn.device import choose_device
-    from cordfuse.ownership import claim
 
-    if args.threads is not None and args.threads < 1:
-        raise CordfuseError(f"--threads must be at least 1, got {args.threads}")
-    load_models(args.model, torch.device("cpu"))  # a bad model file fails once, up front
-
-    files = {seq: getattr(args, seq.lower()) for seq in
-             ("T2Sag", "STIR", "T2starAx", "T2Ax", "T1Sag", "MP2RAGE")
-             if getattr(args, seq.lower())}
+    files = {seq: getattr(args, seq.lower()) for seq in SEQUENCES if getattr(args, seq.lower())}
     subjects = subjects_from_input(args.input, files, mapping=args.mapping,
                                    participants=args.participant_label)
     if not subjects:
         raise CordfuseError(f"{args.input}: no subject to predict")
-    out = Path(args.output)
-    claim(out, "predict")
     options = {
         "sequences": args.sequences.split(",") if args.sequences else None, "tta": args.tta,
         "threshold": args.threshold, "min_volume": args.min_volume,
@@ -295,44 +275,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
         "per_slab": args.per_slab, "save_probabilities": args.save_probabilities, "qc": args.qc,
         "centerline": args.centerline, "overwrite": args.overwrite,
     }
-    models = tuple(args.model)
-    update = _progress(len(subjects), "predict")
     start = time.perf_counter()
-    results = []
-    if args.jobs > 1:
-        # spawn, not fork: forking a process whose torch thread pools are running deadlocks
-        # each worker gets its share of the cores: oversubscribed torch pools run far slower
-        threads = args.threads or max(1, _usable_cores() // args.jobs)
-        with ProcessPoolExecutor(max_workers=args.jobs,
-                                 mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=torch.set_num_threads, initargs=(threads,)) as pool:
-            futures = [pool.submit(predict_and_write, s, models, out, options) for s in subjects]
-            for future in futures:
-                results.append(future.result())
-                update(results[-1][0])
-    else:
-        before = torch.get_num_threads()
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        try:
-            for subject in subjects:
-                results.append(predict_and_write(subject, models, out, options))
-                update(subject.name)
-        finally:
-            torch.set_num_threads(before)
+    results = predict_dataset(subjects, tuple(args.model), args.output, options, jobs=args.jobs,
+                              threads=args.threads,
+                              progress=_progress(len(subjects), "predict"))
     counts = {"done": 0, "skipped": 0, "failed": 0}
-    for name, status, message, written, warnings in results:
-        counts[status] += 1
-        for warning in warnings:
-            print(f"warning {name}: {warning}")
-        if status == "failed":
-            print(f"FAILED {name}: {message}", file=sys.stderr)
+    for result in results:
+        counts[result.status] += 1
+        for warning in result.warnings:
+            print(f"warning {result.name}: {warning}")
+        if result.status == "failed":
+            print(f"FAILED {result.name}: {result.message}", file=sys.stderr)
         else:
-            print(f"{name}: {written[0]}" + (" (done before)" if status == "skipped" else ""))
+            print(f"{result.name}: {result.files[0]}"
+                  + (" (done before)" if result.status == "skipped" else ""))
     failed = counts["failed"]
     print(f"{counts['done']} predicted, {failed} failed, {counts['skipped']} skipped (done "
           f"before with the same models and options), in {time.perf_counter() - start:.1f} s -> "
-          f"{out}")
+          f"{args.output}")
     return 1 if failed else 0
 
 
@@ -609,7 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("model", nargs="+", help="training folder(s) or checkpoint(s)")
     predict.add_argument("-i", "--input", help="BIDS dataset or one subject folder")
     predict.add_argument("-o", "--output", required=True, help="output folder")
-    for seq in ("T2Sag", "STIR", "T2starAx", "T2Ax", "T1Sag", "MP2RAGE"):
+    for seq in SEQUENCES:
         predict.add_argument(f"--{seq.lower()}", nargs="+", metavar="NIFTI",
                              help=f"explicit {seq} file(s) (several = slabs, top first)")
     predict.add_argument("--sequences", help="use only these sequences, e.g. T2Sag,STIR")

@@ -15,6 +15,9 @@ specific-sequence model refuses input that lacks one of its sequences.
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -30,7 +33,7 @@ from cordfuse.io import apply_affine, atomic_write_text, voxel_sizes
 from cordfuse.nn.device import autocast_dtype
 from cordfuse.nn.networks import NetConfig
 from cordfuse.nn.sliding import predict_probabilities
-from cordfuse.ownership import OutputFolder
+from cordfuse.ownership import OutputFolder, claim
 from cordfuse.preprocess.pipeline import (
     PreparedSubject,
     PrepConfig,
@@ -460,10 +463,30 @@ def finished(out: Path, subject: str, record: dict) -> bool:
     return same and all((out / name).exists() for name in previous.get("files", []))
 
 
-def predict_and_write(subject: Subject, model_paths: tuple[str, ...], out: Path, options: dict):
+@dataclass
+class SubjectPrediction:
+    """What ``predict`` did with one subject.
+
+    Attributes:
+        name: The subject (and session).
+        status: ``done``, ``skipped`` (done before with the same models and options) or
+            ``failed``.
+        message: Why it failed (one line).
+        files: The files written (or found done).
+        warnings: Pre-processing warnings (a dropped sequence, a centreline fallback).
+    """
+
+    name: str
+    status: str
+    message: str = ""
+    files: list[Path] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def predict_and_write(subject: Subject, model_paths: tuple[str, ...], out: Path,
+                      options: dict) -> SubjectPrediction:
     """Predict one subject and write its outputs, unless it was finished before with the same
-    models and options; returns ``(name, status, message, files, warnings)``, status ``done``,
-    ``skipped`` or ``failed``.
+    models and options (a failure is returned, never raised).
 
     Models are loaded once per process (``--jobs`` runs subjects in worker processes).
     """
@@ -473,7 +496,7 @@ def predict_and_write(subject: Subject, model_paths: tuple[str, ...], out: Path,
               "options": {k: options.get(k) for k in RESULT_OPTIONS}}
     if not options.get("overwrite") and finished(out, subject.name, record):
         files = json.loads(record_path(out, subject.name).read_text())["files"]
-        return subject.name, "skipped", "", [out / name for name in files], []
+        return SubjectPrediction(subject.name, "skipped", files=[out / name for name in files])
     try:
         if key not in _MODEL_CACHE:
             _MODEL_CACHE[key] = load_models(model_paths, device)
@@ -483,20 +506,91 @@ def predict_and_write(subject: Subject, model_paths: tuple[str, ...], out: Path,
             batch_size=options["batch_size"], amp=options["amp"],
             centerline=options.get("centerline"))
         inputs = {scan.path.resolve() for scans in subject.scans.values() for scan in scans}
-        folder = OutputFolder(out, "predict")
         targets = prediction_targets(prediction, out, per_slab=options["per_slab"],
                                      save_probabilities=options["save_probabilities"],
                                      qc=options["qc"])
-        names = [path.name for path in targets.values()]
-        folder.own(*names, record_path(out, subject.name).name)
+        OutputFolder(out, "predict").own(*(path.name for path in targets.values()),
+                                         record_path(out, subject.name).name)
         files = write_prediction(prediction, out, threshold=options["threshold"],
                                  per_slab=options["per_slab"],
                                  save_probabilities=options["save_probabilities"],
                                  qc=options["qc"], inputs=inputs)
     except CordfuseError as exc:
-        return subject.name, "failed", str(exc), [], []
+        return SubjectPrediction(subject.name, "failed", str(exc))
     atomic_write_text(record_path(out, subject.name), json.dumps(
         {**record, "cordfuse_version": __version__, "sequences": prediction.sequences,
          "files": [path.name for path in files], "warnings": prediction.warnings},
         indent=1) + "\n")
-    return subject.name, "done", "", files, prediction.warnings
+    return SubjectPrediction(subject.name, "done", files=files, warnings=prediction.warnings)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. under Slurm or taskset)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def predict_dataset(
+    subjects: list[Subject],
+    model_paths: tuple[str, ...],
+    out: str | Path,
+    options: dict,
+    *,
+    jobs: int = 1,
+    threads: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[SubjectPrediction]:
+    """Predict every subject into ``out``: the counterpart of ``prepare_dataset``.
+
+    Args:
+        subjects: The subjects (raw scans).
+        model_paths: Training folders or checkpoints: one model or an ensemble.
+        out: A new or empty folder, or an earlier ``predict`` output (finished subjects with the
+            same models and options are skipped unless ``options["overwrite"]``).
+        options: ``sequences``, ``tta``, ``threshold``, ``min_volume``, ``device``,
+            ``batch_size``, ``amp``, ``per_slab``, ``save_probabilities``, ``qc``,
+            ``centerline``, ``overwrite`` (the ``predict`` options).
+        jobs: Subjects predicted at once, in separate processes.
+        threads: Torch threads of each process (default: the usable cores / ``jobs``).
+        progress: Called with each subject's name when it is done.
+
+    Returns:
+        One result per subject, in order; a failed subject never stops the others.
+
+    Raises:
+        CordfuseError: ``out`` holds files ``predict`` did not write, or a model is unreadable
+            (checked once, before any subject).
+    """
+    from concurrent.futures import ProcessPoolExecutor
+
+    if threads is not None and threads < 1:
+        raise CordfuseError(f"--threads must be at least 1, got {threads}")
+    load_models(model_paths, torch.device("cpu"))  # a bad model file fails once, up front
+    out = Path(out)
+    claim(out, "predict")
+    results = []
+    if jobs > 1:
+        # spawn, not fork: forking a process whose torch thread pools are running deadlocks;
+        # each worker gets its share of the cores: oversubscribed torch pools run far slower
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=torch.set_num_threads,
+                                 initargs=(threads or max(1, usable_cores() // jobs),)) as pool:
+            futures = [pool.submit(predict_and_write, s, model_paths, out, options)
+                       for s in subjects]
+            for future in futures:
+                results.append(future.result())
+                if progress:
+                    progress(results[-1].name)
+        return results
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        for subject in subjects:
+            results.append(predict_and_write(subject, model_paths, out, options))
+            if progress:
+                progress(subject.name)
+    finally:
+        torch.set_num_threads(before)
+    return results
