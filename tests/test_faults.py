@@ -176,3 +176,18 @@ def test_bad_inputs_are_one_line_in_prepare_predict_and_evaluate(synth_copy, tin
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert [line for line in err.splitlines() if str(label) in line], err
+
+
+def test_centerline_and_restore_leave_their_inputs_unchanged(synth_root, prepared_small,
+                                                             tmp_path):
+    image = sorted(synth_root.glob("sub-001/anat/*T2w.nii.gz"))[0]
+    subject = sorted(prepared_small.glob("*/prepared.npz"))[0].parent
+    with np.load(subject / "prepared.npz") as npz:
+        crop = npz["label"].astype(np.float32)
+    np.save(tmp_path / "crop.npy", crop)
+    before = _hashes(synth_root), _hashes(prepared_small)
+    assert main(["centerline", str(image), "-o", str(tmp_path / "line.csv")]) == 0
+    assert main(["restore", str(subject), str(tmp_path / "crop.npy"), "-o",
+                 str(tmp_path / "restored.nii.gz")]) == 0
+    assert (_hashes(synth_root), _hashes(prepared_small)) == before
+    assert (tmp_path / "line.csv").stat().st_size and (tmp_path / "restored.nii.gz").exists()
