@@ -6,11 +6,14 @@ import os
 
 
 def pin_one_core() -> None:
-    """Restrict BLAS/OpenMP pools and this process to one CPU core (targets are per core)."""
+    """Restrict BLAS/OpenMP/ITK pools and this process to one CPU core (targets are per core)."""
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
 
 
 def print_table(title: str, rows: list[tuple[str, str, str]]) -> None:
@@ -29,3 +32,13 @@ def register_full_cohort() -> str:
     every = {k: 1.0 for k in ("T2Sag_lower", "STIR", "T2starAx", "T2Ax", "T1Sag", "MP2RAGE")}
     COHORTS["full"] = CohortProfile("full", every, 1000.0, 1.0, 0.03, 1.0)
     return "full"
+
+
+def write_full_subject(root):
+    """Write the worst-case synthetic subject (all six sequences, two T2Sag slabs; seed 0,
+    subject 1) as BIDS under ``root`` and return it as discovered."""
+    from cordfuse.dataset import discover
+    from cordfuse.synth.cohort import generate_subject, write_subject
+
+    write_subject(generate_subject(0, 1, register_full_cohort()), root, 0)
+    return discover(root).subjects[0]

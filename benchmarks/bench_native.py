@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import pin_one_core, print_table, register_full_cohort
+from _common import pin_one_core, print_table, write_full_subject
 
 
 def measure(label: str, subject, config, folder: Path, repeats: int) -> list[tuple[str, str, str]]:
@@ -64,21 +64,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     pin_one_core()
-    import SimpleITK as sitk
-
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
     from cordfuse.dataset import discover
     from cordfuse.io import read_volume
     from cordfuse.preprocess.pipeline import PRESETS
     from cordfuse.synth.clinical import ClinicalGeometry, write_two_slab_subject
-    from cordfuse.synth.cohort import generate_subject, write_subject
 
-    register_full_cohort()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / "synth"
-        write_subject(generate_subject(0, 1, "full"), root, 0)
-        subject = discover(root).subjects[0]
+        subject = write_full_subject(Path(tmp) / "synth")
         for preset in ("small", "paper"):
             rows += measure(f"synthetic, {preset}", subject, PRESETS[preset], Path(tmp),
                             args.repeats)

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import print_table, register_full_cohort
+from _common import print_table, write_full_subject
 
 
 def make_checkpoint(path: Path, model: str) -> None:
@@ -78,15 +78,10 @@ def trained_agreement(root: Path) -> tuple[str, str]:
 
 
 def main() -> None:
-    from cordfuse.dataset import discover
-    from cordfuse.synth.cohort import generate_subject, write_subject
-
-    register_full_cohort()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        write_subject(generate_subject(0, 1, "full"), root / "bids", 0)
-        subject = discover(root / "bids").subjects[0]
+        subject = write_full_subject(root / "bids")
         for model in ("baseline", "mean-imputation"):
             checkpoint = root / f"{model}.pt"
             make_checkpoint(checkpoint, model)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import pin_one_core, print_table, register_full_cohort
+from _common import pin_one_core, print_table, write_full_subject
 
 
 def main() -> None:
@@ -30,19 +30,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     pin_one_core()
-    import SimpleITK as sitk
-
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-    from cordfuse.dataset import discover
     from cordfuse.preprocess.pipeline import PRESETS, prepare_subject
-    from cordfuse.synth.cohort import generate_subject, write_subject
 
-    register_full_cohort()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        write_subject(generate_subject(0, 1, "full"), root, 0)
-        subject = discover(root).subjects[0]
+        subject = write_full_subject(Path(tmp))
         scans = sum(len(v) for v in subject.scans.values())
         prepare_subject(subject, PRESETS["small"])  # warm-up: imports, caches (not timed)
         for label, config in (

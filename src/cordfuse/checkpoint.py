@@ -40,6 +40,15 @@ LATEST, BEST = "checkpoint_latest.pt", "checkpoint_best.pt"
 REQUIRED = ("model", "config", "net", "sequences", "prep", "cordfuse_version")
 
 
+def checkpoint_file(path: str | Path) -> Path:
+    """The checkpoint a path names: the file itself, or a training folder's best checkpoint
+    (else its latest)."""
+    path = Path(path)
+    if path.is_dir():
+        return path / BEST if (path / BEST).exists() else path / LATEST
+    return path
+
+
 def initial_network(config: TrainConfig, net: NetConfig, sequences: Sequence[str]) -> CordNet:
     """The untrained network of a training configuration (its weights drawn from torch's RNG).
 
@@ -116,9 +125,7 @@ class Checkpoint:
                 without running anything), comes from another major version, or holds an
                 invalid configuration.
         """
-        path = Path(path)
-        if path.is_dir():
-            path = path / BEST if (path / BEST).exists() else path / LATEST
+        path = checkpoint_file(path)
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)
         except OSError as exc:

@@ -26,7 +26,7 @@ import torch
 from scipy import ndimage
 
 from cordfuse import __version__
-from cordfuse.checkpoint import Checkpoint
+from cordfuse.checkpoint import Checkpoint, checkpoint_file
 from cordfuse.dataset import Subject
 from cordfuse.errors import CordfuseError
 from cordfuse.io import apply_affine, atomic_write_text, voxel_sizes
@@ -434,12 +434,8 @@ RESULT_OPTIONS = ("sequences", "tta", "threshold", "min_volume", "amp", "per_sla
 def model_identity(paths) -> list[dict]:
     """What makes a model the same model again: its checkpoint file, size and modification
     time (a training folder's best checkpoint, else its latest, as :class:`Checkpoint` reads)."""
-    from cordfuse.checkpoint import BEST, LATEST
-
     identity = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            path = path / BEST if (path / BEST).exists() else path / LATEST
+    for path in map(checkpoint_file, paths):
         stat = path.stat()
         identity.append({"checkpoint": str(path.resolve()), "bytes": stat.st_size,
                          "modified_ns": stat.st_mtime_ns})

@@ -46,6 +46,7 @@ Layout of the study folder::
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import time
@@ -449,9 +450,12 @@ def run_study(config_path: str | Path, out: str | Path | None = None, *,
     atomic_write_text(out / "config.json", json.dumps(asdict(study), indent=2, default=list) + "\n")
     data, fold = _prepare(study, out, log)
     statuses = _train_all(study, out, fold, log)
-    records = _evaluate_all(study, out, fold, statuses, log)
+    # read once for both stages that need them, and only if one does
+    test_subjects = functools.cache(lambda: load_test_subjects(out, fold))
+    records = _evaluate_all(study, out, test_subjects, statuses, log)
     written = write_tables(out, study, records)
-    written.update(write_lesion_tables(out, study, _lesions_all(out, fold, records, log)))
+    written.update(write_lesion_tables(out, study, _lesions_all(out, test_subjects, records,
+                                                                log)))
     minutes = (time.perf_counter() - started) / 60
     atomic_write_text(out / "status.json", json.dumps(
         {"minutes": round(minutes, 2), "runs": [asdict(s) for s in statuses]}, indent=2) + "\n")
@@ -547,17 +551,17 @@ def _train_all(study: StudyConfig, out: Path, fold, log) -> list[RunStatus]:
     return statuses
 
 
-def _evaluate_all(study, out: Path, fold, statuses, log) -> list[Record]:
+def _evaluate_all(study, out: Path, test_subjects: Callable[[], list], statuses,
+                  log) -> list[Record]:
     from cordfuse.nn.device import choose_device
 
     device = choose_device(study.device)
-    test = None
     usable = [s for s in statuses if s.status != "skipped"]
     for k, status in enumerate(usable, start=1):
         target = out / "metrics" / f"{status.experiment}_seed-{status.seed}.csv"
         if target.exists():
             continue
-        test = test or load_test_subjects(out, fold)
+        test = test_subjects()
         log(f"[evaluate {k}/{len(usable)}] {status.experiment} seed {status.seed} on "
             f"{len(test)} test subjects")
         records = evaluate_run(study, EXPERIMENTS[status.experiment], status.seed, out, test,
@@ -575,7 +579,7 @@ def _prediction_path(out: Path, experiment: str, seed: int, inference: str, subj
             f"{subject}_lesion.nii.gz")
 
 
-def _lesions_all(out: Path, fold, records: list[Record], log):
+def _lesions_all(out: Path, test_subjects: Callable[[], list], records: list[Record], log):
     """Per-lesion rows of every evaluated (model, seed), from the saved predictions; one
     ``lesions/<experiment>_seed-<n>.csv`` per run, never redone."""
     from cordfuse.evaluation.lesions import SynthTruth, lesion_rows, rows_to_csv
@@ -585,7 +589,7 @@ def _lesions_all(out: Path, fold, records: list[Record], log):
     missing = [run for run in runs
                if not (out / "lesions" / f"{run[0]}_seed-{run[1]}.csv").exists()]
     if missing:
-        test = {prepared.subject: prepared for prepared in load_test_subjects(out, fold)}
+        test = {prepared.subject: prepared for prepared in test_subjects()}
     for k, (experiment, seed) in enumerate(missing, start=1):
         log(f"[lesions {k}/{len(missing)}] {experiment} seed {seed}")
         rows = []

@@ -134,7 +134,7 @@ def find_pairs(pred: Path, gt: Path, *, per_slab: bool = False
 def _prepared_pairs(pred: Path, prepared: Path) -> list[tuple[str, Path, GroundTruth]]:
     """Predictions against the fused native ground truth stored in prepared subjects."""
     from cordfuse.preprocess.batch import load_prepared_dataset
-    from cordfuse.preprocess.pipeline import PreparedSubject, load_native
+    from cordfuse.preprocess.pipeline import load_native, prepared_meta
 
     def reader(path: Path):
         def read():
@@ -150,7 +150,7 @@ def _prepared_pairs(pred: Path, prepared: Path) -> list[tuple[str, Path, GroundT
         match = pred / f"{entry['id']}_lesion.nii.gz"
         if not entry.get("has_label") or not match.exists():
             continue
-        synth = SynthTruth.from_document(PreparedSubject.load(path).synth_truth)
+        synth = SynthTruth.from_document(prepared_meta(path).get("synth_truth"))
         pairs.append((entry["id"], match, GroundTruth(str(path), reader(path), synth,
                                                       cohort=entry.get("cohort"))))
     return pairs

@@ -192,10 +192,7 @@ class PreparedSubject:
                 label = npz["label"] if "label" in npz.files else None
         except (OSError, KeyError, ValueError) as exc:
             raise CordfuseError(f"{path}: not a prepared cordfuse subject ({exc})") from exc
-        major = str(meta.get("cordfuse_version", "0")).split(".")[0]
-        if major != __version__.split(".")[0]:
-            raise CordfuseError(f"{path}: prepared by cordfuse {meta['cordfuse_version']}, "
-                                f"this is {__version__}; prepare again")
+        _check_version(path, meta)
         return cls(meta["subject"], meta["cohort"], CropGeometry(**meta["geometry"]), images,
                    centres, label, meta["stats"], meta["t2sag"], PrepConfig(**meta["config"]),
                    meta.get("warnings", []), meta.get("centerlines", {}),
@@ -207,15 +204,37 @@ def _prepared_file(path: str | Path) -> Path:
     return path / PREPARED_NAME if path.is_dir() else path
 
 
+def _check_version(path: Path, meta: dict) -> None:
+    major = str(meta.get("cordfuse_version", "0")).split(".")[0]
+    if major != __version__.split(".")[0]:
+        raise CordfuseError(f"{path}: prepared by cordfuse {meta.get('cordfuse_version')}, "
+                            f"this is {__version__}; prepare again")
+
+
+def prepared_meta(path: str | Path) -> dict:
+    """The metadata of a prepared subject (as :meth:`PreparedSubject.meta` wrote it), without
+    reading its arrays.
+
+    Raises:
+        CordfuseError: not a prepared subject, or one of another major version.
+    """
+    path = _prepared_file(path)
+    try:
+        with np.load(path) as npz:
+            meta = json.loads(npz["meta"].tobytes().decode())
+    except (OSError, KeyError, ValueError) as exc:
+        raise CordfuseError(f"{path}: not a prepared cordfuse subject ({exc})") from exc
+    _check_version(path, meta)
+    return meta
+
+
 def is_prepared_with(path: str | Path, config: PrepConfig) -> bool:
     """Whether ``path`` holds a subject this cordfuse prepared with ``config``, native T2Sag
     included (what ``prepare`` may skip); reads its metadata only."""
     try:
-        with np.load(_prepared_file(path)) as npz:
-            meta = json.loads(npz["meta"].tobytes().decode())
-        return (meta.get("has_native", False) and PrepConfig(**meta["config"]) == config
-                and meta["cordfuse_version"].split(".")[0] == __version__.split(".")[0])
-    except (OSError, KeyError, ValueError, TypeError, CordfuseError):
+        meta = prepared_meta(path)
+        return meta.get("has_native", False) and PrepConfig(**meta["config"]) == config
+    except (KeyError, TypeError, CordfuseError):
         return False
 
 
