@@ -366,30 +366,21 @@ def write_prediction(prediction: Prediction, out: Path, *, threshold: float, per
 
 def write_prediction_qc(prediction: Prediction, path: Path) -> None:
     """Sagittal T2Sag through the cord with the predicted lesion outline (red)."""
-    import nibabel as nib
+    from cordfuse.figures import pyplot
+    from cordfuse.qc import busiest_slice, canonical, draw_image, draw_outline, view, write_png
 
-    from cordfuse.figures import png_bytes, pyplot
-    from cordfuse.io import atomic_write_bytes
-
-    plt = pyplot()
     if prediction.prepared.native is None:
         raise CordfuseError(f"{prediction.subject}: no native T2Sag to draw the QC on")
-    image = prediction.prepared.native.image
-    canon = nib.as_closest_canonical(nib.Nifti1Image(image, prediction.affine))
-    mask = nib.as_closest_canonical(nib.Nifti1Image(prediction.mask, prediction.affine))
-    data, labels = np.asarray(canon.dataobj), np.asarray(mask.dataobj)
-    x = int(np.argmax(labels.sum(axis=(1, 2)))) if labels.any() else data.shape[0] // 2
-    spacing = voxel_sizes(canon.affine)
-    fig, ax = plt.subplots(figsize=(4, 9), facecolor="black")
-    lo, hi = np.percentile(data[x], [1, 99.5])
-    ax.imshow(data[x].T, cmap="gray", origin="lower", aspect=spacing[2] / spacing[1], vmin=lo,
-              vmax=hi)
-    if labels[x].any():
-        ax.contour(labels[x].T, levels=[0.5], colors="red", linewidths=0.8, origin="lower")
+    data, affine = canonical(prediction.prepared.native.image, prediction.affine)
+    labels, _ = canonical(prediction.mask, prediction.affine)
+    x, spacing = busiest_slice(labels), voxel_sizes(affine)
+    fig, ax = pyplot().subplots(figsize=(4, 9), facecolor="black")
+    image, aspect = view(data, spacing, "sagittal", x)
+    draw_image(ax, image, aspect=aspect)
+    draw_outline(ax, view(labels, spacing, "sagittal", x)[0], "red")
     ax.set_title(f"{prediction.subject}: {len(prediction.lesions)} lesions predicted",
                  color="white", fontsize=9)
-    ax.set_axis_off()
-    atomic_write_bytes(path, png_bytes(fig))
+    write_png(fig, path)
 
 
 def subjects_from_input(path: str | Path | None, files: dict[str, list[str]], *, mapping=None,

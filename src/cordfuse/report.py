@@ -82,55 +82,41 @@ def _img(data: bytes, alt: str, css: str = "") -> str:
 def subject_qc_png(prepared, image: np.ndarray, affine: np.ndarray, truth: np.ndarray | None,
                    predictions: list[tuple[str, np.ndarray]]) -> bytes:
     """Sagittal T2Sag (native) with outlines, then the straightened crop of every sequence."""
-    import nibabel as nib
     from matplotlib.lines import Line2D
 
     from cordfuse.figures import png_bytes, pyplot
     from cordfuse.io import voxel_sizes
+    from cordfuse.qc import busiest_slice, canonical, draw_image, draw_outline, view
 
     plt = pyplot()
-
-    def canonical(volume):
-        return nib.as_closest_canonical(nib.Nifti1Image(np.asarray(volume, np.float32), affine))
-
-    reference = canonical(image)
-    data, spacing = np.asarray(reference.dataobj), voxel_sizes(reference.affine)
+    data, canon_affine = canonical(np.asarray(image, np.float32), affine)
+    spacing = voxel_sizes(canon_affine)
     layers = ([("ground truth", truth, "lime")] if truth is not None else []) + [
         (label, mask, PREDICTION_COLOURS[k % len(PREDICTION_COLOURS)])
         for k, (label, mask) in enumerate(predictions)]
-    outlines = [(label, np.asarray(canonical(volume).dataobj), colour)
+    outlines = [(label, canonical(np.asarray(volume, np.float32), affine)[0], colour)
                 for label, volume, colour in layers]
-    weight = sum(o[1].sum(axis=(1, 2)) for o in outlines) if outlines else None
-    x = int(np.argmax(weight)) if weight is not None and weight.any() else data.shape[0] // 2
+    x = busiest_slice(sum((o[1] for o in outlines), np.zeros(data.shape, np.float32)))
     seqs = prepared.sequences
     fig, axes = plt.subplots(1, 1 + len(seqs), figsize=(3.2 + 1.3 * len(seqs), 6.5),
                              facecolor="black", squeeze=False,
                              gridspec_kw={"width_ratios": [3] + [1] * len(seqs)})
     ax = axes[0, 0]
-    lo, hi = np.percentile(data[x], [1, 99.5])
-    ax.imshow(data[x].T, cmap="gray", origin="lower", aspect=spacing[2] / spacing[1], vmin=lo,
-              vmax=hi)
+    shown, aspect = view(data, spacing, "sagittal", x)
+    draw_image(ax, shown, aspect=aspect)
     handles = []
     for label, volume, colour in outlines:
-        if volume[x].any():
-            ax.contour(volume[x].T, levels=[0.5], colors=colour, linewidths=0.8, origin="lower")
+        draw_outline(ax, view(volume, spacing, "sagittal", x)[0], colour)
         handles.append(Line2D([], [], color=colour, label=f"{label} ({int(volume.sum())} vox)"))
     if handles:
         ax.legend(handles=handles, loc="lower left", fontsize=6, framealpha=0.6)
     ax.set_title(f"{prepared.subject}: T2Sag, sagittal x={x}", color="white", fontsize=8)
-    ax.set_axis_off()
     c = int(round(prepared.geometry.centre_index))
     for ax, seq in zip(axes[0, 1:], seqs, strict=True):
-        crop = prepared.images[seq][c].T
-        nonzero = crop[crop != 0]
-        lo, hi = np.percentile(nonzero, [1, 99.5]) if nonzero.size else (0, 1)
-        ax.imshow(crop, cmap="gray", origin="lower", vmin=lo, vmax=hi, interpolation="nearest",
-                  aspect="auto")
-        if prepared.label is not None and prepared.label[c].any():
-            ax.contour(prepared.label[c].T, levels=[0.5], colors="lime", linewidths=0.6,
-                       origin="lower")
+        draw_image(ax, prepared.images[seq][c].T, aspect="auto")
+        if prepared.label is not None:
+            draw_outline(ax, prepared.label[c].T, "lime", linewidth=0.6)
         ax.set_title(f"{seq}\nstraightened", color="white", fontsize=7)
-        ax.set_axis_off()
     fig.tight_layout()
     return png_bytes(fig, dpi=90)
 

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from cordfuse.figures import png_bytes, pyplot
-from cordfuse.io import apply_affine, atomic_write_bytes
+from cordfuse.figures import pyplot
+from cordfuse.io import apply_affine, voxel_sizes
+from cordfuse.qc import canonical, draw_image, draw_outline, view, write_png
 
 
 def write_prepared_qc(prepared, path: str | Path) -> None:
     """Write :func:`prepared_qc_figure` as a PNG."""
-    atomic_write_bytes(Path(path), png_bytes(prepared_qc_figure(prepared)))
+    write_png(prepared_qc_figure(prepared), path)
 
 
 def prepared_qc_figure(prepared):
@@ -28,7 +29,6 @@ def prepared_qc_figure(prepared):
     seqs = prepared.sequences
     geometry = prepared.geometry
     c = int(round(geometry.centre_index))
-    aspect = 1.0
     width = max(6.4, 1.6 * 2 * len(seqs))
     fig, axes = plt.subplots(1, 2 * len(seqs), figsize=(width, 9), squeeze=False,
                              facecolor="black")
@@ -40,20 +40,15 @@ def prepared_qc_figure(prepared):
         if prepared.label is not None:
             labels = {"sagittal": prepared.label[c, :, :].T,
                       "coronal": prepared.label[::-1, c, :].T}
-        for v, (view, image) in enumerate(views.items()):
+        for v, (plane, image) in enumerate(views.items()):
             ax = axes[0, 2 * col + v]
-            nonzero = image[image != 0]
-            lo, hi = np.percentile(nonzero, [1, 99.5]) if nonzero.size else (0, 1)
-            ax.imshow(image, cmap="gray", origin="lower", vmin=lo, vmax=hi, aspect=aspect,
-                      interpolation="nearest")
-            if labels is not None and labels[view].any():
-                ax.contour(labels[view], levels=[0.5], colors="red", linewidths=0.6,
-                           origin="lower")
+            draw_image(ax, image)
+            if labels is not None:
+                draw_outline(ax, labels[plane], "red", linewidth=0.6)
             if seq in fallbacks:  # its own centreline was not trusted: say so on the picture
-                ax.set_title(f"{seq}\n{view}\nT2Sag centreline", color="orange", fontsize=8)
+                ax.set_title(f"{seq}\n{plane}\nT2Sag centreline", color="orange", fontsize=8)
             else:
-                ax.set_title(f"{seq}\n{view}", color="white", fontsize=8)
-            ax.set_axis_off()
+                ax.set_title(f"{seq}\n{plane}", color="white", fontsize=8)
     title = (f"{prepared.subject}: straightened {geometry.size}x{geometry.size} crops, "
              f"{geometry.spacing} mm, {geometry.nz} slices (red: lesion label)")
     if fallbacks:
@@ -65,23 +60,17 @@ def prepared_qc_figure(prepared):
 
 def write_centerline_qc(data: np.ndarray, affine: np.ndarray, centerline, path: str | Path):
     """Sagittal and coronal views (RAS display) of an image with its centreline."""
-    import nibabel as nib
-
     plt = pyplot()
-    img = nib.as_closest_canonical(nib.Nifti1Image(np.asarray(data, np.float32), affine))
-    canon, canon_affine = np.asarray(img.dataobj), img.affine
+    canon, canon_affine = canonical(np.asarray(data, np.float32), affine)
     vox = apply_affine(np.linalg.inv(canon_affine), centerline.points)
     x = int(np.clip(np.round(np.median(vox[:, 0])), 0, canon.shape[0] - 1))
     y = int(np.clip(np.round(np.median(vox[:, 1])), 0, canon.shape[1] - 1))
-    spacing = np.sqrt((canon_affine[:3, :3] ** 2).sum(axis=0))
+    spacing = voxel_sizes(canon_affine)
     fig, axes = plt.subplots(1, 2, figsize=(8, 8), facecolor="black")
-    for ax, image, u, aspect, title in (
-        (axes[0], canon[x].T, vox[:, 1], spacing[2] / spacing[1], "sagittal"),
-        (axes[1], canon[:, y].T, vox[:, 0], spacing[2] / spacing[0], "coronal"),
-    ):
-        lo, hi = np.percentile(image, [1, 99.5])
-        ax.imshow(image, cmap="gray", origin="lower", aspect=aspect, vmin=lo, vmax=hi)
+    for ax, plane, index, u in ((axes[0], "sagittal", x, vox[:, 1]),
+                                (axes[1], "coronal", y, vox[:, 0])):
+        image, aspect = view(canon, spacing, plane, index)
+        draw_image(ax, image, aspect=aspect)
         ax.plot(u, vox[:, 2], color="red", linewidth=1.0)
-        ax.set_title(title, color="white")
-        ax.set_axis_off()
-    atomic_write_bytes(Path(path), png_bytes(fig))
+        ax.set_title(plane, color="white")
+    write_png(fig, path)

@@ -12,44 +12,38 @@ from pathlib import Path
 
 import numpy as np
 
-from cordfuse.io import atomic_write_bytes, voxel_sizes
-
-
-def _canonical(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Flip/transpose ``data`` so its axes point R, A, S; returns data and spacing."""
-    import nibabel as nib
-
-    ornt = nib.orientations.io_orientation(affine)
-    data = nib.orientations.apply_orientation(data, ornt)
-    spacing = voxel_sizes(affine)[ornt[:, 0].astype(int).argsort()]
-    return data, spacing
+from cordfuse.io import voxel_sizes
+from cordfuse.qc import (
+    busiest_slice,
+    canonical,
+    draw_image,
+    draw_outline,
+    spread_slices,
+    view,
+    write_png,
+)
 
 
 def _panels(scan, sequence: str):
-    image, spacing = _canonical(scan.image.astype(np.float32), scan.affine)
-    cord, _ = _canonical(scan.cord_mask, scan.affine)
-    lesion, _ = _canonical(scan.lesion_mask, scan.affine)
+    image, affine = canonical(scan.image.astype(np.float32), scan.affine)
+    cord, _ = canonical(scan.cord_mask, scan.affine)
+    lesion, _ = canonical(scan.lesion_mask, scan.affine)
+    spacing = voxel_sizes(affine)
     if sequence in ("T2starAx", "T2Ax"):
-        slices = np.flatnonzero(cord.any(axis=(0, 1)))
-        picks = (
-            slices[np.linspace(0, len(slices) - 1, 3).round().astype(int)] if len(slices) else [0]
-        )
-        for k in picks[::-1]:
-            yield (
-                image[:, :, k].T,
-                cord[:, :, k].T,
-                lesion[:, :, k].T,
-                spacing[1] / spacing[0],
-                f"z={k}",
-            )
+        planes = [("axial", k, f"z={k}") for k in spread_slices(cord)[::-1]]
     else:
-        x = int(np.argmax(cord.sum(axis=(1, 2)) + lesion.sum(axis=(1, 2)) * 10))
-        yield image[x].T, cord[x].T, lesion[x].T, spacing[2] / spacing[1], f"x={x}"
+        # The sagittal slice through the cord, lesions weighing more: the one worth looking at.
+        x = busiest_slice(cord.astype(float) + lesion * 10.0)
+        planes = [("sagittal", x, f"x={x}")]
+    for plane, index, label in planes:
+        shown, aspect = view(image, spacing, plane, index)
+        yield (shown, view(cord, spacing, plane, index)[0], view(lesion, spacing, plane, index)[0],
+               aspect, label)
 
 
 def write_subject_qc(subject, path: Path) -> None:
     """Write the subject's QC PNG to ``path`` (atomically)."""
-    from cordfuse.figures import png_bytes, pyplot
+    from cordfuse.figures import pyplot
 
     plt = pyplot()
     columns = []
@@ -71,20 +65,9 @@ def write_subject_qc(subject, path: Path) -> None:
             if row >= len(panels):
                 continue
             image, cord, lesion, aspect, label = panels[row]
-            lo, hi = np.percentile(image, [1, 99.5])
-            ax.imshow(
-                image,
-                cmap="gray",
-                origin="lower",
-                aspect=aspect,
-                vmin=lo,
-                vmax=hi,
-                interpolation="nearest",
-            )
-            if cord.any():
-                ax.contour(cord, levels=[0.5], colors="cyan", linewidths=0.4, origin="lower")
-            if lesion.any():
-                ax.contour(lesion, levels=[0.5], colors="red", linewidths=0.7, origin="lower")
+            draw_image(ax, image, aspect=aspect)
+            draw_outline(ax, cord, "cyan", linewidth=0.4)
+            draw_outline(ax, lesion, "red", linewidth=0.7)
             ax.set_title(f"{title}\n{label}" if row == 0 else label, color="white", fontsize=7)
     n_lesions = len(subject.anatomy.lesions)
     fig.suptitle(
@@ -93,5 +76,5 @@ def write_subject_qc(subject, path: Path) -> None:
         color="white",
         fontsize=9,
     )
-    atomic_write_bytes(path, png_bytes(fig, dpi=110))
+    write_png(fig, path, dpi=110)
 
