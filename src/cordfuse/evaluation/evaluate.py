@@ -48,6 +48,15 @@ METRICS = ("dice", "lesion_sensitivity", "lesion_precision", "lesion_f1")
 @dataclass
 class Row:
     image: str
+    """One scored image.
+
+    Attributes:
+        image: The image's name (its subject, or ``<subject>_slab-N``).
+        cohort: The subject's cohort, or None when unknown.
+        metrics: Dice and lesion-wise metrics.
+        lesions: Its ground-truth and predicted lesions.
+    """
+
     cohort: str | None
     metrics: ImageMetrics
     lesions: list[LesionRow] = field(default_factory=list)
@@ -73,7 +82,15 @@ class GroundTruth:
 
 
 def truth_file(path: Path, synth: SynthTruth | None = None) -> GroundTruth:
-    """The ground truth in a NIfTI file."""
+    """The ground truth in a NIfTI file.
+
+    Args:
+        path: The label file.
+        synth: The subject's generator truth (gives the file's grid motion), or None.
+
+    Returns:
+        The ground truth, read when scored.
+    """
     motion = synth.motion_of(path.name) if synth is not None else None
     return GroundTruth(str(path), lambda: read_volume(path), synth, motion)
 
@@ -83,6 +100,16 @@ def evaluate_pair(prediction_path: Path, truth: GroundTruth | Path, *, name: str
     """Image metrics and per-lesion rows of one prediction against its ground truth.
 
     Raises:
+    Args:
+        prediction_path: The predicted lesion mask (NIfTI).
+        truth: Its ground truth, or a label file.
+        name: The image's name in the lesion rows (default: the truth's file name).
+        **options: The Anima rules (``alpha``, ``beta``, ``gamma``, ``min_volume_mm3``,
+            ``connectivity``).
+
+    Returns:
+        ``(metrics, lesion rows)``.
+
         CordfuseError: the prediction is not on the ground truth's grid, or a file is unreadable.
     """
     if isinstance(truth, Path):
@@ -105,7 +132,19 @@ def _subject_of(name: str) -> str:
 
 def find_pairs(pred: Path, gt: Path, *, per_slab: bool = False
                ) -> list[tuple[str, Path, GroundTruth]]:
-    """``(image name, prediction, ground truth)`` triples (see the module docstring)."""
+    """``(image name, prediction, ground truth)`` triples (see the module docstring).
+
+    Args:
+        pred: A prediction file or folder.
+        gt: A ground-truth file or folder, a prepared folder or a BIDS dataset.
+        per_slab: With a BIDS dataset, pair each T2Sag slab's label with its slab prediction.
+
+    Returns:
+        The pairs found (possibly none).
+
+    Raises:
+        CordfuseError: a file and a folder, or a prediction several ground truths match.
+    """
     if pred.is_file() and gt.is_file():
         return [(_subject_of(pred.name), pred, truth_file(gt))]
     if not (pred.is_dir() and gt.is_dir()):
@@ -166,13 +205,14 @@ def _bids_pairs(pred: Path, root: Path, *, per_slab: bool) -> list[tuple[str, Pa
         if not subject.has_lesion_labels:
             continue
         synth = SynthTruth.from_document(synth_truth_document(subject))
-        slabs = [s for s in subject.scans.get("T2Sag", []) if s.lesion_label is not None]
-        if per_slab and subject.fused_lesion_label is None and len(slabs) > 1:
-            for k, scan in enumerate(slabs):
+        labels = [s.lesion_label for s in subject.scans.get("T2Sag", [])
+                  if s.lesion_label is not None]
+        if per_slab and subject.fused_lesion_label is None and len(labels) > 1:
+            for k, label in enumerate(labels):
                 match = pred / f"{subject.name}_slab-{k + 1}_lesion.nii.gz"
                 if match.exists():
                     pairs.append((f"{subject.name}_slab-{k + 1}", match,
-                                  truth_file(scan.lesion_label, synth)))
+                                  truth_file(label, synth)))
             continue
         match = pred / f"{subject.name}_lesion.nii.gz"
         if match.exists():
@@ -185,6 +225,14 @@ def _bids_pairs(pred: Path, root: Path, *, per_slab: bool) -> list[tuple[str, Pa
 
 def read_participants(path: Path | None) -> dict[str, str]:
     from cordfuse.dataset import read_cohorts
+    """Each subject's cohort from a ``participants.tsv`` or the dataset folder holding it.
+
+    Args:
+        path: The file or its folder; None for no cohorts.
+
+    Returns:
+        ``{subject: cohort}``.
+    """
 
     if path is None:
         return {}
@@ -192,7 +240,7 @@ def read_participants(path: Path | None) -> dict[str, str]:
 
 
 def evaluate(pred: Path, gt: Path, *, participants: Path | None = None, per_slab: bool = False,
-             **options):
+             **options) -> tuple[list[Row], list[str]]:
     """Per-image rows and problems (one line each) for all pairs found.
 
     Args:
@@ -204,6 +252,9 @@ def evaluate(pred: Path, gt: Path, *, participants: Path | None = None, per_slab
             ``connectivity``).
 
     Raises:
+    Returns:
+        ``(rows, problems)``: one row per image scored, one line per pair that could not be.
+
         CordfuseError: nothing to pair.
     """
     pairs = find_pairs(pred, gt, per_slab=per_slab)
@@ -224,12 +275,20 @@ def evaluate(pred: Path, gt: Path, *, participants: Path | None = None, per_slab
 
 
 def summary_table(rows: list[Row]) -> dict[str, dict[str, dict[str, float]]]:
-    """``{cohort or "all": {metric: {mean, median, n, n_undefined}}}``."""
+    """Mean and median of each metric, over all images and per cohort.
+
+    Args:
+        rows: Scored images.
+
+    Returns:
+        ``{cohort or "all": {metric: {mean, median, n, n_undefined}}}``, cohorts sorted,
+        ``all`` last.
+    """
     groups: dict[str, list[Row]] = {"all": rows}
     for row in rows:
         if row.cohort:
             groups.setdefault(row.cohort, []).append(row)
-    out = {}
+    out: dict[str, dict[str, dict[str, float]]] = {}
     for name in sorted(groups, key=lambda g: (g == "all", g)):
         out[name] = {}
         for metric in METRICS:
@@ -241,6 +300,14 @@ def summary_table(rows: list[Row]) -> dict[str, dict[str, dict[str, float]]]:
 
 def rows_to_csv(rows: list[Row]) -> str:
     buffer = io.StringIO()
+    """The per-image table: image, cohort and every metric.
+
+    Args:
+        rows: Scored images.
+
+    Returns:
+        The CSV text, with a header.
+    """
     fields = ["image", "cohort", *rows[0].metrics.to_dict().keys()] if rows else ["image"]
     writer = csv.DictWriter(buffer, fieldnames=fields)
     writer.writeheader()
@@ -256,6 +323,15 @@ def _fmt(value: float) -> str:
 
 def format_text(rows: list[Row], summary: dict) -> str:
     header = f"{'image':<22}{'cohort':<8}{'dice':>7}{'sens':>7}{'prec':>7}{'F1':>7}{'n_gt':>6}" \
+    """The per-image rows and the summary as an aligned text table (the terminal's output).
+
+    Args:
+        rows: Scored images.
+        summary: Their :func:`summary_table`.
+
+    Returns:
+        The text, lines joined by newlines.
+    """
              f"{'n_pred':>8}"
     lines = [header]
     for r in rows:
@@ -277,6 +353,16 @@ def format_text(rows: list[Row], summary: dict) -> str:
 
 def to_json(rows: list[Row], summary: dict) -> str:
     def clean(value):
+    """The per-image rows and the summary as JSON (NaN written as null).
+
+    Args:
+        rows: Scored images.
+        summary: Their :func:`summary_table`.
+
+    Returns:
+        The JSON text.
+    """
+
         if isinstance(value, float) and math.isnan(value):
             return None
         if isinstance(value, dict):

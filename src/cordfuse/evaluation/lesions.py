@@ -29,12 +29,24 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cordfuse.evaluation.metrics import ALPHA, BETA, GAMMA, MIN_VOLUME_MM3, lesion_outcomes, lesions
+from cordfuse.evaluation.metrics import (
+    ALPHA,
+    BETA,
+    GAMMA,
+    MIN_VOLUME_MM3,
+    Connectivity,
+    lesion_outcomes,
+    lesions,
+)
 from cordfuse.evaluation.stats import mcnemar_exact
 from cordfuse.sequences import SEQUENCES
+
+if TYPE_CHECKING:
+    from cordfuse.evaluation.tables import Table
 
 #: T2Sag visibility below which a lesion counts as faint (the generator's faint/clear boundary).
 FAINT_VISIBILITY = 0.45
@@ -77,18 +89,46 @@ class LesionRow:
 def lesion_rows(prediction: np.ndarray, truth: np.ndarray, affine: np.ndarray, *, subject: str,
                 voxel_volume_mm3: float, min_volume_mm3: float = MIN_VOLUME_MM3,
                 alpha: float = ALPHA, beta: float = BETA, gamma: float = GAMMA,
-                connectivity: int = 6, synth: SynthTruth | None = None,
+                connectivity: Connectivity = 6, synth: SynthTruth | None = None,
                 motion: np.ndarray | None = None, **context) -> list[LesionRow]:
-    """Ground-truth and predicted lesions of one image (see the module docstring); ``synth``
-    adds the generator's truth to the ground-truth lesions (:func:`annotate_with_truth`);
-    ``context`` fills the row's cohort, experiment, seed and inference."""
+    """Ground-truth and predicted lesions of one image (see the module docstring).
+
+    Args:
+        prediction: The predicted mask (nonzero is lesion).
+        truth: The ground-truth mask, same shape.
+        affine: The masks' voxel-to-world affine (for the centroids).
+        subject: The subject's name, copied to every row.
+        voxel_volume_mm3: The volume of one voxel.
+        min_volume_mm3: Lesions of at most this volume are dropped, in both masks.
+        alpha: Minimum covered fraction (exclusive) of a detected lesion.
+        beta: Maximum fraction of a detecting lesion outside the other mask's lesions.
+        gamma: Cumulated overlap share up to which detecting lesions are checked.
+        connectivity: The voxel neighbourhood that connects a lesion.
+        synth: The generator's truth, added to the ground-truth lesions
+            (:func:`annotate_with_truth`).
+        motion: World -> anatomy of the masks' grid (see :meth:`SynthTruth.motion_of`).
+        **context: The rows' ``cohort``, ``experiment``, ``seed`` and ``inference``.
+
+    Returns:
+        The ground-truth lesions, then the predicted ones, each numbered from 1.
+
+    Raises:
+        ValueError: the masks differ in shape.
+
+    Example:
+        >>> truth = np.zeros((6, 6, 6), bool)
+        >>> truth[0:2, 0:2, 0:2] = True
+        >>> rows = lesion_rows(truth, truth, np.eye(4), subject="sub-01", voxel_volume_mm3=1.0)
+        >>> [(r.kind, r.lesion, r.volume_mm3, r.centroid_mm, r.detected) for r in rows]
+        [('gt', 1, 8.0, (0.5, 0.5, 0.5), True), ('pred', 1, 8.0, (0.5, 0.5, 0.5), True)]
+    """
     prediction, truth = np.asarray(prediction) > 0, np.asarray(truth) > 0
     if prediction.shape != truth.shape:
         raise ValueError(f"prediction {prediction.shape} and truth {truth.shape} differ in shape")
-    options = dict(voxel_volume_mm3=voxel_volume_mm3, min_volume_mm3=min_volume_mm3,
-                   connectivity=connectivity)
-    pred_labels, n_pred = lesions(prediction, **options)
-    gt_labels, n_gt = lesions(truth, **options)
+    pred_labels, n_pred = lesions(prediction, voxel_volume_mm3=voxel_volume_mm3,
+                                  min_volume_mm3=min_volume_mm3, connectivity=connectivity)
+    gt_labels, n_gt = lesions(truth, voxel_volume_mm3=voxel_volume_mm3,
+                              min_volume_mm3=min_volume_mm3, connectivity=connectivity)
     rules = dict(alpha=alpha, beta=beta, gamma=gamma)
     rows = []
     for kind, labels, n, other, n_other in (("gt", gt_labels, n_gt, pred_labels, n_pred),
@@ -119,6 +159,11 @@ def _components(labels: np.ndarray, n: int, affine: np.ndarray):
 # -- the generator's truth ----------------------------------------------------------------------
 
 
+def _shape3(shape: Sequence[int]) -> tuple[int, int, int]:
+    """A 3D grid's shape as three ints (a JSON list or a longer header shape)."""
+    return int(shape[0]), int(shape[1]), int(shape[2])
+
+
 @dataclass(frozen=True)
 class ScanField:
     """Where one scan of a sequence looks: its voxel-to-world affine, shape and the subject's
@@ -131,6 +176,19 @@ class ScanField:
     motion: np.ndarray
 
     def covers(self, anatomy_mm: Sequence[float]) -> bool:
+        """Whether a point of the anatomy lies in this scan's field of view.
+
+        Args:
+            anatomy_mm: The point, in the generator's anatomy mm.
+
+        Returns:
+            True when the point falls inside one of the scan's voxels.
+
+        Example:
+            >>> scan = ScanField("sub-01_T2w", "T2Sag", np.eye(4), (10, 10, 10), np.eye(4))
+            >>> scan.covers([9.0, 0.0, 0.0]), scan.covers([9.6, 0.0, 0.0])
+            (True, False)
+        """
         world = np.linalg.inv(self.motion) @ np.r_[np.asarray(anatomy_mm, float), 1.0]
         voxel = np.linalg.solve(self.affine, world)[:3]
         return bool(np.all((voxel > -0.5) & (voxel < np.asarray(self.shape) - 0.5)))
@@ -146,18 +204,36 @@ class SynthTruth:
 
     @classmethod
     def from_document(cls, document: dict | None) -> SynthTruth | None:
-        """From :func:`cordfuse.dataset.synth_truth_document` (as a prepared subject stores it)."""
+        """From :func:`cordfuse.dataset.synth_truth_document` (as a prepared subject stores it).
+
+        Args:
+            document: The plain-JSON truth, or None.
+
+        Returns:
+            The truth, or None for a None document.
+        """
         if document is None:
             return None
         scans = [ScanField(stem, scan["sequence"], np.asarray(scan["affine"], float),
-                           tuple(int(n) for n in scan["shape"]),
+                           _shape3(scan["shape"]),
                            np.asarray(scan["motion_world_to_anatomy"], float))
                  for stem, scan in document["scans"].items()]
         return cls(document["lesions"], scans)
 
     @classmethod
     def load(cls, root: str | Path, subject: str) -> SynthTruth | None:
-        """The truth of ``subject`` under the BIDS ``root``, or None when it has none."""
+        """The truth of ``subject`` under the BIDS ``root``, or None when it has none.
+
+        Args:
+            root: A BIDS dataset written by ``cordfuse synth``.
+            subject: The subject's name (``sub-...``).
+
+        Returns:
+            The truth, or None.
+
+        Raises:
+            CordfuseError: an unreadable truth file or scan header.
+        """
         from cordfuse.dataset import SYNTH_TRUTH, discover, synth_truth_document
 
         root = Path(root)
@@ -168,7 +244,14 @@ class SynthTruth:
 
     def motion_of(self, label_name: str) -> np.ndarray:
         """World -> anatomy of the grid of a label named ``<scan stem>_...``: the scan's motion
-        (a moved lower T2Sag slab), identity for the fused T2Sag grid (the upper slab's world)."""
+        (a moved lower T2Sag slab), identity for the fused T2Sag grid (the upper slab's world).
+
+        Args:
+            label_name: The label file's name.
+
+        Returns:
+            A 4x4 rigid transform.
+        """
         for scan in self.scans:
             if label_name.startswith(scan.stem + "_"):
                 return scan.motion
@@ -186,6 +269,16 @@ def annotate_with_truth(rows: list[LesionRow], truth: SynthTruth, labels_affine:
     :meth:`SynthTruth.motion_of`). Generator lesions merged into one component make one lesion:
     faint only when all of them are faint on T2Sag, visible on a sequence as much as the most
     visible of them, covered by a sequence when any of them is.
+
+    Args:
+        rows: The image's lesion rows (predicted ones pass unchanged).
+        truth: The subject's generated lesions and scan fields of view.
+        labels_affine: The voxel-to-world affine of ``gt_labels``.
+        gt_labels: The ground-truth components.
+        motion: World -> anatomy of that grid (None: identity).
+
+    Returns:
+        The rows, ground-truth ones matched to generated lesions carrying their ``truth``.
     """
     members: dict[int, list[dict]] = {}
     gt = [r for r in rows if r.kind == "gt"]
@@ -236,26 +329,51 @@ class PairedDetection:
 
     @property
     def sensitivity_base(self) -> float:
+        """Share of the lesions detected with ``base`` (NaN without lesions)."""
         return (self.both + self.only_base) / self.n if self.n else math.nan
 
     @property
     def sensitivity_other(self) -> float:
+        """Share of the lesions detected with ``other`` (NaN without lesions)."""
         return (self.both + self.only_other) / self.n if self.n else math.nan
 
     @property
     def gain(self) -> float:
+        """What ``other`` adds to the sensitivity (negative: what it costs).
+
+        Example:
+            >>> paired = PairedDetection(n=8, both=4, only_other=2, only_base=0, neither=2,
+            ...                          p_value=0.5)
+            >>> paired.sensitivity_base, paired.sensitivity_other, paired.gain
+            (0.5, 0.75, 0.25)
+        """
         return self.sensitivity_other - self.sensitivity_base
 
 
 def paired_outcomes(base: Iterable[LesionRow],
                     other: Iterable[LesionRow]) -> list[tuple[LesionRow, LesionRow]]:
-    """Ground-truth lesions present in both lists, as ``(base row, other row)``."""
+    """Ground-truth lesions present in both lists, as ``(base row, other row)``.
+
+    Args:
+        base: The lesion rows with the base sequences.
+        other: The rows of the same images with more sequences.
+
+    Returns:
+        The pairs, in ``other``'s order.
+    """
     by_key = {r.key: r for r in base if r.kind == "gt"}
     return [(by_key[r.key], r) for r in other if r.kind == "gt" and r.key in by_key]
 
 
 def compare_inferences(pairs: Sequence[tuple[LesionRow, LesionRow]]) -> PairedDetection:
-    """Counts of the 2x2 table of paired outcomes and the exact McNemar p-value."""
+    """Counts of the 2x2 table of paired outcomes and the exact McNemar p-value.
+
+    Args:
+        pairs: ``(base row, other row)`` of the same lesions (:func:`paired_outcomes`).
+
+    Returns:
+        The counts, sensitivities and p-value.
+    """
     both = sum(a.detected and b.detected for a, b in pairs)
     only_other = sum(b.detected and not a.detected for a, b in pairs)
     only_base = sum(a.detected and not b.detected for a, b in pairs)
@@ -273,7 +391,19 @@ _COLUMNS = ("experiment", "seed", "inference", "subject", "cohort", "kind", "les
 
 
 def rows_to_csv(rows: Iterable[LesionRow]) -> str:
-    """One line per lesion; truth columns are empty without the generator's truth."""
+    """One line per lesion; truth columns are empty without the generator's truth.
+
+    Args:
+        rows: Lesion rows.
+
+    Returns:
+        The CSV text, with a header (read back by :func:`rows_from_csv`).
+
+    Example:
+        >>> row = LesionRow("sub-01", "gt", 1, 8.0, (0.5, 0.5, 0.5), 1.0, True)
+        >>> rows_from_csv(rows_to_csv([row])) == [row]
+        True
+    """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(_COLUMNS)
@@ -290,6 +420,14 @@ def rows_to_csv(rows: Iterable[LesionRow]) -> str:
 
 
 def rows_from_csv(text: str) -> list[LesionRow]:
+    """Lesion rows from the CSV :func:`rows_to_csv` writes.
+
+    Args:
+        text: The CSV text.
+
+    Returns:
+        The rows.
+    """
     rows = []
     for d in csv.DictReader(io.StringIO(text)):
         truth: dict = {}
@@ -336,10 +474,20 @@ def _comparisons(rows: Sequence[LesionRow], experiments: Sequence[str], base: st
 
 
 def extra_sequences_tables(rows: Sequence[LesionRow], *, experiments: Sequence[str],
-                           labels: dict[str, str], base: str = "T2Sag"):
+                           labels: dict[str, str], base: str = "T2Sag") -> tuple[Table, Table]:
     """Two tables: paired lesion-wise sensitivity with ``base`` versus each larger set of
     sequences (per model and seed, by T2Sag visibility when the truth is known), and the lesions
-    whose detection changes."""
+    whose detection changes.
+
+    Args:
+        rows: Lesion rows of every model, seed and inference set.
+        experiments: The experiments in the order to show them.
+        labels: Each experiment's display name.
+        base: The inference set the others are compared with.
+
+    Returns:
+        ``(summary, changed)``.
+    """
     from cordfuse.evaluation.tables import Cell, Table
 
     groups = _groups(rows)
@@ -371,7 +519,7 @@ def extra_sequences_tables(rows: Sequence[LesionRow], *, experiments: Sequence[s
             visibility = b.truth.get("visibility", {})
             others = {s: v for s, v in visibility.items()
                       if s != base and b.truth["covers"].get(s)}
-            best = max(others, key=others.get) if others else ""
+            best = max(others, key=lambda s: others[s]) if others else ""
             changed.rows.append([
                 labels.get(experiment, experiment), "" if seed is None else str(seed), inference,
                 b.subject, str(b.lesion), Cell(b.volume_mm3, f"{b.volume_mm3:.0f}"),

@@ -19,14 +19,23 @@ summarises as "10 % detected / 70 % outside":
    F1 = 2PS / (P + S), and 0 whenever that is 0/0 or undefined, as Anima does.
 
 Example:
-    >>> m = lesion_detection(pred, truth, voxel_volume_mm3=0.5)   # doctest: +SKIP
-    >>> m.sensitivity, m.precision, m.f1                          # doctest: +SKIP
+    Two ground-truth lesions of 8 mm^3, the prediction finds one of them:
+
+    >>> import numpy as np
+    >>> truth = np.zeros((8, 8, 8), bool)
+    >>> truth[1:3, 1:3, 1:3] = truth[5:7, 5:7, 5:7] = True
+    >>> pred = np.zeros_like(truth)
+    >>> pred[1:3, 1:3, 1:3] = True
+    >>> m = lesion_detection(pred, truth, voxel_volume_mm3=1.0)
+    >>> m.sensitivity, m.precision, round(m.f1, 3)
+    (0.5, 1.0, 0.667)
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import cc3d
 import numpy as np
@@ -34,17 +43,50 @@ import numpy as np
 ALPHA, BETA, GAMMA = 0.10, 0.70, 0.65
 MIN_VOLUME_MM3 = 3.0
 
+#: Voxel neighbourhoods a lesion may be connected by in 3D: faces (6), edges (18), corners (26).
+Connectivity = Literal[6, 18, 26]
+
 
 def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
-    """Dice of two binary masks; 1.0 when both are empty (nothing to find, nothing found)."""
+    """Dice of two binary masks; 1.0 when both are empty (nothing to find, nothing found).
+
+    Args:
+        prediction: The predicted mask (nonzero is lesion).
+        truth: The ground-truth mask, same shape.
+
+    Returns:
+        The Dice coefficient, in [0, 1].
+
+    Example:
+        >>> dice(np.array([1, 1, 0, 0]), np.array([1, 0, 0, 0])), dice(np.zeros(3), np.zeros(3))
+        (0.6666666666666666, 1.0)
+    """
     p, g = np.asarray(prediction) > 0, np.asarray(truth) > 0
     total = int(p.sum()) + int(g.sum())
     return 1.0 if total == 0 else 2.0 * int((p & g).sum()) / total
 
 
 def lesions(mask: np.ndarray, *, voxel_volume_mm3: float, min_volume_mm3: float = MIN_VOLUME_MM3,
-            connectivity: int = 6) -> tuple[np.ndarray, int]:
-    """Connected components (labels 1..n) after removing those of volume <= ``min_volume_mm3``."""
+            connectivity: Connectivity = 6) -> tuple[np.ndarray, int]:
+    """Connected components (labels 1..n) after removing those of volume <= ``min_volume_mm3``.
+
+    Args:
+        mask: A 3D mask (nonzero is lesion).
+        voxel_volume_mm3: The volume of one voxel.
+        min_volume_mm3: Components of at most this volume are dropped.
+        connectivity: The voxel neighbourhood that connects a lesion.
+
+    Returns:
+        ``(labels, n)``: the int32 label image (0 background) and the number of lesions.
+
+    Example:
+        >>> mask = np.zeros((5, 5, 5), bool)
+        >>> mask[0:2, 0:2, 0:2] = True   # 8 voxels
+        >>> mask[4, 4, 4] = True         # 1 voxel: too small
+        >>> labels, n = lesions(mask, voxel_volume_mm3=1.0)
+        >>> n, int(labels.max()), int((labels > 0).sum())
+        (1, 1, 8)
+    """
     labels = cc3d.connected_components((np.asarray(mask) > 0).astype(np.uint8),
                                        connectivity=connectivity)
     n = int(labels.max())
@@ -62,8 +104,22 @@ def lesion_outcomes(reference: np.ndarray, n_ref: int, other: np.ndarray, n_othe
                     alpha: float = ALPHA, beta: float = BETA,
                     gamma: float = GAMMA) -> tuple[np.ndarray, np.ndarray]:
     """Per lesion of ``reference`` (labels 1..n_ref): the fraction of it covered by ``other``'s
-    lesions, and whether it is detected by them (the rules of the module docstring). Both arrays
-    have ``n_ref`` entries, lesion ``i`` at index ``i - 1``."""
+    lesions, and whether it is detected by them (the rules of the module docstring).
+
+    Args:
+        reference: The label image of the lesions judged (labels 1..n_ref).
+        n_ref: Their number.
+        other: The label image of the lesions that may detect them (labels 1..n_other).
+        n_other: Their number.
+        alpha: A lesion must be covered by strictly more than this fraction.
+        beta: A detecting lesion may have at most this fraction of it outside every reference
+            lesion.
+        gamma: The share of the covered voxels the detecting lesions checked must reach.
+
+    Returns:
+        ``(covered_fraction, detected)``, each with ``n_ref`` entries, lesion ``i`` at index
+        ``i - 1``.
+    """
     covered_fraction = np.zeros(n_ref)
     detected = np.zeros(n_ref, bool)
     if n_ref == 0:
@@ -106,6 +162,15 @@ def _detected(reference: np.ndarray, n_ref: int, other: np.ndarray, n_other: int
 
 @dataclass(frozen=True)
 class LesionDetection:
+    """Lesion-wise counts of one image and the rates they give.
+
+    Attributes:
+        n_gt: Ground-truth lesions.
+        n_pred: Predicted lesions.
+        gt_detected: Ground-truth lesions detected.
+        pred_true_positive: Predicted lesions that are true positives.
+    """
+
     n_gt: int
     n_pred: int
     gt_detected: int
@@ -113,14 +178,17 @@ class LesionDetection:
 
     @property
     def sensitivity(self) -> float:
+        """Detected ground-truth lesions / ground-truth lesions (NaN without any)."""
         return self.gt_detected / self.n_gt if self.n_gt else math.nan
 
     @property
     def precision(self) -> float:
+        """True-positive predicted lesions / predicted lesions (0 when nothing is predicted)."""
         return self.pred_true_positive / self.n_pred if self.n_pred else 0.0
 
     @property
     def f1(self) -> float:
+        """``2PS / (P + S)``; 0 whenever that is 0/0 or undefined, as Anima does."""
         p, s = self.precision, self.sensitivity
         if math.isnan(p) or math.isnan(s) or p + s == 0:
             return 0.0
@@ -136,9 +204,23 @@ def lesion_detection(
     beta: float = BETA,
     gamma: float = GAMMA,
     min_volume_mm3: float = MIN_VOLUME_MM3,
-    connectivity: int = 6,
+    connectivity: Connectivity = 6,
 ) -> LesionDetection:
-    """Lesion-wise detection counts (see the module docstring for the rules)."""
+    """Lesion-wise detection counts (see the module docstring for the rules).
+
+    Args:
+        prediction: The predicted mask (nonzero is lesion).
+        truth: The ground-truth mask, same shape.
+        voxel_volume_mm3: The volume of one voxel.
+        alpha: Minimum covered fraction (exclusive) of a detected lesion.
+        beta: Maximum fraction of a detecting lesion outside the other image's lesions.
+        gamma: Cumulated overlap share up to which detecting lesions are checked.
+        min_volume_mm3: Lesions of at most this volume are dropped first, in both masks.
+        connectivity: The voxel neighbourhood that connects a lesion.
+
+    Returns:
+        The counts, with sensitivity, precision and F1.
+    """
     pred_labels, n_pred = lesions(prediction, voxel_volume_mm3=voxel_volume_mm3,
                                   min_volume_mm3=min_volume_mm3, connectivity=connectivity)
     gt_labels, n_gt = lesions(truth, voxel_volume_mm3=voxel_volume_mm3,
@@ -168,12 +250,31 @@ class ImageMetrics:
     volume_pred_mm3: float
 
     def to_dict(self) -> dict:
+        """The metrics by name (the columns of ``cordfuse evaluate``'s CSV).
+
+        Returns:
+            A plain dict of the fields.
+        """
         return asdict(self)
 
 
 def evaluate_masks(prediction: np.ndarray, truth: np.ndarray, *, voxel_volume_mm3: float,
                    **options) -> ImageMetrics:
-    """Dice and lesion-wise metrics of one prediction against its ground truth."""
+    """Dice and lesion-wise metrics of one prediction against its ground truth.
+
+    Args:
+        prediction: The predicted mask (nonzero is lesion).
+        truth: The ground-truth mask, same shape.
+        voxel_volume_mm3: The volume of one voxel.
+        **options: Passed to :func:`lesion_detection` (``alpha``, ``beta``, ``gamma``,
+            ``min_volume_mm3``, ``connectivity``).
+
+    Returns:
+        The image's metrics and lesion volumes.
+
+    Raises:
+        ValueError: the masks differ in shape.
+    """
     prediction, truth = np.asarray(prediction) > 0, np.asarray(truth) > 0
     if prediction.shape != truth.shape:
         raise ValueError(f"prediction {prediction.shape} and truth {truth.shape} differ in shape")

@@ -35,6 +35,17 @@ TABLE_METRICS = (("lesion_f1", "F1"), ("dice", "Dice"))
 
 @dataclass(frozen=True)
 class Record:
+    """One image's metrics, for one model, training seed and set of sequences at inference.
+
+    Attributes:
+        experiment: The model (a study experiment's name).
+        seed: The training seed.
+        inference: The sequences given at inference (e.g. ``T2Sag`` or ``T2Sag+STIR``).
+        image: The test image (its subject).
+        cohort: The subject's cohort.
+        values: Each metric (``dice``, ``lesion_f1``, ...); NaN where undefined.
+    """
+
     experiment: str
     seed: int
     inference: str
@@ -45,6 +56,8 @@ class Record:
 
 @dataclass
 class Cell:
+    """A table cell: the number CSV gets and "best" compares, the text shown, bold or not."""
+
     value: float | None = None  # what CSV gets and what "best" compares
     text: str = ""
     bold: bool = False
@@ -52,6 +65,21 @@ class Cell:
 
 @dataclass
 class Table:
+    """A titled table of label cells (``str``) and numeric :class:`Cell`, with notes under it.
+
+    Example:
+        >>> table = Table("Dice", ["model", "Dice"], [["baseline", Cell(0.61, "0.610", True)]])
+        >>> print(table.to_markdown(), end="")
+        ### Dice
+        <BLANKLINE>
+        | model | Dice |
+        |---|---|
+        | baseline | **0.610** |
+        >>> print(table.to_csv(), end="")
+        model,Dice
+        baseline,0.61
+    """
+
     title: str
     header: list[str]
     rows: list[list[Cell | str]] = field(default_factory=list)
@@ -60,6 +88,12 @@ class Table:
     # -- renderers ------------------------------------------------------------------------------
 
     def to_markdown(self) -> str:
+        """The table in Markdown (title as a heading, bold cells in ``**``, notes below).
+
+        Returns:
+            The text.
+        """
+
         def show(cell) -> str:
             if isinstance(cell, str):
                 return cell
@@ -72,6 +106,11 @@ class Table:
         return "\n".join(lines) + "\n"
 
     def to_html(self) -> str:
+        """The table as an HTML ``<table>`` (title as caption), notes as paragraphs after it.
+
+        Returns:
+            The HTML fragment, text escaped.
+        """
         from html import escape
 
         def show(cell, tag="td") -> str:
@@ -88,6 +127,11 @@ class Table:
                 f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{notes}")
 
     def to_csv(self) -> str:
+        """The table as CSV: the header, then numeric cells as their value (6 significant digits).
+
+        Returns:
+            The CSV text.
+        """
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(self.header)
@@ -97,6 +141,12 @@ class Table:
         return buffer.getvalue()
 
     def to_latex(self) -> str:
+        """The table as a LaTeX ``table`` float (label columns left-aligned, numbers centred).
+
+        Returns:
+            The LaTeX source.
+        """
+
         def escape(text: str) -> str:
             for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"),
                          ("#", r"\#"), ("±", r"$\pm$"), ("*", r"$^{*}$")):
@@ -123,6 +173,14 @@ class Table:
 
 
 def cohorts_of(records: Sequence[Record]) -> list[str]:
+    """The cohorts the records cover.
+
+    Args:
+        records: Per-image records.
+
+    Returns:
+        The cohort names, sorted.
+    """
     return sorted({r.cohort for r in records})
 
 
@@ -149,14 +207,17 @@ def _mark_best(rows: list[list[Cell | str]], first: int) -> None:
     if not rows:
         return
     for j in range(first, len(rows[0])):
-        values = [row[j].value for row in rows if row[j].value is not None
-                  and not math.isnan(row[j].value)]
-        if not values:
-            continue
-        best = max(values)
+        numeric: list[tuple[Cell, float]] = []
         for row in rows:
-            if row[j].value is not None and math.isclose(row[j].value, best, abs_tol=1e-12):
-                row[j].bold = True
+            cell = row[j]
+            if isinstance(cell, Cell) and cell.value is not None and not math.isnan(cell.value):
+                numeric.append((cell, cell.value))
+        if not numeric:
+            continue
+        best = max(value for _, value in numeric)
+        for cell, value in numeric:
+            if math.isclose(value, best, abs_tol=1e-12):
+                cell.bold = True
 
 
 def _order(records: Sequence[Record], experiments: Sequence[str] | None,
@@ -176,7 +237,18 @@ def _order(records: Sequence[Record], experiments: Sequence[str] | None,
 def table1(records: Sequence[Record], *, experiments: Sequence[str] | None = None,
            inferences: Sequence[str] | None = None, labels: dict[str, str] | None = None,
            cohorts: Sequence[str] | None = None) -> Table:
-    """Table 1: every (model, sequences at inference) pair, F1 and Dice per cohort."""
+    """Table 1: every (model, sequences at inference) pair, F1 and Dice per cohort.
+
+    Args:
+        records: Per-image records of every model, seed and inference set.
+        experiments: The models in row order (default: sorted by name).
+        inferences: The inference sets in row order within a model (default: by name).
+        labels: Each experiment's display name.
+        cohorts: The cohort columns (default: every cohort of ``records``).
+
+    Returns:
+        The table, best of each column in bold.
+    """
     labels = labels or {}
     cohorts = list(cohorts or cohorts_of(records))
     columns = _columns(cohorts)
@@ -210,7 +282,17 @@ def table2(records: Sequence[Record], *, reference: str = "baseline",
            labels: dict[str, str] | None = None) -> Table:
     """Table 2 as the paper reports it: T2Sag-only inference, every test cohort pooled, one
     lesion-wise F1 and one Dice per model (``mean ± std`` over seeds of the per-seed mean over
-    images), Wilcoxon marks against ``reference`` with one pair per test image."""
+    images), Wilcoxon marks against ``reference`` with one pair per test image.
+
+    Args:
+        records: Per-image records (only T2Sag-only inference is used).
+        reference: The experiment the others are tested against.
+        experiments: The models in row order (default: sorted by name).
+        labels: Each experiment's display name.
+
+    Returns:
+        The table.
+    """
     return _table2(records, reference=reference, experiments=experiments, labels=labels,
                    cohorts=None)
 
@@ -219,7 +301,18 @@ def table2_per_cohort(records: Sequence[Record], *, reference: str = "baseline",
                       experiments: Sequence[str] | None = None,
                       labels: dict[str, str] | None = None,
                       cohorts: Sequence[str] | None = None) -> Table:
-    """Table 2 per test cohort (an extra table: the paper pools its cohorts)."""
+    """Table 2 per test cohort (an extra table: the paper pools its cohorts).
+
+    Args:
+        records: Per-image records (only T2Sag-only inference is used).
+        reference: The experiment the others are tested against.
+        experiments: The models in row order (default: sorted by name).
+        labels: Each experiment's display name.
+        cohorts: The cohort columns (default: every cohort with T2Sag-only records).
+
+    Returns:
+        The table.
+    """
     only = [r for r in records if r.inference == T2SAG_ONLY]
     return _table2(records, reference=reference, experiments=experiments, labels=labels,
                    cohorts=list(cohorts or cohorts_of(only)))
@@ -264,7 +357,16 @@ def _table2(records, *, reference, experiments, labels, cohorts) -> Table:
 
 def paired_mark(records: Sequence[Record], reference: Sequence[Record], metric: str) -> str:
     """Significance mark of ``records`` against ``reference``: one pair per image, each side the
-    image's value averaged over seeds (undefined values left out of the average)."""
+    image's value averaged over seeds (undefined values left out of the average).
+
+    Args:
+        records: One model's records.
+        reference: The reference model's records.
+        metric: The metric compared (a key of :attr:`Record.values`).
+
+    Returns:
+        ``**``, ``*`` or ``""``; ``""`` also when fewer than two images are paired.
+    """
     mine, ref = _image_means(records, metric), _image_means(reference, metric)
     pairs = [(mine[image], ref[image]) for image in sorted(mine) if image in ref]
     if len(pairs) < 2:
@@ -286,7 +388,17 @@ def _image_means(records: Sequence[Record], metric: str) -> dict[str, float]:
 def boxplot_png(records: Sequence[Record], cohort: str, rows: Sequence[tuple[str, str]],
                 labels: dict[str, str] | None = None) -> bytes:
     """Box plots of per-image F1 and Dice (mean over seeds) in one cohort, one box per row
-    ``(experiment, inference)``; returns PNG bytes."""
+    ``(experiment, inference)``, every image drawn as a dot.
+
+    Args:
+        records: Per-image records.
+        cohort: The cohort plotted.
+        rows: The ``(experiment, inference)`` pairs, one box each, in order.
+        labels: Each experiment's display name.
+
+    Returns:
+        The PNG file's bytes.
+    """
     from cordfuse.figures import png_bytes, pyplot
 
     plt = pyplot()
@@ -324,6 +436,21 @@ RECORD_FIELDS = ("experiment", "seed", "inference", "image", "cohort")
 
 
 def records_to_csv(records: Sequence[Record]) -> str:
+    """The per-image table of a study (``per_image.csv``): one line per record.
+
+    Args:
+        records: Per-image records.
+
+    Returns:
+        The CSV text; undefined values are empty cells.
+
+    Example:
+        >>> record = Record("baseline", 0, "T2Sag", "sub-01", "A", {"dice": 0.5,
+        ...                 "lesion_f1": float("nan")})
+        >>> print(records_to_csv([record]), end="")
+        experiment,seed,inference,image,cohort,dice,lesion_f1
+        baseline,0,T2Sag,sub-01,A,0.5,
+    """
     keys = sorted({k for r in records for k in r.values})
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -339,6 +466,14 @@ def _number(value: float) -> str:
 
 
 def records_from_csv(text: str) -> list[Record]:
+    """Records from the CSV :func:`records_to_csv` writes (empty cells read as NaN).
+
+    Args:
+        text: The CSV text.
+
+    Returns:
+        The records.
+    """
     rows = list(csv.DictReader(io.StringIO(text)))
     out = []
     for row in rows:
