@@ -63,6 +63,12 @@ class NetConfig:
 
     @property
     def bottleneck_channels(self) -> int:
+        """Feature channels at the bottleneck, where the sequences are fused.
+
+        Example:
+            >>> NetConfig().bottleneck_channels
+            320
+        """
         return self.features[-1]
 
 
@@ -90,7 +96,18 @@ class FeatureNoise:
 
     @classmethod
     def from_json(cls, path) -> FeatureNoise:
-        """Read the parameters ``cordfuse analyze-features`` writes (``noise_params.json``)."""
+        """Read the parameters ``cordfuse analyze-features`` writes (``noise_params.json``).
+
+        Args:
+            path: The JSON file, with ``weight``, ``logistic_scale`` and ``normal_sigma``.
+
+        Returns:
+            The noise.
+
+        Raises:
+            CordfuseError: unreadable file, missing parameter, or a weight outside [0, 1] or a
+                scale that is not positive.
+        """
         import json
         from pathlib import Path
 
@@ -109,6 +126,22 @@ class FeatureNoise:
         return noise
 
     def sample(self, shape, *, device=None, dtype=torch.float32, generator=None) -> torch.Tensor:
+        """Draw one noise element per feature (computed in float64, returned in ``dtype``).
+
+        Args:
+            shape: The shape of the features the noise is added to.
+            device: Where the noise is drawn.
+            dtype: The returned tensor's type.
+            generator: A torch generator, for reproducible draws.
+
+        Returns:
+            The noise, of ``shape``.
+
+        Example:
+            >>> noise = FeatureNoise(weight=0.0, normal_sigma=1.0)
+            >>> noise.sample((2, 3), generator=torch.Generator().manual_seed(0)).shape
+            torch.Size([2, 3])
+        """
         u = torch.rand(shape, device=device, generator=generator, dtype=torch.float64)
         u = u.clamp(1e-12, 1 - 1e-12)
         logistic = self.logistic_scale * torch.log(u / (1 - u))
@@ -119,6 +152,14 @@ class FeatureNoise:
 
 
 def make_encoder(config: NetConfig) -> PlainConvEncoder:
+    """One sequence's nnU-Net encoder (3D convolutions, instance norm, LeakyReLU), with skips.
+
+    Args:
+        config: The architecture (channels and strides of each stage).
+
+    Returns:
+        The encoder, on one input channel, returning the features of every stage.
+    """
     return PlainConvEncoder(
         input_channels=1,
         n_stages=len(config.features),
@@ -153,6 +194,14 @@ def mean_impute(features: torch.Tensor, available: torch.Tensor) -> torch.Tensor
     Args:
         features: ``(B, K, C, ...)`` bottleneck features of the K sequences.
         available: ``(B, K)`` booleans; every sample needs at least one available sequence.
+
+    Returns:
+        The features, a missing sequence's replaced by its sample's available mean.
+
+    Example:
+        >>> features = torch.tensor([[[1.0], [3.0], [0.0]]])   # B=1, K=3, C=1
+        >>> mean_impute(features, torch.tensor([[True, True, False]])).flatten().tolist()
+        [1.0, 3.0, 2.0]
     """
     if not bool(available.any(dim=1).all()):
         raise ValueError("every sample needs at least one available sequence")
@@ -162,7 +211,19 @@ def mean_impute(features: torch.Tensor, available: torch.Tensor) -> torch.Tensor
 
 
 class CordNet(nn.Module):
-    """Encoders (one per sequence), bottleneck fusion, one decoder with T2Sag skips."""
+    """Encoders (one per sequence), bottleneck fusion, one decoder with T2Sag skips.
+
+    Args:
+        config: The architecture of each encoder and of the decoder.
+        sequences: The model's sequences in channel order; T2Sag first.
+        mean_imputation: Impute a missing sequence's features by the mean of the available ones
+            (equation 1); without it every sample needs every sequence.
+        feature_noise: Latent feature augmentation added to the bottleneck during training.
+        fusion: ``"bottleneck"`` (the paper) or ``"all-levels"`` (every skip level fused too).
+
+    Raises:
+        ValueError: T2Sag is not first, an unknown fusion, or all-level fusion of one sequence.
+    """
 
     def __init__(
         self,
@@ -187,6 +248,7 @@ class CordNet(nn.Module):
         self.fusion_levels = fusion
         self.encoders = nn.ModuleDict({seq: make_encoder(config) for seq in self.sequences})
         channels = config.bottleneck_channels
+        self.fusion: nn.Conv3d | None
         if len(self.sequences) > 1:
             self.fusion = nn.Conv3d(channels * len(self.sequences), channels,
                                     config.fusion_kernel, padding=config.fusion_kernel // 2)
@@ -209,8 +271,19 @@ class CordNet(nn.Module):
         self.register_load_state_dict_pre_hook(_skip_unused_heads)
 
     def forward(self, x: torch.Tensor, available: torch.Tensor | None = None) -> NetOutput:
-        """``x``: ``(B, K, X, Y, Z)``, channels in ``self.sequences`` order; ``available``:
-        ``(B, K)`` booleans (all True when omitted)."""
+        """Segment a batch of patches.
+
+        Args:
+            x: ``(B, K, X, Y, Z)`` normalised images, channels in ``self.sequences`` order.
+            available: ``(B, K)`` booleans, which sequences each sample has (all when omitted).
+
+        Returns:
+            The logits of the deep supervision levels and the encoders' bottleneck features.
+
+        Raises:
+            ValueError: wrong channel count, a sample without T2Sag (bottleneck fusion), or a
+                missing sequence without Mean Imputation.
+        """
         batch, k = x.shape[:2]
         if k != len(self.sequences):
             raise ValueError(f"expected {len(self.sequences)} channels, got {k}")
@@ -243,7 +316,7 @@ class CordNet(nn.Module):
         logits = self.decoder([*skips[:-1], bottleneck])
         return NetOutput(logits[: self.config.deep_supervision_levels], stacked, available)
 
-    def _fuse_level(self, fuse: nn.Conv3d, features: list[torch.Tensor],
+    def _fuse_level(self, fuse: nn.Module, features: list[torch.Tensor],
                     available: torch.Tensor) -> torch.Tensor:
         """Mean Imputation (or plain stacking) and a 1x1x1 fusion of one skip level."""
         stacked = torch.stack(features, dim=1)
@@ -252,7 +325,11 @@ class CordNet(nn.Module):
         return fuse(stacked.flatten(1, 2))
 
     def freeze_encoder(self, sequence: str = REFERENCE) -> None:
-        """Freeze one encoder's weights (the frozen-encoder variant)."""
+        """Freeze one encoder's weights (the frozen-encoder variant).
+
+        Args:
+            sequence: The encoder's sequence.
+        """
         for parameter in self.encoders[sequence].parameters():
             parameter.requires_grad_(False)
 
@@ -269,7 +346,20 @@ def _skip_unused_heads(module: CordNet, state_dict, prefix, *_args) -> None:
 def distillation_loss(features: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
     """Equation 2: mean over the other available sequences of the L1 distance between their
     bottleneck features and T2Sag's (mean absolute difference per element), averaged over the
-    batch; a sample with T2Sag only contributes zero."""
+    batch; a sample with T2Sag only contributes zero.
+
+    Args:
+        features: ``(B, K, C, ...)`` bottleneck features before imputation, T2Sag first.
+        available: ``(B, K)`` booleans.
+
+    Returns:
+        The loss (a scalar tensor).
+
+    Example:
+        >>> features = torch.tensor([[[0.0], [2.0], [9.0]]])   # T2Sag, and two others
+        >>> distillation_loss(features, torch.tensor([[True, True, False]])).item()
+        2.0
+    """
     teacher = features[:, :1]
     diff = (features[:, 1:] - teacher).abs().flatten(2).mean(dim=2)  # (B, K-1)
     others = available[:, 1:].to(diff.dtype)

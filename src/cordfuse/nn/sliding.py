@@ -12,7 +12,22 @@ import torch
 
 
 def window_starts(length: int, patch: int, overlap: float) -> list[int]:
-    """Start indices covering ``[0, length)`` with windows of ``patch`` (last one flush)."""
+    """Start indices covering ``[0, length)`` with windows of ``patch`` (last one flush).
+
+    Args:
+        length: The crop's length along S-I, in voxels.
+        patch: The window's length.
+        overlap: The fraction of a window the next one overlaps (0.5: half a window).
+
+    Returns:
+        The start of each window.
+
+    Example:
+        >>> window_starts(10, 4, 0.5)
+        [0, 2, 4, 6]
+        >>> window_starts(11, 4, 0.5), window_starts(3, 4, 0.5)
+        ([0, 2, 4, 6, 7], [0])
+    """
     if length <= patch:
         return [0]
     step = max(1, int(patch * (1 - overlap)))
@@ -23,6 +38,19 @@ def window_starts(length: int, patch: int, overlap: float) -> list[int]:
 
 
 def gaussian_weights(patch: int, sigma_scale: float = 1 / 8) -> np.ndarray:
+    """Gaussian weight of each position of a window (1 at the centre, at least 1e-3).
+
+    Args:
+        patch: The window's length.
+        sigma_scale: The Gaussian's sigma as a fraction of ``patch``.
+
+    Returns:
+        ``(patch,)`` float32 weights.
+
+    Example:
+        >>> [round(w, 3) for w in gaussian_weights(5, sigma_scale=1.0).tolist()]
+        [0.923, 0.98, 1.0, 0.98, 0.923]
+    """
     centre = (patch - 1) / 2
     sigma = patch * sigma_scale
     weights = np.exp(-0.5 * ((np.arange(patch) - centre) / sigma) ** 2)
@@ -46,6 +74,20 @@ def predict_probabilities(
     """Lesion probability ``(X, Y, Z)`` for one subject's normalised crops ``(K, X, Y, Z)``.
 
     With ``mirror``, each window is also predicted left-right flipped and the two averaged.
+
+    Args:
+        model: A :class:`~cordfuse.nn.networks.CordNet` in eval mode.
+        images: ``(K, X, Y, Z)`` normalised crops, channels in the model's order.
+        available: ``(K,)`` booleans, which sequences the subject has.
+        patch_z: The window length along S-I (the model's patch).
+        overlap: The fraction of a window the next one overlaps.
+        batch_size: Windows predicted together.
+        device: Where the model runs.
+        autocast_dtype: Mixed precision type (None: float32).
+        mirror: Also predict each window flipped left-right (test-time augmentation).
+
+    Returns:
+        ``(X, Y, Z)`` float32 probabilities of lesion.
     """
     k, x, y, nz = images.shape
     length = max(nz, patch_z)
@@ -67,8 +109,7 @@ def predict_probabilities(
             if mirror:
                 flipped = model(torch.flip(batch, dims=(2,)), flags).logits[0].float()
                 prob = 0.5 * (prob + torch.flip(torch.softmax(flipped, dim=1)[:, 1], dims=(1,)))
-        prob = prob.cpu().numpy()
-        for start, p in zip(chunk, prob, strict=True):
+        for start, p in zip(chunk, prob.cpu().numpy(), strict=True):
             total[..., start : start + patch_z] += p * weights
             norm[start : start + patch_z] += weights
     return (total / norm)[..., :nz]

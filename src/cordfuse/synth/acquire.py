@@ -27,7 +27,18 @@ SUBSLICE_MM = 0.75
 
 
 def rotation_matrix(angles_deg) -> np.ndarray:
-    """Rotation about x, then y, then z (degrees)."""
+    """Rotation about x, then y, then z (degrees).
+
+    Args:
+        angles_deg: The three angles, in degrees.
+
+    Returns:
+        The 3x3 rotation matrix.
+
+    Example:
+        >>> (rotation_matrix([0, 0, 90]) @ [1.0, 0.0, 0.0]).round(6).tolist()
+        [0.0, 1.0, 0.0]
+    """
     ax, ay, az = np.deg2rad(angles_deg)
     rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
     ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
@@ -39,6 +50,21 @@ def build_affine(axcodes, spacing, shape, center, rotation=None) -> np.ndarray:
     """Voxel-to-world affine whose grid is centred on ``center`` (world mm).
 
     ``axcodes`` give the direction each voxel axis points before the oblique ``rotation``.
+
+    Args:
+        axcodes: One letter per voxel axis (``R``, ``L``, ``A``, ``P``, ``S``, ``I``).
+        spacing: The voxel size along each axis, in mm.
+        shape: The grid's shape.
+        center: The world position (mm) of the grid's centre.
+        rotation: A 3x3 rotation of the whole grid (an oblique acquisition), or None.
+
+    Returns:
+        The 4x4 affine.
+
+    Example:
+        >>> affine = build_affine(("P", "I", "R"), (1.0, 1.0, 3.0), (3, 3, 3), (0.0, 0.0, 0.0))
+        >>> affine[:3, 3].tolist()   # voxel (0, 0, 0): anterior, superior, left of the centre
+        [-3.0, 1.0, 1.0]
     """
     directions = np.array([_AXIS_VECTORS[c] for c in axcodes], dtype=float).T
     if rotation is not None:
@@ -75,10 +101,12 @@ class Acquired:
 
     @property
     def cord_mask(self) -> np.ndarray:
+        """The cord's ground truth: voxels more than half cord, uint8."""
         return (self.cord_fraction > 0.5).astype(np.uint8)
 
     @property
     def lesion_mask(self) -> np.ndarray:
+        """The lesions' ground truth: voxels more than half lesion, uint8."""
         return (self.lesion_fraction > 0.5).astype(np.uint8)
 
 
@@ -99,6 +127,20 @@ def acquire(
     ``motion`` (4x4) maps scanner world coordinates to anatomy coordinates (the subject's pose
     during this acquisition); ``displacement`` is the additional smooth cord displacement of this
     sequence. ``scanner`` holds ``gain``, ``gamma``, ``noise`` and ``bias`` (5 coefficients).
+
+    Args:
+        anatomy: The subject's anatomy.
+        affine: The scan's voxel-to-world affine.
+        shape: The scan's shape.
+        contrast: Each structure's intensity on this sequence.
+        sequence: The sequence's name (gives each lesion's visibility).
+        motion: Scanner world -> anatomy (4x4).
+        displacement: This sequence's smooth in-plane cord displacement.
+        scanner: ``gain``, ``gamma``, ``noise`` and ``bias``.
+        rng: Draws the noise.
+
+    Returns:
+        The stored image and its exact partial-volume cord and lesion fractions.
     """
     spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     slice_axis = int(np.argmax(spacing))
@@ -132,7 +174,7 @@ def acquire(
             acc_i += value
             acc_c += f.cord
             acc_l += lesion_union
-        index = [slice(None)] * 3
+        index: list[slice | int] = [slice(None)] * 3
         index[slice_axis] = k
         image[tuple(index)] = (acc_i / n_sub).reshape(plane_shape)
         cord[tuple(index)] = (acc_c / n_sub).reshape(plane_shape)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 
 LEVEL_NAMES: tuple[str, ...] = (
     *(f"C{i}" for i in range(1, 8)),
@@ -58,23 +59,47 @@ class Anatomy:
     lesions: list[Lesion] = field(default_factory=list)
 
     def lookup(self, z: np.ndarray) -> np.ndarray:
-        """Indices into the z tables for world S-I positions ``z``."""
+        """Indices into the z tables for world S-I positions ``z``.
+
+        Args:
+            z: S-I positions, in anatomy mm.
+
+        Returns:
+            int32 indices, clipped to the tables.
+        """
         idx = ((z - Z_TABLE_START) * (1.0 / Z_TABLE_STEP) + 0.5).astype(np.int32)
         return np.clip(idx, 0, Z_TABLE_SIZE - 1)
 
-    def centerline(self, z: np.ndarray) -> np.ndarray:
-        """True cord centreline points ``(N, 3)`` at the S-I positions ``z``."""
-        z = np.asarray(z, dtype=float)
+    def centerline(self, z: npt.ArrayLike) -> np.ndarray:
+        """True cord centreline points ``(N, 3)`` at the S-I positions ``z``.
+
+        Args:
+            z: S-I positions, in anatomy mm.
+
+        Returns:
+            The ``(x, y, z)`` centreline points.
+        """
+        si = np.asarray(z, dtype=float)
         zt = self.z_table
         return np.stack(
-            [np.interp(z, zt, self.tables["cx"]), np.interp(z, zt, self.tables["cy"]), z], axis=1
+            [np.interp(si, zt, self.tables["cx"]), np.interp(si, zt, self.tables["cy"]), si], axis=1
         )
 
     @property
     def z_table(self) -> np.ndarray:
+        """The S-I position (mm) of each row of the per-z tables."""
         return Z_TABLE_START + Z_TABLE_STEP * np.arange(Z_TABLE_SIZE)
 
     def level_z(self, name: str, where: str = "top") -> float:
+        """The S-I position of a vertebral level.
+
+        Args:
+            name: The level (``C1`` ... ``L5``).
+            where: ``top``, ``bottom`` or ``mid``.
+
+        Returns:
+            The position, in anatomy mm.
+        """
         top, bottom = self.levels[name]
         return {"top": top, "bottom": bottom, "mid": 0.5 * (top + bottom)}[where]
 
@@ -84,7 +109,16 @@ def _bump(z: np.ndarray, center: float, width: float) -> np.ndarray:
 
 
 def draw_anatomy(rng: np.random.Generator, *, n_lesions: int, sequences) -> Anatomy:
-    """Draw a random adult spine: levels, curved cord, cross-sections, CSF, bones, lesions."""
+    """Draw a random adult spine: levels, curved cord, cross-sections, CSF, bones, lesions.
+
+    Args:
+        rng: The subject's random generator.
+        n_lesions: How many lesions to draw.
+        sequences: The sequences each lesion gets a visibility on.
+
+    Returns:
+        The anatomy.
+    """
     scale = rng.uniform(0.92, 1.08)
     heights = _LEVEL_HEIGHTS * scale * rng.uniform(0.96, 1.04, size=_LEVEL_HEIGHTS.size)
     tops = -np.concatenate([[0.0], np.cumsum(heights)[:-1]])
@@ -254,7 +288,18 @@ class Fractions:
 
 
 def tissue_fractions(anatomy: Anatomy, x, y, z, edges) -> Fractions:
-    """Structure fractions of boxes centred on ``(x, y, z)`` with edge vectors ``edges`` (mm)."""
+    """Structure fractions of boxes centred on ``(x, y, z)`` with edge vectors ``edges`` (mm).
+
+    Args:
+        anatomy: The anatomy.
+        x: The boxes' x centres (anatomy mm).
+        y: Their y centres.
+        z: Their z centres.
+        edges: The box's edge vectors (mm), over which each boundary is integrated.
+
+    Returns:
+        The fraction of each box in each structure and each lesion.
+    """
     t = anatomy.tables
     idx = anatomy.lookup(z)
     u = x - t["cx"][idx]

@@ -15,8 +15,8 @@ Example:
     >>> import numpy as np
     >>> image = np.ones((20, 20, 20), np.float32)
     >>> data, affine = reacquire(image, np.eye(4), ClinicalGeometry("sagittal", 3.0, 0.8))
-    >>> data.shape, float(affine[0, 0])
-    ((7, 25, 25), 3.0)
+    >>> data.shape, float(affine[0, 0])   # whole 3 mm slices within the 20 mm field of view
+    ((6, 25, 25), 3.0)
 """
 
 from __future__ import annotations
@@ -55,9 +55,19 @@ class ClinicalGeometry:
 
     @property
     def label(self) -> str:
+        """The geometry in words, e.g. ``sagittal 3 mm (0.7 mm in-plane)``."""
         return f"{self.orientation} {self.slice_mm:g} mm ({self.inplane_mm:g} mm in-plane)"
 
     def spacing(self) -> np.ndarray:
+        """The voxel size along R-L, A-P and S-I (mm).
+
+        Returns:
+            The three spacings: the slice thickness along the slice axis, the pixel elsewhere.
+
+        Example:
+            >>> ClinicalGeometry("sagittal", 3.0, 0.7).spacing().tolist()
+            [3.0, 0.7, 0.7]
+        """
         spacing = np.full(3, self.inplane_mm)
         spacing[_SLICE_AXIS[self.orientation]] = self.slice_mm
         return spacing
@@ -131,7 +141,21 @@ def split_slabs(
     data: np.ndarray, affine: np.ndarray, *, slabs: int = 2, overlap_mm: float = 20.0
 ) -> list[tuple[slice, np.ndarray]]:
     """Overlapping S-I chunks of an image on an R-A-S grid: ``(index along S-I, affine)``,
-    superior first. Consecutive chunks share ``overlap_mm``."""
+    superior first. Consecutive chunks share ``overlap_mm``.
+
+    Args:
+        data: The image, its third axis S-I (inferior to superior).
+        affine: Its voxel-to-world affine.
+        slabs: How many chunks.
+        overlap_mm: What consecutive chunks share, in mm.
+
+    Returns:
+        Per chunk, its slice of the third axis and its affine.
+
+    Example:
+        >>> [index for index, _ in split_slabs(np.zeros((2, 2, 10)), np.eye(4), overlap_mm=2.0)]
+        [slice(4, 10, None), slice(0, 6, None)]
+    """
     n = data.shape[2]
     step = float(np.linalg.norm(affine[:3, 2]))
     overlap = int(round(overlap_mm / step))
@@ -176,7 +200,18 @@ def reacquire_with_mask(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A real scan and its cord mask re-acquired together on ``geometry``: ``(image, mask,
     affine)``, cut to the ``keep_slices`` sagittal slices around the cord when given (a clinical
-    T2Sag covers the canal, not the shoulders)."""
+    T2Sag covers the canal, not the shoulders).
+
+    Args:
+        data: The real scan (R-A-S grid).
+        affine: Its voxel-to-world affine.
+        cord: Its cord mask, same grid.
+        geometry: The clinical grid to acquire on.
+        keep_slices: How many sagittal slices to keep, centred on the cord (None: all).
+
+    Returns:
+        ``(image, mask, affine)`` on the new grid.
+    """
     image, image_affine = reacquire(data, affine, geometry)
     mask, _ = reacquire(cord, affine, geometry, mask=True)
     if keep_slices is not None and keep_slices < image.shape[0]:
@@ -210,6 +245,21 @@ def write_two_slab_subject(
     slabs sharing ``overlap_mm``, and the lower slab's affine is moved by the rigid motion
     (about the centre of the overlap), as a patient who moved between the two acquisitions. The
     cord mask, given as the lesion label, follows each slab.
+
+    Args:
+        root: The BIDS dataset folder.
+        data: The real sagittal T2 (R-A-S grid).
+        affine: Its voxel-to-world affine.
+        cord: Its cord mask, same grid.
+        subject: The subject folder name.
+        geometry: The clinical grid to acquire on.
+        overlap_mm: What the two slabs share along S-I.
+        rotation_deg: The lower slab's rotation vector (degrees).
+        shift_mm: The lower slab's shift (mm).
+        keep_slices: How many sagittal slices to keep around the cord (None: all).
+
+    Returns:
+        What was written, with the true slab affines and the motion.
     """
     from pathlib import Path
 
@@ -286,7 +336,14 @@ BED_GEOMETRIES = (
 
 
 def clinical_bed(real_root) -> list[tuple[str, str, str, ClinicalGeometry]]:
-    """Cases of the test bed: ``(name, image path, mask path, geometry)``."""
+    """Cases of the test bed: ``(name, image path, mask path, geometry)``.
+
+    Args:
+        real_root: The folder of the real scans (``shared/data/real``).
+
+    Returns:
+        Every isotropic scan on every clinical geometry, the others on the axial ones.
+    """
     from pathlib import Path
 
     root = Path(real_root)

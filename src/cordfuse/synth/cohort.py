@@ -47,6 +47,12 @@ class ScanPlan:
 
     @property
     def suffix(self) -> str:
+        """The BIDS entities and suffix of the scan's file name after ``sub-XXX_``.
+
+        Example:
+            >>> ScanPlan("T2Sag", 2, np.eye(4), (1, 1, 1), np.eye(4), None, {}).suffix
+            'acq-sag_chunk-2_T2w'
+        """
         acq = {
             "T2Sag": "acq-sag_",
             "STIR": "acq-sag_",
@@ -78,20 +84,57 @@ class SyntheticSubject:
     scans: dict[str, Acquired] = field(default_factory=dict)
 
     def stems(self, sequence: str) -> list[str]:
+        """The BIDS stems of the subject's scans of one sequence (slabs in order).
+
+        Args:
+            sequence: A sequence name.
+
+        Returns:
+            The stems (none when the subject lacks it).
+        """
         return [stem for stem, plan in self.plans.items() if plan.sequence == sequence]
 
 
 def subject_rng(seed: int, index: int) -> np.random.Generator:
+    """The random generator of one subject: independent of the other subjects' draws.
+
+    Args:
+        seed: The cohort's seed.
+        index: The subject's number (1-based).
+
+    Returns:
+        A generator seeded by ``(seed, index)``.
+    """
     return np.random.default_rng(np.random.SeedSequence([seed, index]))
 
 
 def subject_id_of(index: int) -> str:
-    """The BIDS subject id of the ``index``-th synthetic subject (``sub-001`` for 1)."""
+    """The BIDS subject id of the ``index``-th synthetic subject (``sub-001`` for 1).
+
+    Args:
+        index: The subject's number (1-based).
+
+    Returns:
+        The id.
+
+    Example:
+        >>> subject_id_of(12)
+        'sub-012'
+    """
     return f"sub-{index:03d}"
 
 
 def generate_subject(seed: int, index: int, cohort: str) -> SyntheticSubject:
-    """Draw and acquire subject number ``index`` (1-based) of the cohort with ``seed``."""
+    """Draw and acquire subject number ``index`` (1-based) of the cohort with ``seed``.
+
+    Args:
+        seed: The cohort's seed.
+        index: The subject's number (1-based).
+        cohort: The cohort's name (its profile: sequence availability, scanner, resolution).
+
+    Returns:
+        The subject with its acquired scans (not written).
+    """
     rng = subject_rng(seed, index)
     profile = cohort_profile(cohort)
     anatomy = draw_anatomy(rng, n_lesions=int(rng.integers(0, 9)), sequences=SEQUENCES)
@@ -114,7 +157,16 @@ def generate_subject(seed: int, index: int, cohort: str) -> SyntheticSubject:
 
 
 def plan_scans(anatomy: Anatomy, profile: CohortProfile, rng) -> list[ScanPlan]:
-    """Decide which sequences a subject has and where each scan lies (clinical protocols)."""
+    """Decide which sequences a subject has and where each scan lies (clinical protocols).
+
+    Args:
+        anatomy: The subject's anatomy.
+        profile: Its cohort's profile.
+        rng: The subject's random generator.
+
+    Returns:
+        One plan per scan; T2Sag (one or two slabs) first.
+    """
     avail = profile.availability
     # Draw every decision even when unused so that availability does not shift other draws.
     present = {seq: rng.random() < avail.get(seq, 0.0) for seq in SEQUENCES[1:]}
@@ -219,7 +271,17 @@ def _draw_displacement(rng, *, zero: bool) -> Displacement:
 
 
 def rigid_motion(rng, *, center, max_deg: float, max_mm: float) -> np.ndarray:
-    """A random rigid transform about ``center`` with rotation <= max_deg and shift <= max_mm."""
+    """A random rigid transform about ``center`` with rotation <= max_deg and shift <= max_mm.
+
+    Args:
+        rng: A random generator.
+        center: The rotation's centre (mm).
+        max_deg: The largest rotation, in degrees.
+        max_mm: The largest shift, in mm.
+
+    Returns:
+        The 4x4 transform.
+    """
     axis = rng.normal(size=3)
     axis /= np.linalg.norm(axis)
     angle = rng.uniform(0.3, 1.0) * max_deg
@@ -229,7 +291,21 @@ def rigid_motion(rng, *, center, max_deg: float, max_mm: float) -> np.ndarray:
 
 
 def rigid_matrix(rotvec_deg, shift_mm, center) -> np.ndarray:
-    """4x4 ``p -> R (p - c) + c + t`` for a rotation vector (degrees) about ``center``."""
+    """4x4 ``p -> R (p - c) + c + t`` for a rotation vector (degrees) about ``center``.
+
+    Args:
+        rotvec_deg: The rotation vector (axis times angle, degrees).
+        shift_mm: The translation ``t`` (mm).
+        center: The rotation's centre ``c`` (mm).
+
+    Returns:
+        The 4x4 transform.
+
+    Example:
+        >>> matrix = rigid_matrix([0, 0, 90], [0, 0, 1], center=[1, 0, 0])
+        >>> (matrix @ [1.0, 0.0, 0.0, 1.0]).round(6).tolist()   # the centre only moves by t
+        [1.0, 0.0, 1.0, 1.0]
+    """
     from scipy.spatial.transform import Rotation
 
     rot = Rotation.from_rotvec(np.deg2rad(np.asarray(rotvec_deg, float))).as_matrix()
@@ -244,6 +320,8 @@ def _sagittal(
     anatomy, profile, seq, chunk, z_top, z_bottom, motion, disp, scanner, rng
 ) -> ScanPlan:
     proto = PROTOCOLS[seq]
+    if proto.slices is None:
+        raise ValueError(f"{seq}: a sagittal or isotropic protocol needs its number of slices")
     res = proto.inplane * profile.resolution * rng.uniform(0.97, 1.03)
     if proto.thickness == proto.inplane:  # isotropic 3D acquisition
         res_slice = res
@@ -295,7 +373,16 @@ def _axial_stack(anatomy, profile, seq, chunks, disp, scanner, rng) -> list[Scan
 
 
 def scan_centerline(subject: SyntheticSubject, stem: str, step_mm: float = 2.0) -> np.ndarray:
-    """True cord centreline seen by one scan, in its scanner world coordinates, inside its FOV."""
+    """True cord centreline seen by one scan, in its scanner world coordinates, inside its FOV.
+
+    Args:
+        subject: A generated subject.
+        stem: One of its scans.
+        step_mm: The S-I step between points.
+
+    Returns:
+        ``(N, 3)`` world points (mm).
+    """
     plan = subject.plans[stem]
     anatomy = subject.anatomy
     z = np.arange(anatomy.conus_tip + 5.0, anatomy.cord_top, step_mm)
@@ -310,6 +397,16 @@ def scan_centerline(subject: SyntheticSubject, stem: str, step_mm: float = 2.0) 
 
 
 def truth_document(subject: SyntheticSubject, seed: int) -> dict:
+    """The generator's truth of a subject as plain JSON (``derivatives/synth/<id>_truth.json``).
+
+    Args:
+        subject: A generated subject.
+        seed: The cohort's seed.
+
+    Returns:
+        Its levels, cord extent and centreline, its lesions (centre, radii, visibility per
+        sequence) and every scan's motion, displacement, scanner and centreline.
+    """
     anatomy = subject.anatomy
     z = np.arange(math.ceil(anatomy.conus_tip), anatomy.cord_top, 1.0)
     lesions = []
@@ -354,7 +451,13 @@ def truth_document(subject: SyntheticSubject, seed: int) -> dict:
 
 
 def write_subject(subject: SyntheticSubject, root: Path, seed: int) -> None:
-    """Write one subject's images, labels and truth JSON under the BIDS ``root``."""
+    """Write one subject's images, labels and truth JSON under the BIDS ``root``.
+
+    Args:
+        subject: A generated subject.
+        root: The BIDS dataset folder.
+        seed: The cohort's seed (recorded in the truth).
+    """
     anat = root / subject.subject_id / "anat"
     labels = root / "derivatives" / "labels" / subject.subject_id / "anat"
     for stem, scan in subject.scans.items():
@@ -369,6 +472,19 @@ def write_subject(subject: SyntheticSubject, root: Path, seed: int) -> None:
 
 
 def cohort_of(index: int, cohorts: Sequence[str]) -> str:
+    """The cohort of subject number ``index``: cohorts are assigned in turn.
+
+    Args:
+        index: The subject's number (1-based).
+        cohorts: The cohort names.
+
+    Returns:
+        The cohort.
+
+    Example:
+        >>> [cohort_of(index, ("A", "B", "C")) for index in range(1, 5)]
+        ['A', 'B', 'C', 'A']
+    """
     return cohorts[(index - 1) % len(cohorts)]
 
 
@@ -396,6 +512,10 @@ def write_cohort(
 
     Returns:
         The dataset root.
+
+    Raises:
+        CordfuseError: ``out`` holds files synth did not write, or a synthetic dataset already
+            (without ``overwrite``).
     """
     from cordfuse.ownership import claim
     from cordfuse.synth.qc import write_subject_qc

@@ -169,7 +169,18 @@ COHORTS: dict[str, CohortProfile] = {
 
 
 def cohort_profile(name: str) -> CohortProfile:
-    """The profile of a named cohort; unknown names get a profile derived from the name."""
+    """The profile of a named cohort; unknown names get a profile derived from the name.
+
+    Args:
+        name: The cohort's name (``A``, ``B`` and ``C`` are built in).
+
+    Returns:
+        The profile; the same name always gives the same profile.
+
+    Example:
+        >>> cohort_profile("X") == cohort_profile("X"), cohort_profile("A").name
+        (True, 'A')
+    """
     if name in COHORTS:
         return COHORTS[name]
     rng = np.random.default_rng(zlib.crc32(name.encode()))

@@ -14,6 +14,7 @@ import numpy as np
 
 from cordfuse.io import voxel_sizes
 from cordfuse.qc import (
+    Plane,
     busiest_slice,
     canonical,
     draw_image,
@@ -29,6 +30,7 @@ def _panels(scan, sequence: str):
     cord, _ = canonical(scan.cord_mask, scan.affine)
     lesion, _ = canonical(scan.lesion_mask, scan.affine)
     spacing = voxel_sizes(affine)
+    planes: list[tuple[Plane, int, str]]
     if sequence in ("T2starAx", "T2Ax"):
         planes = [("axial", k, f"z={k}") for k in spread_slices(cord)[::-1]]
     else:
@@ -42,7 +44,12 @@ def _panels(scan, sequence: str):
 
 
 def write_subject_qc(subject, path: Path) -> None:
-    """Write the subject's QC PNG to ``path`` (atomically)."""
+    """Write the subject's QC PNG to ``path`` (atomically).
+
+    Args:
+        subject: A generated subject (:class:`cordfuse.synth.cohort.SyntheticSubject`).
+        path: The PNG file.
+    """
     from cordfuse.figures import pyplot
 
     plt = pyplot()
