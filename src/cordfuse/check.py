@@ -5,8 +5,17 @@ grid mismatches are found before a long pre-processing or training run. A proble
 never stops the others. Nothing is written into the dataset.
 
 Example:
-    >>> report = check_dataset(discover("my_bids"))               # doctest: +SKIP
-    >>> print(report.format_text()); report.ok                    # doctest: +SKIP
+    A subject whose only scan, a T2Sag, is blank:
+
+    >>> import tempfile
+    >>> from cordfuse.dataset import discover
+    >>> from cordfuse.io import make_nifti, save_nifti
+    >>> with tempfile.TemporaryDirectory() as root:
+    ...     blank = make_nifti(np.zeros((4, 4, 4), np.float32), np.eye(4))
+    ...     save_nifti(blank, Path(root, "sub-01", "anat", "sub-01_acq-sag_T2w.nii.gz"))
+    ...     report = check_dataset(discover(root))
+    >>> report.ok, [problem.reason for problem in report.problems]
+    (False, ['empty image (every voxel is 0)'])
 """
 
 from __future__ import annotations
@@ -38,15 +47,32 @@ class Problem:
 
 @dataclass
 class CheckReport:
+    """What ``cordfuse check`` found in a dataset.
+
+    Attributes:
+        dataset: The discovered dataset.
+        problems: Everything that would make pre-processing or training fail or go wrong.
+        notes: What is ignored or missing but harmless (files no rule matches, no cohort).
+    """
+
     dataset: Dataset
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
+        """True when no problem was found (notes do not count)."""
         return not self.problems
 
     def counts(self, subject: Subject) -> dict[str, int]:
+        """How many scans (slabs) a subject has of each sequence.
+
+        Args:
+            subject: A subject of the dataset.
+
+        Returns:
+            ``{sequence: number of scans}`` for the six sequences, in channel order.
+        """
         return {seq: len(subject.scans.get(seq, [])) for seq in SEQUENCES}
 
     def cohort_table(self) -> dict[str, dict[str, int]]:
@@ -62,6 +88,12 @@ class CheckReport:
         return table
 
     def to_json(self) -> dict:
+        """The report as plain JSON (``cordfuse check --json``).
+
+        Returns:
+            The root, ``ok``, every subject's scans and counts, the cohort table, the problems
+            and the notes.
+        """
         return {
             "root": str(self.dataset.root),
             "ok": self.ok,
@@ -85,6 +117,12 @@ class CheckReport:
         }
 
     def format_text(self) -> str:
+        """The report for a terminal: the availability matrix, the cohort table, then notes
+        and problems.
+
+        Returns:
+            The text, lines joined by newlines.
+        """
         ds = self.dataset
         cohorts = ", ".join(ds.cohorts()) or "none (no 'cohort' column in participants.tsv)"
         lines = [f"Dataset {ds.root}: {len(ds.subjects)} subjects; cohorts: {cohorts}", ""]
@@ -123,7 +161,15 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def check_image(path: Path) -> tuple[list[str], tuple | None]:
-    """Problems of one image, and its ``(shape, affine)`` when readable."""
+    """Problems of one image, and its ``(shape, affine)`` when readable.
+
+    Args:
+        path: The image file.
+
+    Returns:
+        ``(problems, grid)``: one phrase per problem (unreadable, NaN/Inf, empty), and the grid
+        or None when the file cannot be read.
+    """
     try:
         data, affine = read_volume(path)
     except CordfuseError as exc:
@@ -140,7 +186,15 @@ def check_image(path: Path) -> tuple[list[str], tuple | None]:
 
 
 def check_label(path: Path, grid: tuple | None) -> list[str]:
-    """Problems of one label file, compared with the grid of its image (if known)."""
+    """Problems of one label file, compared with the grid of its image (if known).
+
+    Args:
+        path: The label file.
+        grid: Its image's ``(shape, affine)``, or None.
+
+    Returns:
+        One phrase per problem: unreadable, another grid, NaN/Inf or values other than 0 and 1.
+    """
     try:
         data, affine = read_volume(path)
     except CordfuseError as exc:
@@ -160,6 +214,15 @@ def check_label(path: Path, grid: tuple | None) -> list[str]:
 
 
 def check_subject(subject: Subject) -> tuple[list[Problem], list[str]]:
+    """Open every image and label of one subject.
+
+    Args:
+        subject: A discovered subject.
+
+    Returns:
+        ``(problems, notes)``: a missing T2Sag, duplicate or ambiguous matches, unreadable or
+        empty images, bad labels and labels without image; notes for unmatched files.
+    """
     problems: list[Problem] = []
     notes: list[str] = []
 
@@ -212,7 +275,15 @@ def _check_duplicates(sequence: str, scans: list[Scan], add) -> None:
 def check_dataset(
     dataset: Dataset, *, progress: Callable[[str], None] | None = None
 ) -> CheckReport:
-    """Open every file of every subject and report all problems."""
+    """Open every file of every subject and report all problems.
+
+    Args:
+        dataset: A discovered dataset.
+        progress: Called with each subject's name once it is checked.
+
+    Returns:
+        The report.
+    """
     report = CheckReport(dataset)
     for subject in dataset.subjects:
         problems, notes = check_subject(subject)

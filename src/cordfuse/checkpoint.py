@@ -13,8 +13,19 @@ crafted file cannot run code while it is read. That is why everything is stored 
 Importing this module does not import the trainer: prediction needs only this.
 
 Example:
-    >>> checkpoint = Checkpoint.load("runs/baseline")      # doctest: +SKIP
-    >>> network = checkpoint.build_network().eval()        # doctest: +SKIP
+    An untrained baseline of the small preset, written and read back:
+
+    >>> import tempfile
+    >>> from cordfuse.nn.networks import NET_PRESETS
+    >>> config = TrainConfig(model="baseline", preset="small")
+    >>> model = initial_network(config, config.net, ["T2Sag"]).state_dict()
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     Checkpoint(model, config, NET_PRESETS["small"], ["T2Sag"], PrepConfig()).save(
+    ...         Path(tmp, BEST))
+    ...     checkpoint = Checkpoint.load(tmp)   # a training folder: its best checkpoint
+    >>> checkpoint.sequences, checkpoint.path.name, checkpoint.config.model
+    (['T2Sag'], 'checkpoint_best.pt', 'baseline')
+    >>> network = checkpoint.build_network().eval()
 """
 
 from __future__ import annotations
@@ -42,7 +53,14 @@ REQUIRED = ("model", "config", "net", "sequences", "prep", "cordfuse_version")
 
 def checkpoint_file(path: str | Path) -> Path:
     """The checkpoint a path names: the file itself, or a training folder's best checkpoint
-    (else its latest)."""
+    (else its latest).
+
+    Args:
+        path: A checkpoint file or a ``cordfuse train`` output folder.
+
+    Returns:
+        The checkpoint file (not checked to exist).
+    """
     path = Path(path)
     if path.is_dir():
         return path / BEST if (path / BEST).exists() else path / LATEST

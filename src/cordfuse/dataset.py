@@ -9,8 +9,18 @@ image. Cohorts come from the ``cohort`` column of ``participants.tsv`` when pres
 Discovery only reads names; :mod:`cordfuse.check` opens the files.
 
 Example:
-    >>> ds = discover("my_bids")                                  # doctest: +SKIP
-    >>> ds.subjects[0].scans["T2Sag"][0].path                     # doctest: +SKIP
+    A dataset of one subject with two T2Sag slabs and a STIR (empty files: names suffice):
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as root:
+    ...     anat = Path(root, "sub-01", "anat")
+    ...     anat.mkdir(parents=True)
+    ...     for name in ("acq-sag_chunk-1_T2w", "acq-sag_chunk-2_T2w", "STIR"):
+    ...         Path(anat, f"sub-01_{name}.nii.gz").touch()
+    ...     ds = discover(root)
+    >>> subject = ds.subjects[0]
+    >>> subject.name, subject.sequences, [scan.chunk for scan in subject.scans["T2Sag"]]
+    ('sub-01', ['T2Sag', 'STIR'], [1, 2])
 """
 
 from __future__ import annotations
@@ -66,14 +76,17 @@ class Subject:
 
     @property
     def name(self) -> str:
+        """``sub-XX`` or ``sub-XX_ses-YY``: the subject's name in every output file."""
         return f"{self.subject_id}_{self.session}" if self.session else self.subject_id
 
     @property
     def sequences(self) -> list[str]:
+        """The sequences the subject has, in channel order."""
         return [seq for seq in SEQUENCES if self.scans.get(seq)]
 
     @property
     def has_lesion_labels(self) -> bool:
+        """Whether a lesion label exists for a T2Sag slab or for the fused T2Sag."""
         return self.fused_lesion_label is not None or any(
             s.lesion_label is not None for s in self.scans.get("T2Sag", [])
         )
@@ -88,11 +101,22 @@ class Dataset:
     cohorts_from: Path | None = None
 
     def cohorts(self) -> list[str]:
+        """The cohorts of the subjects (sorted; subjects without one are left out).
+
+        Returns:
+            The cohort names.
+        """
         return sorted({s.cohort for s in self.subjects if s.cohort is not None})
 
     def select(self, labels: list[str] | None) -> Dataset:
         """The dataset restricted to some participants (BIDS-App ``--participant-label``: ``01``
         or ``sub-01``); all of them when ``labels`` is empty or None.
+
+        Args:
+            labels: Participant labels, with or without ``sub-``.
+
+        Returns:
+            The same dataset with only those subjects.
 
         Raises:
             CordfuseError: a label names no subject of the dataset.
@@ -107,7 +131,17 @@ class Dataset:
 
 
 def read_cohorts(root: Path) -> dict[str, str]:
-    """``participant_id -> cohort`` from ``participants.tsv`` (empty when absent or no column)."""
+    """``participant_id -> cohort`` from ``participants.tsv`` (empty when absent or no column).
+
+    Args:
+        root: The BIDS dataset's folder.
+
+    Returns:
+        Each participant's cohort (participants with an empty or ``n/a`` cohort left out).
+
+    Raises:
+        CordfuseError: an unreadable table.
+    """
     tsv = root / "participants.tsv"
     if not tsv.exists():
         return {}
@@ -139,6 +173,13 @@ def _anat_folders(root: Path):
 
 def discover(root: str | Path, *, rules: dict[str, MatchRule] | None = None) -> Dataset:
     """Find every subject, scan and label of the BIDS dataset at ``root``.
+
+    Args:
+        root: The BIDS dataset's folder.
+        rules: How file names map to sequences (default: :data:`cordfuse.sequences.DEFAULT_RULES`).
+
+    Returns:
+        The subjects with their scans, labels, cohorts and the files no rule matched.
 
     Raises:
         CordfuseError: ``root`` is not a folder or holds no ``sub-*`` folder.
@@ -191,7 +232,7 @@ def discover(root: str | Path, *, rules: dict[str, MatchRule] | None = None) -> 
 
 
 def _label_files(folder: Path) -> dict[tuple[str, str], Path]:
-    found = {}
+    found: dict[tuple[str, str], Path] = {}
     if not folder.is_dir():
         return found
     for path in sorted(folder.glob("*.nii*")):
@@ -220,11 +261,11 @@ def synth_truth_document(subject: Subject) -> dict | None:
     Reads the truth file and the headers (not the voxels) of the subject's scans.
 
     Raises:
-        CordfuseError: an unreadable truth file.
+        CordfuseError: an unreadable truth file or scan header.
     """
     if subject.synth_truth is None:
         return None
-    import nibabel as nib
+    from cordfuse.io import load_nifti
 
     try:
         document = json.loads(subject.synth_truth.read_text())
@@ -234,9 +275,16 @@ def synth_truth_document(subject: Subject) -> dict | None:
     scans = {}
     for stem, scan in document.get("scans", {}).items():
         if stem in paths:
-            header = nib.load(str(paths[stem]))
+            header = load_nifti(paths[stem])
             scans[stem] = {"sequence": scan["sequence"],
                            "motion_world_to_anatomy": scan["motion_world_to_anatomy"],
-                           "affine": np.asarray(header.affine, float).tolist(),
+                           "affine": np.asarray(header.affine, dtype=np.float64).tolist(),
                            "shape": [int(n) for n in header.shape[:3]]}
     return {"lesions": document.get("lesions", []), "scans": scans}
+    Args:
+        subject: A discovered subject.
+
+    Returns:
+        ``{"lesions": [...], "scans": {stem: {sequence, motion_world_to_anatomy, affine,
+        shape}}}``, or None.
+

@@ -9,7 +9,11 @@ import io
 
 
 def pyplot():
-    """``matplotlib.pyplot`` on the Agg backend (no display needed)."""
+    """``matplotlib.pyplot`` on the Agg backend (no display needed).
+
+    Returns:
+        The ``matplotlib.pyplot`` module.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -19,7 +23,15 @@ def pyplot():
 
 
 def png_bytes(fig, *, dpi: int = 100) -> bytes:
-    """Render ``fig`` as PNG (on its own face colour) and close it."""
+    """Render ``fig`` as PNG (on its own face colour) and close it.
+
+    Args:
+        fig: A matplotlib figure.
+        dpi: Pixels per inch of the picture.
+
+    Returns:
+        The PNG file's bytes.
+    """
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, facecolor=fig.get_facecolor())
     pyplot().close(fig)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import numpy.typing as npt
 
 from cordfuse.errors import CordfuseError
 
@@ -22,7 +23,12 @@ RPI = ("R", "P", "I")
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
+
+    Args:
+        path: The destination; its folder is created if missing.
+        data: The file's whole content.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -44,11 +50,23 @@ def _umask() -> int:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically, as :func:`atomic_write_bytes` does.
+
+    Args:
+        path: The destination; its folder is created if missing.
+        text: The file's whole content.
+    """
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def load_nifti(path: str | Path) -> nib.Nifti1Image:
     """Open a NIfTI file (header only; data are read lazily).
+
+    Args:
+        path: A ``.nii`` or ``.nii.gz`` file.
+
+    Returns:
+        The image (NIfTI-1 or NIfTI-2), its voxels not yet read.
 
     Raises:
         CordfuseError: the file is missing, not NIfTI or its header is corrupt.
@@ -66,9 +84,16 @@ def load_nifti(path: str | Path) -> nib.Nifti1Image:
 
 
 def read_volume(path: str | Path, dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray]:
-    """Read a 3D image fully: returns ``(data, affine)``.
+    """Read a 3D image fully.
 
     A 4D file whose last axis has length 1 is accepted as 3D.
+
+    Args:
+        path: A ``.nii`` or ``.nii.gz`` file.
+        dtype: The type the voxels are read as.
+
+    Returns:
+        ``(data, affine)``: the 3D voxel array and the 4x4 voxel-to-world (RAS mm) affine.
 
     Raises:
         CordfuseError: unreadable or truncated file, or not a 3D image.
@@ -88,14 +113,23 @@ def read_volume(path: str | Path, dtype: type = np.float32) -> tuple[np.ndarray,
     if len(shape) != 3:
         raise CordfuseError(f"{path}: not a 3D image (shape {tuple(img.shape)})")
     try:
-        data = np.asarray(img.dataobj, dtype=dtype).reshape(shape)
+        data: np.ndarray = np.asarray(img.dataobj, dtype=dtype).reshape(shape)
     except Exception as exc:
         raise CordfuseError(f"{path}: truncated or corrupt image data ({_short(exc)})") from exc
     return data, img.affine.copy()
 
 
 def make_nifti(data: np.ndarray, affine: np.ndarray, *, like: nib.Nifti1Image | None = None):
-    """A Nifti1Image with qform and sform both set to ``affine`` (code 1, scanner), xyz in mm."""
+    """A Nifti1Image with qform and sform both set to ``affine`` (code 1, scanner), xyz in mm.
+
+    Args:
+        data: The voxels; their dtype is the file's.
+        affine: The 4x4 voxel-to-world (RAS mm) affine.
+        like: An image whose header (descriptions, intent) the new one starts from.
+
+    Returns:
+        The image, not yet written.
+    """
     header = like.header.copy() if like is not None else None
     img = nib.Nifti1Image(data, affine, header=header)
     img.set_qform(affine, code=1)
@@ -106,7 +140,13 @@ def make_nifti(data: np.ndarray, affine: np.ndarray, *, like: nib.Nifti1Image | 
 
 
 def save_nifti(img: nib.Nifti1Image, path: str | Path, *, compresslevel: int = 6) -> None:
-    """Save atomically; ``.nii.gz`` gets a zero gzip mtime so equal data give equal bytes."""
+    """Save atomically; ``.nii.gz`` gets a zero gzip mtime so equal data give equal bytes.
+
+    Args:
+        img: The image.
+        path: The destination (``.nii`` or ``.nii.gz``).
+        compresslevel: The gzip level of a ``.nii.gz`` (1 fastest, 9 smallest).
+    """
     path = Path(path)
     raw = img.to_bytes()
     if path.name.endswith(".gz"):
@@ -115,12 +155,32 @@ def save_nifti(img: nib.Nifti1Image, path: str | Path, *, compresslevel: int = 6
 
 
 def axcodes(affine: np.ndarray) -> tuple[str, str, str]:
-    """Orientation codes of the voxel axes (nibabel convention: the direction each axis points)."""
-    return tuple(nib.aff2axcodes(affine))  # type: ignore[return-value]
+    """Orientation codes of the voxel axes (nibabel convention: the direction each axis points).
+
+    Args:
+        affine: A 4x4 voxel-to-world (RAS mm) affine.
+
+    Returns:
+        One letter per voxel axis, e.g. ``("R", "A", "S")``.
+
+    Example:
+        >>> axcodes(np.diag([-1.0, -1.0, 1.0, 1.0]))
+        ('L', 'P', 'S')
+    """
+    first, second, third = nib.aff2axcodes(affine)
+    return first, second, third
 
 
 def reorient(img: nib.Nifti1Image, codes: tuple[str, str, str] = RPI) -> nib.Nifti1Image:
-    """Reorder/flip the voxel axes to ``codes`` (default RPI); world positions are unchanged."""
+    """Reorder/flip the voxel axes to ``codes`` (default RPI); world positions are unchanged.
+
+    Args:
+        img: The image.
+        codes: The wanted direction of each voxel axis (nibabel letters).
+
+    Returns:
+        The same voxels on reordered/flipped axes, with the matching affine.
+    """
     current = nib.orientations.io_orientation(img.affine)
     target = nib.orientations.axcodes2ornt(codes)
     transform = nib.orientations.ornt_transform(current, target)
@@ -128,14 +188,39 @@ def reorient(img: nib.Nifti1Image, codes: tuple[str, str, str] = RPI) -> nib.Nif
 
 
 def voxel_sizes(affine: np.ndarray) -> np.ndarray:
-    """Spacing of each voxel axis in mm (column norms of the affine)."""
+    """Spacing of each voxel axis in mm (column norms of the affine).
+
+    Args:
+        affine: A 4x4 voxel-to-world affine.
+
+    Returns:
+        The three spacings, in voxel axis order.
+
+    Example:
+        >>> voxel_sizes(np.diag([0.5, -0.5, 3.0, 1.0])).tolist()
+        [0.5, 0.5, 3.0]
+    """
     return np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
 
 
-def apply_affine(affine: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Map ``(..., 3)`` points through a 4x4 affine."""
-    points = np.asarray(points, dtype=float)
-    return points @ affine[:3, :3].T + affine[:3, 3]
+def apply_affine(affine: np.ndarray, points: npt.ArrayLike) -> np.ndarray:
+    """Map ``(..., 3)`` points through a 4x4 affine.
+
+    Args:
+        affine: A 4x4 affine (e.g. voxel to world mm).
+        points: Points on the last axis (a list or an array).
+
+    Returns:
+        The mapped points, same shape as ``points``.
+
+    Example:
+        >>> affine = np.diag([2.0, 2.0, 3.0, 1.0])
+        >>> affine[:3, 3] = [10.0, 0.0, -5.0]
+        >>> apply_affine(affine, [1, 1, 1]).tolist()
+        [12.0, 2.0, -2.0]
+    """
+    xyz = np.asarray(points, dtype=float)
+    return xyz @ affine[:3, :3].T + affine[:3, 3]
 
 
 def inside_voxel_boxes(vox: np.ndarray, shape) -> np.ndarray:
@@ -144,6 +229,17 @@ def inside_voxel_boxes(vox: np.ndarray, shape) -> np.ndarray:
     Grids that share planes put points exactly on a box edge (-0.5 or n - 0.5): coordinates are
     rounded to 1e-6 voxel first, so that 1e-12 mm of registration noise cannot move them in or
     out (and a scan's coverage or a back-mapped crop differ between two runs).
+
+    Args:
+        vox: Continuous voxel coordinates, ``(N, 3)``.
+        shape: The grid's shape (its first three entries are used).
+
+    Returns:
+        ``(N,)`` booleans.
+
+    Example:
+        >>> inside_voxel_boxes(np.array([[0, 0, 0], [-0.5, 3.5, 1], [0, 4, 0]]), (2, 4, 2)).tolist()
+        [True, True, False]
     """
     edge = np.round(vox, 6)
     return np.all((edge >= -0.5) & (edge <= np.asarray(shape) - 0.5), axis=1)
@@ -153,8 +249,23 @@ def block_mean(
     data: np.ndarray, affine: np.ndarray, targets_mm
 ) -> tuple[np.ndarray, np.ndarray, tuple]:
     """Average-pool each voxel axis by the integer factor closest to ``target / spacing`` (at
-    least 1), dropping the incomplete last block. Returns ``(data, affine, factors)``; the affine
-    places each block's value at the centre of the voxels it averages."""
+    least 1), dropping the incomplete last block.
+
+    Args:
+        data: A 3D image.
+        affine: Its 4x4 voxel-to-world affine.
+        targets_mm: The wanted spacing of each voxel axis, in mm.
+
+    Returns:
+        ``(data, affine, factors)``: the pooled image, its affine (each block's value placed at
+        the centre of the voxels it averages) and the pooling factor of each axis.
+
+    Example:
+        >>> pooled, affine, factors = block_mean(np.arange(8.0).reshape(2, 2, 2), np.eye(4),
+        ...                                      (2.0, 1.0, 1.0))
+        >>> factors, pooled.shape, affine[0, 3].item()
+        ((2, 1, 1), (1, 2, 2), 0.5)
+    """
     spacing = voxel_sizes(affine)
     shape = data.shape
     factors = tuple(
@@ -170,7 +281,26 @@ def block_mean(
 
 
 def same_grid(a_shape, a_affine, b_shape, b_affine, *, atol_mm: float = 1e-3) -> bool:
-    """True when two images share shape and affine (within ``atol_mm`` at every corner)."""
+    """True when two images share shape and affine (within ``atol_mm`` at every corner).
+
+    Args:
+        a_shape: The first image's shape (its first three entries are compared).
+        a_affine: The first image's 4x4 affine.
+        b_shape: The second image's shape.
+        b_affine: The second image's 4x4 affine.
+        atol_mm: How far apart, in mm, a corner voxel's centre may be in the two grids.
+
+    Returns:
+        Whether one voxel index means the same place in both images.
+
+    Example:
+        >>> shifted = np.eye(4)
+        >>> shifted[0, 3] = 0.01
+        >>> same_grid((4, 4, 4), np.eye(4), (4, 4, 4), shifted)
+        False
+        >>> same_grid((4, 4, 4), np.eye(4), (4, 4, 4, 1), np.eye(4))
+        True
+    """
     if tuple(a_shape[:3]) != tuple(b_shape[:3]):
         return False
     corners = np.array(np.meshgrid(*[[0, s - 1] for s in a_shape[:3]], indexing="ij"))

@@ -16,8 +16,21 @@ The manifest is updated under an exclusive lock on the folder, so several proces
 one cluster job per subject) can record their entries in the same folder.
 
 Example:
-    >>> folder = claim("out/prepared", "prepare")           # doctest: +SKIP
-    >>> folder.own("sub-001")                               # doctest: +SKIP
+    ``prepare`` claims a new folder and records a subject; ``train`` may not write there:
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     folder = claim(Path(tmp, "prepared"), "prepare")
+    ...     folder.own("sub-001")
+    ...     owned = folder.owned()
+    ...     try:
+    ...         claim(Path(tmp, "prepared"), "train")
+    ...     except CordfuseError as exc:
+    ...         refused = str(exc).split(": ", 1)[1]
+    >>> owned
+    ['sub-001']
+    >>> refused
+    'made by cordfuse prepare, not by cordfuse train (choose a new or empty folder)'
 """
 
 from __future__ import annotations
@@ -70,7 +83,14 @@ class OutputFolder:
 
 
 def read_manifest(folder: str | Path) -> dict | None:
-    """The manifest of ``folder``, or None when it has none (or an unreadable one)."""
+    """The manifest of ``folder``, or None when it has none (or an unreadable one).
+
+    Args:
+        folder: An output folder.
+
+    Returns:
+        The manifest (its ``verb`` and ``entries``), or None.
+    """
     try:
         manifest = json.loads((Path(folder) / MANIFEST).read_text())
     except (OSError, ValueError):
@@ -138,7 +158,14 @@ def _remove(path: Path) -> None:
 @contextlib.contextmanager
 def locked(folder: Path) -> Iterator[None]:
     """An exclusive lock on the folder itself (no lock file to clean up), across processes: for
-    read-modify-write of a file several processes share (the manifest, a dataset summary)."""
+    read-modify-write of a file several processes share (the manifest, a dataset summary).
+
+    Args:
+        folder: An existing folder.
+
+    Returns:
+        A context manager that holds the lock while its block runs.
+    """
     handle = os.open(folder, os.O_RDONLY)
     try:
         fcntl.flock(handle, fcntl.LOCK_EX)

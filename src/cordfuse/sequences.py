@@ -55,6 +55,21 @@ class MatchRule:
     entities: Mapping[str, str] = field(default_factory=dict)
 
     def matches(self, name: BidsName) -> bool:
+        """Whether a file name has one of the suffixes and every required entity value.
+
+        Args:
+            name: A parsed BIDS file name.
+
+        Returns:
+            True when the file belongs to this rule's sequence.
+
+        Example:
+            >>> rule = MatchRule(("T2w",), {"acq": "sag"})
+            >>> rule.matches(parse_bids_name("sub-01_acq-sag_T2w.nii.gz"))
+            True
+            >>> rule.matches(parse_bids_name("sub-01_acq-ax_T2w.nii.gz"))
+            False
+        """
         if name.suffix not in self.suffixes:
             return False
         return all(name.entities.get(key) == value for key, value in self.entities.items())
@@ -80,12 +95,29 @@ class BidsName:
 
     @property
     def chunk(self) -> int | None:
+        """The ``chunk`` entity as a number (the slab of a multi-slab T2Sag), None without one.
+
+        Example:
+            >>> parse_bids_name("sub-01_acq-sag_chunk-2_T2w.nii.gz").chunk
+            2
+        """
         value = self.entities.get("chunk")
         return int(value) if value is not None and value.isdigit() else None
 
 
 def strip_nifti_extension(filename: str) -> str | None:
-    """Return the file name without ``.nii``/``.nii.gz``, or None when it is not a NIfTI name."""
+    """The file name without ``.nii``/``.nii.gz``, or None when it is not a NIfTI name.
+
+    Args:
+        filename: A file name (no folder).
+
+    Returns:
+        The stem, or None.
+
+    Example:
+        >>> strip_nifti_extension("sub-01_T2w.nii.gz"), strip_nifti_extension("notes.txt")
+        ('sub-01_T2w', None)
+    """
     for ext in NIFTI_EXTENSIONS:
         if filename.endswith(ext):
             return filename[: -len(ext)]
@@ -97,6 +129,16 @@ def parse_bids_name(filename: str) -> BidsName:
 
     Parts without a ``-`` before the suffix (not valid BIDS) are kept as entities with an empty
     value so that they never silently match a rule that requires a value.
+
+    Args:
+        filename: A BIDS file name, with or without its NIfTI extension.
+
+    Returns:
+        The stem, the entities in file order and the suffix.
+
+    Example:
+        >>> parse_bids_name("sub-01_ses-1_acq-sag_T2w.nii.gz").entities
+        {'sub': '01', 'ses': '1', 'acq': 'sag'}
     """
     stem = strip_nifti_extension(filename) or filename
     parts = stem.split("_")
@@ -108,7 +150,15 @@ def parse_bids_name(filename: str) -> BidsName:
 
 
 def match_sequence(name: BidsName, rules: Mapping[str, MatchRule]) -> list[str]:
-    """All sequences whose rule matches ``name`` (normally zero or one), in channel order."""
+    """All sequences whose rule matches ``name`` (normally zero or one), in channel order.
+
+    Args:
+        name: A parsed BIDS file name.
+        rules: The rule of each sequence (e.g. :data:`DEFAULT_RULES`).
+
+    Returns:
+        The matching sequence names; more than one means the rules are ambiguous for it.
+    """
     return [seq for seq in SEQUENCES if seq in rules and rules[seq].matches(name)]
 
 
@@ -120,6 +170,12 @@ def load_rules(path: str | Path | None) -> dict[str, MatchRule]:
 
         T2Sag: {suffix: T2w, entities: {acq: sagittal}}
         T2starAx: {suffix: [T2star, T2starw]}
+
+    Args:
+        path: The mapping file, or None for the default rules.
+
+    Returns:
+        The rule of every sequence.
 
     Raises:
         CordfuseError: unreadable file, unknown sequence name or malformed rule.
