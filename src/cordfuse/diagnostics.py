@@ -38,7 +38,18 @@ from cordfuse.synth.protocol import LESION_SIGN
 
 def encoder_learning(run_dir: str | Path) -> dict:
     """Per encoder, ``||W - W0|| / ||W0||`` over its weights; per sequence, the share of the
-    bottleneck fusion convolution's weight norm on that sequence's input channels."""
+    bottleneck fusion convolution's weight norm on that sequence's input channels.
+
+    Args:
+        run_dir: A training folder (or checkpoint) of a multi-encoder model.
+
+    Returns:
+        ``{"encoder_relative_change": {seq: change}}``, with ``fusion_weight_share`` when the
+        model has a fusion convolution.
+
+    Raises:
+        CordfuseError: an unreadable checkpoint.
+    """
     from cordfuse.checkpoint import Checkpoint, initial_network
 
     checkpoint = Checkpoint.load(run_dir)
@@ -67,7 +78,17 @@ def encoder_learning(run_dir: str | Path) -> dict:
 
 @torch.no_grad()
 def sequence_effect(model, prepared_subjects, *, device="cpu") -> dict:
-    """Bottleneck and probability change when a subject's other sequences are added to T2Sag."""
+    """Bottleneck and probability change when a subject's other sequences are added to T2Sag.
+
+    Args:
+        model: A loaded Mean Imputation model (:func:`cordfuse.inference.load_model`).
+        prepared_subjects: Prepared test subjects (those with a label and more than T2Sag
+            count).
+        device: Where the model runs.
+
+    Returns:
+        One row per subject and the medians of each measure.
+    """
     from cordfuse.nn.sliding import predict_probabilities
     from cordfuse.training.data import normalise
 
@@ -126,7 +147,22 @@ def inplane_misalignment(reference: np.ndarray, moving: np.ndarray, *,
     """The in-plane shift (voxels) that best aligns ``moving`` with ``reference`` (largest
     absolute normalised cross-correlation over the voxels both cover: the cord, CSF and bone
     show on every sequence, with either polarity). ``moving`` rolled by the shift matches
-    ``reference``."""
+    ``reference``.
+
+    Args:
+        reference: The T2Sag crop (zeros outside its field of view).
+        moving: Another sequence's crop, same shape.
+        search: Shifts of up to this many voxels along each in-plane axis are tried.
+
+    Returns:
+        The shift ``(dx, dy)``; ``(0, 0)`` when no shift overlaps enough.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> crop = rng.random((12, 12, 2)) + 1.0
+        >>> inplane_misalignment(crop, np.roll(crop, (1, -2), axis=(0, 1)))
+        (-1, 2)
+    """
     best, best_shift = -np.inf, (0, 0)
     for dx in range(-search, search + 1):
         for dy in range(-search, search + 1):
@@ -147,7 +183,17 @@ def lesion_alignment(prepared_subjects, *, search: int = 3, margin: int = 8) -> 
     """Per sequence, over the labelled lesions it covers: the in-plane misalignment of its crop
     with the T2Sag crop around the lesion (mm), and the lesion's signal at the label position
     (mean z-score, signed by the sequence's lesion polarity) as is and after undoing that
-    misalignment."""
+    misalignment.
+
+    Args:
+        prepared_subjects: Prepared subjects (those with a label count).
+        search: In-plane shifts of up to this many voxels are tried.
+        margin: Slices above and below a lesion compared.
+
+    Returns:
+        Per sequence: lesions covered, median misalignment (mm), share misaligned by more than
+        1 mm, and median signal at the label as is and aligned.
+    """
     from cordfuse.training.data import normalise
 
     per_sequence: dict[str, list[dict]] = {seq: [] for seq in SEQUENCES}
@@ -198,7 +244,19 @@ def misalignment_cost(model, prepared_subjects, *, shifts_mm=(0.0, 1.0, 2.0, 3.0
                       device="cpu") -> dict:
     """Lesion-wise sensitivity in crop space (against the prepared label) with T2Sag alone, and
     with every sequence after moving the non-T2Sag crops left-right by each shift: what a
-    residual misalignment between sequences costs the model."""
+    residual misalignment between sequences costs the model.
+
+    Args:
+        model: A loaded Mean Imputation model.
+        prepared_subjects: Prepared test subjects (those with lesions and more than T2Sag
+            count).
+        shifts_mm: Left-right shifts of the non-T2Sag crops.
+        device: Where the model runs.
+
+    Returns:
+        The number of lesions, the T2Sag-only sensitivity, and per shift the sensitivity with
+        every sequence and the lesions found only with more sequences.
+    """
     from cordfuse.nn.sliding import predict_probabilities
     from cordfuse.training.data import normalise
 
@@ -262,7 +320,14 @@ def _shift_x(images: np.ndarray, voxels: int) -> np.ndarray:
 
 def coverage(prepared_subjects) -> dict:
     """Per sequence: subjects that have it and the mean share of their crop voxels it leaves
-    uncovered (zeros)."""
+    uncovered (zeros).
+
+    Args:
+        prepared_subjects: Prepared subjects.
+
+    Returns:
+        ``{sequence: {"subjects": n, "mean_uncovered_share": share or None}}``.
+    """
     out = {}
     for seq in SEQUENCES:
         shares = [float((p.images[seq] == 0).mean()) for p in prepared_subjects
@@ -274,7 +339,20 @@ def coverage(prepared_subjects) -> dict:
 
 def diagnose_study(study_dir: str | Path, *, device: str = "cpu",
                    experiments: list[str] | None = None) -> dict:
-    """All measurements on a finished study; writes ``diagnostics.{json,md}`` into it."""
+    """All measurements on a finished study; writes ``diagnostics.{json,md}`` into it.
+
+    Args:
+        study_dir: A ``cordfuse study`` output folder.
+        device: Where the models run.
+        experiments: Only these experiments' models (default: every Mean Imputation model).
+
+    Returns:
+        What ``diagnostics.json`` holds: coverage, lesion alignment and, per model, encoder
+        learning, sequence effect and misalignment cost.
+
+    Raises:
+        CordfuseError: not a study folder, or an unreadable prepared folder or model.
+    """
     from cordfuse.errors import CordfuseError
     from cordfuse.inference import load_model
     from cordfuse.preprocess.batch import load_prepared_dataset
@@ -313,6 +391,14 @@ def _f(value, digits=3) -> str:
 
 
 def to_markdown(result: dict) -> str:
+    """The diagnostics as Markdown tables (``diagnostics.md``).
+
+    Args:
+        result: What :func:`diagnose_study` returns.
+
+    Returns:
+        The Markdown text.
+    """
     lines = ["# Multi-sequence diagnostics", "", "## Inputs (prepared crops)", "",
              "| sequence | training subjects | uncovered share of crop | test lesions covered | "
              "median misalignment with T2Sag (mm) | share > 1 mm | lesion signal at label (z) | "

@@ -35,15 +35,50 @@ MIN_SCALE = 1e-4
 
 
 def logistic_logpdf(x: np.ndarray, scale: float) -> np.ndarray:
+    """Log density of the zero-centred logistic distribution (stable for large ``|x|``).
+
+    Args:
+        x: Values.
+        scale: The distribution's scale ``s``.
+
+    Returns:
+        ``log Logistic(x; 0, s)``, elementwise.
+
+    Example:
+        >>> round(float(np.exp(logistic_logpdf(np.zeros(1), 1.0))[0]), 4)   # 1 / (4 s)
+        0.25
+    """
     z = np.abs(x) / scale
     return -z - np.log(scale) - 2.0 * np.log1p(np.exp(-z))
 
 
 def normal_logpdf(x: np.ndarray, sigma: float) -> np.ndarray:
+    """Log density of the zero-centred normal distribution.
+
+    Args:
+        x: Values.
+        sigma: The standard deviation.
+
+    Returns:
+        ``log Normal(x; 0, sigma)``, elementwise.
+
+    Example:
+        >>> round(float(normal_logpdf(np.zeros(1), 1.0)[0]), 4)   # -log(2 pi) / 2
+        -0.9189
+    """
     return -0.5 * (x / sigma) ** 2 - np.log(sigma) - 0.5 * np.log(2 * np.pi)
 
 
 def mixture_logpdf(x: np.ndarray, noise: FeatureNoise) -> np.ndarray:
+    """Log density of the paper's two-part mixture with the parameters of ``noise``.
+
+    Args:
+        x: Values.
+        noise: ``weight`` of the logistic part, ``logistic_scale`` and ``normal_sigma``.
+
+    Returns:
+        ``log(w Logistic(x; 0, s) + (1 - w) Normal(x; 0, sigma))``, elementwise.
+    """
     w = np.clip(noise.weight, 1e-12, 1 - 1e-12)
     return np.logaddexp(np.log(w) + logistic_logpdf(x, noise.logistic_scale),
                         np.log1p(-w) + normal_logpdf(x, noise.normal_sigma))
@@ -51,6 +86,15 @@ def mixture_logpdf(x: np.ndarray, noise: FeatureNoise) -> np.ndarray:
 
 @dataclass(frozen=True)
 class MixtureFit:
+    """The fitted mixture.
+
+    Attributes:
+        noise: The parameters, as :class:`cordfuse.nn.networks.FeatureNoise`.
+        log_likelihood: The mean log-likelihood per value.
+        n_values: The number of (finite) values fitted.
+        converged: Whether the best optimisation converged.
+    """
+
     noise: FeatureNoise
     log_likelihood: float  # mean per value
     n_values: int
@@ -61,6 +105,23 @@ def fit_mixture(values: np.ndarray) -> MixtureFit:
     """Maximum-likelihood ``(weight, logistic_scale, normal_sigma)`` of the zero-centred mixture.
 
     L-BFGS-B on ``(logit w, log s, log sigma)`` from a few starting points; the best optimum wins.
+
+    Args:
+        values: Feature differences (any shape; non-finite ones are left out).
+
+    Returns:
+        The fit.
+
+    Raises:
+        CordfuseError: fewer than 10 finite values.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> x = np.where(rng.random(5000) < 0.3, rng.logistic(0, 0.01, 5000),
+        ...              rng.normal(0, 0.5, 5000))
+        >>> fit = fit_mixture(x)
+        >>> round(fit.noise.weight, 1), round(fit.noise.normal_sigma, 1), fit.converged
+        (0.3, 0.5, True)
     """
     x = np.asarray(values, np.float64).ravel()
     x = x[np.isfinite(x)]
@@ -77,14 +138,13 @@ def fit_mixture(values: np.ndarray) -> MixtureFit:
 
     bounds = [(-12.0, 12.0), (np.log(MIN_SCALE), np.log(10 * spread + MIN_SCALE)),
               (np.log(MIN_SCALE), np.log(10 * spread + MIN_SCALE))]
-    best = None
+    results = []
     for w0 in (0.1, 0.25, 0.5, 0.75):
         for s0 in (max(small, MIN_SCALE), max(spread / 4, MIN_SCALE)):
             start = np.array([special.logit(w0), np.log(s0), np.log(spread)])
             start = np.clip(start, [b[0] for b in bounds], [b[1] for b in bounds])
-            result = optimize.minimize(negative, start, method="L-BFGS-B", bounds=bounds)
-            if best is None or result.fun < best.fun:
-                best = result
+            results.append(optimize.minimize(negative, start, method="L-BFGS-B", bounds=bounds))
+    best = min(results, key=lambda result: result.fun)  # the first of equals, as before
     w, s, sigma = special.expit(best.x[0]), np.exp(best.x[1]), np.exp(best.x[2])
     return MixtureFit(FeatureNoise(float(w), float(s), float(sigma)), -float(best.fun), int(x.size),
                       bool(best.success))
@@ -94,7 +154,20 @@ def feature_differences(model, prepared_paths: list[Path], *, device, max_values
                         seed: int = 0, progress: bool = True) -> tuple[np.ndarray, dict]:
     """Pooled ``features(other) - features(T2Sag)`` of a multi-encoder model (see module doc).
 
-    Returns the subsample and counts per sequence.
+    Args:
+        model: A loaded model (:func:`cordfuse.inference.load_model`) with several encoders.
+        prepared_paths: Prepared subject files.
+        device: Where the encoders run.
+        max_values: At most this many values are kept, shared equally between the subjects.
+        seed: Seeds the subsample.
+        progress: Show a progress bar.
+
+    Returns:
+        ``(values, counts)``: the subsample, and the number of differences computed per
+        sequence (before subsampling).
+
+    Raises:
+        CordfuseError: a single-encoder model, or no subject with T2Sag and another sequence.
     """
     import torch
     from tqdm import tqdm
@@ -144,6 +217,16 @@ def feature_differences(model, prepared_paths: list[Path], *, device, max_values
 
 
 def histogram_png(values: np.ndarray, fit: MixtureFit, title: str) -> bytes:
+    """Histogram of the differences with the fitted density and its two parts, linear and log.
+
+    Args:
+        values: The feature differences.
+        fit: Their fitted mixture.
+        title: The figure's title (the model).
+
+    Returns:
+        The PNG file's bytes.
+    """
     from cordfuse.figures import png_bytes, pyplot
 
     plt = pyplot()
@@ -175,7 +258,24 @@ def histogram_png(values: np.ndarray, fit: MixtureFit, title: str) -> bytes:
 def analyze_features(model_path: str | Path, prepared: str | Path, out: str | Path, *,
                      device: str = "auto", max_values: int = 2_000_000, seed: int = 0,
                      progress: bool = True) -> MixtureFit:
-    """Extract, fit, and write ``noise_params.json``, ``fit.json`` and ``histogram.png``."""
+    """Extract, fit, and write ``noise_params.json``, ``fit.json`` and ``histogram.png``.
+
+    Args:
+        model_path: A Mean Imputation checkpoint or training folder.
+        prepared: A ``cordfuse prepare`` output folder.
+        out: The output folder (created).
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        max_values: At most this many differences are fitted.
+        seed: Seeds the subsample.
+        progress: Show a progress bar.
+
+    Returns:
+        The fit.
+
+    Raises:
+        CordfuseError: an unreadable model or prepared folder, a single-encoder model, or too
+            few differences.
+    """
     from cordfuse.inference import load_model
     from cordfuse.io import atomic_write_bytes, atomic_write_text
     from cordfuse.nn.device import choose_device

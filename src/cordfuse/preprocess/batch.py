@@ -36,6 +36,20 @@ from cordfuse.sequences import SEQUENCES
 
 @dataclass
 class SubjectResult:
+    """How one subject's preparation went (a line of ``dataset.json``).
+
+    Attributes:
+        name: The subject's name.
+        status: ``prepared``, ``skipped`` (already prepared with these settings) or ``failed``.
+        message: Why it failed (empty otherwise).
+        cohort: The subject's cohort.
+        sequences: The sequences its crops hold.
+        nz: The crop's length along S-I, in voxels.
+        has_label: Whether it has a lesion label.
+        warnings: What went wrong but did not stop it.
+        fallbacks: Sequences that used the T2Sag centreline instead of their own, and why.
+    """
+
     name: str
     status: str  # prepared | skipped | failed
     message: str = ""
@@ -54,8 +68,20 @@ def _result(prepared: PreparedSubject, status: str) -> SubjectResult:
                          fallbacks=prepared.fallbacks)
 
 
-def prepare_one(subject: Subject, out: Path, config: PrepConfig, *, overwrite: bool, qc: bool):
-    """Prepare one subject into ``out/<subject>/``; never raises for a user-data problem."""
+def prepare_one(subject: Subject, out: Path, config: PrepConfig, *, overwrite: bool,
+                qc: bool) -> SubjectResult:
+    """Prepare one subject into ``out/<subject>/``; never raises for a user-data problem.
+
+    Args:
+        subject: A discovered subject.
+        out: The ``prepare`` output folder.
+        config: The pre-processing settings.
+        overwrite: Prepare it again even when it is already prepared with these settings.
+        qc: Also write its QC picture.
+
+    Returns:
+        The result (``failed`` with the reason for a user-data problem).
+    """
     folder = out / subject.name
     target = folder / PREPARED_NAME
     if not overwrite and is_prepared_with(target, config):
@@ -134,6 +160,11 @@ def write_dataset_json(out: Path, config: PrepConfig, results: list[SubjectResul
     Subjects of an earlier run into ``out`` that this run did not touch keep their entries, so
     one job per participant (``--participant-label``) can share an output folder; the update
     runs under the folder's lock, so concurrent jobs never lose each other's entries.
+
+    Args:
+        out: The ``prepare`` output folder.
+        config: The pre-processing settings (earlier entries with other settings are dropped).
+        results: This run's results.
     """
     with locked(out):
         try:
@@ -182,7 +213,18 @@ def _write_document(out: Path, config: PrepConfig, results: list[SubjectResult])
 
 
 def load_prepared_dataset(folder: str | Path) -> tuple[dict, list[Path]]:
-    """``dataset.json`` of a prepared folder and the paths of its prepared subjects."""
+    """``dataset.json`` of a prepared folder and the paths of its prepared subjects.
+
+    Args:
+        folder: A ``cordfuse prepare`` output folder.
+
+    Returns:
+        ``(document, paths)``: the parsed ``dataset.json`` and one ``prepared.npz`` per
+        prepared subject.
+
+    Raises:
+        CordfuseError: no readable ``dataset.json``.
+    """
     folder = Path(folder)
     try:
         document = json.loads((folder / "dataset.json").read_text())

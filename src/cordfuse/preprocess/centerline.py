@@ -40,7 +40,7 @@ import numpy as np
 from scipy import ndimage
 
 from cordfuse.errors import CordfuseError
-from cordfuse.io import apply_affine, atomic_write_text, block_mean, voxel_sizes
+from cordfuse.io import apply_affine, atomic_write_text, block_mean, read_volume, voxel_sizes
 
 
 @dataclass(frozen=True)
@@ -134,20 +134,49 @@ class Centerline:
 
     @property
     def z_range(self) -> tuple[float, float]:
+        """The lowest and highest S-I position (mm) of the centreline."""
         return float(self.points[0, 2]), float(self.points[-1, 2])
 
     def xy_at(self, z) -> np.ndarray:
-        """In-plane position ``(len(z), 2)`` at S-I positions ``z`` (constant beyond the ends)."""
+        """In-plane position ``(len(z), 2)`` at S-I positions ``z`` (constant beyond the ends).
+
+        Args:
+            z: S-I positions (mm).
+
+        Returns:
+            The ``(x, y)`` world position at each, linearly interpolated.
+
+        Example:
+            >>> line = Centerline(np.array([[0.0, 0.0, 0.0], [2.0, 4.0, 10.0]]))
+            >>> line.xy_at([5.0, 20.0]).tolist()
+            [[1.0, 2.0], [2.0, 4.0]]
+        """
         z = np.asarray(z, dtype=float)
         p = self.points
         return np.stack([np.interp(z, p[:, 2], p[:, 0]), np.interp(z, p[:, 2], p[:, 1])], axis=-1)
 
     def to_csv(self, path: str | Path) -> None:
+        """Write the points as ``x,y,z`` CSV (world mm, 3 decimals), atomically.
+
+        Args:
+            path: The CSV file.
+        """
         lines = ["x,y,z"] + [f"{x:.3f},{y:.3f},{z:.3f}" for x, y, z in self.points]
         atomic_write_text(path, "\n".join(lines) + "\n")
 
     @classmethod
     def from_csv(cls, path: str | Path) -> Centerline:
+        """Read a centreline :meth:`to_csv` wrote (or any ``x,y,z`` CSV with a header).
+
+        Args:
+            path: The CSV file.
+
+        Returns:
+            The centreline.
+
+        Raises:
+            CordfuseError: not a readable ``x,y,z`` CSV.
+        """
         try:
             data = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
         except (OSError, ValueError) as exc:
@@ -166,17 +195,36 @@ def _canonical(data: np.ndarray, affine: np.ndarray):
 # mask backend
 
 
-def centerline_from_mask(mask: np.ndarray, affine: np.ndarray, *, smooth_mm: float = 0.0):
-    """Centroid of the mask in each axial slice (slices along the S-I voxel axis), world mm."""
+def centerline_from_mask(mask: np.ndarray, affine: np.ndarray, *,
+                         smooth_mm: float = 0.0) -> Centerline:
+    """Centroid of the mask in each axial slice (slices along the S-I voxel axis), world mm.
+
+    Args:
+        mask: A cord segmentation (values above 0.5 are cord).
+        affine: Its voxel-to-world affine.
+        smooth_mm: Gaussian smoothing of the path along S-I (mm); 0 keeps the centroids.
+
+    Returns:
+        The centreline.
+
+    Raises:
+        CordfuseError: the mask covers fewer than two axial slices.
+
+    Example:
+        >>> mask = np.zeros((5, 5, 4))
+        >>> mask[1:3, 2, :] = 1.0
+        >>> centerline_from_mask(mask, np.eye(4)).points[0].tolist()
+        [1.5, 2.0, 0.0]
+    """
     data, canon = _canonical(mask > 0.5, affine)
-    points = []
+    centroids = []
     for k in range(data.shape[2]):
         if data[:, :, k].any():
             ij = np.argwhere(data[:, :, k]).mean(axis=0)
-            points.append(apply_affine(canon, [ij[0], ij[1], k]))
-    if len(points) < 2:
+            centroids.append(apply_affine(canon, [ij[0], ij[1], k]))
+    if len(centroids) < 2:
         raise CordfuseError("cord mask covers fewer than two axial slices")
-    points = np.array(points)
+    points = np.array(centroids)
     if smooth_mm > 0:
         points = _smooth(points, smooth_mm)
     return Centerline(points)
@@ -228,7 +276,18 @@ SUFFIX_POLARITY = {
 def polarity_from_name(path: str | Path) -> str | None:
     """The CSF polarity a BIDS file name states through its suffix (``..._T1w.nii.gz`` ->
     ``"dark-csf"``), or None when it states none. Reading it from the image alone can fail: a T1
-    at thick sagittal slices shows a bright-CSF-like pattern in the fat around the canal."""
+    at thick sagittal slices shows a bright-CSF-like pattern in the fat around the canal.
+
+    Args:
+        path: An image file with a BIDS name.
+
+    Returns:
+        ``"bright-csf"``, ``"dark-csf"`` or None.
+
+    Example:
+        >>> polarity_from_name("sub-01_acq-sag_T1w.nii.gz"), polarity_from_name("scan.nii.gz")
+        ('dark-csf', None)
+    """
     from cordfuse.sequences import parse_bids_name
 
     try:
@@ -254,6 +313,9 @@ def detect_centerline(
         polarity: ``"bright-csf"`` (T2, STIR, T2*), ``"dark-csf"`` (T1, MP2RAGE) or ``"auto"``.
         smooth_mm: Gaussian smoothing of the path along S-I (mm).
         params: the detector's tuning constants.
+
+    Returns:
+        The centreline, in world mm.
 
     Raises:
         CordfuseError: no cord-like structure found.
@@ -306,6 +368,17 @@ def refine_along(
     :func:`check_against_reference`): every ``refine_step_mm`` of the image's S-I extent that
     ``guide`` spans, the partial-volume centroid of the cord is searched around the guide, and
     kept where it moves at most ``max(cord_sizes_mm)`` (else the guide's point stays).
+
+    Args:
+        data: 3D image.
+        affine: Its voxel-to-world affine.
+        guide: Another scan's centreline (T2Sag's).
+        polarity: ``"bright-csf"``, ``"dark-csf"`` or ``"auto"``.
+        smooth_mm: Gaussian smoothing of the path along S-I (mm).
+        params: The detector's tuning constants.
+
+    Returns:
+        The centreline over the part of the image the guide spans.
 
     Raises:
         CordfuseError: the image does not overlap the guide along S-I, or shows no cord-in-CSF
@@ -378,6 +451,9 @@ def check_against_reference(
         reference: the T2Sag centreline.
         field_of_view_z: the sequence's S-I extent (world mm): where its cord could be found.
         params: the thresholds (``max_median_mm``, ``max_p90_mm``, ``min_coverage``).
+
+    Returns:
+        The agreement; its ``problem`` is empty when the centreline is trusted.
     """
     lo = max(reference.z_range[0], field_of_view_z[0])
     hi = min(reference.z_range[1], field_of_view_z[1])
@@ -440,7 +516,8 @@ def _zone_means(
     a, b = half_axes
     # The cord zone is its white-matter wall (0.45-0.85 of the half-axes): on T2* the grey matter
     # is nearly as bright as CSF, while the white matter stays darker on every T2-like contrast.
-    zones = [((-0.55 * b, -0.15 * b), None, 0.9)]
+    zones: list[tuple[tuple[float, float], int | None, float]] = [
+        ((-0.55 * b, -0.15 * b), None, 0.9)]
     zones += [(params.ring_offsets_mm, sector, 0.6) for sector in range(4)]
     zones += [(params.outer_offsets_mm, None, 0.3), ((-1.0, params.ring_offsets_mm[1]), None, 0.6)]
     weights = valid.astype(np.float32)
@@ -454,7 +531,7 @@ def _zone_means(
     return out
 
 
-def _response(sign: float, zones, params: DetectorParams) -> np.ndarray:
+def _response(sign: float, zones, params: DetectorParams) -> tuple[np.ndarray, np.ndarray]:
     """Cord-in-canal response: every quarter of the CSF ring must differ from the cord inside it,
     and the ring from the tissue outside it (where known), in the direction ``sign`` (+1: CSF
     brighter, as on T2). A bright fat band or a vessel fails the all-around test.
@@ -729,6 +806,12 @@ def sct_centerline(image_path: str | Path) -> Centerline:
     """Centreline by Spinal Cord Toolbox (>= 7.0): deepseg cord segmentation, then ``fitseg``,
     in a temporary folder removed afterwards.
 
+    Args:
+        image_path: The image (NIfTI).
+
+    Returns:
+        The centreline of SCT's cord segmentation.
+
     Raises:
         CordfuseError: SCT is not on PATH, or one of its commands failed.
     """
@@ -750,5 +833,5 @@ def sct_centerline(image_path: str | Path) -> Centerline:
             if result.returncode != 0:
                 tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["?"]
                 raise CordfuseError(f"{image_path}: {cmd[0]} failed: {tail[0]}")
-        img = nib.load(str(out) + ".nii.gz")
-        return centerline_from_mask(np.asarray(img.dataobj), img.affine)
+        data, affine = read_volume(str(out) + ".nii.gz")
+        return centerline_from_mask(data, affine)

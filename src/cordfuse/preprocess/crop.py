@@ -37,10 +37,17 @@ class CropGeometry:
 
     @property
     def z(self) -> np.ndarray:
+        """The S-I world position (mm) of each crop slice.
+
+        Example:
+            >>> CropGeometry(spacing=0.5, size=4, z0=-10.0, nz=3).z.tolist()
+            [-10.0, -9.5, -9.0]
+        """
         return self.z0 + self.spacing * np.arange(self.nz)
 
     @property
     def centre_index(self) -> float:
+        """The in-plane voxel index of the centreline, ``(size - 1) / 2``."""
         return (self.size - 1) / 2
 
     def nominal_affine(self) -> np.ndarray:
@@ -58,7 +65,21 @@ class CropGeometry:
 def reference_geometry(
     cord_ranges: list[tuple[float, float]], *, spacing: float, size: int, margin: float
 ) -> CropGeometry:
-    """Grid covering the union of the cord S-I ranges plus ``margin`` mm at both ends."""
+    """Grid covering the union of the cord S-I ranges plus ``margin`` mm at both ends.
+
+    Args:
+        cord_ranges: ``(lowest, highest)`` S-I position (mm) of the cord in each sequence.
+        spacing: The isotropic voxel size, in mm.
+        size: The in-plane crop size, in voxels.
+        margin: Added below and above, in mm.
+
+    Returns:
+        The crops' geometry.
+
+    Example:
+        >>> reference_geometry([(0.0, 10.0), (5.0, 20.0)], spacing=1.0, size=48, margin=2.0)
+        CropGeometry(spacing=1.0, size=48, z0=-2.0, nz=25)
+    """
     lo = min(r[0] for r in cord_ranges) - margin
     hi = max(r[1] for r in cord_ranges) + margin
     nz = int(np.floor((hi - lo) / spacing)) + 1
@@ -67,7 +88,20 @@ def reference_geometry(
 
 def crop_points(geometry: CropGeometry, centres: np.ndarray) -> np.ndarray:
     """World points ``(size, size, nz, 3)`` of a crop whose slice ``k`` is centred on
-    ``centres[k] = (x, y)``."""
+    ``centres[k] = (x, y)``.
+
+    Args:
+        geometry: The crops' geometry.
+        centres: ``(nz, 2)`` centreline ``(x, y)`` (world mm) in each slice.
+
+    Returns:
+        The world (RAS mm) position of every crop voxel.
+
+    Example:
+        >>> geometry = CropGeometry(spacing=1.0, size=3, z0=0.0, nz=1)
+        >>> crop_points(geometry, np.array([[5.0, 7.0]]))[1, 1, 0].tolist()   # the centre
+        [5.0, 7.0, 0.0]
+    """
     s, c, n = geometry.spacing, geometry.centre_index, geometry.size
     offsets = (np.arange(n) - c) * s
     points = np.empty((n, n, geometry.nz, 3), np.float64)
@@ -89,6 +123,17 @@ def crop_to_world_grid(
     """Map a crop-space volume onto a world grid ``(shape, affine)``: the inverse of the crop.
 
     Voxels outside the crop (beyond its S-I range or the ``size`` window) get 0.
+
+    Args:
+        crop: A ``(size, size, nz)`` volume in crop space (a prediction, a label).
+        geometry: The crops' geometry.
+        centres: ``(nz, 2)`` centreline ``(x, y)`` the crop was cut along.
+        shape: The target grid's shape.
+        affine: The target grid's voxel-to-world affine.
+        order: Spline interpolation order (0 nearest, 1 linear).
+
+    Returns:
+        The volume on the target grid, float32.
     """
     vox = np.indices(shape, dtype=np.float32).reshape(3, -1).T
     world = apply_affine(affine, vox)

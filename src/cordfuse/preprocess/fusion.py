@@ -9,8 +9,18 @@ corrected voxel-to-world affine for that slab, which its labels follow too. Axia
 registered (they rarely overlap).
 
 Example:
-    >>> fused = fuse_slabs([upper, lower], register=True)        # doctest: +SKIP
-    >>> values, covered = fused.sample(points_mm)                 # doctest: +SKIP
+    Two slabs of 10 slices 6 mm apart (the overlap is split at z = 1.5 mm), not registered:
+
+    >>> upper = Slab.from_array(np.ones((4, 4, 10)), np.eye(4), name="upper")
+    >>> lower_affine = np.eye(4)
+    >>> lower_affine[2, 3] = -6.0
+    >>> lower = Slab.from_array(np.full((4, 4, 10), 2.0), lower_affine, name="lower")
+    >>> fused = fuse_slabs([lower, upper], register=False)
+    >>> [slab.name for slab in fused.slabs], fused.slabs[0].z_bounds
+    (['upper', 'lower'], (1.5, inf))
+    >>> values, covered = fused.sample(np.array([[1, 1, 8.0], [1, 1, -5.0], [1, 1, 50.0]]))
+    >>> values.tolist(), covered.tolist()
+    ([1.0, 2.0, 0.0], [True, True, False])
 """
 
 from __future__ import annotations
@@ -44,20 +54,48 @@ class Slab:
 
     @classmethod
     def from_array(cls, data, affine, *, labels=None, name: str = "") -> Slab:
+        """A slab as read from its file (not yet registered).
+
+        Args:
+            data: The image, stored as float32.
+            affine: Its voxel-to-world affine (both ``affine`` and ``native_affine``).
+            labels: Label arrays on the same grid, by name (``lesion``, ``cord``).
+            name: For messages (the file's stem).
+
+        Returns:
+            The slab, contributing everywhere along S-I until fused.
+        """
         affine = np.asarray(affine, dtype=float)
         return cls(np.asarray(data, np.float32), affine, affine.copy(), dict(labels or {}),
                    name=name)
 
     def z_extent(self, *, centres: bool = False) -> tuple[float, float]:
-        """World S-I extent of the slab's voxel boxes (or of its voxel centres)."""
+        """World S-I extent of the slab's voxel boxes (or of its voxel centres).
+
+        Args:
+            centres: Measure between the outermost voxel centres instead of box edges.
+
+        Returns:
+            ``(lowest, highest)`` S-I position, in mm.
+        """
         half = 0.0 if centres else 0.5
         corners = np.array(np.meshgrid(*[[-half, n - 1 + half] for n in self.data.shape],
                                        indexing="ij")).reshape(3, -1).T
         z = apply_affine(self.affine, corners)[:, 2]
         return float(z.min()), float(z.max())
 
-    def sample(self, points: np.ndarray, *, what: str = "image", order: int = 1):
-        """Values at world ``points`` (N, 3) and whether each point lies inside the slab."""
+    def sample(self, points: np.ndarray, *, what: str = "image",
+               order: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Values at world ``points`` (N, 3) and whether each point lies inside the slab.
+
+        Args:
+            points: World positions (mm).
+            what: ``image`` or the name of one of its labels.
+            order: Spline interpolation order (0 nearest, 1 linear).
+
+        Returns:
+            ``(values, covered)``: float32 values (0 outside) and booleans.
+        """
         volume = self.data if what == "image" else self.labels[what]
         vox = apply_affine(np.linalg.inv(self.affine), points)
         shape = np.asarray(volume.shape)
@@ -77,11 +115,20 @@ class FusedSequence:
 
     slabs: list[Slab]
 
-    def sample(self, points: np.ndarray, *, what: str = "image", order: int = 1):
+    def sample(self, points: np.ndarray, *, what: str = "image",
+               order: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Values at world ``points`` (N, 3); zero where no slab covers a point.
 
         Each point is taken from the slab whose ``z_bounds`` contain it; where that slab does not
         cover it (oblique edges), from any other slab that does.
+
+        Args:
+            points: World positions (mm).
+            what: ``image`` or a label name (slabs without that label are skipped).
+            order: Spline interpolation order (0 nearest, 1 linear).
+
+        Returns:
+            ``(values, covered)``: float32 values and booleans.
         """
         points = np.asarray(points, dtype=float)
         values = np.zeros(len(points), np.float32)
@@ -106,7 +153,11 @@ class FusedSequence:
         return values, covered
 
     def fused_grid(self) -> tuple[tuple[int, int, int], np.ndarray]:
-        """The first slab's grid, extended along its S-I voxel axis to cover every slab."""
+        """The first slab's grid, extended along its S-I voxel axis to cover every slab.
+
+        Returns:
+            ``(shape, affine)``.
+        """
         first = self.slabs[0]
         si_axis = int(np.argmax(np.abs(first.affine[2, :3])))
         step_z = first.affine[2, si_axis]
@@ -124,8 +175,17 @@ class FusedSequence:
         shape[si_axis] = int(hi_index - lo_index + 1)
         return tuple(shape), affine
 
-    def render(self, *, what: str = "image", order: int = 1):
-        """The fused volume on :meth:`fused_grid`: ``(data, affine, covered)``."""
+    def render(self, *, what: str = "image",
+               order: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The fused volume on :meth:`fused_grid`.
+
+        Args:
+            what: ``image`` or a label name.
+            order: Spline interpolation order (0 nearest, 1 linear).
+
+        Returns:
+            ``(data, affine, covered)``.
+        """
         shape, affine = self.fused_grid()
         vox = np.indices(shape).reshape(3, -1).T
         values, covered = self.sample(apply_affine(affine, vox), what=what, order=order)
@@ -134,7 +194,18 @@ class FusedSequence:
 
 def fuse_slabs(slabs: list[Slab], *, register: bool) -> FusedSequence:
     """Order slabs superior to inferior, register each to the one above (optional), and split
-    every overlap at its middle along S-I."""
+    every overlap at its middle along S-I.
+
+    Args:
+        slabs: The scans of one sequence (left unchanged: copies are fused).
+        register: Rigidly register each overlapping slab to the one above it.
+
+    Returns:
+        The fused sequence.
+
+    Raises:
+        CordfuseError: no slab, or a registration without enough overlap or signal.
+    """
     if not slabs:
         raise CordfuseError("no scan to fuse")
     ordered = sorted(slabs, key=lambda s: -np.mean(s.z_extent()))
@@ -174,16 +245,17 @@ def _to_sitk(data: np.ndarray, affine: np.ndarray):
     return image
 
 
-def _overlap_crop(slab: Slab, z_lo: float, z_hi: float, margin: float):
+def _overlap_crop(slab: Slab, z_lo: float, z_hi: float,
+                  margin: float) -> tuple[np.ndarray, np.ndarray]:
     """The part of a slab whose voxels lie within [z_lo - margin, z_hi + margin]."""
     si_axis = int(np.argmax(np.abs(slab.affine[2, :3])))
     n = slab.data.shape[si_axis]
     centre = np.array(slab.data.shape, float) / 2
-    z = []
+    heights = []
     for i in range(n):
         centre[si_axis] = i
-        z.append(apply_affine(slab.affine, centre)[2])
-    z = np.array(z)
+        heights.append(apply_affine(slab.affine, centre)[2])
+    z = np.array(heights)
     keep = np.flatnonzero((z >= z_lo - margin) & (z <= z_hi + margin))
     if keep.size < 2:
         raise CordfuseError(f"{slab.name}: slabs overlap too little to register")
@@ -210,7 +282,19 @@ def register_rigid(fixed: Slab, moving: Slab, *, seed: int = 7) -> np.ndarray:
     Mattes mutual information on the overlap of the two slabs (block-averaged to
     ``REGISTRATION_PIXEL_MM`` in-plane, at most ``REGISTRATION_SAMPLES`` fixed-seed samples), Euler
     3D transform centred on the overlap, two pyramid levels. Deterministic: single-threaded and
-    seeded."""
+    seeded.
+
+    Args:
+        fixed: The upper slab.
+        moving: The slab below it.
+        seed: Seeds the metric's sampling.
+
+    Returns:
+        The 4x4 correction, to multiply ``moving.affine`` by on the left.
+
+    Raises:
+        CordfuseError: the slabs overlap too little, or the overlap is blank.
+    """
     import SimpleITK as sitk
 
     z_lo = fixed.z_extent()[0]

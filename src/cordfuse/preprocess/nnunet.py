@@ -25,7 +25,15 @@ from cordfuse.sequences import SEQUENCES
 
 
 def export_case(prepared: PreparedSubject, root: Path) -> bool:
-    """Write one subject; returns True when it went to the training set (has a label)."""
+    """Write one subject's six channels (and label) as nnU-Net cases.
+
+    Args:
+        prepared: A prepared subject.
+        root: The nnU-Net raw dataset folder.
+
+    Returns:
+        True when it went to the training set (it has a label).
+    """
     affine = prepared.geometry.nominal_affine()
     folder = "imagesTr" if prepared.label is not None else "imagesTs"
     stacked = prepared.stacked()
@@ -40,6 +48,13 @@ def export_case(prepared: PreparedSubject, root: Path) -> bool:
 
 
 def write_dataset_json(root: Path, n_training: int, *, name: str = "cordfuse") -> None:
+    """Write nnU-Net v2's ``dataset.json``: the six channels, the lesion label, the case count.
+
+    Args:
+        root: The nnU-Net raw dataset folder.
+        n_training: The number of training cases.
+        name: The dataset's name.
+    """
     document = {
         "name": name,
         "description": "cordfuse straightened multi-sequence spinal cord crops",
@@ -52,7 +67,18 @@ def write_dataset_json(root: Path, n_training: int, *, name: str = "cordfuse") -
 
 
 def export_nnunet(prepared_paths: list[Path], root: str | Path) -> int:
-    """Export every prepared subject; returns the number of training cases."""
+    """Export every prepared subject, then ``dataset.json``.
+
+    Args:
+        prepared_paths: Prepared subject files.
+        root: The nnU-Net raw dataset folder (created).
+
+    Returns:
+        The number of training cases.
+
+    Raises:
+        CordfuseError: an unreadable prepared subject.
+    """
     root = Path(root)
     n_training = sum(export_case(PreparedSubject.load(p), root) for p in prepared_paths)
     write_dataset_json(root, n_training)

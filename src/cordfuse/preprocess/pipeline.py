@@ -156,19 +156,26 @@ class PreparedSubject:
         }
 
     def save(self, path: str | Path) -> None:
-        """Write the subject as one compressed ``.npz`` (atomically), with :attr:`native`."""
+        """Write the subject as one compressed ``.npz`` (atomically), with :attr:`native`.
+
+        Args:
+            path: The ``prepared.npz`` to write.
+        """
         arrays = {f"image_{seq}": img.astype(np.float32) for seq, img in self.images.items()}
         arrays |= {f"centres_{seq}": c.astype(np.float32) for seq, c in self.centres.items()}
         if self.label is not None:
+        """The sequences the crops hold, in channel order."""
             arrays["label"] = self.label.astype(np.uint8)
         if self.native is not None:
             arrays["native_image"] = self.native.image.astype(np.float32)
             arrays["native_affine"] = np.asarray(self.native.affine, np.float64)
+        """``(6,)`` booleans in channel order: which sequences the subject has."""
             if self.native.lesion is not None:
                 arrays["native_lesion"] = self.native.lesion.astype(np.uint8)
         arrays["meta"] = np.frombuffer(json.dumps(self.meta()).encode(), dtype=np.uint8)
         buffer = io.BytesIO()
-        np.savez_compressed(buffer, **arrays)
+        # numpy's stub types **kwds as also reaching its bool allow_pickle (numpy >= 2.1 only).
+        np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]
         atomic_write_bytes(path, buffer.getvalue())
 
     @classmethod
@@ -176,6 +183,12 @@ class PreparedSubject:
         """Read a prepared subject (folder or its ``prepared.npz``).
 
         Args:
+        """Everything but the arrays, as plain JSON (what :func:`prepared_meta` reads back).
+
+        Returns:
+            The version, subject, cohort, sequences, geometry, intensity statistics, T2Sag
+            slabs, settings, warnings, centreline methods and the generator's truth.
+        """
             path: The subject's folder or its ``prepared.npz``.
             native: Also read :attr:`native` (the fused native T2Sag and ground truth), which
                 training does not need.
@@ -218,6 +231,9 @@ def prepared_meta(path: str | Path) -> dict:
     Raises:
         CordfuseError: not a prepared subject, or one of another major version.
     """
+        Returns:
+            The subject.
+
     path = _prepared_file(path)
     try:
         with np.load(path) as npz:
@@ -230,7 +246,15 @@ def prepared_meta(path: str | Path) -> dict:
 
 def is_prepared_with(path: str | Path, config: PrepConfig) -> bool:
     """Whether ``path`` holds a subject this cordfuse prepared with ``config``, native T2Sag
-    included (what ``prepare`` may skip); reads its metadata only."""
+    included (what ``prepare`` may skip); reads its metadata only.
+
+    Args:
+        path: The subject's folder or its ``prepared.npz`` (it may not exist).
+        config: The pre-processing settings.
+
+    Returns:
+        True when ``prepare`` need not prepare it again.
+    """
     try:
         meta = prepared_meta(path)
         return meta.get("has_native", False) and PrepConfig(**meta["config"]) == config
@@ -253,6 +277,12 @@ def load_native(path: str | Path) -> NativeT2Sag:
             if "native_image" not in npz.files:
                 raise CordfuseError(f"{path}: prepared without the native T2Sag (an older "
                                     "cordfuse); prepare again")
+    Args:
+        path: The subject's folder or its ``prepared.npz``.
+
+    Returns:
+        The metadata.
+
             lesion = npz["native_lesion"] if "native_lesion" in npz.files else None
             return NativeT2Sag(npz["native_image"], npz["native_affine"], lesion)
     except (OSError, KeyError, ValueError) as exc:
@@ -277,11 +307,26 @@ def _read_label(path: Path, image_shape, image_affine) -> np.ndarray:
 
 
 def load_sequence(subject: Subject, seq: str, config: PrepConfig) -> tuple[FusedSequence, list]:
-    """Read the scans of one sequence (and their labels) and fuse them."""
+    """Read the scans of one sequence (and their labels) and fuse them.
+
+    Args:
+        subject: A discovered subject.
+        seq: One of its sequences.
+        config: The pre-processing settings (slab registration, centreline method).
+
+    Returns:
+        ``(fused, paths)``: the fused sequence and its scan files.
+
+    Raises:
+        CordfuseError: an unreadable scan or label, NaN/Inf voxels, or a label on another grid.
+    """
     slabs, paths = [], []
     for scan in subject.scans[seq]:
         data, affine = _read_checked(scan.path)
         labels = {}
+    Returns:
+        The fused native T2Sag, its affine and its lesion mask (None without label).
+
         if seq == REFERENCE_SEQUENCE and scan.lesion_label is not None:
             labels["lesion"] = _read_label(scan.lesion_label, data.shape, affine)
         if config.centerline == "mask" and scan.cord_label is not None:
@@ -331,9 +376,17 @@ def native_lesion_label(subject: Subject, config: PrepConfig) -> tuple[np.ndarra
     return native.lesion, native.affine
 
 
-def sequence_centerline(fused: FusedSequence, seq: str, config: PrepConfig):
+def sequence_centerline(fused: FusedSequence, seq: str,
+                        config: PrepConfig) -> tuple[Centerline, str]:
     """Centreline of a fused sequence, found on each slab and kept within the slab's S-I share,
     and the method that found it (``mask`` only where the slab has a cord mask, else ``auto``).
+
+    Args:
+        subject: A discovered subject.
+        fused: Its fused T2Sag (with the slabs' lesion labels).
+
+    Returns:
+        The fused image, its affine and the lesion mask (None without label).
 
     Raises:
         CordfuseError: no slab shows a cord (the message names the first slab's file).
@@ -360,6 +413,13 @@ def sequence_centerline(fused: FusedSequence, seq: str, config: PrepConfig):
         pieces.append(_slab_share(line, slab))
         methods.append(method)
     if not pieces:
+    Args:
+        subject: A discovered subject.
+        config: The pre-processing settings (the slab registration).
+
+    Returns:
+        ``(mask, affine)``.
+
         raise CordfuseError(errors[0] if errors else f"{seq}: no spinal cord found")
     return Centerline(np.concatenate(pieces)), "+".join(sorted(set(methods)))
 
@@ -370,9 +430,18 @@ def _slab_share(line: Centerline, slab: Slab) -> np.ndarray:
     return share if len(share) >= 2 else line.points
 
 
-def checked_centerline(fused: FusedSequence, seq: str, config: PrepConfig, reference: Centerline):
+def checked_centerline(fused: FusedSequence, seq: str, config: PrepConfig,
+                       reference: Centerline) -> tuple[Centerline, dict[str, str]]:
     """A sequence's own centreline if it is plausible against the T2Sag ``reference``; else the
     T2Sag centreline refined locally in the sequence's own image (see
+    Args:
+        fused: The fused sequence.
+        seq: Its name (gives the CSF polarity).
+        config: The pre-processing settings (centreline method and smoothing).
+
+    Returns:
+        ``(centreline, method)``; methods of several slabs are joined by ``+``.
+
     :func:`~cordfuse.preprocess.centerline.check_against_reference` for the rules).
 
     Returns:
@@ -461,15 +530,42 @@ def prepare_subject(subject: Subject, config: PrepConfig = PRESETS["paper"]) -> 
                            native, synth_truth_document(subject))
 
 
-def sample_crop(fused: FusedSequence, geometry: CropGeometry, centres, *, what="image", order=1):
-    """Sample a sequence (or one of its labels) straight from its native slabs into the crop."""
+    Args:
+        fused: The fused sequence.
+        seq: Its name.
+        config: The pre-processing settings.
+        reference: The T2Sag centreline.
+
+def sample_crop(fused: FusedSequence, geometry: CropGeometry, centres, *, what="image",
+                order=1) -> np.ndarray:
+    """Sample a sequence (or one of its labels) straight from its native slabs into the crop.
+
+    Args:
+        fused: The fused sequence.
+        geometry: The crops' geometry.
+        centres: ``(nz, 2)`` the sequence's centreline in each crop slice.
+        what: ``image`` or a label name.
+        order: Spline interpolation order (0 nearest, 1 linear).
+
+    Returns:
+        The ``(size, size, nz)`` crop, zero where no slab covers it.
+    """
     points = crop_points(geometry, centres)
     values, _ = fused.sample(points.reshape(-1, 3), what=what, order=order)
     return values.reshape(points.shape[:3])
 
 
 def intensity_stats(crop: np.ndarray, geometry: CropGeometry) -> dict[str, float]:
-    """Mean/std in the cord core (disk around the centreline, covered slices) and percentiles."""
+    """Mean/std in the cord core (disk around the centreline, covered slices) and percentiles.
+
+    Args:
+        crop: A ``(size, size, nz)`` crop (zeros outside the field of view).
+        geometry: The crops' geometry.
+
+    Returns:
+        ``mean``, ``std`` (cord core), ``p005``, ``p995`` (nonzero voxels) and the number of
+        ``covered_slices``.
+    """
     c, s = geometry.centre_index, geometry.spacing
     ii, jj = np.meshgrid(np.arange(geometry.size), np.arange(geometry.size), indexing="ij")
     core = np.hypot(ii - c, jj - c) * s <= CORD_CORE_MM
@@ -505,6 +601,13 @@ def _t2sag_meta(subject: Subject, fused: FusedSequence) -> dict:
         "slabs": [
             {"path": slab.name, "shape": list(slab.data.shape),
              "native_affine": slab.native_affine.tolist(), "affine": slab.affine.tolist(),
+    Args:
+        subject: A discovered subject.
+        config: The pre-processing settings.
+
+    Returns:
+        The prepared subject (crops, centres, label, statistics, native T2Sag), not yet saved.
+
              "z_bounds": [float(b) for b in slab.z_bounds], **_registration_size(slab)}
             for slab in fused.slabs
         ],
@@ -513,7 +616,21 @@ def _t2sag_meta(subject: Subject, fused: FusedSequence) -> dict:
 
 def slab_numbers(t2sag: dict) -> list[int]:
     """The user's number of each T2Sag slab (stored superior first): the BIDS ``chunk-N`` of its
-    file name, or its position from the top counting from 1 when the files carry no chunk."""
+    file name, or its position from the top counting from 1 when the files carry no chunk.
+
+    Args:
+        t2sag: The T2Sag metadata of a prepared subject (:attr:`PreparedSubject.t2sag`).
+
+    Returns:
+        One number per slab, superior first.
+
+    Example:
+        >>> slab_numbers({"slabs": [{"path": "sub-01_acq-sag_chunk-2_T2w.nii.gz"},
+        ...                         {"path": "sub-01_acq-sag_chunk-3_T2w.nii.gz"}]})
+        [2, 3]
+        >>> slab_numbers({"slabs": [{"path": "upper.nii.gz"}, {"path": "lower.nii.gz"}]})
+        [1, 2]
+    """
     found = [re.search(r"_chunk-(\d+)_", Path(slab["path"]).name) for slab in t2sag["slabs"]]
     numbers = [int(match.group(1)) for match in found if match]
     if len(numbers) == len(found) and len(set(numbers)) == len(numbers):
@@ -546,10 +663,21 @@ def _registration_size(slab: Slab) -> dict[str, float]:
             "registration_mm": round(float(shift), 4)}
 
 
-def restore(prepared: PreparedSubject, crop: np.ndarray, *, slab: int | None = None, order=1):
+def restore(prepared: PreparedSubject, crop: np.ndarray, *, slab: int | None = None,
+            order=1) -> tuple[np.ndarray, np.ndarray]:
     """Map a crop-space volume back onto the native T2Sag: the fused grid, or slab ``slab``.
 
-    Returns ``(data, affine)``; ``affine`` is the T2Sag (fused or slab) affine as stored.
+    Args:
+        prepared: The prepared subject the crop belongs to.
+        crop: A ``(size, size, nz)`` volume (a prediction).
+        slab: The index (superior first) of a T2Sag slab, or None for the fused grid.
+        order: Spline interpolation order (0 nearest, 1 linear).
+
+    Returns:
+        ``(data, affine)``; ``affine`` is the T2Sag (fused or slab) affine as stored.
+
+    Raises:
+        CordfuseError: a crop of another shape, or no such slab.
     """
     expected = (prepared.geometry.size, prepared.geometry.size, prepared.geometry.nz)
     if tuple(crop.shape) != expected:
@@ -567,3 +695,10 @@ def restore(prepared: PreparedSubject, crop: np.ndarray, *, slab: int | None = N
         output_affine = np.array(info["native_affine"])
     data = crop_to_world_grid(crop, prepared.geometry, centres, shape, affine, order=order)
     return data, output_affine
+    Args:
+        prepared: A prepared subject.
+        number: The slab's number.
+
+    Returns:
+        Its index in the stored slabs.
+

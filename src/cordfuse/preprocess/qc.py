@@ -14,17 +14,29 @@ import numpy as np
 
 from cordfuse.figures import pyplot
 from cordfuse.io import apply_affine, voxel_sizes
-from cordfuse.qc import canonical, draw_image, draw_outline, view, write_png
+from cordfuse.qc import Plane, canonical, draw_image, draw_outline, view, write_png
 
 
 def write_prepared_qc(prepared, path: str | Path) -> None:
-    """Write :func:`prepared_qc_figure` as a PNG."""
+    """Write :func:`prepared_qc_figure` as a PNG.
+
+    Args:
+        prepared: A prepared subject.
+        path: The PNG file to write (atomically).
+    """
     write_png(prepared_qc_figure(prepared), path)
 
 
 def prepared_qc_figure(prepared):
     """The straightened crops of a prepared subject side by side (a matplotlib figure); a
-    sequence whose centreline fell back to T2Sag's is titled in orange."""
+    sequence whose centreline fell back to T2Sag's is titled in orange.
+
+    Args:
+        prepared: A prepared subject.
+
+    Returns:
+        The figure (not closed).
+    """
     plt = pyplot()
     seqs = prepared.sequences
     geometry = prepared.geometry
@@ -58,8 +70,16 @@ def prepared_qc_figure(prepared):
     return fig
 
 
-def write_centerline_qc(data: np.ndarray, affine: np.ndarray, centerline, path: str | Path):
-    """Sagittal and coronal views (RAS display) of an image with its centreline."""
+def write_centerline_qc(data: np.ndarray, affine: np.ndarray, centerline,
+                        path: str | Path) -> None:
+    """Sagittal and coronal views (RAS display) of an image with its centreline.
+
+    Args:
+        data: The 3D image.
+        affine: Its voxel-to-world affine.
+        centerline: Its centreline (:class:`cordfuse.preprocess.centerline.Centerline`).
+        path: The PNG file to write (atomically).
+    """
     plt = pyplot()
     canon, canon_affine = canonical(np.asarray(data, np.float32), affine)
     vox = apply_affine(np.linalg.inv(canon_affine), centerline.points)
@@ -67,8 +87,9 @@ def write_centerline_qc(data: np.ndarray, affine: np.ndarray, centerline, path: 
     y = int(np.clip(np.round(np.median(vox[:, 1])), 0, canon.shape[1] - 1))
     spacing = voxel_sizes(canon_affine)
     fig, axes = plt.subplots(1, 2, figsize=(8, 8), facecolor="black")
-    for ax, plane, index, u in ((axes[0], "sagittal", x, vox[:, 1]),
-                                (axes[1], "coronal", y, vox[:, 0])):
+    panels: tuple[tuple[Plane, int, np.ndarray], ...] = (("sagittal", x, vox[:, 1]),
+                                                         ("coronal", y, vox[:, 0]))
+    for ax, (plane, index, u) in zip(axes, panels, strict=True):
         image, aspect = view(canon, spacing, plane, index)
         draw_image(ax, image, aspect=aspect)
         ax.plot(u, vox[:, 2], color="red", linewidth=1.0)
