@@ -260,6 +260,13 @@ def synth_truth_document(subject: Subject) -> dict | None:
 
     Reads the truth file and the headers (not the voxels) of the subject's scans.
 
+    Args:
+        subject: A discovered subject.
+
+    Returns:
+        ``{"lesions": [...], "scans": {stem: {sequence, motion_world_to_anatomy, affine,
+        shape}}}``, or None.
+
     Raises:
         CordfuseError: an unreadable truth file or scan header.
     """
@@ -281,10 +288,3 @@ def synth_truth_document(subject: Subject) -> dict | None:
                            "affine": np.asarray(header.affine, dtype=np.float64).tolist(),
                            "shape": [int(n) for n in header.shape[:3]]}
     return {"lesions": document.get("lesions", []), "scans": scans}
-    Args:
-        subject: A discovered subject.
-
-    Returns:
-        ``{"lesions": [...], "scans": {stem: {sequence, motion_world_to_anatomy, affine,
-        shape}}}``, or None.
-

@@ -47,7 +47,6 @@ METRICS = ("dice", "lesion_sensitivity", "lesion_precision", "lesion_f1")
 
 @dataclass
 class Row:
-    image: str
     """One scored image.
 
     Attributes:
@@ -57,6 +56,7 @@ class Row:
         lesions: Its ground-truth and predicted lesions.
     """
 
+    image: str
     cohort: str | None
     metrics: ImageMetrics
     lesions: list[LesionRow] = field(default_factory=list)
@@ -99,7 +99,6 @@ def evaluate_pair(prediction_path: Path, truth: GroundTruth | Path, *, name: str
                   **options) -> tuple[ImageMetrics, list[LesionRow]]:
     """Image metrics and per-lesion rows of one prediction against its ground truth.
 
-    Raises:
     Args:
         prediction_path: The predicted lesion mask (NIfTI).
         truth: Its ground truth, or a label file.
@@ -110,6 +109,7 @@ def evaluate_pair(prediction_path: Path, truth: GroundTruth | Path, *, name: str
     Returns:
         ``(metrics, lesion rows)``.
 
+    Raises:
         CordfuseError: the prediction is not on the ground truth's grid, or a file is unreadable.
     """
     if isinstance(truth, Path):
@@ -224,7 +224,6 @@ def _bids_pairs(pred: Path, root: Path, *, per_slab: bool) -> list[tuple[str, Pa
 
 
 def read_participants(path: Path | None) -> dict[str, str]:
-    from cordfuse.dataset import read_cohorts
     """Each subject's cohort from a ``participants.tsv`` or the dataset folder holding it.
 
     Args:
@@ -233,6 +232,7 @@ def read_participants(path: Path | None) -> dict[str, str]:
     Returns:
         ``{subject: cohort}``.
     """
+    from cordfuse.dataset import read_cohorts
 
     if path is None:
         return {}
@@ -251,10 +251,10 @@ def evaluate(pred: Path, gt: Path, *, participants: Path | None = None, per_slab
         **options: The Anima rules (``alpha``, ``beta``, ``gamma``, ``min_volume_mm3``,
             ``connectivity``).
 
-    Raises:
     Returns:
         ``(rows, problems)``: one row per image scored, one line per pair that could not be.
 
+    Raises:
         CordfuseError: nothing to pair.
     """
     pairs = find_pairs(pred, gt, per_slab=per_slab)
@@ -299,7 +299,6 @@ def summary_table(rows: list[Row]) -> dict[str, dict[str, dict[str, float]]]:
 
 
 def rows_to_csv(rows: list[Row]) -> str:
-    buffer = io.StringIO()
     """The per-image table: image, cohort and every metric.
 
     Args:
@@ -308,6 +307,7 @@ def rows_to_csv(rows: list[Row]) -> str:
     Returns:
         The CSV text, with a header.
     """
+    buffer = io.StringIO()
     fields = ["image", "cohort", *rows[0].metrics.to_dict().keys()] if rows else ["image"]
     writer = csv.DictWriter(buffer, fieldnames=fields)
     writer.writeheader()
@@ -322,7 +322,6 @@ def _fmt(value: float) -> str:
 
 
 def format_text(rows: list[Row], summary: dict) -> str:
-    header = f"{'image':<22}{'cohort':<8}{'dice':>7}{'sens':>7}{'prec':>7}{'F1':>7}{'n_gt':>6}" \
     """The per-image rows and the summary as an aligned text table (the terminal's output).
 
     Args:
@@ -332,6 +331,7 @@ def format_text(rows: list[Row], summary: dict) -> str:
     Returns:
         The text, lines joined by newlines.
     """
+    header = f"{'image':<22}{'cohort':<8}{'dice':>7}{'sens':>7}{'prec':>7}{'F1':>7}{'n_gt':>6}" \
              f"{'n_pred':>8}"
     lines = [header]
     for r in rows:
@@ -352,7 +352,6 @@ def format_text(rows: list[Row], summary: dict) -> str:
 
 
 def to_json(rows: list[Row], summary: dict) -> str:
-    def clean(value):
     """The per-image rows and the summary as JSON (NaN written as null).
 
     Args:
@@ -363,6 +362,7 @@ def to_json(rows: list[Row], summary: dict) -> str:
         The JSON text.
     """
 
+    def clean(value):
         if isinstance(value, float) and math.isnan(value):
             return None
         if isinstance(value, dict):

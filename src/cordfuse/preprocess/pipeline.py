@@ -122,10 +122,12 @@ class PreparedSubject:
 
     @property
     def sequences(self) -> list[str]:
+        """The sequences the crops hold, in channel order."""
         return [seq for seq in SEQUENCES if seq in self.images]
 
     @property
     def availability(self) -> np.ndarray:
+        """``(6,)`` booleans in channel order: which sequences the subject has."""
         return np.array([seq in self.images for seq in SEQUENCES])
 
     def stacked(self) -> np.ndarray:
@@ -138,6 +140,12 @@ class PreparedSubject:
         return out
 
     def meta(self) -> dict:
+        """Everything but the arrays, as plain JSON (what :func:`prepared_meta` reads back).
+
+        Returns:
+            The version, subject, cohort, sequences, geometry, intensity statistics, T2Sag
+            slabs, settings, warnings, centreline methods and the generator's truth.
+        """
         return {
             "cordfuse_version": __version__,
             "subject": self.subject,
@@ -164,12 +172,10 @@ class PreparedSubject:
         arrays = {f"image_{seq}": img.astype(np.float32) for seq, img in self.images.items()}
         arrays |= {f"centres_{seq}": c.astype(np.float32) for seq, c in self.centres.items()}
         if self.label is not None:
-        """The sequences the crops hold, in channel order."""
             arrays["label"] = self.label.astype(np.uint8)
         if self.native is not None:
             arrays["native_image"] = self.native.image.astype(np.float32)
             arrays["native_affine"] = np.asarray(self.native.affine, np.float64)
-        """``(6,)`` booleans in channel order: which sequences the subject has."""
             if self.native.lesion is not None:
                 arrays["native_lesion"] = self.native.lesion.astype(np.uint8)
         arrays["meta"] = np.frombuffer(json.dumps(self.meta()).encode(), dtype=np.uint8)
@@ -183,15 +189,12 @@ class PreparedSubject:
         """Read a prepared subject (folder or its ``prepared.npz``).
 
         Args:
-        """Everything but the arrays, as plain JSON (what :func:`prepared_meta` reads back).
-
-        Returns:
-            The version, subject, cohort, sequences, geometry, intensity statistics, T2Sag
-            slabs, settings, warnings, centreline methods and the generator's truth.
-        """
             path: The subject's folder or its ``prepared.npz``.
             native: Also read :attr:`native` (the fused native T2Sag and ground truth), which
                 training does not need.
+
+        Returns:
+            The subject.
 
         Raises:
             CordfuseError: not a prepared subject, or one of another major version.
@@ -228,12 +231,15 @@ def prepared_meta(path: str | Path) -> dict:
     """The metadata of a prepared subject (as :meth:`PreparedSubject.meta` wrote it), without
     reading its arrays.
 
+    Args:
+        path: The subject's folder or its ``prepared.npz``.
+
+    Returns:
+        The metadata.
+
     Raises:
         CordfuseError: not a prepared subject, or one of another major version.
     """
-        Returns:
-            The subject.
-
     path = _prepared_file(path)
     try:
         with np.load(path) as npz:
@@ -268,6 +274,9 @@ def load_native(path: str | Path) -> NativeT2Sag:
     Args:
         path: The prepared subject's folder or its ``prepared.npz``.
 
+    Returns:
+        The fused native T2Sag, its affine and its lesion mask (None without label).
+
     Raises:
         CordfuseError: unreadable, or prepared by a cordfuse that did not store them.
     """
@@ -277,12 +286,6 @@ def load_native(path: str | Path) -> NativeT2Sag:
             if "native_image" not in npz.files:
                 raise CordfuseError(f"{path}: prepared without the native T2Sag (an older "
                                     "cordfuse); prepare again")
-    Args:
-        path: The subject's folder or its ``prepared.npz``.
-
-    Returns:
-        The metadata.
-
             lesion = npz["native_lesion"] if "native_lesion" in npz.files else None
             return NativeT2Sag(npz["native_image"], npz["native_affine"], lesion)
     except (OSError, KeyError, ValueError) as exc:
@@ -324,9 +327,6 @@ def load_sequence(subject: Subject, seq: str, config: PrepConfig) -> tuple[Fused
     for scan in subject.scans[seq]:
         data, affine = _read_checked(scan.path)
         labels = {}
-    Returns:
-        The fused native T2Sag, its affine and its lesion mask (None without label).
-
         if seq == REFERENCE_SEQUENCE and scan.lesion_label is not None:
             labels["lesion"] = _read_label(scan.lesion_label, data.shape, affine)
         if config.centerline == "mask" and scan.cord_label is not None:
@@ -341,6 +341,13 @@ def native_t2sag(subject: Subject, fused: FusedSequence) -> NativeT2Sag:
     """The fused T2Sag of a subject and its ground truth on the fused grid (see
     :class:`NativeT2Sag`): a lesion label on the fused image as given, slab labels fused like
     their slabs.
+
+    Args:
+        subject: A discovered subject.
+        fused: Its fused T2Sag (with the slabs' lesion labels).
+
+    Returns:
+        The fused image, its affine and the lesion mask (None without label).
 
     Raises:
         CordfuseError: a fused label on another grid.
@@ -367,6 +374,13 @@ def native_lesion_label(subject: Subject, config: PrepConfig) -> tuple[np.ndarra
     """The ground-truth lesion mask of raw scans on their fused native T2Sag grid, and its
     affine: what ``evaluate --gt BIDS`` scores against (prepared subjects store it already).
 
+    Args:
+        subject: A discovered subject.
+        config: The pre-processing settings (the slab registration).
+
+    Returns:
+        ``(mask, affine)``.
+
     Raises:
         CordfuseError: the subject has no lesion label, or an unreadable one.
     """
@@ -382,11 +396,12 @@ def sequence_centerline(fused: FusedSequence, seq: str,
     and the method that found it (``mask`` only where the slab has a cord mask, else ``auto``).
 
     Args:
-        subject: A discovered subject.
-        fused: Its fused T2Sag (with the slabs' lesion labels).
+        fused: The fused sequence.
+        seq: Its name (gives the CSF polarity).
+        config: The pre-processing settings (centreline method and smoothing).
 
     Returns:
-        The fused image, its affine and the lesion mask (None without label).
+        ``(centreline, method)``; methods of several slabs are joined by ``+``.
 
     Raises:
         CordfuseError: no slab shows a cord (the message names the first slab's file).
@@ -413,13 +428,6 @@ def sequence_centerline(fused: FusedSequence, seq: str,
         pieces.append(_slab_share(line, slab))
         methods.append(method)
     if not pieces:
-    Args:
-        subject: A discovered subject.
-        config: The pre-processing settings (the slab registration).
-
-    Returns:
-        ``(mask, affine)``.
-
         raise CordfuseError(errors[0] if errors else f"{seq}: no spinal cord found")
     return Centerline(np.concatenate(pieces)), "+".join(sorted(set(methods)))
 
@@ -434,15 +442,13 @@ def checked_centerline(fused: FusedSequence, seq: str, config: PrepConfig,
                        reference: Centerline) -> tuple[Centerline, dict[str, str]]:
     """A sequence's own centreline if it is plausible against the T2Sag ``reference``; else the
     T2Sag centreline refined locally in the sequence's own image (see
+    :func:`~cordfuse.preprocess.centerline.check_against_reference` for the rules).
+
     Args:
         fused: The fused sequence.
-        seq: Its name (gives the CSF polarity).
-        config: The pre-processing settings (centreline method and smoothing).
-
-    Returns:
-        ``(centreline, method)``; methods of several slabs are joined by ``+``.
-
-    :func:`~cordfuse.preprocess.centerline.check_against_reference` for the rules).
+        seq: Its name.
+        config: The pre-processing settings.
+        reference: The T2Sag centreline.
 
     Returns:
         ``(centreline, {"method": ..., "reason": ...})``; the method is :data:`FALLBACK` when
@@ -488,6 +494,13 @@ def prepare_subject(subject: Subject, config: PrepConfig = PRESETS["paper"]) -> 
     recorded in :attr:`PreparedSubject.centerlines` and the warnings. A sequence that shows no
     cord even along the T2Sag centreline, or misses it, is dropped with a warning.
 
+    Args:
+        subject: A discovered subject.
+        config: The pre-processing settings.
+
+    Returns:
+        The prepared subject (crops, centres, label, statistics, native T2Sag), not yet saved.
+
     Raises:
         CordfuseError: one line naming the file and the reason (no T2Sag, no cord on T2Sag, a
             field of view that misses the T2Sag cord, NaNs, a label on another grid).
@@ -529,12 +542,6 @@ def prepare_subject(subject: Subject, config: PrepConfig = PRESETS["paper"]) -> 
                            _t2sag_meta(subject, reference_fused), config, warnings, sources,
                            native, synth_truth_document(subject))
 
-
-    Args:
-        fused: The fused sequence.
-        seq: Its name.
-        config: The pre-processing settings.
-        reference: The T2Sag centreline.
 
 def sample_crop(fused: FusedSequence, geometry: CropGeometry, centres, *, what="image",
                 order=1) -> np.ndarray:
@@ -601,13 +608,6 @@ def _t2sag_meta(subject: Subject, fused: FusedSequence) -> dict:
         "slabs": [
             {"path": slab.name, "shape": list(slab.data.shape),
              "native_affine": slab.native_affine.tolist(), "affine": slab.affine.tolist(),
-    Args:
-        subject: A discovered subject.
-        config: The pre-processing settings.
-
-    Returns:
-        The prepared subject (crops, centres, label, statistics, native T2Sag), not yet saved.
-
              "z_bounds": [float(b) for b in slab.z_bounds], **_registration_size(slab)}
             for slab in fused.slabs
         ],
@@ -641,6 +641,13 @@ def slab_numbers(t2sag: dict) -> list[int]:
 def slab_index(prepared: PreparedSubject, number: int) -> int:
     """Index (superior first) of the T2Sag slab the user calls ``number`` (see
     :func:`slab_numbers`).
+
+    Args:
+        prepared: A prepared subject.
+        number: The slab's number.
+
+    Returns:
+        Its index in the stored slabs.
 
     Raises:
         CordfuseError: no slab has that number.
@@ -695,10 +702,3 @@ def restore(prepared: PreparedSubject, crop: np.ndarray, *, slab: int | None = N
         output_affine = np.array(info["native_affine"])
     data = crop_to_world_grid(crop, prepared.geometry, centres, shape, affine, order=order)
     return data, output_affine
-    Args:
-        prepared: A prepared subject.
-        number: The slab's number.
-
-    Returns:
-        Its index in the stored slabs.
-
