@@ -231,6 +231,28 @@ def discover(root: str | Path, *, rules: dict[str, MatchRule] | None = None) -> 
     return Dataset(root, subjects, root / "participants.tsv" if cohorts else None)
 
 
+def open_dataset(root: str | Path, *, mapping: str | Path | None = None,
+                 participants: list[str] | None = None) -> Dataset:
+    """The dataset a verb works on: :func:`discover` with the sequence rules of ``mapping``,
+    restricted to ``participants``.
+
+    Args:
+        root: The BIDS dataset folder.
+        mapping: A JSON/YAML file overriding the sequence matching rules (``--mapping``); None
+            keeps the built-in rules.
+        participants: Only these participants, ``01`` or ``sub-01`` (``--participant-label``);
+            None or empty: all of them.
+
+    Returns:
+        The dataset.
+
+    Raises:
+        CordfuseError: ``root`` is not a dataset, the mapping is invalid, or a participant is not
+            in the dataset.
+    """
+    return discover(root, rules=load_rules(mapping)).select(participants)
+
+
 def _label_files(folder: Path) -> dict[tuple[str, str], Path]:
     found: dict[tuple[str, str], Path] = {}
     if not folder.is_dir():

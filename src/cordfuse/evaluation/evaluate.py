@@ -38,9 +38,10 @@ import numpy as np
 
 from cordfuse.errors import CordfuseError
 from cordfuse.evaluation.lesions import LesionRow, SynthTruth, lesion_rows
+from cordfuse.evaluation.lesions import rows_to_csv as lesion_rows_to_csv
 from cordfuse.evaluation.metrics import ImageMetrics, evaluate_masks
 from cordfuse.evaluation.stats import summarise
-from cordfuse.io import read_volume, same_grid, voxel_sizes
+from cordfuse.io import atomic_write_text, read_volume, same_grid, voxel_sizes
 
 METRICS = ("dice", "lesion_sensitivity", "lesion_precision", "lesion_f1")
 
@@ -375,3 +376,97 @@ def to_json(rows: list[Row], summary: dict) -> str:
         "summary": clean(summary),
     }
     return json.dumps(document, indent=2)
+
+
+def lesions_beside(output: str | Path) -> Path:
+    """Where the per-lesion table goes beside a per-image one: ``metrics.csv`` ->
+    ``metrics_lesions.csv``.
+
+    Args:
+        output: The per-image CSV.
+
+    Returns:
+        The per-lesion CSV's path.
+    """
+    path = Path(output)
+    return path.with_name(f"{path.stem}_lesions{path.suffix or '.csv'}")
+
+
+@dataclass
+class Evaluation:
+    """What :func:`evaluate_to_files` scored and wrote.
+
+    Attributes:
+        rows: One per image scored.
+        problems: One line per pair that could not be scored.
+        summary: Mean and median per cohort (:func:`summary_table`).
+        single: One prediction file was scored (not a folder).
+        table: The per-image CSV written, as given, or None.
+        lesion_table: The per-lesion CSV written, or None.
+    """
+
+    rows: list[Row]
+    problems: list[str]
+    summary: dict
+    single: bool
+    table: str | Path | None = None
+    lesion_table: str | Path | None = None
+
+    def to_json(self) -> str:
+        """The JSON document: one prediction file's own metrics, else every image's and the
+        summary (:func:`to_json`)."""
+        document = to_json(self.rows, self.summary)
+        if not self.single:
+            return document
+        return json.dumps(json.loads(document)["images"][0], indent=2)
+
+
+def evaluate_to_files(pred: str | Path, gt: str | Path, *, output: str | Path | None = None,
+                      lesions: str | Path | None = None,
+                      participants: str | Path | None = None, per_slab: bool = False,
+                      on_problem: Callable[[str], None] | None = None,
+                      **options) -> Evaluation:
+    """``cordfuse evaluate``: score every pair found (:func:`evaluate`), then write the
+    per-image and per-lesion tables.
+
+    Args:
+        pred: A prediction file or folder.
+        gt: A ground-truth file or folder, a prepared folder or a BIDS dataset.
+        output: The per-image CSV to write; unless ``lesions`` says otherwise, the per-lesion
+            table goes beside it (:func:`lesions_beside`).
+        lesions: The per-lesion CSV to write: every ground-truth lesion (detected or missed) and
+            every predicted lesion (true or false positive).
+        participants: A ``participants.tsv`` with a cohort column (default: the dataset's).
+        per_slab: With a BIDS dataset of several T2Sag slabs, score slab by slab.
+        on_problem: Called with each pair that could not be scored (one line), before anything
+            is raised.
+        **options: The Anima rules (``alpha``, ``beta``, ``gamma``, ``min_volume_mm3``,
+            ``connectivity``); those left out keep the metrics' defaults.
+
+    Returns:
+        The rows, problems and summary, and the tables written.
+
+    Raises:
+        CordfuseError: ``pred`` or ``gt`` does not exist, nothing pairs, or no pair could be
+            scored.
+    """
+    pred, gt = Path(pred), Path(gt)
+    for path in (pred, gt):
+        if not path.exists():
+            raise CordfuseError(f"{path}: not found")
+    rows, problems = evaluate(pred, gt, participants=Path(participants) if participants else None,
+                              per_slab=per_slab, **options)
+    for problem in problems:
+        if on_problem:
+            on_problem(problem)
+    if not rows:
+        raise CordfuseError("no pair could be evaluated")
+    evaluation = Evaluation(rows, problems, summary_table(rows), single=pred.is_file(),
+                            table=output or None,
+                            lesion_table=lesions or (lesions_beside(output) if output else None))
+    if evaluation.table:
+        atomic_write_text(evaluation.table, rows_to_csv(rows))
+    if evaluation.lesion_table:
+        atomic_write_text(evaluation.lesion_table,
+                          lesion_rows_to_csv([lesion for row in rows for lesion in row.lesions]))
+    return evaluation

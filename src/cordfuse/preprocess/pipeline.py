@@ -18,20 +18,29 @@ from __future__ import annotations
 import io
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from cordfuse import __version__
 from cordfuse.dataset import Subject, synth_truth_document
 from cordfuse.errors import CordfuseError
-from cordfuse.io import atomic_write_bytes, read_volume, same_grid
+from cordfuse.io import (
+    atomic_write_bytes,
+    load_nifti,
+    make_nifti,
+    read_volume,
+    same_grid,
+    save_nifti,
+)
 from cordfuse.preprocess.centerline import (
     Centerline,
     centerline_from_mask,
     check_against_reference,
     detect_centerline,
+    polarity_from_name,
     refine_along,
     sct_centerline,
 )
@@ -73,6 +82,35 @@ PRESETS = {
     "paper": PrepConfig(),
     "small": PrepConfig(spacing=1.0, crop_size=24),
 }
+
+
+def preset_config(preset: str = "paper", *, spacing: float | None = None,
+                  crop_size: int | None = None, margin_mm: float | None = None,
+                  centerline: str | None = None,
+                  register_slabs: bool | None = None) -> PrepConfig:
+    """A preset of :data:`PRESETS` with the settings given changed (``cordfuse prepare``'s
+    options); a setting left None keeps the preset's value.
+
+    Args:
+        preset: ``paper`` (0.5 mm, 48x48) or ``small`` (1 mm, 24x24, for CPU work).
+        spacing: Grid spacing in mm.
+        crop_size: Crop size in voxels.
+        margin_mm: S-I margin beyond the cord, mm.
+        centerline: ``auto``, ``mask`` or ``sct``.
+        register_slabs: Register sagittal slabs before fusing them.
+
+    Returns:
+        The configuration.
+
+    Raises:
+        CordfuseError: an unknown preset, or a setting out of range.
+    """
+    if preset not in PRESETS:
+        raise CordfuseError(f"unknown preset {preset!r}; one of {', '.join(PRESETS)}")
+    changes: dict[str, Any] = {"spacing": spacing, "crop_size": crop_size,
+                               "margin_mm": margin_mm, "centerline": centerline,
+                               "register_slabs": register_slabs}
+    return replace(PRESETS[preset], **{k: v for k, v in changes.items() if v is not None})
 
 
 @dataclass
@@ -432,6 +470,54 @@ def sequence_centerline(fused: FusedSequence, seq: str,
     return Centerline(np.concatenate(pieces)), "+".join(sorted(set(methods)))
 
 
+def write_centerline(image: str | Path, output: str | Path, *, method: str = "auto",
+                     mask: str | Path | None = None, contrast: str = "auto",
+                     qc: str | Path | None = None) -> Centerline:
+    """The cord centreline of one image, written as CSV (``cordfuse centerline``).
+
+    Args:
+        image: The NIfTI image.
+        output: The CSV to write: ``x,y,z`` world RAS+ mm, inferior to superior.
+        method: ``auto`` (found on the image), ``mask`` (centroids of ``mask``) or ``sct``
+            (Spinal Cord Toolbox).
+        mask: The cord mask ``method="mask"`` needs.
+        contrast: ``bright-csf`` (T2, STIR, T2*), ``dark-csf`` (T1, UNIT1) or ``auto``: the
+            one the BIDS suffix of ``image`` states (``_T1w``, ``_T2w``, ...), else found on the
+            image. Used by ``method="auto"`` only.
+        qc: Also write a QC picture there (PNG).
+
+    Returns:
+        The centreline.
+
+    Raises:
+        CordfuseError: an unreadable file, ``method="mask"`` without ``mask``, or no cord found
+            (the message names ``image``).
+    """
+    data, affine = read_volume(image)
+    if method == "mask":
+        if not mask:
+            raise CordfuseError("--method mask needs --mask CORD_MASK")
+        mask_data, mask_affine = read_volume(mask)
+        # smoothed as prepare smooths the centrelines it finds on cord masks
+        line = centerline_from_mask(mask_data, mask_affine, smooth_mm=PrepConfig.smooth_mm)
+    elif method == "sct":
+        line = sct_centerline(image)
+    else:
+        polarity = contrast
+        if polarity == "auto":  # a BIDS suffix that states the contrast beats a guess
+            polarity = polarity_from_name(image) or "auto"
+        try:
+            line = detect_centerline(data, affine, polarity=polarity)
+        except CordfuseError as exc:
+            raise CordfuseError(f"{image}: {exc}") from exc
+    line.to_csv(output)
+    if qc:
+        from cordfuse.preprocess.qc import write_centerline_qc
+
+        write_centerline_qc(data, affine, line, qc)
+    return line
+
+
 def _slab_share(line: Centerline, slab: Slab) -> np.ndarray:
     lo, hi = slab.z_bounds
     share = line.points[(line.points[:, 2] >= lo - 5.0) & (line.points[:, 2] < hi + 5.0)]
@@ -702,3 +788,66 @@ def restore(prepared: PreparedSubject, crop: np.ndarray, *, slab: int | None = N
         output_affine = np.array(info["native_affine"])
     data = crop_to_world_grid(crop, prepared.geometry, centres, shape, affine, order=order)
     return data, output_affine
+
+
+def read_crop(path: str | Path) -> np.ndarray:
+    """A crop-space volume from a NIfTI file or a ``.npy`` array, as float32.
+
+    Args:
+        path: The ``.nii``/``.nii.gz`` or ``.npy`` file.
+
+    Returns:
+        The volume (the NIfTI affine is not needed: the crop's geometry is the prepared
+        subject's).
+
+    Raises:
+        CordfuseError: the file is unreadable.
+    """
+    if str(path).endswith(".npy"):
+        try:
+            return np.load(path).astype(np.float32)
+        except (OSError, ValueError) as exc:
+            raise CordfuseError(f"{path}: unreadable array ({exc})") from exc
+    return read_volume(path)[0]
+
+
+def restore_to_file(prepared: str | Path, crop: str | Path, output: str | Path, *,
+                    slab: int | None = None, probabilities: bool = False,
+                    threshold: float = 0.5) -> tuple[int, ...]:
+    """Write a crop-space mask or probability map back on the native T2Sag grid
+    (``cordfuse restore``), with the T2Sag's header where it is at hand.
+
+    Args:
+        prepared: A prepared subject folder or its ``prepared.npz``.
+        crop: The crop-space volume (:func:`read_crop`), of the prepared crop's shape.
+        output: The NIfTI file to write.
+        slab: Onto the T2Sag slab the user numbers so (:func:`slab_numbers`) instead of the
+            fused T2Sag.
+        probabilities: Keep the float values; otherwise a uint8 mask of the values above
+            ``threshold``.
+        threshold: The mask's threshold.
+
+    Returns:
+        The shape of the grid written.
+
+    Raises:
+        CordfuseError: an unreadable input, no such slab, a crop of the wrong shape, or
+            ``output`` is the T2Sag image itself.
+    """
+    subject = PreparedSubject.load(prepared)
+    volume = read_crop(crop)
+    index = None if slab is None else slab_index(subject, slab)
+    data, affine = restore(subject, volume, slab=index)
+    source = subject.t2sag["slabs"][index or 0]["path"]
+    like = None
+    # the stored path is one slab's: its header fits the fused grid only when it is the only slab
+    if Path(source).exists() and (index is not None or len(subject.t2sag["slabs"]) == 1):
+        like = load_nifti(source)  # keep the T2Sag header (descriptions, units, qform codes)
+    if probabilities:
+        image = make_nifti(data.astype(np.float32), affine, like=like)
+    else:
+        image = make_nifti((data > threshold).astype(np.uint8), affine, like=like)
+    if Path(output).resolve() == Path(source).resolve():
+        raise CordfuseError(f"{output}: refusing to overwrite the input T2Sag image")
+    save_nifti(image, output)
+    return tuple(data.shape)

@@ -1,0 +1,75 @@
+"""``cordfuse <verb>``: one module per verb (as SCT has one file per command), each with
+``add_parser(verbs)`` and ``run(args)``; :func:`main` parses, runs and reports errors.
+
+A verb holds no logic of its own: it parses, calls the API and prints. Its heavy imports (torch,
+the stage modules) are inside ``run``, so ``cordfuse --help`` stays fast. :func:`main` takes
+``argv``, so tests call the CLI in-process. A :class:`~cordfuse.errors.CordfuseError` (a user
+mistake: bad file, bad option) is printed as one line ``cordfuse: error: ...`` with exit status 2,
+never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from cordfuse import __version__
+from cordfuse.cli import (
+    analyze_features,
+    centerline,
+    check,
+    demo,
+    diagnose,
+    evaluate,
+    predict,
+    prepare,
+    report,
+    restore,
+    study,
+    synth,
+    train,
+)
+from cordfuse.errors import CordfuseError
+
+#: The verbs, in the order ``cordfuse --help`` lists them.
+VERBS = (synth, check, prepare, centerline, restore, train, predict, evaluate, demo, study,
+         report, analyze_features, diagnose)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``cordfuse`` parser: ``--version`` and one sub-parser per verb.
+
+    Returns:
+        The parser; each verb's parsed arguments carry its ``run`` as ``args.run``.
+    """
+    parser = argparse.ArgumentParser(
+        prog="cordfuse",
+        description="Multi-sequence MS lesion segmentation in spinal cord MRI.",
+    )
+    parser.add_argument("--version", action="version", version=f"cordfuse {__version__}")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for verb in VERBS:
+        verb.add_parser(verbs).set_defaults(run=verb.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``cordfuse`` with ``argv``.
+
+    Args:
+        argv: The arguments after the program name (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status: the verb's (0 when all went well), 2 for a user error, 130 when
+        interrupted.
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except CordfuseError as exc:
+        print(f"cordfuse: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cordfuse: interrupted", file=sys.stderr)
+        return 130
