@@ -108,13 +108,36 @@ class TrainConfig:
 
     @property
     def net(self) -> NetConfig:
+        """The architecture of the configuration's preset (``paper`` or ``small``)."""
         return NET_PRESETS[self.preset]
 
     def to_dict(self) -> dict:
+        """Every setting, as a checkpoint stores it.
+
+        Returns:
+            A plain dict (the feature noise as a nested dict).
+        """
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
+        """The configuration :meth:`to_dict` gave; settings this version does not know are left
+        out, those it lacks take their defaults.
+
+        Args:
+            data: The stored settings.
+
+        Returns:
+            The configuration (validated).
+
+        Raises:
+            CordfuseError: an invalid setting.
+
+        Example:
+            >>> config = TrainConfig(model="baseline", preset="small", epochs=2)
+            >>> TrainConfig.from_dict(config.to_dict()) == config
+            True
+        """
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         values["sequences"] = tuple(values.get("sequences", SEQUENCES))

@@ -52,7 +52,15 @@ class SubjectArrays:
 
 
 def normalise(prepared: PreparedSubject, sequences: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Z-scored crops of ``sequences`` (zeros for missing ones) and their availability."""
+    """Z-scored crops of ``sequences`` (zeros for missing ones) and their availability.
+
+    Args:
+        prepared: A prepared subject.
+        sequences: The model's sequences, in channel order.
+
+    Returns:
+        ``(images, available)``: ``(K, X, Y, Z)`` float32 crops and ``(K,)`` booleans.
+    """
     g = prepared.geometry
     images = np.zeros((len(sequences), g.size, g.size, g.nz), np.float32)
     available = np.zeros(len(sequences), bool)
@@ -70,6 +78,15 @@ def normalise(prepared: PreparedSubject, sequences: list[str]) -> tuple[np.ndarr
 
 
 def load_subjects(paths: list[Path], sequences: list[str]) -> list[SubjectArrays]:
+    """Read prepared subjects into the arrays training samples from.
+
+    Args:
+        paths: Prepared subject files.
+        sequences: The model's sequences, in channel order.
+
+    Returns:
+        One entry per file (an empty label for a subject without one).
+    """
     subjects = []
     for path in paths:
         prepared = PreparedSubject.load(path)
@@ -83,7 +100,20 @@ def load_subjects(paths: list[Path], sequences: list[str]) -> list[SubjectArrays
 
 
 class PatchDataset(torch.utils.data.Dataset):
-    """Sample ``n`` is a deterministic function of ``(seed, n)``; ``len`` is unbounded in use."""
+    """Sample ``n`` is a deterministic function of ``(seed, n)``; ``len`` is unbounded in use.
+
+    Args:
+        subjects: The training subjects' arrays.
+        patch_size: The patch, ``(X, Y, Z)``; X and Y are the crops' full in-plane size.
+        seed: The training seed.
+        foreground_fraction: The share of patches centred on a lesion voxel.
+        augment: Apply the spatial and intensity augmentation.
+        sequence_dropout: Probability of hiding each available non-T2Sag sequence.
+        reference_dropout: Probability of hiding T2Sag where the others cover the patch.
+        rank: This process's DDP rank.
+        world_size: The number of DDP processes.
+        augmentation: The augmentation's ranges (default: nnU-Net's).
+    """
 
     def __init__(self, subjects, patch_size, *, seed: int, foreground_fraction: float,
                  augment: bool, sequence_dropout: float = 0.0, reference_dropout: float = 0.0,
@@ -126,7 +156,20 @@ class PatchDataset(torch.utils.data.Dataset):
 
 
 def extract_patch(subject: SubjectArrays, patch_size, rng, *, foreground: bool):
-    """Full in-plane patch along S-I; centred on a random lesion voxel when ``foreground``."""
+    """Full in-plane patch along S-I; centred on a random lesion voxel when ``foreground``.
+
+    Args:
+        subject: The subject's arrays.
+        patch_size: The patch, ``(X, Y, Z)``.
+        rng: A numpy random generator.
+        foreground: Centre the patch (up to a quarter patch) on a lesion voxel, when any.
+
+    Returns:
+        ``(image, label)``: ``(K, X, Y, Z)`` and ``(X, Y, Z)``, zero-padded past the crop.
+
+    Raises:
+        ValueError: the crop's in-plane size is not the patch's.
+    """
     k, x, y, nz = subject.images.shape
     pz = patch_size[2]
     if x != patch_size[0] or y != patch_size[1]:

@@ -37,7 +37,7 @@ from cordfuse.errors import CordfuseError
 from cordfuse.evaluation.metrics import dice
 from cordfuse.io import atomic_write_bytes, atomic_write_text
 from cordfuse.nn.device import autocast_dtype, choose_device
-from cordfuse.nn.networks import CordNet, distillation_loss
+from cordfuse.nn.networks import CordNet, NetOutput, distillation_loss
 from cordfuse.nn.sliding import predict_probabilities
 from cordfuse.ownership import claim
 from cordfuse.preprocess.batch import load_prepared_dataset
@@ -64,7 +64,18 @@ class StopTraining(Exception):
 
 
 def split_subjects(document: dict, config: TrainConfig) -> tuple[list[str], list[str]]:
-    """Training and validation subject ids (a fold file, or a seeded random split)."""
+    """Training and validation subject ids (a fold file, or a seeded random split).
+
+    Args:
+        document: The prepared folder's ``dataset.json``.
+        config: The training configuration (model, seed, fold file, validation fraction).
+
+    Returns:
+        ``(train ids, val ids)``, each sorted (a fold file's order is kept).
+
+    Raises:
+        CordfuseError: no labelled subject fits the model, or an unreadable fold file.
+    """
     ids = [s["id"] for s in document["subjects"] if s.get("has_label")]
     if config.model == "specific":
         needed = set(config.model_sequences)
@@ -103,6 +114,8 @@ def build_model(config: TrainConfig) -> CordNet:
     """
     model = initial_network(config, config.net, config.model_sequences)
     if config.variant == "frozen-encoder":
+        if not config.frozen_from:
+            raise CordfuseError("--variant frozen-encoder needs --frozen-from BASELINE_CHECKPOINT")
         baseline = Checkpoint.load(config.frozen_from)
         prefix = "encoders.T2Sag."
         weights = {k[len(prefix):]: v for k, v in baseline.model.items() if k.startswith(prefix)}
@@ -147,7 +160,15 @@ def resume_conflicts(checkpoint: Checkpoint, config: TrainConfig,
 
 def data_workers(config: TrainConfig, device: torch.device) -> int:
     """Data-loading processes: as configured, else (``None``) enough to keep a GPU fed (the
-    cores less one, at most 8) and none on CPU, where they would compete with the training."""
+    cores less one, at most 8) and none on CPU, where they would compete with the training.
+
+    Args:
+        config: The training configuration.
+        device: The training device.
+
+    Returns:
+        The number of worker processes.
+    """
     if config.num_workers is not None:
         return config.num_workers
     if device.type != "cuda":
@@ -157,6 +178,15 @@ def data_workers(config: TrainConfig, device: torch.device) -> int:
 
 
 def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of a network's weights (names and bytes, sorted by name): equal weights, equal
+    digest, to check that two runs trained the same model.
+
+    Args:
+        model: The network.
+
+    Returns:
+        The hexadecimal digest.
+    """
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
@@ -165,7 +195,18 @@ def weights_digest(model: torch.nn.Module) -> str:
 
 
 def validate(model, subjects, config: TrainConfig, device, dtype) -> float:
-    """Mean Dice over validation subjects, sliding window over each whole crop."""
+    """Mean Dice over validation subjects, sliding window over each whole crop.
+
+    Args:
+        model: The network (put back in training mode afterwards).
+        subjects: The validation subjects' arrays.
+        config: The training configuration (patch and window overlap).
+        device: Where the model runs.
+        dtype: The autocast type, or None.
+
+    Returns:
+        The mean Dice; NaN without validation subjects.
+    """
     if not subjects:
         return float("nan")
     model.eval()
@@ -278,7 +319,9 @@ def train(
     start_epoch, best, history = 0, -math.inf, []
     if resume and (out / LATEST).exists():
         checkpoint = Checkpoint.load(out / LATEST)
-        if checkpoint.epoch is None:
+        if (checkpoint.epoch is None or checkpoint.optimizer is None
+                or checkpoint.scheduler is None or checkpoint.scaler is None
+                or checkpoint.rng is None or checkpoint.best_val_dice is None):
             raise CordfuseError(f"{checkpoint.path}: cannot resume: no training state in it")
         conflicts = resume_conflicts(checkpoint, config, split)
         if conflicts:
@@ -291,7 +334,7 @@ def train(
         torch.set_rng_state(checkpoint.rng["torch"])
         start_epoch = checkpoint.epoch + 1
         best, history = checkpoint.best_val_dice, checkpoint.history
-    net = model
+    net: Callable[..., NetOutput] = model  # the model, maybe wrapped by DDP and compiled
     if world > 1:
         # Only Mean Imputation skips the encoder of a sequence missing from a whole batch; every
         # other model uses all its parameters at every step, so DDP need not search the graph.
