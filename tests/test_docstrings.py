@@ -2,7 +2,7 @@
 
 A public name is one without a leading underscore, at module level or a method of a public
 class. It needs a docstring; a documented function that takes parameters (besides self/cls)
-needs an ``Args:`` section naming them, and a class whose ``__init__`` takes parameters needs
+needs an ``Args:`` section, and a class whose ``__init__`` takes parameters needs
 ``Args:`` in the class or ``__init__`` docstring (as torchio documents its transforms).
 """
 
