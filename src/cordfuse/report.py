@@ -229,7 +229,10 @@ def qc_section(run: Path, manifest: dict, fold: dict | None) -> str:
             continue
         # the prepared subject holds the native T2Sag and ground truth: no raw scan is read
         prepared = PreparedSubject.load(path, native=True)
-        image, affine, truth = prepared.native.image, prepared.native.affine, prepared.native.lesion
+        native = prepared.native
+        if native is None:  # load(native=True) reads it or raises: never here
+            continue
+        image, affine, truth = native.image, native.affine, native.lesion
         predictions = []
         for label, folder in manifest["qc_predictions"]:
             mask_path = run / folder / f"{prepared.subject}_lesion.nii.gz"
