@@ -31,9 +31,11 @@ def main() -> None:
         lines = []
         for line in process.stdout:
             lines.append(line)
-            match = re.match(r"\[(\d)/\d\] (.*)", line)
+            # the study runner's stage lines: [data], [check], [train 1/2], [evaluate 2/2], ...
+            match = re.match(r"\[(\w+(?: \d+/\d+)?)\] (.*)", line)
             if match:
-                stages.append((match.group(2).strip(), time.perf_counter() - start))
+                stages.append((f"{match.group(1)}: {match.group(2).strip()}",
+                               time.perf_counter() - start))
         status = process.wait()
         total = time.perf_counter() - start
         if status != 0:

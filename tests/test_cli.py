@@ -48,16 +48,26 @@ def test_synth_rejects_bad_options(tmp_path, capsys):
 def test_demo_runs_the_main_job_end_to_end(tiny_demo, tmp_path):
     out, printed = tiny_demo["out"], tiny_demo["printed"]
     assert tiny_demo["status"] == 0
-    assert "[6/7] Evaluating" in printed and "Demo finished" in printed
+    for stage in ("[data]", "[check]", "[prepare]", "[train 2/2]", "[evaluate 2/2]",
+                  "[lesions 2/2]", "[report]", "Demo finished"):
+        assert stage in printed, stage
     assert "no problem found" in printed
+    assert "OK: no problems found" in (out / "check.txt").read_text()
     assert f"Report: {(out / 'report.html').resolve()}" in printed
     fold = json.loads((out / "fold.json").read_text())
     assert len(fold["test"]) == 3 and not set(fold["test"]) & set(fold["train"])
-    for model in ("baseline", "mean-imputation"):
-        assert (out / "runs" / model / "checkpoint_best.pt").exists()
-    for name in ("baseline_T2Sag", "mean-imputation_T2Sag", "mean-imputation_all"):
+    # the study's layout: runs/<experiment>/seed-<n>/, predictions/.../seed-<n>/<sequences>/
+    for model in ("baseline", "mi"):
+        assert (out / "runs" / model / "seed-0" / "checkpoint_best.pt").exists()
+    document = json.loads((out / "prepared" / "dataset.json").read_text())
+    several = sorted(s["id"] for s in document["subjects"]
+                     if s["id"] in fold["test"] and len(s["sequences"]) > 1)
+    assert several  # "all available" differs from T2Sag only for these test subjects
+    for name, subjects in (("baseline/seed-0/T2Sag", fold["test"]),
+                           ("mi/seed-0/T2Sag", fold["test"]),
+                           ("mi/seed-0/all-available", several)):
         masks = sorted((out / "predictions" / name).glob("*_lesion.nii.gz"))
-        assert [m.name.split("_")[0] for m in masks] == fold["test"]
+        assert [m.name.split("_")[0] for m in masks] == subjects
     table = (out / "results.md").read_text()
     assert "| F1 A | F1 B | F1 C | Dice A | Dice B | Dice C |" in table.replace(
         "model | sequences at inference | ", ""
@@ -68,5 +78,5 @@ def test_demo_runs_the_main_job_end_to_end(tiny_demo, tmp_path):
     lesions = (out / "per_lesion.csv").read_text().splitlines()
     assert lesions[0].startswith("experiment,seed,inference,subject") and len(lesions) > 1
     per_image = (out / "per_image.csv").read_text().splitlines()
-    assert len(per_image) == 1 + 3 * 3  # 3 test subjects x 3 (model, sequences) setups
+    assert len(per_image) == 1 + 2 * 3 + len(several)  # T2Sag only twice, all available once
     assert main(["demo", str(tmp_path / "small"), "--subjects", "3"]) == 2

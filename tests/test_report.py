@@ -97,7 +97,7 @@ def test_report_command_rebuilds_and_refuses_other_folders(tiny_demo, tmp_path, 
 def test_report_of_a_training_folder_alone(tiny_demo, tmp_path, capsys):
     """The output of ``cordfuse train`` has no dataset: the report shows what is there."""
     run = tmp_path / "baseline"
-    shutil.copytree(tiny_demo["out"] / "runs" / "baseline", run)
+    shutil.copytree(tiny_demo["out"] / "runs" / "baseline" / "seed-0", run)
     assert main(["report", str(run)]) == 0
     page = outline((run / "report.html").read_text())
     assert list(page.sections) == [key for key, _ in SECTIONS]

@@ -374,3 +374,73 @@ def test_evaluate_reproduces_the_study_and_nothing_needs_the_raw_data(tiny_study
     assert main(["study", str(tmp_path / "tiny.yaml"), "-o", str(moved)]) == 0
     assert "going on with the prepared subjects" in capsys.readouterr().out
     assert (moved / "per_image.csv").read_text() == before
+
+
+# ---------------------------------------------------------------------------------------------
+# One pipeline: the demo is a study; one meaning of "T2Sag only"
+
+
+def test_demo_is_the_study_runner_with_a_built_in_config(tiny_demo):
+    """``cordfuse demo`` is a study: its config.json is the built-in configuration of its
+    options (a study config, read back equal), its manifest describes the study's layout, and its
+    per_image.csv is exactly what ``evaluate --gt PREPARED`` gives for its predictions."""
+    from cordfuse.demo import DemoSettings, demo_config
+    from cordfuse.evaluation.evaluate import evaluate
+    from cordfuse.study import prediction_folder
+
+    out = tiny_demo["out"]
+    config = demo_config(DemoSettings(subjects=9, epochs=1, iterations=2, test_per_cohort=1))
+    assert config.experiments == ("baseline", "mi") and config.preset == "small"
+    assert StudyConfig.from_file(out / "config.json") == config
+    manifest = json.loads((out / "cordfuse_run.json").read_text())
+    assert manifest["kind"] == "demo" and manifest["experiments"] == ["baseline", "mi"]
+    assert [folder for _, folder in manifest["qc_predictions"]] == [
+        "predictions/baseline/seed-0/T2Sag", "predictions/mi/seed-0/all-available"]
+    records = records_from_csv((out / "per_image.csv").read_text())
+    runs = sorted({(r.experiment, r.seed, r.inference) for r in records})
+    assert runs == [("baseline", 0, "T2Sag"), ("mi", 0, "T2Sag"), ("mi", 0, ALL_AVAILABLE)]
+    for experiment, seed, inference in runs:
+        rows, problems = evaluate(prediction_folder(out, experiment, seed, inference),
+                                  out / "prepared")
+        assert not problems
+        expected = {r.image: r for r in records
+                    if (r.experiment, r.seed, r.inference) == (experiment, seed, inference)}
+        assert sorted(row.image for row in rows) == sorted(expected)
+        for row in rows:
+            for key, value in row.metrics.to_dict().items():
+                want = expected[row.image].values[key]
+                assert value == want or (math.isnan(value) and math.isnan(want)), (row.image, key)
+
+
+def test_t2sag_only_is_one_prediction_in_predict_and_in_the_study(synth_root, prepared_small,
+                                                                  tiny_baseline, tmp_path):
+    """``predict --sequences T2Sag`` gives the study's T2Sag-only prediction: the subject prepared
+    with all its sequences, the others switched off. Preparing it again with T2Sag alone (what
+    predict did before) lays out another crop, so it is not the same prediction."""
+    from cordfuse.dataset import discover
+    from cordfuse.inference import load_models, predict_prepared, restrict_subject
+    from cordfuse.preprocess.pipeline import prepare_subject
+
+    models = load_models([tiny_baseline], torch.device("cpu"))
+    # a subject whose other sequences' cord reaches beyond its T2Sag's: the case that differs
+    for subject in discover(synth_root).subjects:
+        prepared = PreparedSubject.load(prepared_small / subject.name, native=True)
+        alone = prepare_subject(restrict_subject(subject, ["T2Sag"]), models[0].prep)
+        if alone.geometry != prepared.geometry:
+            break
+    else:
+        pytest.fail("no fixture subject whose crop depends on its other sequences")
+    (label, sequences), = inference_sets(EXPERIMENTS["baseline"], prepared.sequences, [])
+    assert label == "T2Sag"
+    study = predict_prepared(prepared, models, sequences=list(sequences))
+    out = tmp_path / "predicted"
+    assert main(["predict", str(tiny_baseline), "-i", str(synth_root / subject.name), "-o",
+                 str(out), "--sequences", "T2Sag", "--save-probabilities", "--device",
+                 "cpu"]) == 0
+    probabilities = nib.load(out / f"{subject.name}_lesion_prob.nii.gz").get_fdata()
+    mask = np.asarray(nib.load(out / f"{subject.name}_lesion.nii.gz").dataobj)
+    # equal up to the float32 rounding of the centrelines that prepared.npz stores
+    np.testing.assert_allclose(probabilities, study.probability_native, atol=1e-5)
+    np.testing.assert_array_equal(mask, study.mask)
+    before = predict_prepared(alone, models)
+    assert not np.allclose(before.probability_native, study.probability_native, atol=1e-5)

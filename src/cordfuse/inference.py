@@ -222,26 +222,56 @@ def predict_subject(
     amp: str = "auto",
     centerline: str | None = None,
 ) -> Prediction:
-    """Predict one subject with one model or an ensemble (mean of probabilities).
+    """Predict one subject from its raw scans with one model or an ensemble (mean of
+    probabilities).
 
-    ``centerline`` overrides the checkpoint's centreline backend (``mask`` uses the subject's
-    cord masks).
+    The subject is prepared with every sequence it has, then predicted by
+    :func:`predict_prepared` with ``sequences`` only: the one meaning of "predicted with these
+    sequences", the study's (see :func:`predict_prepared`).
+
+    Args:
+        subject: The subject's scans.
+        models: One model, or several of the same pre-processing (an ensemble).
+        sequences: Use only these of the subject's sequences (default: all the models take).
+        tta: Average with the left-right mirrored input.
+        threshold: Probability above which a voxel is lesion.
+        min_volume_mm3: Remove lesions smaller than this.
+        device: Where the networks run (default CPU).
+        batch_size: Windows per forward pass.
+        amp: Autocast (``auto``, ``bf16``, ``fp16``, ``none``).
+        centerline: Overrides the checkpoint's centreline backend (``mask`` uses the subject's
+            cord masks).
+
+    Returns:
+        The prediction on the subject's native fused T2Sag grid.
+
+    Raises:
+        CordfuseError: No T2Sag (or ``sequences`` leave it out), a scan that cannot be prepared,
+            or a model that needs a sequence the subject lacks.
     """
     device = device or torch.device("cpu")
-    use = usable_sequences(models, sequences)
-    if REFERENCE_SEQUENCE not in use or not subject.scans.get(REFERENCE_SEQUENCE):
+    if REFERENCE_SEQUENCE not in usable_sequences(models, sequences) \
+            or not subject.scans.get(REFERENCE_SEQUENCE):
         raise CordfuseError(f"no {REFERENCE_SEQUENCE} scan (every model needs it)")
     prep = models[0].prep if centerline is None else replace(models[0].prep, centerline=centerline)
-    prepared = prepare_subject(restrict_subject(subject, use), prep)
+    prepared = prepare_subject(subject, prep)
     prepared.label = None
-    return predict_prepared(prepared, models, tta=tta, threshold=threshold,
+    return predict_prepared(prepared, models, sequences=sequences, tta=tta, threshold=threshold,
                             min_volume_mm3=min_volume_mm3, device=device, batch_size=batch_size,
                             amp=amp)
 
 
 def restrict_prepared(prepared: PreparedSubject, sequences) -> PreparedSubject:
     """The prepared subject as if only ``sequences`` had been acquired: what a missing sequence
-    means to the networks (its channel is absent), on the crop geometry of the whole subject."""
+    means to the networks (its channel is absent), on the crop geometry of the whole subject.
+
+    Args:
+        prepared: The subject prepared with all its sequences.
+        sequences: The sequences to keep (others, and those it lacks, are left out).
+
+    Returns:
+        The same subject (crop grid, native T2Sag, label) with only those sequences' crops.
+    """
     keep = [s for s in prepared.sequences if s in sequences]
     return replace(prepared, images={s: prepared.images[s] for s in keep},
                    centres={s: prepared.centres[s] for s in keep},
@@ -263,6 +293,13 @@ def predict_prepared(
     """Predict a prepared subject with one model or an ensemble (mean of probabilities), back on
     its native fused T2Sag grid.
 
+    "Predicted with these sequences" has one meaning in cordfuse, this function's: the subject
+    prepared with every sequence it has, the others switched off (:func:`restrict_prepared`).
+    Only the networks' inputs change; the crop's S-I extent (the union of every sequence's cord)
+    and so the sliding windows stay those of the whole subject, as in training. ``predict
+    --sequences``, ``study`` and ``demo`` all predict this way; preparing the subject again with
+    T2Sag alone would give another crop, and another prediction.
+
     Args:
         prepared: The subject on the reference grid (as ``prepare`` wrote it, or just prepared).
         models: One model, or several of the same pre-processing (an ensemble).
@@ -273,6 +310,9 @@ def predict_prepared(
         device: Where the networks run (default CPU).
         batch_size: Windows per forward pass.
         amp: Autocast (``auto``, ``bf16``, ``fp16``, ``none``).
+
+    Returns:
+        The prediction; its ``sequences`` are those the networks saw.
 
     Raises:
         CordfuseError: no T2Sag, or a model that needs a sequence the subject lacks.
