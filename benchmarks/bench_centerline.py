@@ -1,4 +1,4 @@
-"""Centreline accuracy at clinical geometry (issue 12), printed as the README's table.
+"""Centreline accuracy at clinical geometry (issue 12), the table of docs/preprocessing.md.
 
 The real scans with human cord masks in ``../shared/data/real`` are re-acquired on clinical
 grids (:mod:`cordfuse.synth.clinical`): the test bed of ``tests/test_clinical.py`` (targets:
@@ -31,8 +31,11 @@ HELD_OUT = (
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--held-out", action="store_true", help="grids not tuned on")
-    parser.add_argument("--image-only", action="store_true",
-                        help="polarity from the image even where the file name states it")
+    parser.add_argument(
+        "--image-only",
+        action="store_true",
+        help="polarity from the image even where the file name states it",
+    )
     args = parser.parse_args()
     from cordfuse.io import read_volume
     from cordfuse.preprocess.centerline import (
@@ -77,10 +80,13 @@ def main() -> None:
         covered = np.mean((reference[:, 2] >= lo - 1.0) & (reference[:, 2] <= hi + 1.0))
         median, p95 = float(np.median(errors)), float(np.percentile(errors, 95))
         worst = (max(worst[0], median), max(worst[1], p95))
-        print(f"| {name} | {geometry.label} | {median:.2f} mm | {p95:.2f} mm | {covered:.0%} "
-              f"| {seconds:.2f} |")
-    print(f"\nworst median {worst[0]:.2f} mm (target <= 1), worst p95 {worst[1]:.2f} mm "
-          "(target <= 3)")
+        print(
+            f"| {name} | {geometry.label} | {median:.2f} mm | {p95:.2f} mm | {covered:.0%} "
+            f"| {seconds:.2f} |"
+        )
+    print(
+        f"\nworst median {worst[0]:.2f} mm (target <= 1), worst p95 {worst[1]:.2f} mm (target <= 3)"
+    )
 
 
 if __name__ == "__main__":

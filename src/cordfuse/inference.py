@@ -70,6 +70,7 @@ class LoadedModel:
 
     @property
     def mean_imputation(self) -> bool:
+        """Whether the model accepts missing sequences (their features imputed by the mean)."""
         return self.config.model == "mean-imputation"
 
 
@@ -92,8 +93,9 @@ def load_model(path: str | Path, device: torch.device) -> LoadedModel:
     """
     checkpoint = Checkpoint.load(path)
     model = checkpoint.build_network().to(device).eval()
-    return LoadedModel(Path(path), model, checkpoint.config, checkpoint.net,
-                       checkpoint.sequences, checkpoint.prep)
+    return LoadedModel(
+        Path(path), model, checkpoint.config, checkpoint.net, checkpoint.sequences, checkpoint.prep
+    )
 
 
 def load_models(paths, device: torch.device) -> list[LoadedModel]:
@@ -114,12 +116,26 @@ def load_models(paths, device: torch.device) -> list[LoadedModel]:
     first = models[0]
     for other in models[1:]:
         if other.prep != first.prep or other.net != first.net:
-            raise CordfuseError(f"{other.path}: an ensemble needs models with the same "
-                                f"pre-processing and network size as {first.path}")
+            raise CordfuseError(
+                f"{other.path}: an ensemble needs models with the same "
+                f"pre-processing and network size as {first.path}"
+            )
     return models
 
 
 def usable_sequences(models: list[LoadedModel], restrict: list[str] | None) -> list[str]:
+    """The sequences the networks will read: those any model takes, within ``restrict``.
+
+    Args:
+        models: The models of the ensemble.
+        restrict: ``--sequences`` (None: no restriction).
+
+    Returns:
+        The sequences, in channel order.
+
+    Raises:
+        CordfuseError: ``restrict`` names an unknown sequence.
+    """
     wanted = {s for m in models for s in m.sequences}
     if restrict:
         unknown = [s for s in restrict if s not in SEQUENCES]
@@ -130,15 +146,40 @@ def usable_sequences(models: list[LoadedModel], restrict: list[str] | None) -> l
 
 
 def restrict_subject(subject: Subject, sequences: list[str]) -> Subject:
+    """The subject as if only ``sequences`` had been acquired (its other scans dropped), to
+    simulate a missing sequence before pre-processing. Not how ``--sequences`` predicts: see
+    :func:`predict_prepared` for that.
+
+    Args:
+        subject: The subject's scans.
+        sequences: The sequences to keep.
+
+    Returns:
+        A copy with only those sequences' scans.
+    """
     return replace(subject, scans={s: v for s, v in subject.scans.items() if s in sequences})
 
 
 @dataclass
 class Prediction:
+    """One subject's prediction.
+
+    Attributes:
+        subject: The subject (and session).
+        prepared: The prepared subject it was made from (crop grid and the way back).
+        probabilities: Lesion probabilities on the crop grid.
+        mask: The lesion mask (uint8) on the native fused T2Sag grid.
+        affine: That grid's affine.
+        probability_native: The probabilities on that grid.
+        sequences: The sequences the networks read.
+        lesions: One row per predicted lesion (:func:`lesion_table`).
+        warnings: Pre-processing warnings (a dropped sequence, a centreline fallback).
+    """
+
     subject: str
     prepared: PreparedSubject
-    probabilities: np.ndarray  # crop space
-    mask: np.ndarray  # native fused T2Sag grid, uint8
+    probabilities: np.ndarray
+    mask: np.ndarray
     affine: np.ndarray
     probability_native: np.ndarray
     sequences: list[str]
@@ -146,8 +187,15 @@ class Prediction:
     warnings: list[str] = field(default_factory=list)
 
 
-def model_probabilities(model: LoadedModel, prepared: PreparedSubject, *, tta: bool,
-                        device: torch.device, batch_size: int, amp: str) -> np.ndarray:
+def model_probabilities(
+    model: LoadedModel,
+    prepared: PreparedSubject,
+    *,
+    tta: bool,
+    device: torch.device,
+    batch_size: int,
+    amp: str,
+) -> np.ndarray:
     """One model's lesion probabilities on a prepared subject's crop (sliding window along S-I,
     the model's patch length, 50 % overlap).
 
@@ -170,16 +218,39 @@ def model_probabilities(model: LoadedModel, prepared: PreparedSubject, *, tta: b
         raise CordfuseError(f"{model.path}: needs {REFERENCE_SEQUENCE}")
     if not model.mean_imputation and not available.all():
         missing = [s for s, a in zip(model.sequences, available, strict=True) if not a]
-        raise CordfuseError(f"model {model.path} ({model.config.model}) needs "
-                            f"{', '.join(model.sequences)}; this input lacks {', '.join(missing)}")
-    return predict_probabilities(model.model, images, available,
-                                 patch_z=model.net.patch_size[2], overlap=0.5,
-                                 batch_size=batch_size, device=device,
-                                 autocast_dtype=autocast_dtype(amp, device, cpu_auto_bf16=True),
-                                 mirror=tta)
+        raise CordfuseError(
+            f"model {model.path} ({model.config.model}) needs "
+            f"{', '.join(model.sequences)}; this input lacks {', '.join(missing)}"
+        )
+    return predict_probabilities(
+        model.model,
+        images,
+        available,
+        patch_z=model.net.patch_size[2],
+        overlap=0.5,
+        batch_size=batch_size,
+        device=device,
+        autocast_dtype=autocast_dtype(amp, device, cpu_auto_bf16=True),
+        mirror=tta,
+    )
 
 
-def remove_small_lesions(mask: np.ndarray, affine: np.ndarray, min_volume_mm3: float):
+def remove_small_lesions(mask: np.ndarray, affine: np.ndarray, min_volume_mm3: float) -> np.ndarray:
+    """The mask without its lesions (face-connected components) smaller than ``min_volume_mm3``.
+
+    Args:
+        mask: A binary mask.
+        affine: Its affine (for the voxel volume).
+        min_volume_mm3: The smallest lesion kept; 0 keeps all.
+
+    Returns:
+        The filtered mask (uint8), or ``mask`` itself when nothing is removed.
+
+    Example:
+        >>> mask = np.zeros((5, 5, 5), np.uint8); mask[0, 0, 0] = 1; mask[2:4, 2:4, 2:4] = 1
+        >>> int(remove_small_lesions(mask, np.diag([1.0, 1.0, 1.0, 1.0]), 2.0).sum())
+        8
+    """
     if min_volume_mm3 <= 0 or not mask.any():
         return mask
     labels, n = ndimage.label(mask, structure=FACE_CONNECTIVITY)
@@ -190,7 +261,22 @@ def remove_small_lesions(mask: np.ndarray, affine: np.ndarray, min_volume_mm3: f
 
 
 def lesion_table(mask: np.ndarray, affine: np.ndarray) -> list[dict]:
-    """One row per lesion (face-connected component): size, S-I extent, centroid in world mm."""
+    """One row per lesion (face-connected component): size, S-I extent, centroid in world mm.
+
+    Args:
+        mask: A binary mask.
+        affine: Its affine.
+
+    Returns:
+        The rows (``label``, ``voxels``, ``volume_mm3``, ``si_min_mm``, ``si_max_mm`` and the
+        centroid), as ``<subject>_lesions.csv`` lists them.
+
+    Example:
+        >>> mask = np.zeros((4, 4, 6), np.uint8); mask[1, 1, 2:4] = 1
+        >>> row = lesion_table(mask, np.diag([1.0, 1.0, 2.0, 1.0]))[0]
+        >>> row["voxels"], row["volume_mm3"], row["si_min_mm"], row["si_max_mm"]
+        (2, 4.0, 4.0, 6.0)
+    """
     labels, n = ndimage.label(mask, structure=FACE_CONNECTIVITY)
     voxel = float(np.prod(voxel_sizes(affine)))
     rows = []
@@ -198,14 +284,18 @@ def lesion_table(mask: np.ndarray, affine: np.ndarray) -> list[dict]:
         voxels = np.argwhere(labels[region] == index) + [s.start for s in region]
         world = apply_affine(affine, voxels)
         centroid = world.mean(axis=0)
-        rows.append({
-            "label": index, "voxels": len(voxels), "volume_mm3": round(len(voxels) * voxel, 3),
-            "si_min_mm": round(float(world[:, 2].min()), 2),
-            "si_max_mm": round(float(world[:, 2].max()), 2),
-            "centroid_x_mm": round(float(centroid[0]), 2),
-            "centroid_y_mm": round(float(centroid[1]), 2),
-            "centroid_z_mm": round(float(centroid[2]), 2),
-        })
+        rows.append(
+            {
+                "label": index,
+                "voxels": len(voxels),
+                "volume_mm3": round(len(voxels) * voxel, 3),
+                "si_min_mm": round(float(world[:, 2].min()), 2),
+                "si_max_mm": round(float(world[:, 2].max()), 2),
+                "centroid_x_mm": round(float(centroid[0]), 2),
+                "centroid_y_mm": round(float(centroid[1]), 2),
+                "centroid_z_mm": round(float(centroid[2]), 2),
+            }
+        )
     return rows
 
 
@@ -250,15 +340,24 @@ def predict_subject(
             or a model that needs a sequence the subject lacks.
     """
     device = device or torch.device("cpu")
-    if REFERENCE_SEQUENCE not in usable_sequences(models, sequences) \
-            or not subject.scans.get(REFERENCE_SEQUENCE):
+    if REFERENCE_SEQUENCE not in usable_sequences(models, sequences) or not subject.scans.get(
+        REFERENCE_SEQUENCE
+    ):
         raise CordfuseError(f"no {REFERENCE_SEQUENCE} scan (every model needs it)")
     prep = models[0].prep if centerline is None else replace(models[0].prep, centerline=centerline)
     prepared = prepare_subject(subject, prep)
     prepared.label = None
-    return predict_prepared(prepared, models, sequences=sequences, tta=tta, threshold=threshold,
-                            min_volume_mm3=min_volume_mm3, device=device, batch_size=batch_size,
-                            amp=amp)
+    return predict_prepared(
+        prepared,
+        models,
+        sequences=sequences,
+        tta=tta,
+        threshold=threshold,
+        min_volume_mm3=min_volume_mm3,
+        device=device,
+        batch_size=batch_size,
+        amp=amp,
+    )
 
 
 def restrict_prepared(prepared: PreparedSubject, sequences) -> PreparedSubject:
@@ -273,9 +372,12 @@ def restrict_prepared(prepared: PreparedSubject, sequences) -> PreparedSubject:
         The same subject (crop grid, native T2Sag, label) with only those sequences' crops.
     """
     keep = [s for s in prepared.sequences if s in sequences]
-    return replace(prepared, images={s: prepared.images[s] for s in keep},
-                   centres={s: prepared.centres[s] for s in keep},
-                   stats={s: prepared.stats[s] for s in keep})
+    return replace(
+        prepared,
+        images={s: prepared.images[s] for s in keep},
+        centres={s: prepared.centres[s] for s in keep},
+        stats={s: prepared.stats[s] for s in keep},
+    )
 
 
 def predict_prepared(
@@ -318,31 +420,70 @@ def predict_prepared(
         CordfuseError: no T2Sag, or a model that needs a sequence the subject lacks.
     """
     subset = restrict_prepared(prepared, usable_sequences(models, sequences))
-    probabilities = np.mean([
-        model_probabilities(m, subset, tta=tta, device=device or torch.device("cpu"),
-                            batch_size=batch_size, amp=amp)
-        for m in models
-    ], axis=0)
-    return finish_prediction(subset, probabilities, threshold=threshold,
-                             min_volume_mm3=min_volume_mm3)
+    probabilities = np.mean(
+        [
+            model_probabilities(
+                m,
+                subset,
+                tta=tta,
+                device=device or torch.device("cpu"),
+                batch_size=batch_size,
+                amp=amp,
+            )
+            for m in models
+        ],
+        axis=0,
+    )
+    return finish_prediction(
+        subset, probabilities, threshold=threshold, min_volume_mm3=min_volume_mm3
+    )
 
 
-def finish_prediction(prepared: PreparedSubject, probabilities: np.ndarray, *, threshold: float,
-                      min_volume_mm3: float) -> Prediction:
-    """Crop-space probabilities -> native T2Sag mask, lesion table (also used by the oracle)."""
+def finish_prediction(
+    prepared: PreparedSubject, probabilities: np.ndarray, *, threshold: float, min_volume_mm3: float
+) -> Prediction:
+    """Crop-space probabilities -> native T2Sag mask, lesion table (also used by the oracle).
+
+    Args:
+        prepared: The prepared subject the probabilities are on.
+        probabilities: Lesion probabilities on its crop grid.
+        threshold: Probability above which a voxel is lesion.
+        min_volume_mm3: Remove lesions smaller than this.
+
+    Returns:
+        The prediction on the native fused T2Sag grid.
+    """
     native, affine = restore(prepared, probabilities.astype(np.float32))
     mask = (native > threshold).astype(np.uint8)
     mask = remove_small_lesions(mask, affine, min_volume_mm3)
-    return Prediction(prepared.subject, prepared, probabilities, mask, affine, native,
-                      prepared.sequences, lesion_table(mask, affine), list(prepared.warnings))
+    return Prediction(
+        prepared.subject,
+        prepared,
+        probabilities,
+        mask,
+        affine,
+        native,
+        prepared.sequences,
+        lesion_table(mask, affine),
+        list(prepared.warnings),
+    )
 
 
 def slab_masks(prediction: Prediction, threshold: float) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The prediction on every original T2Sag slab grid: ``(mask, native_affine)`` each."""
+    """The prediction on every original T2Sag slab grid.
+
+    Args:
+        prediction: The prediction (its crop-space probabilities are mapped back).
+        threshold: Probability above which a voxel is lesion.
+
+    Returns:
+        ``(mask, slab_affine)`` for each slab, in the prepared subject's slab order.
+    """
     out = []
     for k in range(len(prediction.prepared.t2sag["slabs"])):
-        values, affine = restore(prediction.prepared, prediction.probabilities.astype(np.float32),
-                                 slab=k)
+        values, affine = restore(
+            prediction.prepared, prediction.probabilities.astype(np.float32), slab=k
+        )
         out.append(((values > threshold).astype(np.uint8), affine))
     return out
 
@@ -351,9 +492,21 @@ def slab_masks(prediction: Prediction, threshold: float) -> list[tuple[np.ndarra
 # Outputs and the batch run (the I/O edge)
 
 
-def prediction_targets(prediction: Prediction, out: Path, *, per_slab: bool,
-                       save_probabilities: bool, qc: bool) -> dict[str, Path]:
-    """The files :func:`write_prediction` writes for these options, by kind."""
+def prediction_targets(
+    prediction: Prediction, out: Path, *, per_slab: bool, save_probabilities: bool, qc: bool
+) -> dict[str, Path]:
+    """The files :func:`write_prediction` writes for these options, by kind.
+
+    Args:
+        prediction: The prediction (its subject names the files).
+        out: The output folder.
+        per_slab: Also one mask per original T2Sag slab.
+        save_probabilities: Also the probability map.
+        qc: Also the QC picture.
+
+    Returns:
+        ``mask``, ``csv`` and, with the options, ``prob``, ``qc``, ``slab<k>``: their paths.
+    """
     name = prediction.subject
     targets = {"mask": out / f"{name}_lesion.nii.gz"}
     if save_probabilities:
@@ -367,9 +520,33 @@ def prediction_targets(prediction: Prediction, out: Path, *, per_slab: bool,
     return targets
 
 
-def write_prediction(prediction: Prediction, out: Path, *, threshold: float, per_slab: bool,
-                     save_probabilities: bool, qc: bool, inputs: set[Path]) -> list[Path]:
-    """Write ``<subject>_lesion.nii.gz`` (+ options); returns the files written."""
+def write_prediction(
+    prediction: Prediction,
+    out: Path,
+    *,
+    threshold: float,
+    per_slab: bool,
+    save_probabilities: bool,
+    qc: bool,
+    inputs: set[Path],
+) -> list[Path]:
+    """Write ``<subject>_lesion.nii.gz``, its lesion table and the optional outputs.
+
+    Args:
+        prediction: The prediction.
+        out: The output folder.
+        threshold: Probability above which a voxel is lesion (for the per-slab masks).
+        per_slab: Also one mask per original T2Sag slab, on that slab's grid.
+        save_probabilities: Also ``<subject>_lesion_prob.nii.gz``.
+        qc: Also ``<subject>_qc.png``.
+        inputs: The subject's input files (resolved), which no output may replace.
+
+    Returns:
+        The files written.
+
+    Raises:
+        CordfuseError: An output would overwrite an input file.
+    """
     import csv
     import io
 
@@ -379,22 +556,35 @@ def write_prediction(prediction: Prediction, out: Path, *, threshold: float, per
     like = None
     if len(slabs) == 1 and Path(slabs[0]["path"]).exists():
         like = load_nifti(slabs[0]["path"])  # keep the T2Sag header
-    targets = prediction_targets(prediction, out, per_slab=per_slab,
-                                 save_probabilities=save_probabilities, qc=qc)
+    targets = prediction_targets(
+        prediction, out, per_slab=per_slab, save_probabilities=save_probabilities, qc=qc
+    )
     clash = [p for p in targets.values() if p.resolve() in inputs]
     if clash:
         raise CordfuseError(f"{clash[0]}: output would overwrite an input file")
     save_nifti(make_nifti(prediction.mask, prediction.affine, like=like), targets["mask"])
     if save_probabilities:
-        save_nifti(make_nifti(prediction.probability_native.astype(np.float32), prediction.affine,
-                              like=like), targets["prob"])
+        save_nifti(
+            make_nifti(
+                prediction.probability_native.astype(np.float32), prediction.affine, like=like
+            ),
+            targets["prob"],
+        )
     if per_slab:
         for k, (mask, affine) in enumerate(slab_masks(prediction, threshold)):
             slab_like = load_nifti(slabs[k]["path"]) if Path(slabs[k]["path"]).exists() else None
             save_nifti(make_nifti(mask, affine, like=slab_like), targets[f"slab{k}"])
     buffer = io.StringIO()
-    columns = ["label", "voxels", "volume_mm3", "si_min_mm", "si_max_mm", "centroid_x_mm",
-               "centroid_y_mm", "centroid_z_mm"]
+    columns = [
+        "label",
+        "voxels",
+        "volume_mm3",
+        "si_min_mm",
+        "si_max_mm",
+        "centroid_x_mm",
+        "centroid_y_mm",
+        "centroid_z_mm",
+    ]
     writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
     writer.writerows(prediction.lesions)
@@ -405,7 +595,15 @@ def write_prediction(prediction: Prediction, out: Path, *, threshold: float, per
 
 
 def write_prediction_qc(prediction: Prediction, path: Path) -> None:
-    """Sagittal T2Sag through the cord with the predicted lesion outline (red)."""
+    """Sagittal T2Sag through the cord with the predicted lesion outline (red).
+
+    Args:
+        prediction: The prediction (with its prepared subject's native T2Sag).
+        path: The PNG to write.
+
+    Raises:
+        CordfuseError: The prepared subject has no native T2Sag.
+    """
     from cordfuse.figures import pyplot
     from cordfuse.qc import busiest_slice, canonical, draw_image, draw_outline, view, write_png
 
@@ -418,33 +616,54 @@ def write_prediction_qc(prediction: Prediction, path: Path) -> None:
     image, aspect = view(data, spacing, "sagittal", x)
     draw_image(ax, image, aspect=aspect)
     draw_outline(ax, view(labels, spacing, "sagittal", x)[0], "red")
-    ax.set_title(f"{prediction.subject}: {len(prediction.lesions)} lesions predicted",
-                 color="white", fontsize=9)
+    ax.set_title(
+        f"{prediction.subject}: {len(prediction.lesions)} lesions predicted",
+        color="white",
+        fontsize=9,
+    )
     write_png(fig, path)
 
 
-def subjects_from_input(path: str | Path | None, files: dict[str, list[str]], *, mapping=None,
-                        participants: list[str] | None = None):
-    """Subjects to predict: explicit files, one subject folder, or a BIDS dataset (restricted to
-    ``participants`` when given)."""
+def subjects_from_input(
+    path: str | Path | None,
+    files: dict[str, list[str]],
+    *,
+    mapping: str | Path | None = None,
+    participants: list[str] | None = None,
+) -> list[Subject]:
+    """Subjects to predict: explicit files, one subject folder, or a BIDS dataset.
+
+    Args:
+        path: ``-i``: a BIDS dataset or one subject folder (None with explicit files).
+        files: Explicit files by sequence (several T2Sag files are its slabs, in order).
+        mapping: A ``mapping.yaml`` of file-name rules (default: the built-in rules).
+        participants: Keep only these subjects of a dataset (``--participant-label``).
+
+    Returns:
+        The subjects.
+
+    Raises:
+        CordfuseError: No input, explicit files without T2Sag, or a file that does not exist.
+    """
     from cordfuse.dataset import Scan, discover
     from cordfuse.sequences import load_rules, strip_nifti_extension
 
     if files:
         if REFERENCE_SEQUENCE not in files:
             raise CordfuseError("explicit files need --t2sag (the output grid)")
-        scans = {}
+        scans: dict[str, list[Scan]] = {}
         for seq, paths in files.items():
             scans[seq] = []
-            for i, p in enumerate(paths):
-                p = Path(p)
-                if not p.exists():
-                    raise CordfuseError(f"{p}: file not found")
+            for i, name in enumerate(paths):
+                file = Path(name)
+                if not file.exists():
+                    raise CordfuseError(f"{file}: file not found")
                 chunk = i + 1 if len(paths) > 1 else None
-                scans[seq].append(Scan(p, seq, chunk, strip_nifti_extension(p.name) or p.stem))
-        name = (strip_nifti_extension(Path(files[REFERENCE_SEQUENCE][0]).name) or "subject")
-        return [Subject(name.split("_")[0] if name.startswith("sub-") else name, None, None,
-                        scans)]
+                scans[seq].append(
+                    Scan(file, seq, chunk, strip_nifti_extension(file.name) or file.stem)
+                )
+        name = strip_nifti_extension(Path(files[REFERENCE_SEQUENCE][0]).name) or "subject"
+        return [Subject(name.split("_")[0] if name.startswith("sub-") else name, None, None, scans)]
     if path is None:
         raise CordfuseError("give -i INPUT (BIDS dataset or subject folder) or explicit files")
     path = Path(path)
@@ -458,30 +677,68 @@ def subjects_from_input(path: str | Path | None, files: dict[str, list[str]], *,
 _MODEL_CACHE: dict[tuple, list[LoadedModel]] = {}
 #: The options that change what ``predict`` writes for a subject (a finished subject predicted
 #: with other values is predicted again).
-RESULT_OPTIONS = ("sequences", "tta", "threshold", "min_volume", "amp", "per_slab",
-                  "save_probabilities", "qc", "centerline")
+RESULT_OPTIONS = (
+    "sequences",
+    "tta",
+    "threshold",
+    "min_volume",
+    "amp",
+    "per_slab",
+    "save_probabilities",
+    "qc",
+    "centerline",
+)
 
 
 def model_identity(paths) -> list[dict]:
     """What makes a model the same model again: its checkpoint file, size and modification
-    time (a training folder's best checkpoint, else its latest, as :class:`Checkpoint` reads)."""
+    time (a training folder's best checkpoint, else its latest, as :class:`Checkpoint` reads).
+
+    Args:
+        paths: Training folders or checkpoint files.
+
+    Returns:
+        One ``{checkpoint, bytes, modified_ns}`` per model.
+    """
     identity = []
     for path in map(checkpoint_file, paths):
         stat = path.stat()
-        identity.append({"checkpoint": str(path.resolve()), "bytes": stat.st_size,
-                         "modified_ns": stat.st_mtime_ns})
+        identity.append(
+            {
+                "checkpoint": str(path.resolve()),
+                "bytes": stat.st_size,
+                "modified_ns": stat.st_mtime_ns,
+            }
+        )
     return identity
 
 
 def record_path(out: Path, subject: str) -> Path:
     """``<subject>_prediction.json``: what a finished subject's prediction was made with and
-    the files it wrote; written last, so its presence marks the subject done."""
+    the files it wrote; written last, so its presence marks the subject done.
+
+    Args:
+        out: The output folder.
+        subject: The subject (and session).
+
+    Returns:
+        The record's path.
+    """
     return out / f"{subject}_prediction.json"
 
 
 def finished(out: Path, subject: str, record: dict) -> bool:
     """Whether ``subject`` was predicted into ``out`` with the same models and options, and all
-    its files are there (a subject interrupted mid-way is not)."""
+    its files are there (a subject interrupted mid-way is not).
+
+    Args:
+        out: The output folder.
+        subject: The subject (and session).
+        record: This run's ``models`` and ``options``.
+
+    Returns:
+        True when the subject can be skipped.
+    """
     try:
         previous = json.loads(record_path(out, subject).read_text())
     except (OSError, ValueError):
@@ -510,17 +767,30 @@ class SubjectPrediction:
     warnings: list[str] = field(default_factory=list)
 
 
-def predict_and_write(subject: Subject, model_paths: tuple[str, ...], out: Path,
-                      options: dict) -> SubjectPrediction:
+def predict_and_write(
+    subject: Subject, model_paths: tuple[str, ...], out: Path, options: dict
+) -> SubjectPrediction:
     """Predict one subject and write its outputs, unless it was finished before with the same
     models and options (a failure is returned, never raised).
 
     Models are loaded once per process (``--jobs`` runs subjects in worker processes).
+
+    Args:
+        subject: The subject's scans.
+        model_paths: Training folders or checkpoint files (one model or an ensemble).
+        out: The output folder (claimed by ``predict``).
+        options: ``predict``'s options: :data:`RESULT_OPTIONS`, ``device``, ``batch_size`` and
+            ``overwrite``.
+
+    Returns:
+        What was done: ``done``, ``skipped`` or ``failed`` with its one-line reason.
     """
     device = torch.device(options["device"])
     key = (model_paths, str(device))
-    record = {"models": model_identity(model_paths),
-              "options": {k: options.get(k) for k in RESULT_OPTIONS}}
+    record = {
+        "models": model_identity(model_paths),
+        "options": {k: options.get(k) for k in RESULT_OPTIONS},
+    }
     if not options.get("overwrite") and finished(out, subject.name, record):
         files = json.loads(record_path(out, subject.name).read_text())["files"]
         return SubjectPrediction(subject.name, "skipped", files=[out / name for name in files])
@@ -528,26 +798,53 @@ def predict_and_write(subject: Subject, model_paths: tuple[str, ...], out: Path,
         if key not in _MODEL_CACHE:
             _MODEL_CACHE[key] = load_models(model_paths, device)
         prediction = predict_subject(
-            subject, _MODEL_CACHE[key], sequences=options["sequences"], tta=options["tta"],
-            threshold=options["threshold"], min_volume_mm3=options["min_volume"], device=device,
-            batch_size=options["batch_size"], amp=options["amp"],
-            centerline=options.get("centerline"))
+            subject,
+            _MODEL_CACHE[key],
+            sequences=options["sequences"],
+            tta=options["tta"],
+            threshold=options["threshold"],
+            min_volume_mm3=options["min_volume"],
+            device=device,
+            batch_size=options["batch_size"],
+            amp=options["amp"],
+            centerline=options.get("centerline"),
+        )
         inputs = {scan.path.resolve() for scans in subject.scans.values() for scan in scans}
-        targets = prediction_targets(prediction, out, per_slab=options["per_slab"],
-                                     save_probabilities=options["save_probabilities"],
-                                     qc=options["qc"])
-        OutputFolder(out, "predict").own(*(path.name for path in targets.values()),
-                                         record_path(out, subject.name).name)
-        files = write_prediction(prediction, out, threshold=options["threshold"],
-                                 per_slab=options["per_slab"],
-                                 save_probabilities=options["save_probabilities"],
-                                 qc=options["qc"], inputs=inputs)
+        targets = prediction_targets(
+            prediction,
+            out,
+            per_slab=options["per_slab"],
+            save_probabilities=options["save_probabilities"],
+            qc=options["qc"],
+        )
+        OutputFolder(out, "predict").own(
+            *(path.name for path in targets.values()), record_path(out, subject.name).name
+        )
+        files = write_prediction(
+            prediction,
+            out,
+            threshold=options["threshold"],
+            per_slab=options["per_slab"],
+            save_probabilities=options["save_probabilities"],
+            qc=options["qc"],
+            inputs=inputs,
+        )
     except CordfuseError as exc:
         return SubjectPrediction(subject.name, "failed", str(exc))
-    atomic_write_text(record_path(out, subject.name), json.dumps(
-        {**record, "cordfuse_version": __version__, "sequences": prediction.sequences,
-         "files": [path.name for path in files], "warnings": prediction.warnings},
-        indent=1) + "\n")
+    atomic_write_text(
+        record_path(out, subject.name),
+        json.dumps(
+            {
+                **record,
+                "cordfuse_version": __version__,
+                "sequences": prediction.sequences,
+                "files": [path.name for path in files],
+                "warnings": prediction.warnings,
+            },
+            indent=1,
+        )
+        + "\n",
+    )
     return SubjectPrediction(subject.name, "done", files=files, warnings=prediction.warnings)
 
 
@@ -600,11 +897,15 @@ def predict_dataset(
     if jobs > 1:
         # spawn, not fork: forking a process whose torch thread pools are running deadlocks;
         # each worker gets its share of the cores: oversubscribed torch pools run far slower
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=torch.set_num_threads,
-                                 initargs=(threads or max(1, usable_cores() // jobs),)) as pool:
-            futures = [pool.submit(predict_and_write, s, model_paths, out, options)
-                       for s in subjects]
+        with ProcessPoolExecutor(
+            max_workers=jobs,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=torch.set_num_threads,
+            initargs=(threads or max(1, usable_cores() // jobs),),
+        ) as pool:
+            futures = [
+                pool.submit(predict_and_write, s, model_paths, out, options) for s in subjects
+            ]
             for future in futures:
                 results.append(future.result())
                 if progress:

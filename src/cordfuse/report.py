@@ -39,12 +39,26 @@ MANIFEST = "cordfuse_run.json"
 REPORT = "report.html"
 #: Marks a file as a cordfuse report: the only kind of existing file ``report`` replaces.
 GENERATOR_META = '<meta name="generator" content="cordfuse report">'
-PACKAGES = ("cordfuse", "torch", "numpy", "scipy", "nibabel", "SimpleITK",
-            "dynamic_network_architectures", "connected-components-3d", "matplotlib")
+PACKAGES = (
+    "cordfuse",
+    "torch",
+    "numpy",
+    "scipy",
+    "nibabel",
+    "SimpleITK",
+    "dynamic_network_architectures",
+    "connected-components-3d",
+    "matplotlib",
+)
 PREDICTION_COLOURS = ("red", "orange", "deepskyblue", "magenta")
 
 
 def versions() -> dict[str, str]:
+    """The software a run was made with, for its reproduction.
+
+    Returns:
+        Python, the platform and the version of every package cordfuse depends on.
+    """
     from importlib import metadata
 
     out = {"python": sys.version.split()[0], "platform": platform.platform()}
@@ -56,15 +70,45 @@ def versions() -> dict[str, str]:
     return out
 
 
-def write_manifest(out: Path, *, kind: str, data: Path, settings: dict, experiments: list[str],
-                   labels: dict[str, str], inferences: list[str],
-                   qc_predictions: list[tuple[str, str]], minutes: float) -> Path:
-    """Describe a finished run for :func:`write_report` (paths relative to ``out``)."""
+def write_manifest(
+    out: Path,
+    *,
+    kind: str,
+    data: Path,
+    settings: dict,
+    experiments: list[str],
+    labels: dict[str, str],
+    inferences: list[str],
+    qc_predictions: list[tuple[str, str]],
+    minutes: float,
+) -> Path:
+    """Describe a finished run for :func:`write_report` (paths relative to ``out``).
+
+    Args:
+        out: The run folder.
+        kind: ``study`` or ``demo``.
+        data: The BIDS dataset the run was made from.
+        settings: The run's settings (shown in the report's configuration).
+        experiments: The experiments, in table order.
+        labels: Display name of each experiment.
+        inferences: The inference columns (sequence sets), in table order.
+        qc_predictions: ``(caption, folder)`` of the predictions outlined in the QC pictures.
+        minutes: How long the run took.
+
+    Returns:
+        The manifest's path (``cordfuse_run.json``).
+    """
     document = {
-        "kind": kind, "created": datetime.datetime.now().isoformat(timespec="seconds"),
-        "data": str(Path(data).resolve()), "minutes": round(minutes, 2), "settings": settings,
-        "experiments": experiments, "labels": labels, "inferences": inferences,
-        "qc_predictions": [list(p) for p in qc_predictions], "versions": versions(),
+        "kind": kind,
+        "created": datetime.datetime.now().isoformat(timespec="seconds"),
+        "data": str(Path(data).resolve()),
+        "minutes": round(minutes, 2),
+        "settings": settings,
+        "experiments": experiments,
+        "labels": labels,
+        "inferences": inferences,
+        "qc_predictions": [list(p) for p in qc_predictions],
+        "versions": versions(),
     }
     path = Path(out) / MANIFEST
     atomic_write_text(path, json.dumps(document, indent=2, default=str) + "\n")
@@ -79,9 +123,25 @@ def _img(data: bytes, alt: str, css: str = "") -> str:
     return f'<img class="{css}" alt="{escape(alt)}" src="data:image/png;base64,{encoded}">'
 
 
-def subject_qc_png(prepared, image: np.ndarray, affine: np.ndarray, truth: np.ndarray | None,
-                   predictions: list[tuple[str, np.ndarray]]) -> bytes:
-    """Sagittal T2Sag (native) with outlines, then the straightened crop of every sequence."""
+def subject_qc_png(
+    prepared,
+    image: np.ndarray,
+    affine: np.ndarray,
+    truth: np.ndarray | None,
+    predictions: list[tuple[str, np.ndarray]],
+) -> bytes:
+    """Sagittal T2Sag (native) with outlines, then the straightened crop of every sequence.
+
+    Args:
+        prepared: The prepared subject (its crops).
+        image: The fused native T2Sag.
+        affine: Its affine.
+        truth: The ground truth on that grid, if any.
+        predictions: ``(caption, mask)`` of each prediction to outline, on that grid.
+
+    Returns:
+        The PNG.
+    """
     from matplotlib.lines import Line2D
 
     from cordfuse.figures import png_bytes, pyplot
@@ -93,14 +153,22 @@ def subject_qc_png(prepared, image: np.ndarray, affine: np.ndarray, truth: np.nd
     spacing = voxel_sizes(canon_affine)
     layers = ([("ground truth", truth, "lime")] if truth is not None else []) + [
         (label, mask, PREDICTION_COLOURS[k % len(PREDICTION_COLOURS)])
-        for k, (label, mask) in enumerate(predictions)]
-    outlines = [(label, canonical(np.asarray(volume, np.float32), affine)[0], colour)
-                for label, volume, colour in layers]
+        for k, (label, mask) in enumerate(predictions)
+    ]
+    outlines = [
+        (label, canonical(np.asarray(volume, np.float32), affine)[0], colour)
+        for label, volume, colour in layers
+    ]
     x = busiest_slice(sum((o[1] for o in outlines), np.zeros(data.shape, np.float32)))
     seqs = prepared.sequences
-    fig, axes = plt.subplots(1, 1 + len(seqs), figsize=(3.2 + 1.3 * len(seqs), 6.5),
-                             facecolor="black", squeeze=False,
-                             gridspec_kw={"width_ratios": [3] + [1] * len(seqs)})
+    fig, axes = plt.subplots(
+        1,
+        1 + len(seqs),
+        figsize=(3.2 + 1.3 * len(seqs), 6.5),
+        facecolor="black",
+        squeeze=False,
+        gridspec_kw={"width_ratios": [3] + [1] * len(seqs)},
+    )
     ax = axes[0, 0]
     shown, aspect = view(data, spacing, "sagittal", x)
     draw_image(ax, shown, aspect=aspect)
@@ -131,6 +199,15 @@ def _table(header: list[str], rows: list[list[str]], css: str = "") -> str:
 
 
 def availability_section(document: dict, fold: dict | None) -> str:
+    """The subjects x sequences matrix with each subject's role, and the counts per cohort.
+
+    Args:
+        document: The prepared dataset's ``dataset.json``.
+        fold: The run's ``fold.json`` (None: no roles).
+
+    Returns:
+        The section's HTML.
+    """
     roles = {}
     for role in ("train", "val", "test"):
         for subject in (fold or {}).get(role, []):
@@ -146,20 +223,27 @@ def availability_section(document: dict, fold: dict | None) -> str:
     counts = []
     for cohort in cohorts:
         members = [s for s in document["subjects"] if (s["cohort"] or "-") == cohort]
-        counts.append([escape(cohort), str(len(members))] + [
-            str(sum(seq in s["sequences"] for s in members)) for seq in SEQUENCES])
+        counts.append(
+            [escape(cohort), str(len(members))]
+            + [str(sum(seq in s["sequences"] for s in members)) for seq in SEQUENCES]
+        )
     summary = _table(["cohort", "subjects", *SEQUENCES], counts, "counts")
-    failed = "".join(f"<li>{escape(f['id'])}: {escape(f['reason'])}</li>"
-                     for f in document.get("failed", []))
+    failed = "".join(
+        f"<li>{escape(f['id'])}: {escape(f['reason'])}</li>" for f in document.get("failed", [])
+    )
     failed = f"<p>Failed pre-processing:</p><ul>{failed}</ul>" if failed else ""
     fallbacks = "".join(
         f"<li>{escape(s['id'])} {escape(seq)}: {escape(reason)}</li>"
-        for s in document["subjects"] for seq, reason in s.get("centerline_fallbacks", {}).items())
+        for s in document["subjects"]
+        for seq, reason in s.get("centerline_fallbacks", {}).items()
+    )
     if fallbacks:
-        fallbacks = ("<p>Centreline fallbacks (<span class=\"fallback\">&#10003;*</span>: the "
-                     "sequence's own centreline was missing, too short or implausible, and the "
-                     "T2Sag centreline refined in its image was used):</p>"
-                     f"<ul>{fallbacks}</ul>")
+        fallbacks = (
+            '<p>Centreline fallbacks (<span class="fallback">&#10003;*</span>: the '
+            "sequence's own centreline was missing, too short or implausible, and the "
+            "T2Sag centreline refined in its image was used):</p>"
+            f"<ul>{fallbacks}</ul>"
+        )
     return summary + matrix + failed + fallbacks
 
 
@@ -171,7 +255,16 @@ def _available_cell(seq: str, sequences: list[str], fallbacks: dict[str, str]) -
     return '<span class="yes">&#10003;</span>'
 
 
-def tables_section(records, manifest: dict) -> str:
+def tables_section(records: list, manifest: dict) -> str:
+    """Tables 1 and 2 (pooled and per cohort) of the run.
+
+    Args:
+        records: The per-image metrics (``per_image.csv``).
+        manifest: The run's manifest (experiments, labels, inferences).
+
+    Returns:
+        The section's HTML.
+    """
     from cordfuse.evaluation.tables import table1, table2, table2_per_cohort
 
     if not records:
@@ -185,37 +278,74 @@ def tables_section(records, manifest: dict) -> str:
 
 
 def extra_sequences_section(run: Path, manifest: dict) -> str:
-    """Lesion by lesion, what the sequences beyond T2Sag add (from ``per_lesion.csv``)."""
+    """Lesion by lesion, what the sequences beyond T2Sag add (from ``per_lesion.csv``).
+
+    Args:
+        run: The run folder.
+        manifest: The run's manifest (experiments, labels).
+
+    Returns:
+        The section's HTML.
+    """
     from cordfuse.evaluation.lesions import extra_sequences_tables, rows_from_csv
 
     path = run / "per_lesion.csv"
     if not path.exists():
         return "<p>No per-lesion results in this run (per_lesion.csv).</p>"
     rows = rows_from_csv(path.read_text())
-    summary, changed = extra_sequences_tables(rows, experiments=manifest["experiments"],
-                                              labels=manifest["labels"])
+    summary, changed = extra_sequences_tables(
+        rows, experiments=manifest["experiments"], labels=manifest["labels"]
+    )
     if not summary.rows:
-        return ("<p>No model here was run with more sequences than T2Sag on a test subject "
-                "that has them.</p>")
+        return (
+            "<p>No model here was run with more sequences than T2Sag on a test subject "
+            "that has them.</p>"
+        )
     if not changed.rows:
         return summary.to_html() + "<p>No lesion's detection changes with the extra sequences."
     return summary.to_html() + changed.to_html()
 
 
-def boxplots_section(records, manifest: dict) -> str:
+def boxplots_section(records: list, manifest: dict) -> str:
+    """One box-plot picture per cohort: per-image F1 and Dice of every model and inference.
+
+    Args:
+        records: The per-image metrics.
+        manifest: The run's manifest (experiments, labels, inferences).
+
+    Returns:
+        The section's HTML.
+    """
     from cordfuse.evaluation.tables import boxplot_png
 
     if not records:
         return "<p>No evaluated prediction in this run.</p>"
     present = {(r.experiment, r.inference) for r in records}
-    rows = [(e, i) for e in manifest["experiments"] for i in manifest["inferences"]
-            if (e, i) in present]
-    return "".join(_img(boxplot_png(records, cohort, rows, manifest["labels"]),
-                        f"box plots, cohort {cohort}", "wide")
-                   for cohort in sorted({r.cohort for r in records}))
+    rows = [
+        (e, i) for e in manifest["experiments"] for i in manifest["inferences"] if (e, i) in present
+    ]
+    return "".join(
+        _img(
+            boxplot_png(records, cohort, rows, manifest["labels"]),
+            f"box plots, cohort {cohort}",
+            "wide",
+        )
+        for cohort in sorted({r.cohort for r in records})
+    )
 
 
 def qc_section(run: Path, manifest: dict, fold: dict | None) -> str:
+    """One QC picture per test subject: ground truth and predictions on the native T2Sag, and
+    the straightened crops (read from the prepared subjects, never the raw scans).
+
+    Args:
+        run: The run folder.
+        manifest: The run's manifest (which predictions to outline).
+        fold: The run's ``fold.json`` (its test subjects).
+
+    Returns:
+        The section's HTML.
+    """
     from cordfuse.io import read_volume
     from cordfuse.preprocess.pipeline import PreparedSubject
 
@@ -239,10 +369,12 @@ def qc_section(run: Path, manifest: dict, fold: dict | None) -> str:
             if mask_path.exists():
                 predictions.append((label, read_volume(mask_path)[0]))
         picture = subject_qc_png(prepared, image, affine, truth, predictions)
-        blocks.append(f'<figure class="qc" id="qc-{escape(name)}">'
-                      f'{_img(picture, f"QC of {name}", "qc")}'
-                      f"<figcaption>{escape(name)} (cohort {escape(prepared.cohort or '-')}, "
-                      f"{', '.join(prepared.sequences)})</figcaption></figure>")
+        blocks.append(
+            f'<figure class="qc" id="qc-{escape(name)}">'
+            f"{_img(picture, f'QC of {name}', 'qc')}"
+            f"<figcaption>{escape(name)} (cohort {escape(prepared.cohort or '-')}, "
+            f"{', '.join(prepared.sequences)})</figcaption></figure>"
+        )
     return "".join(blocks) or "<p>No prepared test subject found.</p>"
 
 
@@ -258,6 +390,14 @@ def _run_name(run: Path, folder: Path) -> str:
 
 
 def curves_section(run: Path) -> str:
+    """The training curves of every training folder of the run, with its best validation.
+
+    Args:
+        run: The run folder (or one training folder).
+
+    Returns:
+        The section's HTML.
+    """
     blocks = []
     for folder in _run_folders(run):
         name = _run_name(run, folder)
@@ -266,12 +406,16 @@ def curves_section(run: Path) -> str:
             summary = json.loads((folder / "summary.json").read_text())
         caption = escape(name)
         if summary:
-            caption += (f": {describe_validation(summary)}, "
-                        f"{summary['epochs']} epochs in {summary['seconds']:.0f} s")
-        picture = _img((folder / "curves.png").read_bytes(), f"training curves of {name}",
-                       "curve") if (folder / "curves.png").exists() else ""
-        blocks.append(f'<figure class="curve">{picture}<figcaption>{caption}</figcaption>'
-                      "</figure>")
+            caption += (
+                f": {describe_validation(summary)}, "
+                f"{summary['epochs']} epochs in {summary['seconds']:.0f} s"
+            )
+        picture = (
+            _img((folder / "curves.png").read_bytes(), f"training curves of {name}", "curve")
+            if (folder / "curves.png").exists()
+            else ""
+        )
+        blocks.append(f'<figure class="curve">{picture}<figcaption>{caption}</figcaption></figure>')
     return "".join(blocks) or "<p>No training in this run.</p>"
 
 
@@ -281,6 +425,17 @@ def _pre(data) -> str:
 
 
 def configuration_section(run: Path, manifest: dict, document: dict | None) -> str:
+    """Everything needed to reproduce the run: its settings and study file, the pre-processing
+    and every training configuration, and the software versions.
+
+    Args:
+        run: The run folder.
+        manifest: The run's manifest.
+        document: The prepared dataset's ``dataset.json``, if any.
+
+    Returns:
+        The section's HTML.
+    """
     parts = ["<h3>Run settings</h3>", _pre(manifest["settings"])] if manifest["settings"] else []
     for name in ("study.yaml", "study.yml", "study.json"):
         if (run / name).exists():
@@ -292,11 +447,13 @@ def configuration_section(run: Path, manifest: dict, document: dict | None) -> s
         if summary_path.exists():
             config = json.loads(summary_path.read_text()).get("config")
             if config:
-                parts += [f"<h3>Training: {escape(_run_name(run, folder))}</h3>",
-                          _pre(config)]
+                parts += [f"<h3>Training: {escape(_run_name(run, folder))}</h3>", _pre(config)]
     rows = [[escape(k), escape(str(v))] for k, v in manifest["versions"].items()]
-    when = "used by the run" if manifest["kind"] != "folder" else "of this report (the run " \
-        "recorded none)"
+    when = (
+        "used by the run"
+        if manifest["kind"] != "folder"
+        else "of this report (the run recorded none)"
+    )
     parts += [f"<h3>Versions {when}</h3>", _table(["package", "version"], rows, "versions")]
     return "".join(parts)
 
@@ -306,9 +463,18 @@ def _default_manifest(run: Path, records) -> dict:
     experiments = list(dict.fromkeys(r.experiment for r in records))
     inferences = list(dict.fromkeys(r.inference for r in records))
     created = datetime.datetime.fromtimestamp(run.stat().st_mtime).isoformat(timespec="seconds")
-    return {"kind": "folder", "created": created, "data": "", "minutes": None, "settings": {},
-            "experiments": experiments, "labels": {}, "inferences": inferences,
-            "qc_predictions": [], "versions": versions()}
+    return {
+        "kind": "folder",
+        "created": created,
+        "data": "",
+        "minutes": None,
+        "settings": {},
+        "experiments": experiments,
+        "labels": {},
+        "inferences": inferences,
+        "qc_predictions": [],
+        "versions": versions(),
+    }
 
 
 STYLE = """
@@ -339,21 +505,41 @@ window.addEventListener('load', function () {
 });
 """
 
-SECTIONS = (("overview", "Overview"), ("availability", "Dataset"), ("tables", "Metrics"),
-            ("extra", "What the extra sequences add"), ("boxplots", "Box plots"),
-            ("qc", "Per-subject QC"), ("curves", "Training curves"),
-            ("configuration", "Configuration and versions"))
+SECTIONS = (
+    ("overview", "Overview"),
+    ("availability", "Dataset"),
+    ("tables", "Metrics"),
+    ("extra", "What the extra sequences add"),
+    ("boxplots", "Box plots"),
+    ("qc", "Per-subject QC"),
+    ("curves", "Training curves"),
+    ("configuration", "Configuration and versions"),
+)
 
 
 def build_report(run_dir: str | Path, progress=None) -> str:
-    """The HTML text of the report of one run folder (demo, study, or a training folder)."""
+    """The HTML text of the report of one run folder (demo, study, or a training folder).
+
+    Args:
+        run_dir: The run folder.
+        progress: Called with each section's title as it is built (None: silent).
+
+    Returns:
+        The self-contained HTML.
+
+    Raises:
+        CordfuseError: No such folder, an unreadable manifest, or nothing to report.
+    """
     from cordfuse.evaluation.tables import records_from_csv
 
     run = Path(run_dir)
     if not run.is_dir():
         raise CordfuseError(f"{run}: no such folder")
-    records = records_from_csv((run / "per_image.csv").read_text()) \
-        if (run / "per_image.csv").exists() else []
+    records = (
+        records_from_csv((run / "per_image.csv").read_text())
+        if (run / "per_image.csv").exists()
+        else []
+    )
     if (run / MANIFEST).exists():
         try:
             manifest = json.loads((run / MANIFEST).read_text())
@@ -362,9 +548,11 @@ def build_report(run_dir: str | Path, progress=None) -> str:
     elif records or _run_folders(run) or (run / "prepared" / "dataset.json").exists():
         manifest = _default_manifest(run, records)
     else:
-        raise CordfuseError(f"{run}: not a cordfuse run folder (no {MANIFEST}, training log, "
-                            "prepared dataset or per_image.csv); give the folder of cordfuse "
-                            "demo, study or train")
+        raise CordfuseError(
+            f"{run}: not a cordfuse run folder (no {MANIFEST}, training log, "
+            "prepared dataset or per_image.csv); give the folder of cordfuse "
+            "demo, study or train"
+        )
     document = None
     if (run / "prepared" / "dataset.json").exists():
         try:
@@ -373,12 +561,15 @@ def build_report(run_dir: str | Path, progress=None) -> str:
             raise CordfuseError(f"{run}/prepared/dataset.json: unreadable ({exc})") from exc
     fold = json.loads((run / "fold.json").read_text()) if (run / "fold.json").exists() else None
     minutes = manifest.get("minutes")
-    overview = (f"<p>cordfuse {escape(manifest['kind'])} run of {escape(manifest['created'])}"
-                + (f", {minutes:.1f} min" if minutes is not None else "") + ". "
-                + (f"Data: <code>{escape(manifest['data'])}</code>. " if manifest["data"] else "")
-                + (f"{len(document['subjects'])} subjects prepared." if document else "")
-                + "</p><p>Results on synthetic data check the pipeline; they are not a clinical "
-                "validation.</p>")
+    overview = (
+        f"<p>cordfuse {escape(manifest['kind'])} run of {escape(manifest['created'])}"
+        + (f", {minutes:.1f} min" if minutes is not None else "")
+        + ". "
+        + (f"Data: <code>{escape(manifest['data'])}</code>. " if manifest["data"] else "")
+        + (f"{len(document['subjects'])} subjects prepared." if document else "")
+        + "</p><p>Results on synthetic data check the pipeline; they are not a clinical "
+        "validation.</p>"
+    )
     absent = "<p>Not in this folder.</p>"
     builders = {
         "overview": lambda: overview,
@@ -396,12 +587,14 @@ def build_report(run_dir: str | Path, progress=None) -> str:
             progress(title)
         body.append(f'<section id="{key}"><h2>{escape(title)}</h2>{builders[key]()}</section>')
     nav = "".join(f'<a href="#{k}">{escape(t)}</a>' for k, t in SECTIONS)
-    return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"{GENERATOR_META}"
-            f"<title>cordfuse report: {escape(run.resolve().name)}</title>"
-            f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body>"
-            f"<header><h1>cordfuse report</h1><nav>{nav}</nav></header>"
-            f"<main>{''.join(body)}</main></body></html>\n")
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"{GENERATOR_META}"
+        f"<title>cordfuse report: {escape(run.resolve().name)}</title>"
+        f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body>"
+        f"<header><h1>cordfuse report</h1><nav>{nav}</nav></header>"
+        f"<main>{''.join(body)}</main></body></html>\n"
+    )
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None, progress=None) -> Path:
@@ -425,7 +618,9 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, progress=No
         with open(path, "rb") as handle:
             head = handle.read(1024)
         if GENERATOR_META.encode() not in head:
-            raise CordfuseError(f"{path}: exists and is not a cordfuse report; refusing to "
-                                "overwrite it (choose another -o)")
+            raise CordfuseError(
+                f"{path}: exists and is not a cordfuse report; refusing to "
+                "overwrite it (choose another -o)"
+            )
     atomic_write_text(path, build_report(run_dir, progress))
     return path
