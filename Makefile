@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install lint bench clean
+.PHONY: demo test test-fast check install lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,11 +19,20 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/cordfuse demo --overwrite $(DEMO_ARGS)
 
-test: $(STAMP)
+# Everything CI checks: format, lint, types, then every test tier and every docstring example.
+test: check
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-lint: $(STAMP)
+# The edit-test loop: the unit tier only (no pre-processing of cohorts, no training), < 1 min.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+check: $(STAMP)
+	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
+
+lint: check
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

@@ -26,16 +26,18 @@ def main() -> None:
         out = Path(args.keep or Path(tmp) / "demo")
         start = time.perf_counter()
         stages: list[tuple[str, float]] = []
-        process = subprocess.Popen([sys.executable, "-m", "cordfuse", "demo", str(out)],
-                                   stdout=subprocess.PIPE, text=True)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cordfuse", "demo", str(out)], stdout=subprocess.PIPE, text=True
+        )
         lines = []
         for line in process.stdout:
             lines.append(line)
             # the study runner's stage lines: [data], [check], [train 1/2], [evaluate 2/2], ...
             match = re.match(r"\[(\w+(?: \d+/\d+)?)\] (.*)", line)
             if match:
-                stages.append((f"{match.group(1)}: {match.group(2).strip()}",
-                               time.perf_counter() - start))
+                stages.append(
+                    (f"{match.group(1)}: {match.group(2).strip()}", time.perf_counter() - start)
+                )
         status = process.wait()
         total = time.perf_counter() - start
         if status != 0:
@@ -46,8 +48,9 @@ def main() -> None:
     rows = []
     for (name, begun), (_, ended) in zip(stages, stages[1:] + [("end", total)], strict=True):
         rows.append((name[:60], f"{ended - begun:.0f} s", ""))
-    rows.append(("total (fresh process, report included)", f"{total / 60:.1f} min",
-                 "target <= 15 min"))
+    rows.append(
+        ("total (fresh process, report included)", f"{total / 60:.1f} min", "target <= 15 min")
+    )
     rows.append(("report.html", f"{size:.1f} MB", "self-contained"))
     print_table("cordfuse demo, defaults (24 subjects, 2 models x 50 x 25 iterations)", rows)
     print()

@@ -27,8 +27,15 @@ from pathlib import Path
 from _common import print_table, register_full_cohort
 
 
-def bare_loop(config, device, steps: int, *, channels_last: bool = False,
-              compiled: bool = False, benchmark: bool = False) -> float:
+def bare_loop(
+    config,
+    device,
+    steps: int,
+    *,
+    channels_last: bool = False,
+    compiled: bool = False,
+    benchmark: bool = False,
+) -> float:
     """Iterations per second of the network alone on GPU-resident random tensors."""
     import torch
 
@@ -78,8 +85,12 @@ def synchronize(device) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--iterations", type=int, default=None,
-                        help="iterations per measured epoch (default 60 on CUDA, 4 on CPU)")
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        default=None,
+        help="iterations per measured epoch (default 60 on CUDA, 4 on CPU)",
+    )
     parser.add_argument("--subjects", type=int, default=6)
     parser.add_argument("--json", help="also write the numbers here")
     parser.add_argument("--models", default="baseline,mean-imputation")
@@ -102,8 +113,10 @@ def main() -> None:
     name = torch.cuda.get_device_name(0) if cuda else "CPU"
     print(f"device: {name}, torch {torch.__version__}, {os.cpu_count()} cores")
     if not cuda:
-        print("CUDA is not available: measuring the trainer / bare-loop ratio on CPU with the "
-              "small preset instead (no GPU numbers).")
+        print(
+            "CUDA is not available: measuring the trainer / bare-loop ratio on CPU with the "
+            "small preset instead (no GPU numbers)."
+        )
     results: dict = {"device": name, "preset": preset, "iterations": iterations, "runs": []}
     cohort = register_full_cohort()
     with tempfile.TemporaryDirectory() as tmp:
@@ -112,15 +125,24 @@ def main() -> None:
         # Without slab registration: the benchmark is about training, and SimpleITK need not be
         # installed on the GPU machine.
         prep = replace(PRESETS[preset], register_slabs=False)
-        prepare_dataset(discover(root / "bids"), root / "prepared", prep,
-                        jobs=min(8, os.cpu_count() or 1))
+        prepare_dataset(
+            discover(root / "bids"), root / "prepared", prep, jobs=min(8, os.cpu_count() or 1)
+        )
         rows = []
         variants = [(amp, False) for amp in (("bf16", "none") if cuda else ("none",))]
         variants += [("bf16", True)] if cuda else []  # torch.compile on the real trainer
         for model in args.models.split(","):
             for (amp, compiled), repeat in [(v, r) for v in variants for r in range(args.repeats)]:
-                config = TrainConfig(model=model, preset=preset, epochs=2, iterations=iterations,
-                                     amp=amp, seed=0, val_fraction=0.2, compile=compiled)
+                config = TrainConfig(
+                    model=model,
+                    preset=preset,
+                    epochs=2,
+                    iterations=iterations,
+                    amp=amp,
+                    seed=0,
+                    val_fraction=0.2,
+                    compile=compiled,
+                )
                 if cuda:
                     torch.cuda.reset_peak_memory_stats()
                 out = root / f"{model}-{amp}-{compiled}-{repeat}"
@@ -131,18 +153,32 @@ def main() -> None:
                 peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
                 bare = bare_loop(config, device, iterations, compiled=compiled)
                 hours = 1000 * (250 / trainer + last["val_seconds"]) / 3600
-                run = {"model": model, "amp": amp, "compile": compiled,
-                       "trainer_it_s": trainer, "bare_it_s": bare,
-                       "ratio": trainer / bare, "peak_gib": peak,
-                       "val_seconds": last["val_seconds"], "projected_hours": hours,
-                       "workers": data_workers(config, device)}
+                run = {
+                    "model": model,
+                    "amp": amp,
+                    "compile": compiled,
+                    "trainer_it_s": trainer,
+                    "bare_it_s": bare,
+                    "ratio": trainer / bare,
+                    "peak_gib": peak,
+                    "val_seconds": last["val_seconds"],
+                    "projected_hours": hours,
+                    "workers": data_workers(config, device),
+                }
                 results["runs"].append(run)
-                rows.append((f"{model}, {amp}" + (", compiled" if compiled else ""),
-                             f"{trainer:.2f} / {bare:.2f} it/s = {trainer / bare:.2f}",
-                             f"peak {peak:.1f} GiB, val {last['val_seconds']:.1f} s/epoch, "
-                             f"1000x250 = {hours:.1f} h, {run['workers']} workers"))
-        print_table(f"trainer / bare loop, {preset} preset, batch 2, {iterations} iterations "
-                    "(goal ratio >= 0.95)", rows)
+                rows.append(
+                    (
+                        f"{model}, {amp}" + (", compiled" if compiled else ""),
+                        f"{trainer:.2f} / {bare:.2f} it/s = {trainer / bare:.2f}",
+                        f"peak {peak:.1f} GiB, val {last['val_seconds']:.1f} s/epoch, "
+                        f"1000x250 = {hours:.1f} h, {run['workers']} workers",
+                    )
+                )
+        print_table(
+            f"trainer / bare loop, {preset} preset, batch 2, {iterations} iterations "
+            "(goal ratio >= 0.95)",
+            rows,
+        )
         if cuda and not args.no_options:
             options = []
             base = TrainConfig(model="baseline", preset=preset, amp="bf16")

@@ -54,8 +54,11 @@ def measure(label: str, subject, config, folder: Path, repeats: int) -> list[tup
         (f"{label}: from the raw scans", f"{min(raw):.3f} s", "per subject and stage, before"),
         (f"{label}: from prepared.npz", f"{min(stored):.3f} s", "per subject and stage, now"),
         (f"{label}: speed-up", f"{min(raw) / min(stored):.0f}x", ""),
-        (f"{label}: prepared.npz", f"{size['without']:.2f} -> {size['with']:.2f} MB",
-         "without -> with the native T2Sag"),
+        (
+            f"{label}: prepared.npz",
+            f"{size['without']:.2f} -> {size['with']:.2f} MB",
+            "without -> with the native T2Sag",
+        ),
     ]
 
 
@@ -73,23 +76,37 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         subject = write_full_subject(Path(tmp) / "synth")
         for preset in ("small", "paper"):
-            rows += measure(f"synthetic, {preset}", subject, PRESETS[preset], Path(tmp),
-                            args.repeats)
+            rows += measure(
+                f"synthetic, {preset}", subject, PRESETS[preset], Path(tmp), args.repeats
+            )
         real = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "sct-t2ms"
         if real.is_dir():
             data, affine = read_volume(real / "t2.nii.gz")
             mask = np.zeros_like(data)
             mask[data > np.percentile(data, 99.9)] = 1  # some label to fuse
-            two = write_two_slab_subject(Path(tmp) / "two", data, affine, mask,
-                                         subject="sub-ms01",
-                                         geometry=ClinicalGeometry("sagittal", 3.0, 0.35),
-                                         keep_slices=17, overlap_mm=30.0)
-            rows += measure("real two-slab, paper", discover(two.root).subjects[0],
-                            PRESETS["paper"], Path(tmp), args.repeats)
+            two = write_two_slab_subject(
+                Path(tmp) / "two",
+                data,
+                affine,
+                mask,
+                subject="sub-ms01",
+                geometry=ClinicalGeometry("sagittal", 3.0, 0.35),
+                keep_slices=17,
+                overlap_mm=30.0,
+            )
+            rows += measure(
+                "real two-slab, paper",
+                discover(two.root).subjects[0],
+                PRESETS["paper"],
+                Path(tmp),
+                args.repeats,
+            )
         else:
             print(f"(real two-slab measurement skipped: {real} not found)")
-    print_table("native T2Sag and ground truth: rebuilt from raw scans vs stored (best of "
-                f"{args.repeats})", rows)
+    print_table(
+        f"native T2Sag and ground truth: rebuilt from raw scans vs stored (best of {args.repeats})",
+        rows,
+    )
 
 
 if __name__ == "__main__":

@@ -31,16 +31,16 @@ def make_checkpoint(path: Path, model: str) -> None:
     config = TrainConfig(model=model, preset="paper")
     torch.manual_seed(0)
     net = initial_network(config, config.net, config.model_sequences)
-    Checkpoint(net.state_dict(), config, config.net, config.model_sequences,
-               PRESETS["paper"]).save(path)
+    Checkpoint(net.state_dict(), config, config.net, config.model_sequences, PRESETS["paper"]).save(
+        path
+    )
 
 
 def run(args: list[str]) -> tuple[float, float]:
     """Wall time (s) and peak RSS (GB) of one cordfuse process."""
     start = time.perf_counter()
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    subprocess.run([sys.executable, "-m", "cordfuse", *args], check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "cordfuse", *args], check=True, stdout=subprocess.DEVNULL)
     elapsed = time.perf_counter() - start
     peak = max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, before)
     return elapsed, peak / 1024**2
@@ -71,10 +71,15 @@ def trained_agreement(root: Path) -> tuple[str, str]:
     cli(["prepare", str(bids), str(root / "small_prep"), "--preset", "small", "--jobs", "2"])
     config = TrainConfig(model="baseline", preset="small", epochs=50, iterations=25, seed=0)
     summary = train(root / "small_prep", root / "small_run", config, progress=False)
-    values = [agreement(s, root / "small_run") for s in discover(bids).subjects
-              if s.subject_id in summary["val"]]
-    return (f"{100 * min(values):.3f} %",
-            f"worst of {len(values)} validation subjects (val Dice {summary['best_val_dice']:.2f})")
+    values = [
+        agreement(s, root / "small_run")
+        for s in discover(bids).subjects
+        if s.subject_id in summary["val"]
+    ]
+    return (
+        f"{100 * min(values):.3f} %",
+        f"worst of {len(values)} validation subjects (val Dice {summary['best_val_dice']:.2f})",
+    )
 
 
 def main() -> None:
@@ -87,14 +92,30 @@ def main() -> None:
             make_checkpoint(checkpoint, model)
             target = "<= 10 s" if model == "baseline" else "<= 20 s"
             for amp in ("none", "bf16"):
-                seconds, rss = run(["predict", str(checkpoint), "-i", str(root / "bids"),
-                                    "-o", str(root / f"out-{model}-{amp}"), "--amp", amp])
+                seconds, rss = run(
+                    [
+                        "predict",
+                        str(checkpoint),
+                        "-i",
+                        str(root / "bids"),
+                        "-o",
+                        str(root / f"out-{model}-{amp}"),
+                        "--amp",
+                        amp,
+                    ]
+                )
                 label = f"{model} ({'1' if model == 'baseline' else '6'} enc), {amp}"
-                rows.append((label, f"{seconds:.1f} s", f"target {target}; peak RSS "
-                                                        f"{rss:.2f} GB (<= 4 GB)"))
+                rows.append(
+                    (label, f"{seconds:.1f} s", f"target {target}; peak RSS {rss:.2f} GB (<= 4 GB)")
+                )
             same = agreement(subject, checkpoint)
-            rows.append((f"{model}: bf16 = fp32, random weights", f"{100 * same:.3f} %",
-                         "uninformative: untrained logits sit at the boundary"))
+            rows.append(
+                (
+                    f"{model}: bf16 = fp32, random weights",
+                    f"{100 * same:.3f} %",
+                    "uninformative: untrained logits sit at the boundary",
+                )
+            )
         rows.append(("subject", f"{len(subject.sequences)} sequences", "two T2Sag slabs"))
         rows.append(("trained small model: bf16 = fp32", *trained_agreement(root)))
     print_table("predict: one subject end to end (fresh process), paper-size nets", rows)

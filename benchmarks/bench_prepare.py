@@ -47,8 +47,10 @@ def main() -> None:
                 start = time.perf_counter()
                 prepared = prepare_subject(subject, config)
                 times.append(time.perf_counter() - start)
-            target = {"paper preset, no registration": "target <= 3 s",
-                      "paper preset, with registration": "target <= 10 s"}.get(label, "")
+            target = {
+                "paper preset, no registration": "target <= 3 s",
+                "paper preset, with registration": "target <= 10 s",
+            }.get(label, "")
             rows.append((label, f"{min(times):.2f} s", target))
             if label.startswith("paper preset, with"):
                 shape = f"{len(prepared.sequences)}/{scans}/{prepared.geometry.nz}"
@@ -85,22 +87,33 @@ def real_two_slab(scan: Path, pixel: float, repeats: int) -> None:
         return result
 
     with tempfile.TemporaryDirectory() as tmp:
-        two = write_two_slab_subject(Path(tmp) / "two", data, affine, np.zeros_like(data),
-                                     subject="sub-ms01", geometry=geometry, keep_slices=17,
-                                     overlap_mm=30.0)
+        two = write_two_slab_subject(
+            Path(tmp) / "two",
+            data,
+            affine,
+            np.zeros_like(data),
+            subject="sub-ms01",
+            geometry=geometry,
+            keep_slices=17,
+            overlap_mm=30.0,
+        )
         # The same scan as one slab, with a lesion label too (as the two-slab subject has).
-        image, mask, image_affine = reacquire_with_mask(data, affine, np.zeros_like(data),
-                                                        geometry, keep_slices=17)
+        image, mask, image_affine = reacquire_with_mask(
+            data, affine, np.zeros_like(data), geometry, keep_slices=17
+        )
         one = Path(tmp) / "one" / "sub-ms01" / "anat"
         labels = Path(tmp) / "one" / "derivatives" / "labels" / "sub-ms01" / "anat"
         one.mkdir(parents=True)
         labels.mkdir(parents=True)
         save_nifti(make_nifti(image, image_affine), one / "sub-ms01_acq-sag_T2w.nii.gz")
-        save_nifti(make_nifti(mask, image_affine),
-                   labels / "sub-ms01_acq-sag_T2w_lesion-manual.nii.gz")
+        save_nifti(
+            make_nifti(mask, image_affine), labels / "sub-ms01_acq-sag_T2w_lesion-manual.nii.gz"
+        )
         shapes = " + ".join("x".join(map(str, read_volume(p)[0].shape)) for p in two.images)
-        subjects = {name: discover(root).subjects[0]
-                    for name, root in (("two", two.root), ("one", Path(tmp) / "one"))}
+        subjects = {
+            name: discover(root).subjects[0]
+            for name, root in (("two", two.root), ("one", Path(tmp) / "one"))
+        }
         fusion.register_rigid = timed
         try:
             times: dict[str, list[float]] = {"two": [], "one": []}
@@ -126,12 +139,16 @@ def real_two_slab(scan: Path, pixel: float, repeats: int) -> None:
         ("prepare, two slabs (paper preset)", f"{min(times['two']):.2f} s", ""),
         ("prepare, same scan as one slab", f"{min(times['one']):.2f} s", ""),
         ("two-slab / one-slab", f"{ratio:.2f}x", "target <= 2x"),
-        ("registration share of the two-slab prepare",
-         f"{min(seconds) / min(times['two']):.0%}", ""),
+        (
+            "registration share of the two-slab prepare",
+            f"{min(seconds) / min(times['two']):.0%}",
+            "",
+        ),
         ("identical results over repeats", str(identical), "target True"),
     ]
-    print_table(f"prepare: real two-slab T2Sag, 3 mm x {pixel} mm, one core (best of "
-                f"{repeats})", rows)
+    print_table(
+        f"prepare: real two-slab T2Sag, 3 mm x {pixel} mm, one core (best of {repeats})", rows
+    )
 
 
 if __name__ == "__main__":

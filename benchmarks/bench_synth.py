@@ -42,8 +42,11 @@ def main() -> None:
             ("generate, slowest subject", f"{max(times):.2f} s", ""),
             ("generate + write, mean", f"{sum(with_write) / n:.2f} s", ""),
             ("all six sequences + 2 slabs", f"{worst:.2f} s", "worst case"),
-            (f"{n}-subject cohort on disk", f"{size / 1e6:.1f} MB",
-             f"target < {10 * n:.0f} MB" if n == 10 else ""),
+            (
+                f"{n}-subject cohort on disk",
+                f"{size / 1e6:.1f} MB",
+                f"target < {10 * n:.0f} MB" if n == 10 else "",
+            ),
         ],
     )
 

@@ -42,8 +42,9 @@ def main() -> None:
         for model_name in ("baseline", "mean-imputation"):
             config = TrainConfig(model=model_name, preset=args.preset)
             subjects = load_subjects(paths, config.model_sequences)
-            dataset = PatchDataset(subjects, config.net.patch_size, seed=0,
-                                   foreground_fraction=1 / 3, augment=True)
+            dataset = PatchDataset(
+                subjects, config.net.patch_size, seed=0, foreground_fraction=1 / 3, augment=True
+            )
             start = time.perf_counter()
             n_batches = 4
             for n in range(n_batches * config.batch_size):
@@ -55,13 +56,15 @@ def main() -> None:
             available = torch.ones(config.batch_size, k, dtype=torch.bool, device=device)
             for dtype_name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
                 model = build_model(config).to(device)
-                optimiser = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.99,
-                                            nesterov=True, weight_decay=3e-5)
+                optimiser = torch.optim.SGD(
+                    model.parameters(), lr=0.01, momentum=0.99, nesterov=True, weight_decay=3e-5
+                )
                 times = []
                 for step in range(args.steps + 1):
                     start = time.perf_counter()
-                    with torch.autocast(device.type, dtype=dtype or torch.float32,
-                                        enabled=dtype is not None):
+                    with torch.autocast(
+                        device.type, dtype=dtype or torch.float32, enabled=dtype is not None
+                    ):
                         loss = deep_supervision_loss(model(x, available).logits, y)
                     optimiser.zero_grad()
                     loss.backward()
@@ -72,11 +75,18 @@ def main() -> None:
                         times.append(time.perf_counter() - start)
                 step_time = float(np.median(times))
                 overhead = data_time / (data_time + step_time)
-                rows.append((f"{model_name} ({k} enc) {dtype_name} step", f"{step_time:.2f} s",
-                             f"data+augment {data_time:.3f} s = {100 * overhead:.1f} % "
-                             f"(target < 5 %)"))
-    print_table(f"training step, {args.preset} preset, batch 2, {device} "
-                f"({torch.get_num_threads()} threads)", rows)
+                rows.append(
+                    (
+                        f"{model_name} ({k} enc) {dtype_name} step",
+                        f"{step_time:.2f} s",
+                        f"data+augment {data_time:.3f} s = {100 * overhead:.1f} % (target < 5 %)",
+                    )
+                )
+    print_table(
+        f"training step, {args.preset} preset, batch 2, {device} "
+        f"({torch.get_num_threads()} threads)",
+        rows,
+    )
 
 
 if __name__ == "__main__":

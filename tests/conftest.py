@@ -13,6 +13,29 @@ REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "re
 COHORT_SEED = 11
 COHORT_SUBJECTS = 4
 
+#: Fixtures that pre-process a cohort, train a model or run a pipeline end to end. A test that
+#: uses one is in the ``slow`` tier, which ``make test-fast`` leaves out (``make test`` runs all).
+SLOW_FIXTURES = frozenset(
+    {
+        "learned",
+        "tiny_demo",
+        "tiny_study",
+        "prepared_small",
+        "tiny_baseline",
+        "tiny_models",
+        "prepared_root",
+        "prepared",
+    }
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Put every test that needs a slow fixture in the ``slow`` tier (the others are marked by
+    hand with ``@pytest.mark.slow``)."""
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 def require_real_data() -> Path:
     if not REAL_DATA.is_dir():
@@ -71,11 +94,23 @@ def learned(tmp_path_factory):
     # Validated every 5 epochs: the tests need the best of the run, not every epoch's Dice.
     # Two thirds of the patches centred on a lesion (the recipe's third learns nothing in 30
     # epochs on this cohort): it learns in 30 epochs instead of 50.
-    config = TrainConfig(model="baseline", preset="small", epochs=30, iterations=25, seed=0,
-                         val_every=5, foreground_fraction=2 / 3)
+    config = TrainConfig(
+        model="baseline",
+        preset="small",
+        epochs=30,
+        iterations=25,
+        seed=0,
+        val_every=5,
+        foreground_fraction=2 / 3,
+    )
     summary = train(prepared, root / "run", config, progress=False)
-    return {"bids": bids, "prepared": prepared, "run": root / "run", "summary": summary,
-            "config": config}
+    return {
+        "bids": bids,
+        "prepared": prepared,
+        "run": root / "run",
+        "summary": summary,
+        "config": config,
+    }
 
 
 @pytest.fixture(scope="session")
@@ -90,8 +125,20 @@ def tiny_demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "demo"
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        status = main(["demo", str(out), "--subjects", "9", "--epochs", "1", "--iterations", "2",
-                       "--test-per-cohort", "1"])
+        status = main(
+            [
+                "demo",
+                str(out),
+                "--subjects",
+                "9",
+                "--epochs",
+                "1",
+                "--iterations",
+                "2",
+                "--test-per-cohort",
+                "1",
+            ]
+        )
     return {"out": out, "status": status, "printed": printed.getvalue()}
 
 
@@ -113,7 +160,8 @@ def tiny_baseline(prepared_small, tmp_path_factory) -> Path:
     from cordfuse.training.trainer import train
 
     out = tmp_path_factory.mktemp("tiny_baseline") / "run"
-    config = TrainConfig(model="baseline", preset="small", epochs=1, iterations=2, seed=3,
-                         deterministic=True)
+    config = TrainConfig(
+        model="baseline", preset="small", epochs=1, iterations=2, seed=3, deterministic=True
+    )
     train(prepared_small, out, config, progress=False)
     return out

@@ -20,15 +20,27 @@ class StopTraining(Exception):
 
 
 def main(prepared: str, out: str) -> None:
-    base = TrainConfig(model="baseline", preset="small", epochs=1, iterations=2, batch_size=2,
-                       seed=3, deterministic=True, augment=True)
+    base = TrainConfig(
+        model="baseline",
+        preset="small",
+        epochs=1,
+        iterations=2,
+        batch_size=2,
+        seed=3,
+        deterministic=True,
+        augment=True,
+    )
     runs = {
         "baseline": base,
         "feature-aug": replace(base, variant="feature-aug"),
         "specific": replace(base, model="specific", sequences=("T2Sag", "STIR")),
         "mean-imputation": replace(base, model="mean-imputation"),
-        "frozen-encoder": replace(base, model="mean-imputation", variant="frozen-encoder",
-                                  frozen_from=str(Path(out) / "baseline")),
+        "frozen-encoder": replace(
+            base,
+            model="mean-imputation",
+            variant="frozen-encoder",
+            frozen_from=str(Path(out) / "baseline"),
+        ),
         "distillation": replace(base, model="mean-imputation", variant="distillation"),
     }
     result = {}

@@ -54,10 +54,12 @@ def test_every_module_has_a_layer():
 
 def test_imports_only_point_down():
     table = layers()
-    upward = [f"{module} ({layer_of(module, table)}) imports {name} ({layer_of(name, table)})"
-              for module, names in imports().items() for name in names
-              if name.startswith("cordfuse")
-              and layer_of(name, table) > layer_of(module, table)]
+    upward = [
+        f"{module} ({layer_of(module, table)}) imports {name} ({layer_of(name, table)})"
+        for module, names in imports().items()
+        for name in names
+        if name.startswith("cordfuse") and layer_of(name, table) > layer_of(module, table)
+    ]
     assert not upward, "\n".join(upward)
 
 
@@ -68,8 +70,9 @@ def in_cli(module: str) -> bool:
 
 def test_the_four_rules():
     found = imports()
-    assert [m for m, names in found.items()
-            if not in_cli(m) and any(map(in_cli, names))] == ["cordfuse.__main__"]
+    assert [m for m, names in found.items() if not in_cli(m) and any(map(in_cli, names))] == [
+        "cordfuse.__main__"
+    ]
     for module, names in found.items():
         if module.startswith("cordfuse.evaluation"):
             assert not any(n == "torch" or n.startswith("torch.") for n in names), module

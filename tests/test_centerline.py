@@ -146,12 +146,12 @@ named = args[1:] if args[0] == "spinalcord" else args
 value = dict(zip(named[::2], named[1::2]))
 {body}
 '''
-DEEPSEG_BODY = '''assert args[0] == "spinalcord", args
+DEEPSEG_BODY = """assert args[0] == "spinalcord", args
 masks = json.loads(os.environ["STANDIN_MASKS"])
 mask = nib.load(masks[os.path.abspath(value["-i"])])
 nib.save(nib.Nifti1Image(np.asarray(mask.dataobj, np.uint8), mask.affine), value["-o"])
-'''
-CENTERLINE_BODY = '''assert value["-method"] == "fitseg", args
+"""
+CENTERLINE_BODY = """assert value["-method"] == "fitseg", args
 seg = reorient(nib.load(value["-i"]))  # SCT works in RPI: a reoriented output tests the affine
 data = np.asarray(seg.dataobj) > 0
 line = np.zeros(data.shape, np.uint8)
@@ -162,7 +162,7 @@ for k in range(data.shape[2]):
 out = value["-o"] if value["-o"].endswith(".nii.gz") else value["-o"] + ".nii.gz"
 nib.save(nib.Nifti1Image(line, seg.affine), out)
 np.savetxt(out[:-7] + ".csv", np.argwhere(line), delimiter=",")
-'''
+"""
 
 
 @pytest.fixture()
@@ -193,15 +193,27 @@ class TestSctBackend:
 
         subject = discover(synth_root).subjects[0]
         scan = next(s for s in subject.scans.get("STIR", subject.scans["T2Sag"]))
-        monkeypatch.setenv("STANDIN_MASKS", json.dumps({str(scan.path.resolve()):
-                                                        str(scan.cord_label)}))
+        monkeypatch.setenv(
+            "STANDIN_MASKS", json.dumps({str(scan.path.resolve()): str(scan.cord_label)})
+        )
         temp = tmp_path / "tmp"
         temp.mkdir()
         monkeypatch.setenv("TMPDIR", str(temp))
         tempfile.tempdir = None  # re-read TMPDIR
         try:
-            assert main(["centerline", str(scan.path.resolve()), "-o", str(tmp_path / "c.csv"),
-                         "--method", "sct"]) == 0
+            assert (
+                main(
+                    [
+                        "centerline",
+                        str(scan.path.resolve()),
+                        "-o",
+                        str(tmp_path / "c.csv"),
+                        "--method",
+                        "sct",
+                    ]
+                )
+                == 0
+            )
         finally:
             tempfile.tempdir = None
         calls = [json.loads(line) for line in sct_standins.read_text().splitlines()]
@@ -230,15 +242,17 @@ class TestSctBackend:
 
         subject = next(s for s in discover(synth_root).subjects if len(s.scans["T2Sag"]) == 2)
         scans = [scan for seq in subject.sequences for scan in subject.scans[seq]]
-        monkeypatch.setenv("STANDIN_MASKS", json.dumps(
-            {str(s.path.resolve()): str(s.cord_label) for s in scans}))
+        monkeypatch.setenv(
+            "STANDIN_MASKS", json.dumps({str(s.path.resolve()): str(s.cord_label) for s in scans})
+        )
         with_sct = prepare_subject(subject, replace(PRESETS["small"], centerline="sct"))
         with_masks = prepare_subject(subject, replace(PRESETS["small"], centerline="mask"))
         assert {v["method"] for v in with_sct.centerlines.values()} == {"sct"}
         lower = with_sct.t2sag["slabs"][1]
         assert lower["registration_mm"] >= 1.5  # a missed conversion would show at this scale
-        lower_z = (with_sct.geometry.z < lower["z_bounds"][1]) & (with_sct.geometry.z > lower[
-            "z_bounds"][0])
+        lower_z = (with_sct.geometry.z < lower["z_bounds"][1]) & (
+            with_sct.geometry.z > lower["z_bounds"][0]
+        )
         for seq in with_masks.sequences:
             covered = with_masks.images[seq].any(axis=(0, 1))
             gap = np.hypot(*(with_sct.centres[seq] - with_masks.centres[seq]).T)
@@ -255,5 +269,6 @@ class TestSctBackend:
         monkeypatch.setenv("STANDIN_FAIL", "sct_deepseg")
         with pytest.raises(CordfuseError) as info:
             sct_centerline(scan.path)
-        assert str(info.value) == (f"{scan.path}: sct_deepseg failed: ERROR: model spinalcord "
-                                   "is not installed")
+        assert str(info.value) == (
+            f"{scan.path}: sct_deepseg failed: ERROR: model spinalcord is not installed"
+        )

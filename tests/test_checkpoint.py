@@ -31,16 +31,26 @@ def test_save_and_load_keep_every_field(tiny_baseline, tmp_path):
     assert checkpoint.net == NET_PRESETS["small"] and checkpoint.epoch == 0
     checkpoint.save(tmp_path / "copy.pt")
     copy = Checkpoint.load(tmp_path / "copy.pt")
-    for name in ("config", "net", "sequences", "prep", "normalisation", "split", "epoch",
-                 "best_val_dice", "history", "cordfuse_version", "scheduler"):
+    for name in (
+        "config",
+        "net",
+        "sequences",
+        "prep",
+        "normalisation",
+        "split",
+        "epoch",
+        "best_val_dice",
+        "history",
+        "cordfuse_version",
+        "scheduler",
+    ):
         assert getattr(copy, name) == getattr(checkpoint, name), name
     assert copy.model.keys() == checkpoint.model.keys()
     assert all(torch.equal(copy.model[k], checkpoint.model[k]) for k in copy.model)
     assert torch.equal(copy.rng["torch"], checkpoint.rng["torch"])
 
 
-def test_a_checkpoint_outlives_a_change_of_its_preset(tiny_baseline, prepared_small,
-                                                      monkeypatch):
+def test_a_checkpoint_outlives_a_change_of_its_preset(tiny_baseline, prepared_small, monkeypatch):
     """The network is built from the architecture stored in the checkpoint: after the preset
     changes, the model predicts exactly as before; built from the preset's name, as before
     issue 14, it would predict otherwise or not load at all."""
@@ -48,8 +58,7 @@ def test_a_checkpoint_outlives_a_change_of_its_preset(tiny_baseline, prepared_sm
     prepared = PreparedSubject.load(paths[0])
 
     def probabilities(model: LoadedModel) -> np.ndarray:
-        return model_probabilities(model, prepared, tta=False, device=CPU, batch_size=2,
-                                   amp="none")
+        return model_probabilities(model, prepared, tta=False, device=CPU, batch_size=2, amp="none")
 
     before = probabilities(load_model(tiny_baseline, CPU))
     small = NET_PRESETS["small"]
@@ -58,8 +67,14 @@ def test_a_checkpoint_outlives_a_change_of_its_preset(tiny_baseline, prepared_sm
     def by_preset_name() -> LoadedModel:
         model = build_model(checkpoint.config)
         model.load_state_dict(checkpoint.model)
-        return LoadedModel(tiny_baseline, model.eval(), checkpoint.config, checkpoint.config.net,
-                           checkpoint.sequences, checkpoint.prep)
+        return LoadedModel(
+            tiny_baseline,
+            model.eval(),
+            checkpoint.config,
+            checkpoint.config.net,
+            checkpoint.sequences,
+            checkpoint.prep,
+        )
 
     # A shorter training patch: the same weights fit, the prediction windows do not.
     monkeypatch.setitem(NET_PRESETS, "small", replace(small, patch_size=(24, 24, 32)))
@@ -69,7 +84,8 @@ def test_a_checkpoint_outlives_a_change_of_its_preset(tiny_baseline, prepared_sm
     assert not np.allclose(probabilities(by_preset_name()), before, atol=1e-4)
     # Nor does training resume on another architecture.
     assert resume_conflicts(checkpoint, checkpoint.config, checkpoint.split) == [
-        "net.patch_size (24, 24, 64) in the checkpoint, (24, 24, 32) in the small preset now"]
+        "net.patch_size (24, 24, 64) in the checkpoint, (24, 24, 32) in the small preset now"
+    ]
     # Narrower stages: the weights no longer fit the preset.
     monkeypatch.setitem(NET_PRESETS, "small", replace(small, features=(4, 8, 16, 32, 40)))
     assert np.array_equal(probabilities(load_model(tiny_baseline, CPU)), before)
@@ -86,8 +102,9 @@ def test_clear_one_line_errors(tiny_baseline, tmp_path):
     checkpoint = torch.load(tiny_baseline / "checkpoint_best.pt", weights_only=True)
     checkpoint["net"]["features"] = (4, 8, 16, 32, 40)
     torch.save(checkpoint, tmp_path / "narrow.pt")
-    with pytest.raises(CordfuseError, match="narrow.pt: checkpoint does not match its "
-                                            "configuration") as error:
+    with pytest.raises(
+        CordfuseError, match="narrow.pt: checkpoint does not match its configuration"
+    ) as error:
         Checkpoint.load(tmp_path / "narrow.pt").build_network()
     assert "\n" not in str(error.value)
     with pytest.raises(CordfuseError, match="missing.pt: unreadable checkpoint"):
@@ -106,8 +123,17 @@ class RunsCode:
 
 
 def craft(path, marker):
-    torch.save({"model": RunsCode(marker), "config": {}, "net": {}, "sequences": ["T2Sag"],
-                "prep": {}, "cordfuse_version": __version__}, path)
+    torch.save(
+        {
+            "model": RunsCode(marker),
+            "config": {},
+            "net": {},
+            "sequences": ["T2Sag"],
+            "prep": {},
+            "cordfuse_version": __version__,
+        },
+        path,
+    )
     return path
 
 
@@ -142,23 +168,52 @@ SMALL = ["--preset", "small", "--epochs", "1", "--iterations", "2"]
 #: test's folder, the prepared data, the BIDS cohort and a trained baseline.
 VERBS = {
     "predict": lambda evil, tmp, prepared, bids, trained: [
-        "predict", str(evil), "-i", str(bids), "-o", str(tmp / "predicted")],
+        "predict",
+        str(evil),
+        "-i",
+        str(bids),
+        "-o",
+        str(tmp / "predicted"),
+    ],
     "train --frozen-from": lambda evil, tmp, prepared, bids, trained: [
-        "train", str(prepared), str(tmp / "frozen"), "--model", "mean-imputation",
-        "--variant", "frozen-encoder", "--frozen-from", str(evil), *SMALL],
+        "train",
+        str(prepared),
+        str(tmp / "frozen"),
+        "--model",
+        "mean-imputation",
+        "--variant",
+        "frozen-encoder",
+        "--frozen-from",
+        str(evil),
+        *SMALL,
+    ],
     "train --resume": lambda evil, tmp, prepared, bids, trained: [
-        "train", str(prepared), str(_resumable(tmp, evil, trained)), "--model", "baseline",
-        *SMALL, "--resume"],
+        "train",
+        str(prepared),
+        str(_resumable(tmp, evil, trained)),
+        "--model",
+        "baseline",
+        *SMALL,
+        "--resume",
+    ],
     "analyze-features": lambda evil, tmp, prepared, bids, trained: [
-        "analyze-features", str(evil), str(prepared), "-o", str(tmp / "features")],
+        "analyze-features",
+        str(evil),
+        str(prepared),
+        "-o",
+        str(tmp / "features"),
+    ],
     "diagnose": lambda evil, tmp, prepared, bids, trained: [
-        "diagnose", str(_study(tmp, evil, prepared))],
+        "diagnose",
+        str(_study(tmp, evil, prepared)),
+    ],
 }
 
 
 @pytest.mark.parametrize("verb", VERBS)
-def test_loading_a_model_runs_no_code(verb, tmp_path, prepared_small, synth_root, tiny_baseline,
-                                      capsys):
+def test_loading_a_model_runs_no_code(
+    verb, tmp_path, prepared_small, synth_root, tiny_baseline, capsys
+):
     marker = tmp_path / "MARKER"
     evil = craft(tmp_path / "evil.pt", marker)
     argv = VERBS[verb](evil, tmp_path, prepared_small, synth_root, tiny_baseline)

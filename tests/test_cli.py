@@ -48,8 +48,16 @@ def test_synth_rejects_bad_options(tmp_path, capsys):
 def test_demo_runs_the_main_job_end_to_end(tiny_demo, tmp_path):
     out, printed = tiny_demo["out"], tiny_demo["printed"]
     assert tiny_demo["status"] == 0
-    for stage in ("[data]", "[check]", "[prepare]", "[train 2/2]", "[evaluate 2/2]",
-                  "[lesions 2/2]", "[report]", "Demo finished"):
+    for stage in (
+        "[data]",
+        "[check]",
+        "[prepare]",
+        "[train 2/2]",
+        "[evaluate 2/2]",
+        "[lesions 2/2]",
+        "[report]",
+        "Demo finished",
+    ):
         assert stage in printed, stage
     assert "no problem found" in printed
     assert "OK: no problems found" in (out / "check.txt").read_text()
@@ -60,12 +68,15 @@ def test_demo_runs_the_main_job_end_to_end(tiny_demo, tmp_path):
     for model in ("baseline", "mi"):
         assert (out / "runs" / model / "seed-0" / "checkpoint_best.pt").exists()
     document = json.loads((out / "prepared" / "dataset.json").read_text())
-    several = sorted(s["id"] for s in document["subjects"]
-                     if s["id"] in fold["test"] and len(s["sequences"]) > 1)
+    several = sorted(
+        s["id"] for s in document["subjects"] if s["id"] in fold["test"] and len(s["sequences"]) > 1
+    )
     assert several  # "all available" differs from T2Sag only for these test subjects
-    for name, subjects in (("baseline/seed-0/T2Sag", fold["test"]),
-                           ("mi/seed-0/T2Sag", fold["test"]),
-                           ("mi/seed-0/all-available", several)):
+    for name, subjects in (
+        ("baseline/seed-0/T2Sag", fold["test"]),
+        ("mi/seed-0/T2Sag", fold["test"]),
+        ("mi/seed-0/all-available", several),
+    ):
         masks = sorted((out / "predictions" / name).glob("*_lesion.nii.gz"))
         assert [m.name.split("_")[0] for m in masks] == subjects
     table = (out / "results.md").read_text()

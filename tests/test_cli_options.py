@@ -21,11 +21,14 @@ def option(verb: str, flag: str):
 
 
 def test_building_the_parser_imports_no_heavy_module():
-    code = ("import sys; from cordfuse.cli import build_parser; build_parser(); "
-            "print([m for m in ('torch', 'scipy', 'nibabel', 'matplotlib', 'numpy') "
-            "if m in sys.modules])")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=True)
+    code = (
+        "import sys; from cordfuse.cli import build_parser; build_parser(); "
+        "print([m for m in ('torch', 'scipy', 'nibabel', 'matplotlib', 'numpy') "
+        "if m in sys.modules])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == "[]"
 
 
@@ -46,8 +49,11 @@ def test_choices_are_the_apis():
     assert list(option("train", "--preset").choices) == list(NET_PRESETS)
     assert list(option("prepare", "--preset").choices) == list(PRESETS)
     assert sorted(option("centerline", "--contrast").choices) == sorted(POLARITY_SIGNS)
-    for verb, flag in (("prepare", "--centerline"), ("predict", "--centerline"),
-                       ("centerline", "--method")):
+    for verb, flag in (
+        ("prepare", "--centerline"),
+        ("predict", "--centerline"),
+        ("centerline", "--method"),
+    ):
         for method in option(verb, flag).choices:
             PrepConfig(centerline=method)
     with pytest.raises(CordfuseError):
@@ -57,9 +63,21 @@ def test_choices_are_the_apis():
 def test_options_left_out_take_the_api_defaults():
     """Left out, an option is None and not passed on: the API's default applies."""
     args = build_parser().parse_args(["train", "prepared", "out"])
-    for dest in ("model", "preset", "epochs", "iterations", "batch_size", "seed",
-                 "val_fraction", "amp", "device", "fusion", "sequence_dropout",
-                 "reference_dropout", "val_every"):
+    for dest in (
+        "model",
+        "preset",
+        "epochs",
+        "iterations",
+        "batch_size",
+        "seed",
+        "val_fraction",
+        "amp",
+        "device",
+        "fusion",
+        "sequence_dropout",
+        "reference_dropout",
+        "val_every",
+    ):
         assert getattr(args, dest) is None, dest
     args = build_parser().parse_args(["evaluate", "--pred", "p", "--gt", "g"])
     assert [args.alpha, args.beta, args.gamma, args.min_volume, args.connectivity] == [None] * 5
@@ -78,11 +96,15 @@ def test_help_states_the_api_defaults():
     assert stated_default("train", "--reference-dropout") == config.reference_dropout
     assert f"the paper's {config.fusion} (default)" in option("train", "--fusion").help
     assert stated_default("demo", "--subjects") == DemoSettings().subjects
-    assert stated_default("analyze-features", "--max-values") == keyword_defaults(
-        analyze_features)["max_values"]
+    assert (
+        stated_default("analyze-features", "--max-values")
+        == keyword_defaults(analyze_features)["max_values"]
+    )
     cohorts = ",".join(keyword_defaults(write_cohort)["cohorts"])
     assert f"({cohorts})" in option("synth", "--cohorts").help
     paper, small = PRESETS["paper"], PRESETS["small"]
-    assert (f"paper: {paper.spacing:g} mm, {paper.crop_size}x{paper.crop_size} (default); "
-            f"small: {small.spacing:g} mm, {small.crop_size}x{small.crop_size}"
-            in option("prepare", "--preset").help)
+    assert (
+        f"paper: {paper.spacing:g} mm, {paper.crop_size}x{paper.crop_size} (default); "
+        f"small: {small.spacing:g} mm, {small.crop_size}x{small.crop_size}"
+        in option("prepare", "--preset").help
+    )

@@ -65,7 +65,7 @@ class TestReacquire:
         value = out[straddling[0], 5, 5]
         expected = 0.5 + centres_x[straddling[0]] / 3.0  # linear in the slice's offset
         assert value == pytest.approx(expected, abs=0.1)
-        assert out[:straddling[0] - 1].max() < 1e-6 and out[straddling[0] + 2 :].min() > 1 - 1e-6
+        assert out[: straddling[0] - 1].max() < 1e-6 and out[straddling[0] + 2 :].min() > 1 - 1e-6
 
     def test_mask_is_half_partial_volume_and_oblique_frames_are_kept(self):
         data = np.zeros((30, 30, 30), np.float32)
@@ -82,8 +82,11 @@ class TestReacquire:
         assert volume == pytest.approx(1000.0, rel=0.25)
 
 
-@pytest.mark.parametrize(("name", "image", "mask", "geometry"), BED,
-                         ids=[f"{c[0]}-{c[3].label}".replace(" ", "_") for c in BED])
+@pytest.mark.parametrize(
+    ("name", "image", "mask", "geometry"),
+    BED,
+    ids=[f"{c[0]}-{c[3].label}".replace(" ", "_") for c in BED],
+)
 def test_centreline_on_the_clinical_geometry_test_bed(name, image, mask, geometry):
     require_real_data()
     clinical, clinical_affine, truth = clinical_case(image, mask, geometry)
@@ -153,8 +156,11 @@ class TestFallback:
     def test_implausible_centreline_falls_back_and_is_recorded_everywhere(
         self, synth_copy, tmp_path, monkeypatch, capsys
     ):
-        subject = next(s for s in discover(synth_copy).subjects
-                       if any(q in s.sequences for q in ("T1Sag", "MP2RAGE", "STIR")))
+        subject = next(
+            s
+            for s in discover(synth_copy).subjects
+            if any(q in s.sequences for q in ("T1Sag", "MP2RAGE", "STIR"))
+        )
         seq = next(q for q in ("T1Sag", "MP2RAGE", "STIR") if q in subject.sequences)
         lost = _lose_centreline(monkeypatch, seq)
         lost.shape = read_volume(subject.scans[seq][0].path)[0].shape
@@ -171,7 +177,8 @@ class TestFallback:
         flagged = [ax.get_title() for ax in figure.axes if "T2Sag centreline" in ax.get_title()]
         assert len(flagged) == 2 and all(t.startswith(seq) for t in flagged)  # both views
         assert f"centreline fallback to T2Sag: {seq}" in figure._suptitle.get_text().replace(
-            "\n", " ")
+            "\n", " "
+        )
         pyplot().close(figure)
         # The fallback found the cord in the sequence's own image: its crop centres follow the
         # sequence's true cord (what the detector finds when it is not lost), not T2Sag's.
@@ -227,8 +234,15 @@ def prepared(tmp_path_factory):
     data, affine = read_volume(root / "sct-errsm30/t2.nii.gz")
     cord, _ = read_volume(root / "sct-errsm30/t2_seg-manual.nii.gz")
     bids = tmp_path_factory.mktemp("real") / "bids"
-    truth = write_two_slab_subject(bids, data, affine, cord, overlap_mm=15.0,
-                                   rotation_deg=(2.0, 0.0, 0.0), shift_mm=(0.0, 2.0, 0.0))
+    truth = write_two_slab_subject(
+        bids,
+        data,
+        affine,
+        cord,
+        overlap_mm=15.0,
+        rotation_deg=(2.0, 0.0, 0.0),
+        shift_mm=(0.0, 2.0, 0.0),
+    )
     out = bids.parent / "prepared"
     assert main(["prepare", str(bids), str(out), "--preset", "paper"]) == 0
     return truth, PreparedSubject.load(out / truth.subject)
@@ -246,8 +260,9 @@ class TestRealTwoSlabSubject:
         true = apply_affine(truth.true_affines[1], vox)
         residual = np.linalg.norm(found - true, axis=1)
         assert residual.max() <= 0.5, residual.max()
-        moved = np.linalg.norm(apply_affine(truth.motion @ truth.true_affines[1], vox) - true,
-                               axis=1)
+        moved = np.linalg.norm(
+            apply_affine(truth.motion @ truth.true_affines[1], vox) - true, axis=1
+        )
         assert moved.min() >= 1.5  # the motion was there to recover
 
     def test_cord_is_centred_in_the_crop(self, prepared):
@@ -257,8 +272,9 @@ class TestRealTwoSlabSubject:
         for k in range(geometry.nz):
             ij = np.argwhere(subject.label[:, :, k] > 0)
             if len(ij):
-                offsets.append(np.hypot(*(ij.mean(axis=0) - geometry.centre_index))
-                               * geometry.spacing)
+                offsets.append(
+                    np.hypot(*(ij.mean(axis=0) - geometry.centre_index)) * geometry.spacing
+                )
         assert len(offsets) > 0.8 * geometry.nz * 0.5
         assert np.median(offsets) <= 0.5, np.median(offsets)
         assert np.percentile(offsets, 95) <= 1.5, np.percentile(offsets, 95)
@@ -285,10 +301,12 @@ class TestSlabNumbers:
             return {"slabs": [{"path": f"/d/sub-1/anat/{n}"} for n in names]}
 
         # Stored superior first; a site may number its chunks from the bottom.
-        assert slab_numbers(t2sag("sub-1_acq-sag_chunk-2_T2w.nii.gz",
-                                  "sub-1_acq-sag_chunk-1_T2w.nii.gz")) == [2, 1]
-        assert slab_numbers(t2sag("sub-1_acq-sag_chunk-1_T2w.nii.gz",
-                                  "sub-1_acq-sag_chunk-2_T2w.nii.gz")) == [1, 2]
+        assert slab_numbers(
+            t2sag("sub-1_acq-sag_chunk-2_T2w.nii.gz", "sub-1_acq-sag_chunk-1_T2w.nii.gz")
+        ) == [2, 1]
+        assert slab_numbers(
+            t2sag("sub-1_acq-sag_chunk-1_T2w.nii.gz", "sub-1_acq-sag_chunk-2_T2w.nii.gz")
+        ) == [1, 2]
         assert slab_numbers(t2sag("upper.nii.gz", "lower.nii.gz")) == [1, 2]
 
     def test_restore_takes_the_chunk_number(self, prepared, tmp_path, capsys):
@@ -298,13 +316,18 @@ class TestSlabNumbers:
         np.save(crop, subject.label.astype(np.float32))
         for chunk, image in ((1, truth.images[0]), (2, truth.images[1])):
             out = tmp_path / f"chunk{chunk}.nii.gz"
-            assert main(["restore", str(folder), str(crop), "-o", str(out), "--slab",
-                         str(chunk)]) == 0
+            assert (
+                main(["restore", str(folder), str(crop), "-o", str(out), "--slab", str(chunk)]) == 0
+            )
             restored, affine = read_volume(out)
             native, native_affine = read_volume(image)
             assert restored.shape == native.shape and np.allclose(affine, native_affine)
-        assert main(["restore", str(folder), str(crop), "-o", str(tmp_path / "x.nii.gz"),
-                     "--slab", "0"]) == 2
+        assert (
+            main(
+                ["restore", str(folder), str(crop), "-o", str(tmp_path / "x.nii.gz"), "--slab", "0"]
+            )
+            == 2
+        )
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1].endswith("has no T2Sag slab 0 (its slabs: 1, 2)"), err
 
@@ -356,6 +379,7 @@ def test_centerline_cli_reads_the_polarity_a_bids_name_states(tmp_path, capsys):
     assert polarity_from_name(image) == "dark-csf"
     assert polarity_from_name(tmp_path / "scan.nii.gz") is None
     assert main(["centerline", str(image), "-o", str(tmp_path / "c.csv")]) == 0
-    errors, covered = errors_against_mask(Centerline.from_csv(tmp_path / "c.csv"), truth,
-                                          clinical_affine)
+    errors, covered = errors_against_mask(
+        Centerline.from_csv(tmp_path / "c.csv"), truth, clinical_affine
+    )
     assert covered >= 0.8 and np.median(errors) <= 1.0, np.median(errors)

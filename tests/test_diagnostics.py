@@ -19,9 +19,10 @@ def _structured(seed=0):
     rng = np.random.default_rng(seed)
     x, y = np.meshgrid(np.arange(24), np.arange(24), indexing="ij")
     disk = ((x - 12) ** 2 + (y - 11) ** 2 < 25).astype(float)
-    ring = (((x - 12) ** 2 + (y - 11) ** 2 >= 25) & ((x - 12) ** 2 + (y - 11) ** 2 < 49))
-    image = np.stack([disk * 1.0 + ring * 3.0 + rng.normal(0, 0.2, (24, 24))
-                      for _ in range(12)], axis=-1)
+    ring = ((x - 12) ** 2 + (y - 11) ** 2 >= 25) & ((x - 12) ** 2 + (y - 11) ** 2 < 49)
+    image = np.stack(
+        [disk * 1.0 + ring * 3.0 + rng.normal(0, 0.2, (24, 24)) for _ in range(12)], axis=-1
+    )
     return image
 
 
@@ -35,8 +36,9 @@ def test_misalignment_recovers_a_known_shift_of_either_polarity(shift):
 
 def _checkpoint(tmp_path, model, config):
     path = tmp_path / "checkpoint_best.pt"
-    Checkpoint(model.state_dict(), config, config.net, config.model_sequences,
-               PRESETS[config.preset]).save(path)
+    Checkpoint(
+        model.state_dict(), config, config.net, config.model_sequences, PRESETS[config.preset]
+    ).save(path)
     return path
 
 

@@ -17,8 +17,12 @@ BLOCK = re.compile(r"<!-- doctest -->\s*```bash\n(.*?)```", re.S)
 
 
 def doctest_commands(path: Path) -> list[str]:
-    return [line.strip() for block in BLOCK.findall(path.read_text())
-            for line in block.splitlines() if line.strip().startswith("cordfuse ")]
+    return [
+        line.strip()
+        for block in BLOCK.findall(path.read_text())
+        for line in block.splitlines()
+        if line.strip().startswith("cordfuse ")
+    ]
 
 
 def expand(argument: str) -> list[str]:

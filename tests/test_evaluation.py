@@ -240,22 +240,40 @@ class TestCommandLine:
         expected_slabs = 0
         for subject in subjects:
             label, affine = native_lesion_label(subject, PRESETS["paper"])
-            nib.save(nib.Nifti1Image(label, affine),  # a perfect prediction on the fused grid
-                     tmp_path / "fused" / f"{subject.name}_lesion.nii.gz")
+            nib.save(
+                nib.Nifti1Image(label, affine),  # a perfect prediction on the fused grid
+                tmp_path / "fused" / f"{subject.name}_lesion.nii.gz",
+            )
             slabs = subject.scans["T2Sag"]
             if len(slabs) > 1:
                 for k, scan in enumerate(slabs):
-                    nib.save(nib.load(scan.lesion_label),
-                             tmp_path / "slabs" / f"{subject.name}_slab-{k + 1}_lesion.nii.gz")
+                    nib.save(
+                        nib.load(scan.lesion_label),
+                        tmp_path / "slabs" / f"{subject.name}_slab-{k + 1}_lesion.nii.gz",
+                    )
                     expected_slabs += 1
-        assert main(["evaluate", "--pred", str(tmp_path / "fused"), "--gt", str(synth_root),
-                     "--json"]) == 0
+        assert (
+            main(["evaluate", "--pred", str(tmp_path / "fused"), "--gt", str(synth_root), "--json"])
+            == 0
+        )
         document = json.loads(capsys.readouterr().out)
         assert [d["image"] for d in document["images"]] == [s.name for s in subjects]
         assert all(d["dice"] == 1.0 for d in document["images"] if d["n_gt"])
         assert {d["cohort"] for d in document["images"]} <= {"A", "B", "C"}
-        assert main(["evaluate", "--pred", str(tmp_path / "slabs"), "--gt", str(synth_root),
-                     "--json", "--per-slab"]) == 0
+        assert (
+            main(
+                [
+                    "evaluate",
+                    "--pred",
+                    str(tmp_path / "slabs"),
+                    "--gt",
+                    str(synth_root),
+                    "--json",
+                    "--per-slab",
+                ]
+            )
+            == 0
+        )
         document = json.loads(capsys.readouterr().out)
         assert len(document["images"]) == expected_slabs
         assert all("_slab-" in d["image"] for d in document["images"])

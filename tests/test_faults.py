@@ -20,14 +20,22 @@ TIMEOUT_S = 240
 
 
 def _hashes(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _cordfuse(*args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "cordfuse", *map(str, args)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "cordfuse", *map(str, args)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _kill_when(process: subprocess.Popen, ready) -> None:
@@ -43,8 +51,12 @@ def _kill_when(process: subprocess.Popen, ready) -> None:
 
 
 def _finish(*args: str) -> None:
-    result = subprocess.run([sys.executable, "-m", "cordfuse", *map(str, args)],
-                            capture_output=True, text=True, timeout=TIMEOUT_S)
+    result = subprocess.run(
+        [sys.executable, "-m", "cordfuse", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -64,8 +76,7 @@ def test_prepare_survives_a_kill(synth_copy, prepared_small, tmp_path):
     straight = sorted(p.parent.name for p in prepared_small.glob("*/prepared.npz"))
     assert sorted(p.parent.name for p in out.glob("*/prepared.npz")) == straight
     for name in straight:
-        a, b = _arrays(out / name / "prepared.npz"), _arrays(prepared_small / name /
-                                                              "prepared.npz")
+        a, b = _arrays(out / name / "prepared.npz"), _arrays(prepared_small / name / "prepared.npz")
         assert a.keys() == b.keys()
         for key in a:
             if key != "meta":  # the metadata names the input paths, which differ
@@ -73,8 +84,19 @@ def test_prepare_survives_a_kill(synth_copy, prepared_small, tmp_path):
 
 
 def test_train_survives_a_kill(prepared_small, tmp_path):
-    args = ["--preset", "small", "--model", "baseline", "--epochs", "3", "--iterations", "3",
-            "--seed", "5", "--deterministic"]
+    args = [
+        "--preset",
+        "small",
+        "--model",
+        "baseline",
+        "--epochs",
+        "3",
+        "--iterations",
+        "3",
+        "--seed",
+        "5",
+        "--deterministic",
+    ]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     inputs = _hashes(prepared_small)
     _finish("train", prepared_small, straight, *args)
@@ -83,8 +105,10 @@ def test_train_survives_a_kill(prepared_small, tmp_path):
     _finish("train", prepared_small, killed, *args, "--resume")
     from cordfuse.checkpoint import Checkpoint
 
-    a, b = Checkpoint.load(straight / "checkpoint_latest.pt"), Checkpoint.load(
-        killed / "checkpoint_latest.pt")
+    a, b = (
+        Checkpoint.load(straight / "checkpoint_latest.pt"),
+        Checkpoint.load(killed / "checkpoint_latest.pt"),
+    )
     assert a.epoch == b.epoch == 2
     for name, tensor in a.model.items():
         assert np.array_equal(tensor.numpy(), b.model[name].numpy()), name
@@ -111,8 +135,20 @@ def test_predict_survives_a_kill(synth_copy, tiny_baseline, tmp_path):
     # evaluate and check read their inputs only
     predictions = _hashes(killed)
     assert main(["check", str(synth_copy)]) == 0
-    assert main(["evaluate", "--pred", str(killed), "--gt", str(synth_copy), "-o",
-                 str(tmp_path / "metrics.csv")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--pred",
+                str(killed),
+                "--gt",
+                str(synth_copy),
+                "-o",
+                str(tmp_path / "metrics.csv"),
+            ]
+        )
+        == 0
+    )
     assert _hashes(synth_copy) == before and _hashes(killed) == predictions
     assert len(list(killed.glob("*_prediction.json"))) == len(list(straight.glob("*_lesion.nii*")))
 
@@ -123,13 +159,16 @@ def test_study_survives_a_kill(tmp_path):
     bids = write_cohort(tmp_path / "bids", subjects=3, seed=3, cohorts=("A",))
     before = _hashes(bids)
     config = tmp_path / "tiny.yaml"
-    config.write_text("dataset: bids\nepochs: 3\niterations: 2\ntest_per_cohort: 1\n"
-                      "experiments: [baseline]\njobs: 1\n")
+    config.write_text(
+        "dataset: bids\nepochs: 3\niterations: 2\ntest_per_cohort: 1\n"
+        "experiments: [baseline]\njobs: 1\n"
+    )
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     _finish("study", config, "-o", straight)
     process = _cordfuse("study", config, "-o", killed)
-    _kill_when(process, lambda: (killed / "runs" / "baseline" / "seed-0" /
-                                 "checkpoint_latest.pt").exists())
+    _kill_when(
+        process, lambda: (killed / "runs" / "baseline" / "seed-0" / "checkpoint_latest.pt").exists()
+    )
     assert not (killed / "runs" / "baseline" / "seed-0" / "summary.json").exists()
     _finish("study", config, "-o", killed)
     assert (killed / "per_image.csv").read_text() == (straight / "per_image.csv").read_text()
@@ -145,8 +184,9 @@ def _truncate(path: Path) -> None:
     path.write_bytes(gzip.compress(raw[: len(raw) // 3]))
 
 
-def test_bad_inputs_are_one_line_in_prepare_predict_and_evaluate(synth_copy, tiny_baseline,
-                                                                tmp_path, capsys):
+def test_bad_inputs_are_one_line_in_prepare_predict_and_evaluate(
+    synth_copy, tiny_baseline, tmp_path, capsys
+):
     """A truncated file (sub-001) and an image with NaN voxels (sub-002), both named by check:
     the verbs fail those subjects in one line each, never with a traceback, and go on."""
     import nibabel as nib
@@ -165,8 +205,10 @@ def test_bad_inputs_are_one_line_in_prepare_predict_and_evaluate(synth_copy, tin
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert f"FAILED sub-001: {truncated}" in err and f"FAILED sub-002: {with_nan}" in err
-    assert main(["predict", str(tiny_baseline), "-i", str(synth_copy), "-o",
-                 str(tmp_path / "pred")]) == 1
+    assert (
+        main(["predict", str(tiny_baseline), "-i", str(synth_copy), "-o", str(tmp_path / "pred")])
+        == 1
+    )
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert f"FAILED sub-001: {truncated}" in err and f"FAILED sub-002: {with_nan}" in err
@@ -178,8 +220,7 @@ def test_bad_inputs_are_one_line_in_prepare_predict_and_evaluate(synth_copy, tin
     assert [line for line in err.splitlines() if str(label) in line], err
 
 
-def test_centerline_and_restore_leave_their_inputs_unchanged(synth_root, prepared_small,
-                                                             tmp_path):
+def test_centerline_and_restore_leave_their_inputs_unchanged(synth_root, prepared_small, tmp_path):
     image = sorted(synth_root.glob("sub-001/anat/*T2w.nii.gz"))[0]
     subject = sorted(prepared_small.glob("*/prepared.npz"))[0].parent
     with np.load(subject / "prepared.npz") as npz:
@@ -187,7 +228,17 @@ def test_centerline_and_restore_leave_their_inputs_unchanged(synth_root, prepare
     np.save(tmp_path / "crop.npy", crop)
     before = _hashes(synth_root), _hashes(prepared_small)
     assert main(["centerline", str(image), "-o", str(tmp_path / "line.csv")]) == 0
-    assert main(["restore", str(subject), str(tmp_path / "crop.npy"), "-o",
-                 str(tmp_path / "restored.nii.gz")]) == 0
+    assert (
+        main(
+            [
+                "restore",
+                str(subject),
+                str(tmp_path / "crop.npy"),
+                "-o",
+                str(tmp_path / "restored.nii.gz"),
+            ]
+        )
+        == 0
+    )
     assert (_hashes(synth_root), _hashes(prepared_small)) == before
     assert (tmp_path / "line.csv").stat().st_size and (tmp_path / "restored.nii.gz").exists()

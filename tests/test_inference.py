@@ -385,17 +385,28 @@ def test_parallel_subjects_give_the_same_predictions(synth_root, tiny_models, tm
         b = np.asarray(nib.load(tmp_path / "2" / one.name).dataobj)
         np.testing.assert_allclose(a, b, atol=1e-5)
         mask = one.name.replace("_lesion_prob", "_lesion")
-        np.testing.assert_array_equal(np.asarray(nib.load(one.parent / mask).dataobj),
-                                      np.asarray(nib.load(tmp_path / "2" / mask).dataobj))
+        np.testing.assert_array_equal(
+            np.asarray(nib.load(one.parent / mask).dataobj),
+            np.asarray(nib.load(tmp_path / "2" / mask).dataobj),
+        )
 
 
-def test_threads_option_is_checked_and_leaves_the_caller_as_it_was(synth_root, tiny_models,
-                                                                   tmp_path, capsys):
+def test_threads_option_is_checked_and_leaves_the_caller_as_it_was(
+    synth_root, tiny_models, tmp_path, capsys
+):
     import torch
 
     before = torch.get_num_threads()
-    args = ["predict", str(tiny_models["baseline"]), "-i", str(synth_root / "sub-001"),
-            "-o", str(tmp_path), "--amp", "none"]
+    args = [
+        "predict",
+        str(tiny_models["baseline"]),
+        "-i",
+        str(synth_root / "sub-001"),
+        "-o",
+        str(tmp_path),
+        "--amp",
+        "none",
+    ]
     assert main([*args, "--threads", "0"]) != 0
     err = capsys.readouterr().err
     assert "--threads must be at least 1" in err and "Traceback" not in err

@@ -47,8 +47,9 @@ def _image():
 class TestLesionRows:
     def test_found_missed_and_false_lesions_are_listed_with_world_geometry(self):
         prediction, truth = _image()
-        rows = lesion_rows(prediction, truth, AFFINE, subject="sub-01", voxel_volume_mm3=2.0,
-                           cohort="A")
+        rows = lesion_rows(
+            prediction, truth, AFFINE, subject="sub-01", voxel_volume_mm3=2.0, cohort="A"
+        )
         gt = sorted((r for r in rows if r.kind == "gt"), key=lambda r: r.centroid_mm)
         pred = sorted((r for r in rows if r.kind == "pred"), key=lambda r: r.centroid_mm)
         assert sorted(r.lesion for r in gt) == [1, 2, 3]
@@ -61,8 +62,11 @@ class TestLesionRows:
         # predicted: the one in lesion 1 (TP); the strip at lesion 2, half inside it but not a
         # TP, because with the roles swapped lesion 2 is 95 % outside every prediction (> 70 %);
         # the false positive
-        assert [(r.detected, r.volume_mm3) for r in pred] == [(True, 96.0), (False, 16.0),
-                                                             (False, 54.0)]
+        assert [(r.detected, r.volume_mm3) for r in pred] == [
+            (True, 96.0),
+            (False, 16.0),
+            (False, 54.0),
+        ]
         assert [r.covered_fraction for r in pred] == pytest.approx([1.0, 0.5, 0.0])
         assert all(r.subject == "sub-01" and r.cohort == "A" and not r.truth for r in rows)
 
@@ -73,19 +77,29 @@ class TestLesionRows:
         rows = lesion_rows(prediction, truth, AFFINE, subject="s", voxel_volume_mm3=2.0)
         detection = lesion_detection(prediction, truth, voxel_volume_mm3=2.0)
         assert sum(r.detected for r in rows if r.kind == "gt") == detection.gt_detected == 1
-        assert sum(r.detected for r in rows if r.kind == "pred") == \
-            detection.pred_true_positive == 1
+        assert (
+            sum(r.detected for r in rows if r.kind == "pred") == detection.pred_true_positive == 1
+        )
 
     def test_lesions_at_or_below_the_minimum_volume_are_not_listed(self):
         prediction, truth = _image()
-        rows = lesion_rows(prediction, truth, AFFINE, subject="s", voxel_volume_mm3=2.0,
-                           min_volume_mm3=60.0)
+        rows = lesion_rows(
+            prediction, truth, AFFINE, subject="s", voxel_volume_mm3=2.0, min_volume_mm3=60.0
+        )
         assert [r.volume_mm3 for r in rows if r.kind == "gt"] == [160.0, 160.0]
 
     def test_csv_round_trip(self):
         prediction, truth = _image()
-        rows = lesion_rows(prediction, truth, AFFINE, subject="s", voxel_volume_mm3=2.0,
-                           experiment="mi", seed=3, inference="T2Sag")
+        rows = lesion_rows(
+            prediction,
+            truth,
+            AFFINE,
+            subject="s",
+            voxel_volume_mm3=2.0,
+            experiment="mi",
+            seed=3,
+            inference="T2Sag",
+        )
         assert rows_from_csv(rows_to_csv(rows)) == rows
 
 
@@ -94,8 +108,10 @@ def _truth(covering: dict[str, bool]) -> SynthTruth:
     one scan per sequence whose field of view covers lesion 1 or not."""
     faint = {s: 0.9 for s in SEQUENCES} | {"T2Sag": 0.3, "T2Ax": 0.5}
     clear = {s: 0.6 for s in SEQUENCES} | {"T2Sag": 0.95}
-    lesions = [{"center_world_mm": [-6.5, 23.5, -92.0], "visibility": faint},
-               {"center_world_mm": [-7.0, 35.0, -74.0], "visibility": clear}]
+    lesions = [
+        {"center_world_mm": [-6.5, 23.5, -92.0], "visibility": faint},
+        {"center_world_mm": [-7.0, 35.0, -74.0], "visibility": clear},
+    ]
     scans = []
     for seq in SEQUENCES:
         # a 10 mm cube around lesion 1, or one far away
@@ -110,10 +126,17 @@ class TestGeneratorTruth:
     def test_each_lesion_gets_its_visibility_and_coverage(self):
         prediction, truth = _image()
         covering = {s: s in ("T2Sag", "STIR") for s in SEQUENCES}
-        rows = lesion_rows(prediction, truth, AFFINE, subject="sub-01", voxel_volume_mm3=2.0,
-                           synth=_truth(covering))
-        third, first, second = sorted((r for r in rows if r.kind == "gt"),
-                                      key=lambda r: r.centroid_mm)
+        rows = lesion_rows(
+            prediction,
+            truth,
+            AFFINE,
+            subject="sub-01",
+            voxel_volume_mm3=2.0,
+            synth=_truth(covering),
+        )
+        third, first, second = sorted(
+            (r for r in rows if r.kind == "gt"), key=lambda r: r.centroid_mm
+        )
         assert first.visibility_class == "faint" and third.visibility_class == "clear"
         assert first.truth["visibility"]["STIR"] == 0.9
         assert first.truth["covers"] == covering
@@ -130,18 +153,32 @@ class TestGeneratorTruth:
         motion = np.eye(4)
         motion[2, 3] = -4.0  # world -> anatomy: anatomy z = world z - 4 (two slices of 2 mm)
         synth = _truth({s: False for s in SEQUENCES})
-        moved = [dict(lesion, center_world_mm=[c - 4.0 * (i == 2) for i, c in
-                                               enumerate(lesion["center_world_mm"])])
-                 for lesion in synth.lesions]
-        rows = lesion_rows(prediction, truth, AFFINE, subject="s", voxel_volume_mm3=2.0,
-                           synth=SynthTruth(moved, synth.scans), motion=motion)
+        moved = [
+            dict(
+                lesion,
+                center_world_mm=[
+                    c - 4.0 * (i == 2) for i, c in enumerate(lesion["center_world_mm"])
+                ],
+            )
+            for lesion in synth.lesions
+        ]
+        rows = lesion_rows(
+            prediction,
+            truth,
+            AFFINE,
+            subject="s",
+            voxel_volume_mm3=2.0,
+            synth=SynthTruth(moved, synth.scans),
+            motion=motion,
+        )
         gt = sorted((r for r in rows if r.kind == "gt"), key=lambda r: r.centroid_mm)
         assert [r.visibility_class for r in gt] == ["clear", "faint", ""]
 
     def test_truth_is_read_from_a_synthetic_dataset(self, synth_root):
         truth = SynthTruth.load(synth_root, "sub-001")
-        document = json.loads((synth_root / "derivatives" / "synth" /
-                               "sub-001_truth.json").read_text())
+        document = json.loads(
+            (synth_root / "derivatives" / "synth" / "sub-001_truth.json").read_text()
+        )
         assert len(truth.lesions) == len(document["lesions"])
         assert {s.stem for s in truth.scans} == set(document["scans"])
         t2 = [s for s in truth.scans if s.sequence == "T2Sag"][0]
@@ -153,11 +190,26 @@ class TestGeneratorTruth:
 def _row(subject, lesion, detected, *, inference, faint=None, experiment="mi", seed=0):
     truth = {}
     if faint is not None:
-        truth = {"faint": faint, "generated": 1,
-                 "visibility": {s: 0.9 for s in SEQUENCES} | {"T2Sag": 0.3 if faint else 0.9},
-                 "covers": {s: True for s in SEQUENCES}}
-    return LesionRow(subject, "gt", lesion, 10.0, (0.0, 0.0, 0.0), 0.5 if detected else 0.0,
-                     detected, "A", experiment, seed, inference, truth)
+        truth = {
+            "faint": faint,
+            "generated": 1,
+            "visibility": {s: 0.9 for s in SEQUENCES} | {"T2Sag": 0.3 if faint else 0.9},
+            "covers": {s: True for s in SEQUENCES},
+        }
+    return LesionRow(
+        subject,
+        "gt",
+        lesion,
+        10.0,
+        (0.0, 0.0, 0.0),
+        0.5 if detected else 0.0,
+        detected,
+        "A",
+        experiment,
+        seed,
+        inference,
+        truth,
+    )
 
 
 class TestPairedComparison:
@@ -171,17 +223,34 @@ class TestPairedComparison:
             mcnemar_exact(-1, 2)
 
     def test_pairs_only_the_same_lesions_and_counts_the_discordant_ones(self):
-        base = [_row("s1", 1, True, inference="T2Sag"), _row("s1", 2, False, inference="T2Sag"),
-                _row("s1", 3, False, inference="T2Sag"), _row("s2", 1, True, inference="T2Sag"),
-                _row("s3", 1, False, inference="T2Sag")]  # s3 has no other sequence
-        more = [_row("s1", 1, True, inference="all"), _row("s1", 2, True, inference="all"),
-                _row("s1", 3, False, inference="all"), _row("s2", 1, False, inference="all")]
+        base = [
+            _row("s1", 1, True, inference="T2Sag"),
+            _row("s1", 2, False, inference="T2Sag"),
+            _row("s1", 3, False, inference="T2Sag"),
+            _row("s2", 1, True, inference="T2Sag"),
+            _row("s3", 1, False, inference="T2Sag"),
+        ]  # s3 has no other sequence
+        more = [
+            _row("s1", 1, True, inference="all"),
+            _row("s1", 2, True, inference="all"),
+            _row("s1", 3, False, inference="all"),
+            _row("s2", 1, False, inference="all"),
+        ]
         pairs = paired_outcomes(base, more)
-        assert [(a.subject, a.lesion) for a, _ in pairs] == [("s1", 1), ("s1", 2), ("s1", 3),
-                                                             ("s2", 1)]
+        assert [(a.subject, a.lesion) for a, _ in pairs] == [
+            ("s1", 1),
+            ("s1", 2),
+            ("s1", 3),
+            ("s2", 1),
+        ]
         result = compare_inferences(pairs)
-        assert (result.n, result.both, result.only_other, result.only_base, result.neither) == \
-            (4, 1, 1, 1, 1)
+        assert (result.n, result.both, result.only_other, result.only_base, result.neither) == (
+            4,
+            1,
+            1,
+            1,
+            1,
+        )
         assert result.sensitivity_base == result.sensitivity_other == 0.5
         assert result.p_value == 1.0
 
@@ -194,8 +263,9 @@ class TestPairedComparison:
             rows.append(_row("s2", k + 1, True, inference="T2Sag", faint=False))
             rows.append(_row("s2", k + 1, k != 3, inference="all available", faint=False))
         rows.append(_row("s2", 1, True, inference="T2Sag", faint=False, experiment="baseline"))
-        summary, changed = extra_sequences_tables(rows, experiments=["baseline", "mi"],
-                                                  labels={"mi": "Mean Imputation"})
+        summary, changed = extra_sequences_tables(
+            rows, experiments=["baseline", "mi"], labels={"mi": "Mean Imputation"}
+        )
         assert len(summary.rows) == 1  # the baseline has no other inference set
         row = summary.rows[0]
         assert row[:3] == ["Mean Imputation", "0", "all available"]
@@ -231,13 +301,18 @@ def test_evaluate_writes_the_per_lesion_table(synth_root, tmp_path, capsys):
     for subject in discover(synth_root).subjects:
         slabs = subject.scans["T2Sag"]
         for k, scan in enumerate(slabs):
-            name = f"{subject.name}_lesion.nii.gz" if len(slabs) == 1 else \
-                f"{subject.name}_slab-{k + 1}_lesion.nii.gz"
+            name = (
+                f"{subject.name}_lesion.nii.gz"
+                if len(slabs) == 1
+                else f"{subject.name}_slab-{k + 1}_lesion.nii.gz"
+            )
             image = nib.load(str(scan.lesion_label))
             nib.save(image, str(predictions / name))
     output = tmp_path / "metrics.csv"
-    assert main(["evaluate", "--pred", str(predictions), "--gt", str(synth_root),
-                 "-o", str(output)]) == 0
+    assert (
+        main(["evaluate", "--pred", str(predictions), "--gt", str(synth_root), "-o", str(output)])
+        == 0
+    )
     assert "per-lesion table" in capsys.readouterr().out
     rows = rows_from_csv((tmp_path / "metrics_lesions.csv").read_text())
     gt = [r for r in rows if r.kind == "gt"]
@@ -251,7 +326,8 @@ def test_evaluate_writes_the_per_lesion_table(synth_root, tmp_path, capsys):
     assert all(r.truth["covers"]["T2Sag"] for r in annotated)
     # no generated lesion is attached twice in one image (slabs are images of their own)
     for image in {r.subject for r in gt}:
-        document = json.loads((synth_root / "derivatives" / "synth" /
-                               f"{image.split('_')[0]}_truth.json").read_text())
+        document = json.loads(
+            (synth_root / "derivatives" / "synth" / f"{image.split('_')[0]}_truth.json").read_text()
+        )
         attached = sum(r.truth.get("generated", 0) for r in gt if r.subject == image)
         assert attached <= len(document["lesions"])

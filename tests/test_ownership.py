@@ -101,8 +101,21 @@ class TestVerbs:
 
     def test_train(self, prepared_small, tmp_path, capsys):
         folder = _foreign(tmp_path / "run")
-        args = ["train", str(prepared_small), str(folder), "--preset", "small", "--model",
-                "baseline", "--epochs", "2", "--iterations", "2", "--val-fraction", "0"]
+        args = [
+            "train",
+            str(prepared_small),
+            str(folder),
+            "--preset",
+            "small",
+            "--model",
+            "baseline",
+            "--epochs",
+            "2",
+            "--iterations",
+            "2",
+            "--val-fraction",
+            "0",
+        ]
         assert main(args) == 2
         _one_error_line(capsys, "not made by cordfuse train")
         run = tmp_path / "used"
@@ -112,16 +125,28 @@ class TestVerbs:
         (run / "notes.txt").write_text("the user's")
         assert main(args) == 2  # a fresh run into a used folder needs --overwrite
         _one_error_line(capsys, "--overwrite", "--resume")
-        assert main([*args[:-4], "--epochs", "1", "--iterations", "2", "--val-fraction", "0",
-                     "--overwrite"]) == 0
+        assert (
+            main(
+                [
+                    *args[:-4],
+                    "--epochs",
+                    "1",
+                    "--iterations",
+                    "2",
+                    "--val-fraction",
+                    "0",
+                    "--overwrite",
+                ]
+            )
+            == 0
+        )
         log = (run / "log.jsonl").read_text().splitlines()
         assert [json.loads(line)["epoch"] for line in log] == [1]  # a new log, not appended
         assert (run / "notes.txt").read_text() == "the user's"
 
     def test_predict(self, synth_root, tiny_baseline, tmp_path, capsys):
         folder = _foreign(tmp_path / "predictions")
-        assert main(["predict", str(tiny_baseline), "-i", str(synth_root), "-o",
-                     str(folder)]) == 2
+        assert main(["predict", str(tiny_baseline), "-i", str(synth_root), "-o", str(folder)]) == 2
         _one_error_line(capsys, "not made by cordfuse predict")
         assert sorted(p.name for p in folder.iterdir()) == ["thesis.txt"]
 
@@ -166,7 +191,6 @@ class TestVerbs:
         assert (run / "report.html").read_text().startswith(first[:200])
 
 
-
 def test_one_job_per_participant_into_one_folder(synth_root, tiny_baseline, tmp_path, capsys):
     """Two ``prepare --participant-label`` processes writing into the same folder at once (a
     cluster array job): every subject is prepared and listed in dataset.json, and the manifest
@@ -181,11 +205,26 @@ def test_one_job_per_participant_into_one_folder(synth_root, tiny_baseline, tmp_
     ids = [s.subject_id for s in discover(synth_root).subjects]
     halves = [ids[::2], ids[1::2]]
     out = tmp_path / "prepared"
-    jobs = [subprocess.Popen([sys.executable, "-m", "cordfuse", "prepare", str(synth_root),
-                              str(out), "--preset", "small", "--participant-label",
-                              *[i.removeprefix("sub-") for i in half]],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for half in halves]
+    jobs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cordfuse",
+                "prepare",
+                str(synth_root),
+                str(out),
+                "--preset",
+                "small",
+                "--participant-label",
+                *[i.removeprefix("sub-") for i in half],
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for half in halves
+    ]
     for job in jobs:
         _, err = job.communicate(timeout=240)
         assert job.returncode == 0, err
@@ -199,7 +238,21 @@ def test_one_job_per_participant_into_one_folder(synth_root, tiny_baseline, tmp_
     assert main(["prepare", str(synth_root), str(out), "--participant-label", "999"]) == 2
     _one_error_line(capsys, "no participant sub-999")
     predictions = tmp_path / "predictions"
-    assert main(["predict", str(tiny_baseline), "-i", str(synth_root), "-o", str(predictions),
-                 "--participant-label", ids[1]]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(tiny_baseline),
+                "-i",
+                str(synth_root),
+                "-o",
+                str(predictions),
+                "--participant-label",
+                ids[1],
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in predictions.glob("*_lesion.nii.gz")) == [
-        f"{ids[1]}_lesion.nii.gz"]
+        f"{ids[1]}_lesion.nii.gz"
+    ]

@@ -105,7 +105,6 @@ class TestFusion:
         error = np.linalg.norm(apply_affine(found, points) - apply_affine(known, points), axis=1)
         assert error.max() <= 0.5, error.max()
 
-
     def test_registration_is_deterministic(self):
         """The same pair gives the same transform, bit for bit: ITK's threaded metric did not
         (1e-3 mm between runs, enough to flip predicted voxels in CI)."""
@@ -297,8 +296,10 @@ class TestPrepared:
             )
             == 0
         )
-        assert "_chunk-1_" in first.path.name or len(discover(synth_root).subjects[0].scans[
-            "T2Sag"]) == 1
+        assert (
+            "_chunk-1_" in first.path.name
+            or len(discover(synth_root).subjects[0].scans["T2Sag"]) == 1
+        )
         restored = nib.load(target)
         native = nib.load(first.path)
         assert restored.shape == native.shape
@@ -505,8 +506,9 @@ def test_crops_keep_any_scanner_intensity_scale(synth_copy, tmp_path, scale):
         for scan in scans:
             img = nib.load(scan.path)
             data = np.asarray(img.dataobj, np.float64)
-            save_nifti(make_nifti((data / data.max() * scale).astype(np.float32), img.affine),
-                       scan.path)
+            save_nifti(
+                make_nifti((data / data.max() * scale).astype(np.float32), img.affine), scan.path
+            )
     scaled = prepare_subject(subject, PRESETS["small"])
     scaled.save(tmp_path / "p.npz")
     loaded = PreparedSubject.load(tmp_path / "p.npz")
@@ -516,8 +518,9 @@ def test_crops_keep_any_scanner_intensity_scale(synth_copy, tmp_path, scale):
         assert np.isfinite(crop).all()
         np.testing.assert_array_equal(crop, scaled.images[seq])
         peak = reference.images[seq].max()
-        np.testing.assert_allclose(crop / crop.max(), reference.images[seq] / peak,
-                                   rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            crop / crop.max(), reference.images[seq] / peak, rtol=1e-4, atol=1e-5
+        )
     images, available = normalise(loaded, loaded.sequences)
     assert available.all() and np.isfinite(images).all()
     reference_images, _ = normalise(reference, reference.sequences)

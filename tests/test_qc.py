@@ -45,8 +45,9 @@ def stored_otherwise(volume, affine):
     the affine says so, so every voxel keeps its world position."""
     _, ny, nz = volume.shape
     twin = volume[:, ::-1, ::-1].transpose(2, 0, 1)
-    to_canonical = np.array([[0, 1, 0, 0], [0, 0, -1, ny - 1], [-1, 0, 0, nz - 1], [0, 0, 0, 1]],
-                            float)
+    to_canonical = np.array(
+        [[0, 1, 0, 0], [0, 0, -1, ny - 1], [-1, 0, 0, nz - 1], [0, 0, 0, 1]], float
+    )
     return np.ascontiguousarray(twin), affine @ to_canonical
 
 
@@ -79,11 +80,14 @@ class TestCanonical:
 
 
 class TestView:
-    @pytest.mark.parametrize(("plane", "index", "corner", "aspect"), [
-        ("sagittal", 2, (2, 6, 7), SPACING[2] / SPACING[1]),  # anterior right, superior up
-        ("coronal", 3, (5, 3, 7), SPACING[2] / SPACING[0]),   # the right to the right
-        ("axial", 4, (5, 6, 4), SPACING[1] / SPACING[0]),     # anterior up
-    ])
+    @pytest.mark.parametrize(
+        ("plane", "index", "corner", "aspect"),
+        [
+            ("sagittal", 2, (2, 6, 7), SPACING[2] / SPACING[1]),  # anterior right, superior up
+            ("coronal", 3, (5, 3, 7), SPACING[2] / SPACING[0]),  # the right to the right
+            ("axial", 4, (5, 6, 4), SPACING[1] / SPACING[0]),  # anterior up
+        ],
+    )
     def test_the_top_right_corner_is_where_the_plane_says(self, plane, index, corner, aspect):
         volume = np.zeros(SHAPE)
         volume[corner] = 1
@@ -174,8 +178,9 @@ class TestWritePng:
         assert struct.unpack(">II", header[16:24]) == (100, 150)
         assert not plt.fignum_exists(fig.number)
 
-    def test_an_interrupted_write_leaves_the_old_picture_and_no_stray_file(self, tmp_path,
-                                                                        monkeypatch):
+    def test_an_interrupted_write_leaves_the_old_picture_and_no_stray_file(
+        self, tmp_path, monkeypatch
+    ):
         path = tmp_path / "qc.png"
         path.write_bytes(b"old picture")
 
@@ -206,8 +211,13 @@ def centreline_png(data, affine, tmp_path):
 def prediction_png(data, mask, affine, tmp_path):
     from cordfuse.inference import write_prediction_qc
 
-    prediction = SimpleNamespace(subject="sub-01", affine=affine, mask=mask, lesions=[{}],
-                                 prepared=SimpleNamespace(native=SimpleNamespace(image=data)))
+    prediction = SimpleNamespace(
+        subject="sub-01",
+        affine=affine,
+        mask=mask,
+        lesions=[{}],
+        prepared=SimpleNamespace(native=SimpleNamespace(image=data)),
+    )
     path = tmp_path / "prediction.png"
     write_prediction_qc(prediction, path)
     return path.read_bytes()
@@ -216,8 +226,13 @@ def prediction_png(data, mask, affine, tmp_path):
 def report_png(data, mask, affine, tmp_path):
     from cordfuse.report import subject_qc_png
 
-    prepared = SimpleNamespace(subject="sub-01", sequences=[], images={}, label=None,
-                               geometry=SimpleNamespace(centre_index=0))
+    prepared = SimpleNamespace(
+        subject="sub-01",
+        sequences=[],
+        images={},
+        label=None,
+        geometry=SimpleNamespace(centre_index=0),
+    )
     return subject_qc_png(prepared, data, affine, mask, [("model", mask)])
 
 
@@ -230,10 +245,15 @@ def synth_png(data, mask, affine, tmp_path):
     if data.shape != SHAPE:  # the twin: its masks are stored the same way as its image
         scan.cord_mask = stored_otherwise(cord, canonical_volume()[2])[0]
     subject = SimpleNamespace(
-        subject_id="sub-01", cohort="A", anatomy=SimpleNamespace(lesions=[{}]),
+        subject_id="sub-01",
+        cohort="A",
+        anatomy=SimpleNamespace(lesions=[{}]),
         scans={"sub-01_T2Sag": scan, "sub-01_T2Ax": scan},
-        plans={"sub-01_T2Sag": SimpleNamespace(sequence="T2Sag"),
-               "sub-01_T2Ax": SimpleNamespace(sequence="T2Ax")})
+        plans={
+            "sub-01_T2Sag": SimpleNamespace(sequence="T2Sag"),
+            "sub-01_T2Ax": SimpleNamespace(sequence="T2Ax"),
+        },
+    )
     path = tmp_path / "synth.png"
     write_subject_qc(subject, path)
     return path.read_bytes()

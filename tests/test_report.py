@@ -15,8 +15,10 @@ import pytest
 from cordfuse.cli import main
 from cordfuse.report import SECTIONS
 
-CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")
-                 if shutil.which(n)), None)
+CHROMIUM = next(
+    (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)),
+    None,
+)
 
 
 class Outline(HTMLParser):
@@ -106,15 +108,28 @@ def test_report_of_a_training_folder_alone(tiny_demo, tmp_path, capsys):
     assert "Not in this folder." in html and '"model": "baseline"' in html
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (Debian: apt-get install "
-                    "chromium; .ci/run installs it)")
+@pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="Chromium not installed (Debian: apt-get install chromium; .ci/run installs it)",
+)
 def test_report_renders_in_headless_chromium(tiny_demo, tmp_path):
     report = tiny_demo["out"] / "report.html"
     result = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000",
-         "--dump-dom", report.resolve().as_uri()],
-        capture_output=True, text=True, timeout=120)
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            report.resolve().as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     page = outline(result.stdout)
     assert list(page.sections) == [key for key, _ in SECTIONS]

@@ -39,8 +39,14 @@ from cordfuse.study import (
 
 
 def _record(experiment, seed, inference, image, cohort, f1, dice):
-    return Record(experiment, seed, inference, image, cohort,
-                  {"lesion_f1": f1, "dice": dice, "lesion_sensitivity": math.nan})
+    return Record(
+        experiment,
+        seed,
+        inference,
+        image,
+        cohort,
+        {"lesion_f1": f1, "dice": dice, "lesion_sensitivity": math.nan},
+    )
 
 
 @pytest.fixture()
@@ -51,8 +57,9 @@ def fake_records():
     for seed in (0, 1):
         for i in range(3):
             out.append(_record("baseline", seed, "T2Sag", f"a{i}", "A", 0.5 + 0.1 * i, 0.4))
-            out.append(_record("mi", seed, "T2Sag", f"a{i}", "A", 0.6 + 0.1 * i + 0.02 * seed,
-                               0.45))
+            out.append(
+                _record("mi", seed, "T2Sag", f"a{i}", "A", 0.6 + 0.1 * i + 0.02 * seed, 0.45)
+            )
             out.append(_record("mi", seed, ALL_AVAILABLE, f"a{i}", "A", 0.9, 0.5))
             out.append(_record("specific", seed, "T2Sag+STIR", f"a{i}", "A", 0.7, 0.42))
         for i in range(2):
@@ -62,14 +69,19 @@ def fake_records():
 
 
 def test_table1_layout_blanks_bold_and_seed_means(fake_records):
-    table = table1(fake_records, experiments=["baseline", "specific", "mi"],
-                   inferences=["T2Sag", "T2Sag+STIR", ALL_AVAILABLE],
-                   labels={"baseline": "T2Sag baseline", "mi": "Mean Imputation"})
-    assert table.header == ["model", "sequences at inference", "F1 A", "F1 B", "Dice A",
-                            "Dice B"]
+    table = table1(
+        fake_records,
+        experiments=["baseline", "specific", "mi"],
+        inferences=["T2Sag", "T2Sag+STIR", ALL_AVAILABLE],
+        labels={"baseline": "T2Sag baseline", "mi": "Mean Imputation"},
+    )
+    assert table.header == ["model", "sequences at inference", "F1 A", "F1 B", "Dice A", "Dice B"]
     assert [row[:2] for row in table.rows] == [
-        ["T2Sag baseline", "T2Sag"], ["specific", "T2Sag+STIR"], ["Mean Imputation", "T2Sag"],
-        ["Mean Imputation", ALL_AVAILABLE]]
+        ["T2Sag baseline", "T2Sag"],
+        ["specific", "T2Sag+STIR"],
+        ["Mean Imputation", "T2Sag"],
+        ["Mean Imputation", ALL_AVAILABLE],
+    ]
     baseline, specific, mi, mi_all = table.rows
     # a cell is the mean over seeds of the per-seed cohort mean
     assert baseline[2].value == pytest.approx(0.6)
@@ -120,10 +132,16 @@ def test_table2_wilcoxon_has_one_pair_per_image_averaged_over_seeds(fake_records
 
 def test_table2_single_star_for_p_between_005_and_01():
     # 5 images, each better on average over 2 seeds: exact two-sided p = 2/32 = 0.0625 -> "*"
-    recs = [_record("baseline", seed, "T2Sag", f"i{i}", "A", 0.5, 0.5)
-            for i in range(5) for seed in (0, 1)]
-    recs += [_record("mi", seed, "T2Sag", f"i{i}", "A", 0.6 + 0.01 * i - 0.2 * seed, 0.5)
-             for i in range(5) for seed in (0, 1)]
+    recs = [
+        _record("baseline", seed, "T2Sag", f"i{i}", "A", 0.5, 0.5)
+        for i in range(5)
+        for seed in (0, 1)
+    ]
+    recs += [
+        _record("mi", seed, "T2Sag", f"i{i}", "A", 0.6 + 0.01 * i - 0.2 * seed, 0.5)
+        for i in range(5)
+        for seed in (0, 1)
+    ]
     row = table2(recs, experiments=["baseline", "mi"]).rows[1]
     # averaged over seeds, mi is 0.5 + 0.01 i: above the baseline for i = 1..4 only, tie at 0
     p = stats.wilcoxon([0.51, 0.52, 0.53, 0.54], [0.5] * 4).pvalue
@@ -139,10 +157,17 @@ def test_records_survive_the_csv_round_trip(fake_records):
     again = records_from_csv(records_to_csv(fake_records))
     assert len(again) == len(fake_records)
     for a, b in zip(again, fake_records, strict=True):
-        assert (a.experiment, a.seed, a.inference, a.image, a.cohort) == \
-               (b.experiment, b.seed, b.inference, b.image, b.cohort)
-        assert all(a.values[k] == b.values[k] or (math.isnan(a.values[k]) and
-                                                  math.isnan(b.values[k])) for k in b.values)
+        assert (a.experiment, a.seed, a.inference, a.image, a.cohort) == (
+            b.experiment,
+            b.seed,
+            b.inference,
+            b.image,
+            b.cohort,
+        )
+        assert all(
+            a.values[k] == b.values[k] or (math.isnan(a.values[k]) and math.isnan(b.values[k]))
+            for k in b.values
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,11 +179,14 @@ def test_inference_sets_follow_the_models_and_the_subject():
     have = ["T2Sag", "STIR", "T2Ax"]
     assert inference_sets(EXPERIMENTS["baseline"], have, specific) == [("T2Sag", ("T2Sag",))]
     assert inference_sets(EXPERIMENTS["specific-stir"], have, specific) == [
-        ("T2Sag+STIR", ("T2Sag", "STIR"))]
+        ("T2Sag+STIR", ("T2Sag", "STIR"))
+    ]
     assert inference_sets(EXPERIMENTS["specific-t2s-t1"], have, specific) == []
     assert inference_sets(EXPERIMENTS["mi-distill"], have, specific) == [
-        ("T2Sag", ("T2Sag",)), ("T2Sag+STIR", ("T2Sag", "STIR")),
-        (ALL_AVAILABLE, ("T2Sag", "STIR", "T2Ax"))]
+        ("T2Sag", ("T2Sag",)),
+        ("T2Sag+STIR", ("T2Sag", "STIR")),
+        (ALL_AVAILABLE, ("T2Sag", "STIR", "T2Ax")),
+    ]
     assert inference_sets(EXPERIMENTS["mi"], ["T2Sag"], specific) == [("T2Sag", ("T2Sag",))]
 
 
@@ -172,7 +200,8 @@ def test_study_config_parsing_and_errors(tmp_path):
     paper = StudyConfig.from_mapping({"preset": "paper", "seeds": 3}, tmp_path)
     assert paper.schedule == (1000, 250) and paper.seeds == (0, 1, 2)
     assert StudyConfig.from_mapping({"dataset": "bids"}, tmp_path).dataset == str(
-        (tmp_path / "bids").resolve())
+        (tmp_path / "bids").resolve()
+    )
     with pytest.raises(CordfuseError, match="unknown setting.*epoch"):
         StudyConfig.from_mapping({"epoch": 3}, tmp_path)
     with pytest.raises(CordfuseError, match="unknown experiment"):
@@ -206,8 +235,9 @@ def test_noise_params_file_is_checked(tmp_path):
     (tmp_path / "missing.json").write_text(json.dumps({"weight": 0.3}))
     with pytest.raises(CordfuseError, match="missing.json: noise parameters need"):
         FeatureNoise.from_json(tmp_path / "missing.json")
-    (tmp_path / "neg.json").write_text(json.dumps({"weight": 2, "logistic_scale": 0.01,
-                                                   "normal_sigma": 0.5}))
+    (tmp_path / "neg.json").write_text(
+        json.dumps({"weight": 2, "logistic_scale": 0.01, "normal_sigma": 0.5})
+    )
     with pytest.raises(CordfuseError, match="0 <= weight <= 1"):
         FeatureNoise.from_json(tmp_path / "neg.json")
 
@@ -220,8 +250,10 @@ def test_noise_params_file_is_checked(tmp_path):
 def tiny_study(tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
     config = root / "tiny.yaml"
-    config.write_text("synthetic: {subjects: 12, seed: 3}\nseeds: 1\nepochs: 1\niterations: 2\n"
-                      "test_per_cohort: 1\nfeature_noise: fit\n")
+    config.write_text(
+        "synthetic: {subjects: 12, seed: 3}\nseeds: 1\nepochs: 1\niterations: 2\n"
+        "test_per_cohort: 1\nfeature_noise: fit\n"
+    )
     assert main(["study", str(config)]) == 0
     return root / "tiny"
 
@@ -259,16 +291,19 @@ def test_study_runs_the_grid_and_writes_the_tables(tiny_study):
     table = (out / "table1.md").read_text()
     assert "| T2Sag baseline | T2Sag |" in table and "| Mean Imputation | all available |" in table
     # the frozen encoder is the baseline's, bit for bit
-    baseline = torch.load(out / "runs" / "baseline" / "seed-0" / "checkpoint_best.pt",
-                          weights_only=True)["model"]
-    frozen = torch.load(out / "runs" / "mi-frozen" / "seed-0" / "checkpoint_best.pt",
-                        weights_only=True)["model"]
+    baseline = torch.load(
+        out / "runs" / "baseline" / "seed-0" / "checkpoint_best.pt", weights_only=True
+    )["model"]
+    frozen = torch.load(
+        out / "runs" / "mi-frozen" / "seed-0" / "checkpoint_best.pt", weights_only=True
+    )["model"]
     keys = [k for k in baseline if k.startswith("encoders.T2Sag.")]
     assert keys and all(torch.equal(baseline[k], frozen[k]) for k in keys)
     # feature-aug trained with the noise fitted on the mi model of the same seed
     fitted = FeatureNoise.from_json(out / "features" / "seed-0" / "noise_params.json")
-    aug = torch.load(out / "runs" / "feature-aug" / "seed-0" / "checkpoint_best.pt",
-                     weights_only=True)["config"]
+    aug = torch.load(
+        out / "runs" / "feature-aug" / "seed-0" / "checkpoint_best.pt", weights_only=True
+    )["config"]
     assert FeatureNoise(**aug["feature_noise"]) == fitted
 
 
@@ -280,8 +315,12 @@ def test_study_lists_every_lesion_and_what_the_extra_sequences_add(tiny_study):
     rows = rows_from_csv((out / "per_lesion.csv").read_text())
     # every evaluated image has its lesions listed, and the counts agree with its metrics
     for r in records:
-        mine = [x for x in rows if (x.experiment, x.seed, x.inference, x.subject) ==
-                (r.experiment, r.seed, r.inference, r.image)]
+        mine = [
+            x
+            for x in rows
+            if (x.experiment, x.seed, x.inference, x.subject)
+            == (r.experiment, r.seed, r.inference, r.image)
+        ]
         assert sum(x.kind == "gt" for x in mine) == r.values["n_gt"]
         assert sum(x.kind == "pred" for x in mine) == r.values["n_pred"]
         assert sum(x.detected for x in mine if x.kind == "gt") == r.values["gt_detected"]
@@ -324,8 +363,20 @@ def test_study_resumes_without_redoing_work(tiny_study, capsys):
 
 def test_analyze_features_cli_writes_params_train_reads(tiny_study, tmp_path, capsys):
     out = tmp_path / "features"
-    assert main(["analyze-features", str(tiny_study / "runs" / "mi" / "seed-0"),
-                 str(tiny_study / "prepared"), "-o", str(out), "--max-values", "50000"]) == 0
+    assert (
+        main(
+            [
+                "analyze-features",
+                str(tiny_study / "runs" / "mi" / "seed-0"),
+                str(tiny_study / "prepared"),
+                "-o",
+                str(out),
+                "--max-values",
+                "50000",
+            ]
+        )
+        == 0
+    )
     assert "Fitted on" in capsys.readouterr().out
     noise = FeatureNoise.from_json(out / "noise_params.json")
     assert 0 < noise.weight < 1 and noise.logistic_scale > 0 and noise.normal_sigma > 0
@@ -333,13 +384,22 @@ def test_analyze_features_cli_writes_params_train_reads(tiny_study, tmp_path, ca
     assert fit["n_values"] <= 50000 and set(fit["values_per_sequence"]) >= {"STIR"}
     assert (out / "histogram.png").read_bytes()[:4] == b"\x89PNG"
     # the baseline has one encoder: nothing to compare, one clear line
-    assert main(["analyze-features", str(tiny_study / "runs" / "baseline" / "seed-0"),
-                 str(tiny_study / "prepared"), "-o", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "analyze-features",
+                str(tiny_study / "runs" / "baseline" / "seed-0"),
+                str(tiny_study / "prepared"),
+                "-o",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     assert "single-encoder model" in capsys.readouterr().err
 
 
-def test_evaluate_reproduces_the_study_and_nothing_needs_the_raw_data(tiny_study, tmp_path,
-                                                                      capsys):
+def test_evaluate_reproduces_the_study_and_nothing_needs_the_raw_data(tiny_study, tmp_path, capsys):
     """The study folder is self-contained: with its BIDS data gone, report, study (resumed) and
     evaluate --gt PREPARED still work, and evaluate gives per_image.csv's numbers exactly."""
     import shutil
@@ -356,8 +416,11 @@ def test_evaluate_reproduces_the_study_and_nothing_needs_the_raw_data(tiny_study
         folder = moved / "predictions" / experiment / f"seed-{seed}" / inference.replace(" ", "-")
         rows, problems = evaluate(folder, moved / "prepared")
         assert not problems
-        expected = {r.image: r for r in records
-                    if (r.experiment, r.seed, r.inference) == (experiment, seed, inference)}
+        expected = {
+            r.image: r
+            for r in records
+            if (r.experiment, r.seed, r.inference) == (experiment, seed, inference)
+        }
         assert sorted(row.image for row in rows) == sorted(expected)
         for row in rows:
             assert row.cohort == expected[row.image].cohort
@@ -367,8 +430,9 @@ def test_evaluate_reproduces_the_study_and_nothing_needs_the_raw_data(tiny_study
     (moved / "report.html").unlink()
     assert main(["report", str(moved)]) == 0
     report = (moved / "report.html").read_text()
-    assert report.count('<figure class="qc"') == len(json.loads((moved / "fold.json")
-                                                                .read_text())["test"])
+    assert report.count('<figure class="qc"') == len(
+        json.loads((moved / "fold.json").read_text())["test"]
+    )
     before = (moved / "per_image.csv").read_text()
     shutil.copy(moved / "study.yaml", tmp_path / "tiny.yaml")
     assert main(["study", str(tmp_path / "tiny.yaml"), "-o", str(moved)]) == 0
@@ -395,16 +459,22 @@ def test_demo_is_the_study_runner_with_a_built_in_config(tiny_demo):
     manifest = json.loads((out / "cordfuse_run.json").read_text())
     assert manifest["kind"] == "demo" and manifest["experiments"] == ["baseline", "mi"]
     assert [folder for _, folder in manifest["qc_predictions"]] == [
-        "predictions/baseline/seed-0/T2Sag", "predictions/mi/seed-0/all-available"]
+        "predictions/baseline/seed-0/T2Sag",
+        "predictions/mi/seed-0/all-available",
+    ]
     records = records_from_csv((out / "per_image.csv").read_text())
     runs = sorted({(r.experiment, r.seed, r.inference) for r in records})
     assert runs == [("baseline", 0, "T2Sag"), ("mi", 0, "T2Sag"), ("mi", 0, ALL_AVAILABLE)]
     for experiment, seed, inference in runs:
-        rows, problems = evaluate(prediction_folder(out, experiment, seed, inference),
-                                  out / "prepared")
+        rows, problems = evaluate(
+            prediction_folder(out, experiment, seed, inference), out / "prepared"
+        )
         assert not problems
-        expected = {r.image: r for r in records
-                    if (r.experiment, r.seed, r.inference) == (experiment, seed, inference)}
+        expected = {
+            r.image: r
+            for r in records
+            if (r.experiment, r.seed, r.inference) == (experiment, seed, inference)
+        }
         assert sorted(row.image for row in rows) == sorted(expected)
         for row in rows:
             for key, value in row.metrics.to_dict().items():
@@ -412,8 +482,9 @@ def test_demo_is_the_study_runner_with_a_built_in_config(tiny_demo):
                 assert value == want or (math.isnan(value) and math.isnan(want)), (row.image, key)
 
 
-def test_t2sag_only_is_one_prediction_in_predict_and_in_the_study(synth_root, prepared_small,
-                                                                  tiny_baseline, tmp_path):
+def test_t2sag_only_is_one_prediction_in_predict_and_in_the_study(
+    synth_root, prepared_small, tiny_baseline, tmp_path
+):
     """``predict --sequences T2Sag`` gives the study's T2Sag-only prediction: the subject prepared
     with all its sequences, the others switched off. Preparing it again with T2Sag alone (what
     predict did before) lays out another crop, so it is not the same prediction."""
@@ -430,13 +501,28 @@ def test_t2sag_only_is_one_prediction_in_predict_and_in_the_study(synth_root, pr
             break
     else:
         pytest.fail("no fixture subject whose crop depends on its other sequences")
-    (label, sequences), = inference_sets(EXPERIMENTS["baseline"], prepared.sequences, [])
+    ((label, sequences),) = inference_sets(EXPERIMENTS["baseline"], prepared.sequences, [])
     assert label == "T2Sag"
     study = predict_prepared(prepared, models, sequences=list(sequences))
     out = tmp_path / "predicted"
-    assert main(["predict", str(tiny_baseline), "-i", str(synth_root / subject.name), "-o",
-                 str(out), "--sequences", "T2Sag", "--save-probabilities", "--device",
-                 "cpu"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(tiny_baseline),
+                "-i",
+                str(synth_root / subject.name),
+                "-o",
+                str(out),
+                "--sequences",
+                "T2Sag",
+                "--save-probabilities",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     probabilities = nib.load(out / f"{subject.name}_lesion_prob.nii.gz").get_fdata()
     mask = np.asarray(nib.load(out / f"{subject.name}_lesion.nii.gz").dataobj)
     # equal up to the float32 rounding of the centrelines that prepared.npz stores

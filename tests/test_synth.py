@@ -20,8 +20,11 @@ SEQS = ("T2Sag", "STIR", "T2starAx", "T2Ax", "T1Sag", "MP2RAGE")
 
 def _files(root):
     """The dataset's files and bytes, less the ownership manifest (it records when it was made)."""
-    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name != MANIFEST}
+    return {
+        p.relative_to(root): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
 
 
 class TestDeterminism:

@@ -66,25 +66,41 @@ class TestResume:
 
         def log(run):
             lines = (tmp_path / run / "log.jsonl").read_text().splitlines()
-            return [{k: v for k, v in json.loads(line).items() if not k.endswith("_seconds")}
-                    for line in lines]
+            return [
+                {k: v for k, v in json.loads(line).items() if not k.endswith("_seconds")}
+                for line in lines
+            ]
 
         assert [record["epoch"] for record in log("resumed")] == [1, 2, 3]
         assert json.dumps(log("resumed")) == json.dumps(log("straight"))  # NaN-safe equality
 
-    def test_resume_refuses_another_configuration_or_split(self, prepared_small, tmp_path,
-                                                            capsys):
+    def test_resume_refuses_another_configuration_or_split(self, prepared_small, tmp_path, capsys):
         out = tmp_path / "run"
-        args = ["train", str(prepared_small), str(out), "--model", "baseline", "--preset",
-                "small", "--epochs", "1", "--iterations", "2", "--seed", "3"]
+        args = [
+            "train",
+            str(prepared_small),
+            str(out),
+            "--model",
+            "baseline",
+            "--preset",
+            "small",
+            "--epochs",
+            "1",
+            "--iterations",
+            "2",
+            "--seed",
+            "3",
+        ]
         assert main(args) == 0
         capsys.readouterr()
         trained = (out / "checkpoint_latest.pt").read_bytes()
         model = "model 'baseline' in the checkpoint, 'mean-imputation' requested"
         epochs = "epochs 1 in the checkpoint, 2 requested"
-        for change, named in ((["--model", "mean-imputation"], [model]),
-                              (["--epochs", "2"], [epochs]),
-                              (["--epochs", "2", "--model", "mean-imputation"], [model, epochs])):
+        for change, named in (
+            (["--model", "mean-imputation"], [model]),
+            (["--epochs", "2"], [epochs]),
+            (["--epochs", "2", "--model", "mean-imputation"], [model, epochs]),
+        ):
             assert main([*args, *change, "--resume"]) == 2
             err = capsys.readouterr().err
             assert err.startswith(f"cordfuse: error: {out}: cannot resume: ")
@@ -197,8 +213,9 @@ def test_sequence_dropout_hides_other_sequences_never_t2sag(prepared_small):
     many = [s for s in subjects if s.available.sum() >= 2]
     assert many, "the fixture cohort needs a subject with several sequences"
     plain = PatchDataset(many, (24, 24, 64), seed=0, foreground_fraction=0.3, augment=False)
-    dropped = PatchDataset(many, (24, 24, 64), seed=0, foreground_fraction=0.3, augment=False,
-                           sequence_dropout=0.5)
+    dropped = PatchDataset(
+        many, (24, 24, 64), seed=0, foreground_fraction=0.3, augment=False, sequence_dropout=0.5
+    )
     hidden = kept = 0
     for n in range(200):
         image, label, available = dropped[n]
@@ -228,15 +245,22 @@ def test_reference_dropout_hides_t2sag_only_where_the_others_cover_the_patch(pre
     _, paths = load_prepared_dataset(prepared_small)
     subjects = load_subjects(paths, list(SEQUENCES))
     plain = PatchDataset(subjects, (24, 24, 64), seed=1, foreground_fraction=0.5, augment=False)
-    dropped = PatchDataset(subjects, (24, 24, 64), seed=1, foreground_fraction=0.5,
-                           augment=False, reference_dropout=0.6)
+    dropped = PatchDataset(
+        subjects,
+        (24, 24, 64),
+        seed=1,
+        foreground_fraction=0.5,
+        augment=False,
+        reference_dropout=0.6,
+    )
     hidden = eligible = 0
     for n in range(300):
         image, label, available = dropped[n]
         full_image, _, full_available = plain[n]
         others = (full_image[1:][full_available[1:]] != 0).any(dim=0)
-        covered = bool(others.float().mean() >= REFERENCE_DROP_COVER) and \
-            bool(others[label > 0].all())
+        covered = bool(others.float().mean() >= REFERENCE_DROP_COVER) and bool(
+            others[label > 0].all()
+        )
         eligible += covered
         if not available[0]:
             hidden += 1
@@ -252,8 +276,13 @@ def test_reference_dropout_hides_t2sag_only_where_the_others_cover_the_patch(pre
 def test_all_level_fusion_trains_and_predicts(prepared_small, tmp_path):
     from cordfuse.inference import load_model
 
-    config = tiny(model="mean-imputation", fusion="all-levels", sequence_dropout=0.3,
-                  reference_dropout=0.5, epochs=1)
+    config = tiny(
+        model="mean-imputation",
+        fusion="all-levels",
+        sequence_dropout=0.3,
+        reference_dropout=0.5,
+        epochs=1,
+    )
     train(prepared_small, tmp_path / "run", config, progress=False)
     model = load_model(tmp_path / "run", torch.device("cpu"))
     assert model.config.fusion == "all-levels" and model.model.skip_fusions is not None
@@ -268,15 +297,32 @@ def test_ddp_trains_every_model_and_variant_and_resumes(prepared_small, tmp_path
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join([str(script.parent), env.get("PYTHONPATH", "")])
     result = subprocess.run(
-        [str(torchrun), "--nproc_per_node", "2", str(script), str(prepared_small),
-         str(tmp_path / "runs")],
-        capture_output=True, text=True, env=env, timeout=900,
+        [
+            str(torchrun),
+            "--nproc_per_node",
+            "2",
+            str(script),
+            str(prepared_small),
+            str(tmp_path / "runs"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     line = next(x for x in result.stdout.splitlines() if x.startswith("RESULT "))
     runs = json.loads(line.removeprefix("RESULT "))
-    assert set(runs) == {"baseline", "feature-aug", "specific", "mean-imputation",
-                         "frozen-encoder", "distillation", "straight", "resumed"}
+    assert set(runs) == {
+        "baseline",
+        "feature-aug",
+        "specific",
+        "mean-imputation",
+        "frozen-encoder",
+        "distillation",
+        "straight",
+        "resumed",
+    }
     assert all(run["in_sync"] is True for run in runs.values()), runs
     assert runs["resumed"]["digest"] == runs["straight"]["digest"]
     assert len({run["digest"] for run in runs.values()}) == 7  # all differ but the resumed
@@ -328,10 +374,14 @@ class TestAugmentation:
             assert 0.42 < np.mean([axis in d["mirror"] for d in draws]) < 0.58
         assert not any(1 in d["mirror"] for d in draws)  # never anterior-posterior
         per_sequence = [d[i] for d in draws for i in (0, 1, 3)]
-        for key, p, lo, hi in (("gamma", 0.3, 0.7, 1.5), ("brightness", 0.15, 0.75, 1.25),
-                               ("contrast", 0.15, 0.75, 1.25), ("noise_variance", 0.1, 0, 0.1),
-                               ("gamma_inverted", 0.1, 0.7, 1.5),
-                               ("low_resolution", 0.125, 0.5, 1.0)):
+        for key, p, lo, hi in (
+            ("gamma", 0.3, 0.7, 1.5),
+            ("brightness", 0.15, 0.75, 1.25),
+            ("contrast", 0.15, 0.75, 1.25),
+            ("noise_variance", 0.1, 0, 0.1),
+            ("gamma_inverted", 0.1, 0.7, 1.5),
+            ("low_resolution", 0.125, 0.5, 1.0),
+        ):
             values = [d[key] for d in per_sequence if key in d]
             assert abs(len(values) / len(per_sequence) - p) < 0.05, (key, len(values))
             assert lo <= min(values) and max(values) <= hi, key
@@ -343,19 +393,33 @@ class TestAugmentation:
         from cordfuse.training.data import NNUNET, augment_patch
 
         image, label, available = self.patch()
-        spatial_only = replace(NNUNET, p_noise=0, p_blur=0, p_brightness=0, p_contrast=0,
-                               p_low_resolution=0, p_gamma=0, p_gamma_inverted=0,
-                               p_rotation=1.0, p_scaling=1.0)
+        spatial_only = replace(
+            NNUNET,
+            p_noise=0,
+            p_blur=0,
+            p_brightness=0,
+            p_contrast=0,
+            p_low_resolution=0,
+            p_gamma=0,
+            p_gamma_inverted=0,
+            p_rotation=1.0,
+            p_scaling=1.0,
+        )
         full = replace(NNUNET, p_rotation=1.0, p_scaling=1.0, p_noise=1.0, p_gamma=1.0)
         for n in range(20):
-            out, lab = augment_patch(image, label, available, spatial_only,
-                                     np.random.default_rng(n))
+            out, lab = augment_patch(
+                image, label, available, spatial_only, np.random.default_rng(n)
+            )
             assert np.array_equal(out[0], out[1]) and np.array_equal(out[0], out[3])
             assert (out[2] == 0).all()
             # The label moved with the image: the lesion block's texture is where the label is.
-            moved, _ = augment_patch(np.where(label > 0, 50.0, 1.0)[None].astype(np.float32),
-                                     label, np.array([True]), spatial_only,
-                                     np.random.default_rng(n))
+            moved, _ = augment_patch(
+                np.where(label > 0, 50.0, 1.0)[None].astype(np.float32),
+                label,
+                np.array([True]),
+                spatial_only,
+                np.random.default_rng(n),
+            )
             assert np.mean(moved[0][lab > 0] > 25) > 0.9
             noisy, _ = augment_patch(image, label, available, full, np.random.default_rng(n))
             outside = out[0] == 0  # not seen after the spatial transform
@@ -367,17 +431,21 @@ class TestDataPath:
     def test_workers_persist_and_draw_the_same_patches(self, prepared_small, tmp_path):
         """Worker processes (persistent over epochs) give the run bit for bit: sample n is a
         function of (seed, n) only."""
-        inline = train(prepared_small, tmp_path / "inline", tiny(epochs=2, num_workers=0),
-                       progress=False)
-        workers = train(prepared_small, tmp_path / "workers", tiny(epochs=2, num_workers=2),
-                        progress=False)
+        inline = train(
+            prepared_small, tmp_path / "inline", tiny(epochs=2, num_workers=0), progress=False
+        )
+        workers = train(
+            prepared_small, tmp_path / "workers", tiny(epochs=2, num_workers=2), progress=False
+        )
         assert workers["digest"] == inline["digest"]
 
     def test_validation_every_n_epochs_and_at_the_end(self, prepared_small, tmp_path):
-        summary = train(prepared_small, tmp_path / "run", tiny(epochs=3, val_every=2),
-                        progress=False)
-        log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text()
-               .splitlines()]
+        summary = train(
+            prepared_small, tmp_path / "run", tiny(epochs=3, val_every=2), progress=False
+        )
+        log = [
+            json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+        ]
         validated = [not np.isnan(r["val_dice"]) for r in log]
         assert validated == [False, True, True]
         assert all(r["val_seconds"] >= 0 for r in log) and summary["best_val_dice"] is not None
@@ -403,7 +471,8 @@ def test_compile_option_wraps_the_training_step(prepared_small, tmp_path, monkey
     monkeypatch.setattr(torch, "compile", fake_compile)
     plain = train(prepared_small, tmp_path / "plain", tiny(epochs=1), progress=False)
     assert compiled == []
-    again = train(prepared_small, tmp_path / "compiled", tiny(epochs=1, compile=True),
-                  progress=False)
+    again = train(
+        prepared_small, tmp_path / "compiled", tiny(epochs=1, compile=True), progress=False
+    )
     assert len(compiled) == 1 and isinstance(compiled[0], torch.nn.Module)
     assert again["digest"] == plain["digest"]

@@ -155,22 +155,35 @@ class Checkpoint:
             raise CordfuseError(f"{path}: not a cordfuse checkpoint (no {', '.join(missing)})")
         version = str(data["cordfuse_version"])
         if version.split(".")[0] != __version__.split(".")[0]:
-            raise CordfuseError(f"{path}: trained with cordfuse {version}, this is {__version__} "
-                                "(another major version)")
+            raise CordfuseError(
+                f"{path}: trained with cordfuse {version}, this is {__version__} "
+                "(another major version)"
+            )
         try:
             config = TrainConfig.from_dict(data["config"])
             net = NetConfig(**{k: _tuples(v) for k, v in data["net"].items()})
             prep = PrepConfig(**data["prep"])
         except (TypeError, ValueError, AttributeError, CordfuseError) as exc:
-            raise CordfuseError(f"{path}: invalid configuration in the checkpoint "
-                                f"({_reason(exc)})") from exc
+            raise CordfuseError(
+                f"{path}: invalid configuration in the checkpoint ({_reason(exc)})"
+            ) from exc
         return cls(
-            model=data["model"], config=config, net=net, sequences=list(data["sequences"]),
-            prep=prep, normalisation=data.get("normalisation", NORMALISATION),
-            split=data.get("split"), optimizer=data.get("optimizer"),
-            scheduler=data.get("scheduler"), scaler=data.get("scaler"), epoch=data.get("epoch"),
-            best_val_dice=data.get("best_val_dice"), history=list(data.get("history", [])),
-            rng=data.get("rng"), cordfuse_version=version, path=path,
+            model=data["model"],
+            config=config,
+            net=net,
+            sequences=list(data["sequences"]),
+            prep=prep,
+            normalisation=data.get("normalisation", NORMALISATION),
+            split=data.get("split"),
+            optimizer=data.get("optimizer"),
+            scheduler=data.get("scheduler"),
+            scaler=data.get("scaler"),
+            epoch=data.get("epoch"),
+            best_val_dice=data.get("best_val_dice"),
+            history=list(data.get("history", [])),
+            rng=data.get("rng"),
+            cordfuse_version=version,
+            path=path,
         )
 
     def to_dict(self) -> dict:
@@ -180,11 +193,20 @@ class Checkpoint:
             A dict of tensors, containers and primitives (``path`` is not stored).
         """
         return {
-            "model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler,
-            "scaler": self.scaler, "epoch": self.epoch, "best_val_dice": self.best_val_dice,
-            "history": self.history, "rng": self.rng, "config": self.config.to_dict(),
-            "sequences": list(self.sequences), "net": asdict(self.net),
-            "normalisation": self.normalisation, "prep": asdict(self.prep), "split": self.split,
+            "model": self.model,
+            "optimizer": self.optimizer,
+            "scheduler": self.scheduler,
+            "scaler": self.scaler,
+            "epoch": self.epoch,
+            "best_val_dice": self.best_val_dice,
+            "history": self.history,
+            "rng": self.rng,
+            "config": self.config.to_dict(),
+            "sequences": list(self.sequences),
+            "net": asdict(self.net),
+            "normalisation": self.normalisation,
+            "prep": asdict(self.prep),
+            "split": self.split,
             "cordfuse_version": self.cordfuse_version,
         }
 
@@ -213,8 +235,9 @@ class Checkpoint:
             network = initial_network(self.config, self.net, self.sequences)
             network.load_state_dict(self.model)
         except (RuntimeError, ValueError) as exc:
-            raise CordfuseError(f"{self.path}: checkpoint does not match its configuration "
-                                f"({_reason(exc)})") from exc
+            raise CordfuseError(
+                f"{self.path}: checkpoint does not match its configuration ({_reason(exc)})"
+            ) from exc
         return network
 
 

@@ -231,8 +231,9 @@ def discover(root: str | Path, *, rules: dict[str, MatchRule] | None = None) -> 
     return Dataset(root, subjects, root / "participants.tsv" if cohorts else None)
 
 
-def open_dataset(root: str | Path, *, mapping: str | Path | None = None,
-                 participants: list[str] | None = None) -> Dataset:
+def open_dataset(
+    root: str | Path, *, mapping: str | Path | None = None, participants: list[str] | None = None
+) -> Dataset:
     """The dataset a verb works on: :func:`discover` with the sequence rules of ``mapping``,
     restricted to ``participants``.
 
@@ -305,8 +306,10 @@ def synth_truth_document(subject: Subject) -> dict | None:
     for stem, scan in document.get("scans", {}).items():
         if stem in paths:
             header = load_nifti(paths[stem])
-            scans[stem] = {"sequence": scan["sequence"],
-                           "motion_world_to_anatomy": scan["motion_world_to_anatomy"],
-                           "affine": np.asarray(header.affine, dtype=np.float64).tolist(),
-                           "shape": [int(n) for n in header.shape[:3]]}
+            scans[stem] = {
+                "sequence": scan["sequence"],
+                "motion_world_to_anatomy": scan["motion_world_to_anatomy"],
+                "affine": np.asarray(header.affine, dtype=np.float64).tolist(),
+                "shape": [int(n) for n in header.shape[:3]],
+            }
     return {"lesions": document.get("lesions", []), "scans": scans}

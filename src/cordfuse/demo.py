@@ -66,16 +66,26 @@ def demo_config(settings: DemoSettings) -> StudyConfig:
         A synthetic cohort with QC pictures, the ``small`` preset, :data:`EXPERIMENTS` and one
         seed.
     """
-    return StudyConfig(synthetic_subjects=settings.subjects, synthetic_seed=settings.seed,
-                       synthetic_qc=True, preset="small", seeds=(settings.seed,),
-                       epochs=settings.epochs, iterations=settings.iterations,
-                       test_per_cohort=settings.test_per_cohort, experiments=EXPERIMENTS,
-                       jobs=settings.jobs)
+    return StudyConfig(
+        synthetic_subjects=settings.subjects,
+        synthetic_seed=settings.seed,
+        synthetic_qc=True,
+        preset="small",
+        seeds=(settings.seed,),
+        epochs=settings.epochs,
+        iterations=settings.iterations,
+        test_per_cohort=settings.test_per_cohort,
+        experiments=EXPERIMENTS,
+        jobs=settings.jobs,
+    )
 
 
 def run_demo(
-    out: str | Path, settings: DemoSettings = DemoSettings(), log: Callable[[str], None] = print,
-    *, overwrite: bool = False,
+    out: str | Path,
+    settings: DemoSettings = DemoSettings(),
+    log: Callable[[str], None] = print,
+    *,
+    overwrite: bool = False,
 ) -> dict:
     """Run the demo into ``out`` (see the module docstring).
 
@@ -96,28 +106,36 @@ def run_demo(
     out = Path(out)
     folder = claim(out, "demo")
     if folder.owned() and not overwrite:
-        raise CordfuseError(f"{out}: holds an earlier demo (use --overwrite to replace it, or "
-                            "give another folder)")
+        raise CordfuseError(
+            f"{out}: holds an earlier demo (use --overwrite to replace it, or give another folder)"
+        )
     # a demo always starts afresh: an earlier one's outputs would be resumed, not redone
     folder = claim(out, "demo", overwrite=True)
     folder.own(*ENTRIES)
     started = time.perf_counter()
     study = demo_config(settings)
-    log(f"cordfuse demo: {settings.subjects} synthetic subjects, T2Sag baseline and Mean "
-        f"Imputation ({settings.epochs} x {settings.iterations} iterations each)")
+    log(
+        f"cordfuse demo: {settings.subjects} synthetic subjects, T2Sag baseline and Mean "
+        f"Imputation ({settings.epochs} x {settings.iterations} iterations each)"
+    )
     run = run_stages(study, out, log=log)
     table = results_table(run.tables)
     atomic_write_text(out / "results.md", table)
     log("")
     log(table)
     log("[report] writing report.html")
-    report = write_report(study, out, kind="demo", data=run.data.root,
-                          minutes=(time.perf_counter() - started) / 60)
+    report = write_report(
+        study, out, kind="demo", data=run.data.root, minutes=(time.perf_counter() - started) / 60
+    )
     minutes = (time.perf_counter() - started) / 60
     log(f"Demo finished in {minutes:.1f} min. Results: {(out / 'results.md').resolve()}")
     log(f"Report: {report.resolve()}")
-    return {"ok": bool(run.data.check_ok) and not run.data.failed, "minutes": minutes,
-            "records": run.records, "report": report}
+    return {
+        "ok": bool(run.data.check_ok) and not run.data.failed,
+        "minutes": minutes,
+        "records": run.records,
+        "report": report,
+    }
 
 
 def results_table(tables: dict[str, Path]) -> str:
@@ -131,8 +149,14 @@ def results_table(tables: dict[str, Path]) -> str:
     Returns:
         The Markdown text.
     """
-    parts = [tables[name].read_text() for name in ("table1.md", "table2.md",
-                                                   "extra_sequences.md") if name in tables]
+    parts = [
+        tables[name].read_text()
+        for name in ("table1.md", "table2.md", "extra_sequences.md")
+        if name in tables
+    ]
     body = "\n".join(parts) if parts else "No test subject was evaluated.\n"
-    return ("# cordfuse demo: test cohorts\n\n" + body
-            + "\nSynthetic data: a check of the pipeline, not a clinical validation.\n")
+    return (
+        "# cordfuse demo: test cohorts\n\n"
+        + body
+        + "\nSynthetic data: a check of the pipeline, not a clinical validation.\n"
+    )

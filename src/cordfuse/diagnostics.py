@@ -70,9 +70,9 @@ def encoder_learning(run_dir: str | Path) -> dict:
         weight = final["fusion.weight"].double()
         blocks = weight.reshape(weight.shape[0], len(checkpoint.sequences), -1)
         norms = blocks.pow(2).sum(dim=(0, 2)).sqrt()
-        out["fusion_weight_share"] = {seq: float(n / norms.sum())
-                                      for seq, n in zip(checkpoint.sequences, norms,
-                                                        strict=True)}
+        out["fusion_weight_share"] = {
+            seq: float(n / norms.sum()) for seq, n in zip(checkpoint.sequences, norms, strict=True)
+        }
     return out
 
 
@@ -101,22 +101,37 @@ def sequence_effect(model, prepared_subjects, *, device="cpu") -> dict:
         images, available = normalise(prepared, model.sequences)
         only = available.copy()
         only[1:] = False
-        fused = [_fused_bottleneck(net, images, flags, patch_z, device)
-                 for flags in (only, available)]
-        probabilities = [predict_probabilities(net, images, flags, patch_z=patch_z,
-                                               device=device) for flags in (only, available)]
+        fused = [
+            _fused_bottleneck(net, images, flags, patch_z, device) for flags in (only, available)
+        ]
+        probabilities = [
+            predict_probabilities(net, images, flags, patch_z=patch_z, device=device)
+            for flags in (only, available)
+        ]
         lesion = prepared.label > 0
-        row = {"subject": prepared.subject, "sequences": prepared.sequences,
-               "probability_change_in_lesions": float(np.abs(
-                   probabilities[1] - probabilities[0])[lesion].mean()) if lesion.any() else None,
-               "mask_voxels_changed": float(((probabilities[1] > 0.5) !=
-                                             (probabilities[0] > 0.5)).mean())}
+        row = {
+            "subject": prepared.subject,
+            "sequences": prepared.sequences,
+            "probability_change_in_lesions": float(
+                np.abs(probabilities[1] - probabilities[0])[lesion].mean()
+            )
+            if lesion.any()
+            else None,
+            "mask_voxels_changed": float(
+                ((probabilities[1] > 0.5) != (probabilities[0] > 0.5)).mean()
+            ),
+        }
         row["bottleneck_relative_change"] = float(
-            (fused[1] - fused[0]).norm() / fused[0].norm().clamp(min=1e-12))
+            (fused[1] - fused[0]).norm() / fused[0].norm().clamp(min=1e-12)
+        )
         rows.append(row)
-    return {"subjects": rows, **_medians(rows, ("bottleneck_relative_change",
-                                                "probability_change_in_lesions",
-                                                "mask_voxels_changed"))}
+    return {
+        "subjects": rows,
+        **_medians(
+            rows,
+            ("bottleneck_relative_change", "probability_change_in_lesions", "mask_voxels_changed"),
+        ),
+    }
 
 
 def _fused_bottleneck(net, images: np.ndarray, flags: np.ndarray, patch_z: int, device):
@@ -127,23 +142,27 @@ def _fused_bottleneck(net, images: np.ndarray, flags: np.ndarray, patch_z: int, 
     length = max(images.shape[-1], patch_z)
     padded = np.zeros((*images.shape[:-1], length), np.float32)
     padded[..., : images.shape[-1]] = images
-    x = torch.from_numpy(np.stack([padded[..., s : s + patch_z]
-                                   for s in window_starts(length, patch_z, 0.0)])).to(device)
+    x = torch.from_numpy(
+        np.stack([padded[..., s : s + patch_z] for s in window_starts(length, patch_z, 0.0)])
+    ).to(device)
     flag = torch.as_tensor(flags, device=device)[None].expand(len(x), -1)
-    features = torch.stack([net.encoders[seq](x[:, i : i + 1])[-1]
-                            for i, seq in enumerate(net.sequences)], dim=1)
+    features = torch.stack(
+        [net.encoders[seq](x[:, i : i + 1])[-1] for i, seq in enumerate(net.sequences)], dim=1
+    )
     if net.mean_imputation:
         features = mean_impute(features, flag)
     return net.fusion(features.flatten(1, 2)) if net.fusion is not None else features[:, 0]
 
 
 def _medians(rows: list[dict], keys) -> dict:
-    return {f"median_{key}": _median(r[key] for r in rows if r.get(key) is not None)
-            for key in keys}
+    return {
+        f"median_{key}": _median(r[key] for r in rows if r.get(key) is not None) for key in keys
+    }
 
 
-def inplane_misalignment(reference: np.ndarray, moving: np.ndarray, *,
-                         search: int = 3) -> tuple[int, int]:
+def inplane_misalignment(
+    reference: np.ndarray, moving: np.ndarray, *, search: int = 3
+) -> tuple[int, int]:
     """The in-plane shift (voxels) that best aligns ``moving`` with ``reference`` (largest
     absolute normalised cross-correlation over the voxels both cover: the cord, CSF and bone
     show on every sequence, with either polarity). ``moving`` rolled by the shift matches
@@ -172,8 +191,9 @@ def inplane_misalignment(reference: np.ndarray, moving: np.ndarray, *,
                 continue
             a = reference[both] - reference[both].mean()
             b = moved[both] - moved[both].mean()
-            ncc = abs(float((a * b).sum()) / max(float(np.sqrt((a * a).sum() * (b * b).sum())),
-                                                 1e-12))
+            ncc = abs(
+                float((a * b).sum()) / max(float(np.sqrt((a * a).sum() * (b * b).sum())), 1e-12)
+            )
             if ncc > best + 1e-9:  # ties keep the smaller shift (listed first from the centre)
                 best, best_shift = ncc, (dx, dy)
     return best_shift
@@ -213,21 +233,31 @@ def lesion_alignment(prepared_subjects, *, search: int = 3, margin: int = 8) -> 
             for seq in prepared.sequences:
                 if (z[seq][mask] == 0).mean() > 0.1:
                     continue  # this sequence does not cover the lesion
-                shift = (0, 0) if seq == "T2Sag" else inplane_misalignment(
-                    z["T2Sag"][..., lo:hi], z[seq][..., lo:hi], search=search)
+                shift = (
+                    (0, 0)
+                    if seq == "T2Sag"
+                    else inplane_misalignment(
+                        z["T2Sag"][..., lo:hi], z[seq][..., lo:hi], search=search
+                    )
+                )
                 aligned = np.roll(z[seq], shift, axis=(0, 1))
-                per_sequence[seq].append({
-                    "subject": prepared.subject, "lesion": index,
-                    "misalignment_mm": float(np.hypot(*shift) * spacing),
-                    "signal_at_label": LESION_SIGN[seq] * float(z[seq][mask].mean()),
-                    "signal_aligned": LESION_SIGN[seq] * float(aligned[mask].mean())})
+                per_sequence[seq].append(
+                    {
+                        "subject": prepared.subject,
+                        "lesion": index,
+                        "misalignment_mm": float(np.hypot(*shift) * spacing),
+                        "signal_at_label": LESION_SIGN[seq] * float(z[seq][mask].mean()),
+                        "signal_aligned": LESION_SIGN[seq] * float(aligned[mask].mean()),
+                    }
+                )
     summary = {}
     for seq, rows in per_sequence.items():
         summary[seq] = {
             "lesions_covered": len(rows),
             "median_misalignment_mm": _median(r["misalignment_mm"] for r in rows),
-            "share_misaligned_over_1mm": (sum(r["misalignment_mm"] > 1.0 for r in rows) /
-                                          len(rows) if rows else None),
+            "share_misaligned_over_1mm": (
+                sum(r["misalignment_mm"] > 1.0 for r in rows) / len(rows) if rows else None
+            ),
             "median_signal_at_label": _median(r["signal_at_label"] for r in rows),
             "median_signal_aligned": _median(r["signal_aligned"] for r in rows),
         }
@@ -240,8 +270,9 @@ def _median(values) -> float | None:
 
 
 @torch.no_grad()
-def misalignment_cost(model, prepared_subjects, *, shifts_mm=(0.0, 1.0, 2.0, 3.0),
-                      device="cpu") -> dict:
+def misalignment_cost(
+    model, prepared_subjects, *, shifts_mm=(0.0, 1.0, 2.0, 3.0), device="cpu"
+) -> dict:
     """Lesion-wise sensitivity in crop space (against the prepared label) with T2Sag alone, and
     with every sequence after moving the non-T2Sag crops left-right by each shift: what a
     residual misalignment between sequences costs the model.
@@ -287,11 +318,18 @@ def misalignment_cost(model, prepared_subjects, *, shifts_mm=(0.0, 1.0, 2.0, 3.0
             counts[shift][0] += int(found.sum())
             counts[shift][1] += len(found)
             gained[shift] += int((found & ~alone).sum())
-    return {"lesions": counts["T2Sag"][1],
-            "sensitivity_t2sag_only": _ratio(*counts["T2Sag"]),
-            "with_every_sequence": [{"shift_mm": shift, "sensitivity": _ratio(*counts[shift]),
-                                     "found_only_with_more": gained[shift]}
-                                    for shift in shifts_mm]}
+    return {
+        "lesions": counts["T2Sag"][1],
+        "sensitivity_t2sag_only": _ratio(*counts["T2Sag"]),
+        "with_every_sequence": [
+            {
+                "shift_mm": shift,
+                "sensitivity": _ratio(*counts[shift]),
+                "found_only_with_more": gained[shift],
+            }
+            for shift in shifts_mm
+        ],
+    }
 
 
 def _ratio(found: int, total: int) -> float | None:
@@ -330,15 +368,17 @@ def coverage(prepared_subjects) -> dict:
     """
     out = {}
     for seq in SEQUENCES:
-        shares = [float((p.images[seq] == 0).mean()) for p in prepared_subjects
-                  if seq in p.images]
-        out[seq] = {"subjects": len(shares),
-                    "mean_uncovered_share": float(np.mean(shares)) if shares else None}
+        shares = [float((p.images[seq] == 0).mean()) for p in prepared_subjects if seq in p.images]
+        out[seq] = {
+            "subjects": len(shares),
+            "mean_uncovered_share": float(np.mean(shares)) if shares else None,
+        }
     return out
 
 
-def diagnose_study(study_dir: str | Path, *, device: str = "cpu",
-                   experiments: list[str] | None = None) -> dict:
+def diagnose_study(
+    study_dir: str | Path, *, device: str = "cpu", experiments: list[str] | None = None
+) -> dict:
     """All measurements on a finished study; writes ``diagnostics.{json,md}`` into it.
 
     Args:
@@ -366,8 +406,11 @@ def diagnose_study(study_dir: str | Path, *, device: str = "cpu",
     _, paths = load_prepared_dataset(out / "prepared")
     test = [PreparedSubject.load(p) for p in paths if p.parent.name in fold["test"]]
     train = [PreparedSubject.load(p) for p in paths if p.parent.name in fold["train"]]
-    result = {"coverage_train": coverage(train), "alignment_test": lesion_alignment(test),
-              "models": {}}
+    result = {
+        "coverage_train": coverage(train),
+        "alignment_test": lesion_alignment(test),
+        "models": {},
+    }
     runs = sorted((out / "runs").glob("*/seed-*/summary.json"))
     for summary in runs:
         run = summary.parent
@@ -380,7 +423,8 @@ def diagnose_study(study_dir: str | Path, *, device: str = "cpu",
         result["models"][f"{name}/{run.name}"] = {
             **encoder_learning(run),
             "sequence_effect": sequence_effect(model, test, device=device),
-            "misalignment_cost": misalignment_cost(model, test, device=device)}
+            "misalignment_cost": misalignment_cost(model, test, device=device),
+        }
     atomic_write_text(out / "diagnostics.json", json.dumps(result, indent=2) + "\n")
     atomic_write_text(out / "diagnostics.md", to_markdown(result))
     return result
@@ -399,39 +443,61 @@ def to_markdown(result: dict) -> str:
     Returns:
         The Markdown text.
     """
-    lines = ["# Multi-sequence diagnostics", "", "## Inputs (prepared crops)", "",
-             "| sequence | training subjects | uncovered share of crop | test lesions covered | "
-             "median misalignment with T2Sag (mm) | share > 1 mm | lesion signal at label (z) | "
-             "with misalignment undone (z) |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Multi-sequence diagnostics",
+        "",
+        "## Inputs (prepared crops)",
+        "",
+        "| sequence | training subjects | uncovered share of crop | test lesions covered | "
+        "median misalignment with T2Sag (mm) | share > 1 mm | lesion signal at label (z) | "
+        "with misalignment undone (z) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for seq in SEQUENCES:
         c, a = result["coverage_train"][seq], result["alignment_test"][seq]
-        lines.append(f"| {seq} | {c['subjects']} | {_f(c['mean_uncovered_share'], 2)} | "
-                     f"{a['lesions_covered']} | {_f(a['median_misalignment_mm'], 2)} | "
-                     f"{_f(a['share_misaligned_over_1mm'], 2)} | "
-                     f"{_f(a['median_signal_at_label'], 2)} | "
-                     f"{_f(a['median_signal_aligned'], 2)} |")
+        lines.append(
+            f"| {seq} | {c['subjects']} | {_f(c['mean_uncovered_share'], 2)} | "
+            f"{a['lesions_covered']} | {_f(a['median_misalignment_mm'], 2)} | "
+            f"{_f(a['share_misaligned_over_1mm'], 2)} | "
+            f"{_f(a['median_signal_at_label'], 2)} | "
+            f"{_f(a['median_signal_aligned'], 2)} |"
+        )
     lines += ["", "## Models", ""]
     for name, m in result["models"].items():
         effect = m["sequence_effect"]
-        lines += [f"### {name}", "",
-                  "| sequence | encoder weight change | fusion weight share |", "|---|---|---|"]
+        lines += [
+            f"### {name}",
+            "",
+            "| sequence | encoder weight change | fusion weight share |",
+            "|---|---|---|",
+        ]
         for seq, change in m["encoder_relative_change"].items():
             share = m.get("fusion_weight_share", {}).get(seq)
             lines.append(f"| {seq} | {change:.3g} | {_f(share)} |")
-        lines += ["", f"Adding a test subject's other sequences to T2Sag (median over "
-                  f"{len(effect['subjects'])} subjects): bottleneck moves by "
-                  f"{_f(effect['median_bottleneck_relative_change'])} (relative L2), lesion "
-                  f"probability inside the lesions by "
-                  f"{_f(effect['median_probability_change_in_lesions'])}, and "
-                  f"{_f(effect['median_mask_voxels_changed'], 4)} of the crop's voxels change "
-                  "class.", ""]
+        lines += [
+            "",
+            f"Adding a test subject's other sequences to T2Sag (median over "
+            f"{len(effect['subjects'])} subjects): bottleneck moves by "
+            f"{_f(effect['median_bottleneck_relative_change'])} (relative L2), lesion "
+            f"probability inside the lesions by "
+            f"{_f(effect['median_probability_change_in_lesions'])}, and "
+            f"{_f(effect['median_mask_voxels_changed'], 4)} of the crop's voxels change "
+            "class.",
+            "",
+        ]
         cost = m["misalignment_cost"]
-        lines += [f"Misalignment cost (crop space, {cost['lesions']} lesions of test subjects "
-                  f"with more than T2Sag; T2Sag alone: sensitivity "
-                  f"{_f(cost['sensitivity_t2sag_only'])}):", "",
-                  "| other sequences moved (mm) | sensitivity, every sequence | lesions found "
-                  "only with more |", "|---|---|---|"]
-        lines += [f"| {c['shift_mm']:g} | {_f(c['sensitivity'])} | {c['found_only_with_more']} |"
-                  for c in cost["with_every_sequence"]]
+        lines += [
+            f"Misalignment cost (crop space, {cost['lesions']} lesions of test subjects "
+            f"with more than T2Sag; T2Sag alone: sensitivity "
+            f"{_f(cost['sensitivity_t2sag_only'])}):",
+            "",
+            "| other sequences moved (mm) | sensitivity, every sequence | lesions found "
+            "only with more |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {c['shift_mm']:g} | {_f(c['sensitivity'])} | {c['found_only_with_more']} |"
+            for c in cost["with_every_sequence"]
+        ]
         lines.append("")
     return "\n".join(lines) + "\n"

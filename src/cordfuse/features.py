@@ -80,8 +80,10 @@ def mixture_logpdf(x: np.ndarray, noise: FeatureNoise) -> np.ndarray:
         ``log(w Logistic(x; 0, s) + (1 - w) Normal(x; 0, sigma))``, elementwise.
     """
     w = np.clip(noise.weight, 1e-12, 1 - 1e-12)
-    return np.logaddexp(np.log(w) + logistic_logpdf(x, noise.logistic_scale),
-                        np.log1p(-w) + normal_logpdf(x, noise.normal_sigma))
+    return np.logaddexp(
+        np.log(w) + logistic_logpdf(x, noise.logistic_scale),
+        np.log1p(-w) + normal_logpdf(x, noise.normal_sigma),
+    )
 
 
 @dataclass(frozen=True)
@@ -136,8 +138,11 @@ def fit_mixture(values: np.ndarray) -> MixtureFit:
         log_b = np.log1p(-w) + normal_logpdf(x, sigma)
         return -float(np.mean(np.logaddexp(log_a, log_b)))
 
-    bounds = [(-12.0, 12.0), (np.log(MIN_SCALE), np.log(10 * spread + MIN_SCALE)),
-              (np.log(MIN_SCALE), np.log(10 * spread + MIN_SCALE))]
+    bounds = [
+        (-12.0, 12.0),
+        (np.log(MIN_SCALE), np.log(10 * spread + MIN_SCALE)),
+        (np.log(MIN_SCALE), np.log(10 * spread + MIN_SCALE)),
+    ]
     results = []
     for w0 in (0.1, 0.25, 0.5, 0.75):
         for s0 in (max(small, MIN_SCALE), max(spread / 4, MIN_SCALE)):
@@ -146,12 +151,23 @@ def fit_mixture(values: np.ndarray) -> MixtureFit:
             results.append(optimize.minimize(negative, start, method="L-BFGS-B", bounds=bounds))
     best = min(results, key=lambda result: result.fun)  # the first of equals, as before
     w, s, sigma = special.expit(best.x[0]), np.exp(best.x[1]), np.exp(best.x[2])
-    return MixtureFit(FeatureNoise(float(w), float(s), float(sigma)), -float(best.fun), int(x.size),
-                      bool(best.success))
+    return MixtureFit(
+        FeatureNoise(float(w), float(s), float(sigma)),
+        -float(best.fun),
+        int(x.size),
+        bool(best.success),
+    )
 
 
-def feature_differences(model, prepared_paths: list[Path], *, device, max_values: int = 2_000_000,
-                        seed: int = 0, progress: bool = True) -> tuple[np.ndarray, dict]:
+def feature_differences(
+    model,
+    prepared_paths: list[Path],
+    *,
+    device,
+    max_values: int = 2_000_000,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[np.ndarray, dict]:
     """Pooled ``features(other) - features(T2Sag)`` of a multi-encoder model (see module doc).
 
     Args:
@@ -179,8 +195,10 @@ def feature_differences(model, prepared_paths: list[Path], *, device, max_values
     net = model.model
     sequences = model.sequences
     if len(sequences) < 2:
-        raise CordfuseError(f"{model.path}: a single-encoder model has no feature differences "
-                            "to analyse (use a Mean Imputation model)")
+        raise CordfuseError(
+            f"{model.path}: a single-encoder model has no feature differences "
+            "to analyse (use a Mean Imputation model)"
+        )
     patch_z = model.net.patch_size[2]
     rng = np.random.default_rng(seed)
     chunks: list[np.ndarray] = []
@@ -188,8 +206,9 @@ def feature_differences(model, prepared_paths: list[Path], *, device, max_values
     per_subject = max(1, max_values // max(1, len(prepared_paths)))
     net.eval()
     with torch.no_grad():
-        for path in tqdm(prepared_paths, desc="features", unit="subject",
-                         disable=None if progress else True):
+        for path in tqdm(
+            prepared_paths, desc="features", unit="subject", disable=None if progress else True
+        ):
             prepared = PreparedSubject.load(path)
             images, available = normalise(prepared, sequences)
             if available.sum() < 2:
@@ -199,12 +218,12 @@ def feature_differences(model, prepared_paths: list[Path], *, device, max_values
             padded[..., :nz] = images
             diffs = []
             for start in window_starts(padded.shape[-1], patch_z, 0.0):
-                window = torch.as_tensor(padded[None, ..., start:start + patch_z], device=device)
+                window = torch.as_tensor(padded[None, ..., start : start + patch_z], device=device)
                 reference = net.encoders[sequences[0]](window[:, :1])[-1]
                 for i, seq in enumerate(sequences[1:], start=1):
                     if not available[i]:
                         continue
-                    other = net.encoders[seq](window[:, i:i + 1])[-1]
+                    other = net.encoders[seq](window[:, i : i + 1])[-1]
                     diffs.append((other - reference).float().cpu().numpy().ravel())
                     counts[seq] += diffs[-1].size
             values = np.concatenate(diffs)
@@ -235,14 +254,36 @@ def histogram_png(values: np.ndarray, fit: MixtureFit, title: str) -> bytes:
     grid = np.linspace(-limit, limit, 801)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, log in zip(axes, (False, True), strict=True):
-        ax.hist(values[np.abs(values) <= limit], bins=200, density=True, color="0.7",
-                label="feature differences")
-        ax.plot(grid, np.exp(mixture_logpdf(grid, noise)), color="tab:red", lw=1.2,
-                label="fitted mixture")
-        ax.plot(grid, noise.weight * np.exp(logistic_logpdf(grid, noise.logistic_scale)),
-                color="tab:blue", lw=0.8, ls="--", label=f"logistic(0, {noise.logistic_scale:.3g})")
-        ax.plot(grid, (1 - noise.weight) * np.exp(normal_logpdf(grid, noise.normal_sigma)),
-                color="tab:green", lw=0.8, ls="--", label=f"normal(0, {noise.normal_sigma:.3g})")
+        ax.hist(
+            values[np.abs(values) <= limit],
+            bins=200,
+            density=True,
+            color="0.7",
+            label="feature differences",
+        )
+        ax.plot(
+            grid,
+            np.exp(mixture_logpdf(grid, noise)),
+            color="tab:red",
+            lw=1.2,
+            label="fitted mixture",
+        )
+        ax.plot(
+            grid,
+            noise.weight * np.exp(logistic_logpdf(grid, noise.logistic_scale)),
+            color="tab:blue",
+            lw=0.8,
+            ls="--",
+            label=f"logistic(0, {noise.logistic_scale:.3g})",
+        )
+        ax.plot(
+            grid,
+            (1 - noise.weight) * np.exp(normal_logpdf(grid, noise.normal_sigma)),
+            color="tab:green",
+            lw=0.8,
+            ls="--",
+            label=f"normal(0, {noise.normal_sigma:.3g})",
+        )
         if log:
             ax.set_yscale("log")
             peak = float(np.exp(mixture_logpdf(np.zeros(1), noise))[0])
@@ -255,9 +296,16 @@ def histogram_png(values: np.ndarray, fit: MixtureFit, title: str) -> bytes:
     return png_bytes(fig)
 
 
-def analyze_features(model_path: str | Path, prepared: str | Path, out: str | Path, *,
-                     device: str = "auto", max_values: int = 2_000_000, seed: int = 0,
-                     progress: bool = True) -> MixtureFit:
+def analyze_features(
+    model_path: str | Path,
+    prepared: str | Path,
+    out: str | Path,
+    *,
+    device: str = "auto",
+    max_values: int = 2_000_000,
+    seed: int = 0,
+    progress: bool = True,
+) -> MixtureFit:
     """Extract, fit, and write ``noise_params.json``, ``fit.json`` and ``histogram.png``.
 
     Args:
@@ -284,17 +332,25 @@ def analyze_features(model_path: str | Path, prepared: str | Path, out: str | Pa
     dev = choose_device(device)
     model = load_model(model_path, dev)
     _, paths = load_prepared_dataset(prepared)
-    values, counts = feature_differences(model, paths, device=dev, max_values=max_values,
-                                         seed=seed, progress=progress)
+    values, counts = feature_differences(
+        model, paths, device=dev, max_values=max_values, seed=seed, progress=progress
+    )
     fit = fit_mixture(values)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "noise_params.json", json.dumps(asdict(fit.noise), indent=2) + "\n")
-    details = {"model": str(model_path), "prepared": str(prepared), **asdict(fit.noise),
-               "mean_log_likelihood": fit.log_likelihood, "n_values": fit.n_values,
-               "converged": fit.converged, "values_per_sequence": counts,
-               "mean": float(values.mean()), "std": float(values.std()),
-               "fraction_exact_zero": float(np.mean(values == 0))}
+    details = {
+        "model": str(model_path),
+        "prepared": str(prepared),
+        **asdict(fit.noise),
+        "mean_log_likelihood": fit.log_likelihood,
+        "n_values": fit.n_values,
+        "converged": fit.converged,
+        "values_per_sequence": counts,
+        "mean": float(values.mean()),
+        "std": float(values.std()),
+        "fraction_exact_zero": float(np.mean(values == 0)),
+    }
     atomic_write_text(out / "fit.json", json.dumps(details, indent=2) + "\n")
     title = "/".join(Path(model_path).resolve().parts[-2:])
     atomic_write_bytes(out / "histogram.png", histogram_png(values, fit, title))

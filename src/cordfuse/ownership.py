@@ -127,11 +127,14 @@ def claim(folder: str | Path, verb: str, *, overwrite: bool = False) -> OutputFo
                 raise CordfuseError(
                     f"{path}: folder is not empty and was not made by cordfuse {verb}; "
                     "cordfuse never writes into a folder it did not create (choose a new or "
-                    "empty folder)")
+                    "empty folder)"
+                )
             _write(path, _new_manifest(verb))
         elif manifest["verb"] != verb:
-            raise CordfuseError(f"{path}: made by cordfuse {manifest['verb']}, not by cordfuse "
-                                f"{verb} (choose a new or empty folder)")
+            raise CordfuseError(
+                f"{path}: made by cordfuse {manifest['verb']}, not by cordfuse "
+                f"{verb} (choose a new or empty folder)"
+            )
         elif overwrite:
             for name in manifest["entries"]:
                 _remove(path / name)
@@ -140,8 +143,12 @@ def claim(folder: str | Path, verb: str, *, overwrite: bool = False) -> OutputFo
 
 
 def _new_manifest(verb: str) -> dict:
-    return {"verb": verb, "cordfuse_version": __version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "entries": []}
+    return {
+        "verb": verb,
+        "cordfuse_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "entries": [],
+    }
 
 
 def _write(folder: Path, manifest: dict) -> None:

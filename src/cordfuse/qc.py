@@ -187,8 +187,15 @@ def draw_image(ax, image: np.ndarray, *, aspect: float | str = 1.0) -> None:
         image: The slice, rows bottom to top (as :func:`view` gives it).
         aspect: Pixel aspect (height / width), or ``"auto"`` to fill the axes.
     """
-    ax.imshow(windowed(image), cmap="gray", origin="lower", vmin=0.0, vmax=1.0, aspect=aspect,
-              interpolation="nearest")
+    ax.imshow(
+        windowed(image),
+        cmap="gray",
+        origin="lower",
+        vmin=0.0,
+        vmax=1.0,
+        aspect=aspect,
+        interpolation="nearest",
+    )
     ax.set_axis_off()
 
 
@@ -225,4 +232,3 @@ def write_png(fig, path: str | Path, *, dpi: int = 100) -> None:
         dpi: Dots per inch (the PNG is ``figsize * dpi`` pixels).
     """
     atomic_write_bytes(Path(path), png_bytes(fig, dpi=dpi))
-

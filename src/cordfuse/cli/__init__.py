@@ -33,8 +33,21 @@ from cordfuse.cli import (
 from cordfuse.errors import CordfuseError
 
 #: The verbs, in the order ``cordfuse --help`` lists them.
-VERBS = (synth, check, prepare, centerline, restore, train, predict, evaluate, demo, study,
-         report, analyze_features, diagnose)
+VERBS = (
+    synth,
+    check,
+    prepare,
+    centerline,
+    restore,
+    train,
+    predict,
+    evaluate,
+    demo,
+    study,
+    report,
+    analyze_features,
+    diagnose,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -49,9 +49,11 @@ def keyword_defaults(function: Callable[..., Any]) -> dict[str, Any]:
     Returns:
         Parameter name -> default, for the parameters that have one.
     """
-    return {name: parameter.default
-            for name, parameter in inspect.signature(function).parameters.items()
-            if parameter.default is not inspect.Parameter.empty}
+    return {
+        name: parameter.default
+        for name, parameter in inspect.signature(function).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
 
 
 def comma_list(text: str | None) -> list[str] | None:
@@ -96,13 +98,19 @@ def add_participant_label(parser: argparse.ArgumentParser) -> None:
     Args:
         parser: The verb's parser.
     """
-    parser.add_argument("--participant-label", nargs="+", metavar="LABEL",
-                        help="only these participants (01 or sub-01), as a BIDS App: one job per "
-                             "participant may write into the same output folder at once")
+    parser.add_argument(
+        "--participant-label",
+        nargs="+",
+        metavar="LABEL",
+        help="only these participants (01 or sub-01), as a BIDS App: one job per "
+        "participant may write into the same output folder at once",
+    )
 
 
-def add_mapping(parser: argparse.ArgumentParser,
-                help: str = "JSON/YAML file overriding the sequence matching rules") -> None:
+def add_mapping(
+    parser: argparse.ArgumentParser,
+    help: str = "JSON/YAML file overriding the sequence matching rules",
+) -> None:
     """``--mapping FILE``: sequence matching rules replacing the built-in ones.
 
     Args:
@@ -119,8 +127,12 @@ def add_sequence_files(parser: argparse.ArgumentParser) -> None:
         parser: The verb's parser.
     """
     for seq in SEQUENCES:
-        parser.add_argument(f"--{seq.lower()}", nargs="+", metavar="NIFTI",
-                            help=f"explicit {seq} file(s) (several = slabs, top first)")
+        parser.add_argument(
+            f"--{seq.lower()}",
+            nargs="+",
+            metavar="NIFTI",
+            help=f"explicit {seq} file(s) (several = slabs, top first)",
+        )
 
 
 def add_preset(parser: argparse.ArgumentParser, help: str | None = None) -> None:

@@ -25,9 +25,12 @@ def add_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", required=True, help="CSV: x,y,z world RAS mm")
     parser.add_argument("--method", choices=CENTERLINE_METHODS)
     parser.add_argument("--mask", help="cord mask for --method mask")
-    parser.add_argument("--contrast", choices=CONTRASTS,
-                        help="CSF brighter (T2, STIR, T2*) or darker (T1, UNIT1); auto: from "
-                             "the BIDS suffix (_T1w, _T2w, ...), else from the image")
+    parser.add_argument(
+        "--contrast",
+        choices=CONTRASTS,
+        help="CSF brighter (T2, STIR, T2*) or darker (T1, UNIT1); auto: from "
+        "the BIDS suffix (_T1w, _T2w, ...), else from the image",
+    )
     parser.add_argument("--qc", metavar="PNG", help="write a QC picture")
     return parser
 
@@ -47,8 +50,13 @@ def run(args: argparse.Namespace) -> int:
     """
     from cordfuse.preprocess.pipeline import write_centerline
 
-    line = write_centerline(args.image, args.output, mask=args.mask, qc=args.qc,
-                            **given(method=args.method, contrast=args.contrast))
+    line = write_centerline(
+        args.image,
+        args.output,
+        mask=args.mask,
+        qc=args.qc,
+        **given(method=args.method, contrast=args.contrast),
+    )
     low, high = line.z_range
     print(f"{len(line.points)} centreline points, z {low:.1f} .. {high:.1f} mm -> {args.output}")
     if args.qc:

@@ -47,8 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from cordfuse.check import check_dataset
     from cordfuse.dataset import open_dataset
 
-    dataset = open_dataset(args.dataset, mapping=args.mapping,
-                           participants=args.participant_label)
+    dataset = open_dataset(args.dataset, mapping=args.mapping, participants=args.participant_label)
     report = check_dataset(dataset, progress=progress_bar(len(dataset.subjects), "check"))
     print(json.dumps(report.to_json(), indent=2) if args.json else report.format_text())
     return 0 if report.ok else 1

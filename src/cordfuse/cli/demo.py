@@ -17,8 +17,7 @@ def add_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
     Returns:
         The verb's parser.
     """
-    parser = verbs.add_parser("demo",
-                              help="run the whole pipeline on a small synthetic cohort")
+    parser = verbs.add_parser("demo", help="run the whole pipeline on a small synthetic cohort")
     parser.add_argument("out", nargs="?", default="cordfuse-demo", help="output folder")
     parser.add_argument("--subjects", type=int, help="subjects (default 24)")
     add_seed(parser)
@@ -43,8 +42,14 @@ def run(args: argparse.Namespace) -> int:
     """
     from cordfuse.demo import DemoSettings, run_demo
 
-    settings = DemoSettings(**given(subjects=args.subjects, seed=args.seed, epochs=args.epochs,
-                                    iterations=args.iterations,
-                                    test_per_cohort=args.test_per_cohort))
+    settings = DemoSettings(
+        **given(
+            subjects=args.subjects,
+            seed=args.seed,
+            epochs=args.epochs,
+            iterations=args.iterations,
+            test_per_cohort=args.test_per_cohort,
+        )
+    )
     result = run_demo(args.out, settings, overwrite=args.overwrite)
     return 0 if result["ok"] else 1

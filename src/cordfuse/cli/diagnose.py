@@ -19,13 +19,17 @@ def add_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
         The verb's parser.
     """
     parser = verbs.add_parser(
-        "diagnose", help="why the extra sequences do (not) change a study's answers",
+        "diagnose",
+        help="why the extra sequences do (not) change a study's answers",
         description="Measurements on a finished study: encoder learning and fusion weights per "
         "sequence, bottleneck and probability change when sequences are added, lesion contrast "
-        "and misalignment per sequence in the prepared crops, field-of-view coverage.")
+        "and misalignment per sequence in the prepared crops, field-of-view coverage.",
+    )
     parser.add_argument("study_dir", help="folder of a finished cordfuse study")
-    parser.add_argument("--experiments", help="comma-separated experiments (default: every "
-                        "Mean Imputation model of the study)")
+    parser.add_argument(
+        "--experiments",
+        help="comma-separated experiments (default: every Mean Imputation model of the study)",
+    )
     add_device(parser)
     return parser
 
@@ -44,8 +48,11 @@ def run(args: argparse.Namespace) -> int:
     """
     from cordfuse.diagnostics import diagnose_study
 
-    result = diagnose_study(args.study_dir, experiments=comma_list(args.experiments),
-                            **given(device=args.device))
-    print(f"Diagnosed {len(result['models'])} model(s): "
-          f"{Path(args.study_dir) / 'diagnostics.md'} (and .json)")
+    result = diagnose_study(
+        args.study_dir, experiments=comma_list(args.experiments), **given(device=args.device)
+    )
+    print(
+        f"Diagnosed {len(result['models'])} model(s): "
+        f"{Path(args.study_dir) / 'diagnostics.md'} (and .json)"
+    )
     return 0

@@ -22,30 +22,46 @@ def add_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
         The verb's parser.
     """
     parser = verbs.add_parser(
-        "evaluate", help="Dice and lesion-wise metrics (Anima rules) against ground truth",
+        "evaluate",
+        help="Dice and lesion-wise metrics (Anima rules) against ground truth",
         description="Per-image Dice, lesion-wise sensitivity/precision/F1 exactly as Anima's "
-                    "animaSegPerfAnalyzer -l, then mean and median per cohort.")
+        "animaSegPerfAnalyzer -l, then mean and median per cohort.",
+    )
     parser.add_argument("--pred", required=True, help="prediction file or folder")
-    parser.add_argument("--gt", required=True,
-                        help="ground-truth file or folder, a prepared folder (the fused native "
-                             "ground truth it stores) or a BIDS dataset (labels fused on the "
-                             "T2Sag grid)")
+    parser.add_argument(
+        "--gt",
+        required=True,
+        help="ground-truth file or folder, a prepared folder (the fused native "
+        "ground truth it stores) or a BIDS dataset (labels fused on the "
+        "T2Sag grid)",
+    )
     parser.add_argument("--json", action="store_true", help="JSON output")
-    parser.add_argument("-o", "--output", help="per-image metrics CSV (and, unless --lesions "
-                        "says otherwise, the per-lesion table as <name>_lesions.csv)")
-    parser.add_argument("--lesions", help="per-lesion CSV: every ground-truth lesion (detected "
-                        "or missed) and every predicted lesion (true or false positive)")
+    parser.add_argument(
+        "-o",
+        "--output",
+        help="per-image metrics CSV (and, unless --lesions "
+        "says otherwise, the per-lesion table as <name>_lesions.csv)",
+    )
+    parser.add_argument(
+        "--lesions",
+        help="per-lesion CSV: every ground-truth lesion (detected "
+        "or missed) and every predicted lesion (true or false positive)",
+    )
     parser.add_argument("--participants", help="participants.tsv with a cohort column")
     parser.add_argument("--alpha", type=float, help="detected if > alpha covered")
     parser.add_argument("--beta", type=float, help="max fraction outside")
     parser.add_argument("--gamma", type=float, help="cumulated overlap share")
-    parser.add_argument("--min-volume", type=float,
-                        help="lesions <= this volume (mm^3) are removed")
+    parser.add_argument(
+        "--min-volume", type=float, help="lesions <= this volume (mm^3) are removed"
+    )
     parser.add_argument("--connectivity", type=int, choices=CONNECTIVITIES)
-    parser.add_argument("--per-slab", action="store_true",
-                        help="with a BIDS --gt of several T2Sag slabs: score each slab label "
-                             "against <subject>_slab-N_lesion.nii.gz (predict --per-slab) "
-                             "instead of the fused T2Sag grid")
+    parser.add_argument(
+        "--per-slab",
+        action="store_true",
+        help="with a BIDS --gt of several T2Sag slabs: score each slab label "
+        "against <subject>_slab-N_lesion.nii.gz (predict --per-slab) "
+        "instead of the fused T2Sag grid",
+    )
     return parser
 
 
@@ -64,11 +80,21 @@ def run(args: argparse.Namespace) -> int:
     from cordfuse.evaluation.evaluate import evaluate_to_files, format_text
 
     evaluation = evaluate_to_files(
-        args.pred, args.gt, output=args.output, lesions=args.lesions,
-        participants=args.participants, per_slab=args.per_slab,
+        args.pred,
+        args.gt,
+        output=args.output,
+        lesions=args.lesions,
+        participants=args.participants,
+        per_slab=args.per_slab,
         on_problem=lambda problem: print(f"FAILED {problem}", file=sys.stderr),
-        **given(alpha=args.alpha, beta=args.beta, gamma=args.gamma,
-                min_volume_mm3=args.min_volume, connectivity=args.connectivity))
+        **given(
+            alpha=args.alpha,
+            beta=args.beta,
+            gamma=args.gamma,
+            min_volume_mm3=args.min_volume,
+            connectivity=args.connectivity,
+        ),
+    )
     if args.json:
         print(evaluation.to_json())
     else:

@@ -37,33 +37,43 @@ def add_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
         The verb's parser.
     """
     parser = verbs.add_parser(
-        "predict", help="lesion masks on the native T2Sag grid from raw NIfTI/BIDS",
+        "predict",
+        help="lesion masks on the native T2Sag grid from raw NIfTI/BIDS",
         description="Pre-processing on the fly, sliding window along S-I, ensemble of models, "
-                    "back to the native fused T2Sag grid.")
+        "back to the native fused T2Sag grid.",
+    )
     parser.add_argument("model", nargs="+", help="training folder(s) or checkpoint(s)")
     parser.add_argument("-i", "--input", help="BIDS dataset or one subject folder")
     parser.add_argument("-o", "--output", required=True, help="output folder")
     add_sequence_files(parser)
     parser.add_argument("--sequences", help="use only these sequences, e.g. T2Sag,STIR")
     parser.add_argument("--tta", action="store_true", help="left-right mirroring")
-    add_centerline(parser, help="override the checkpoint's centreline backend (mask: cord "
-                                "masks in derivatives/labels)")
+    add_centerline(
+        parser,
+        help="override the checkpoint's centreline backend (mask: cord "
+        "masks in derivatives/labels)",
+    )
     parser.add_argument("--save-probabilities", action="store_true")
-    parser.add_argument("--per-slab", action="store_true",
-                        help="also one mask per T2Sag slab")
+    parser.add_argument("--per-slab", action="store_true", help="also one mask per T2Sag slab")
     add_threshold(parser)
     parser.add_argument("--min-volume", type=float, help="mm^3; smaller removed")
     add_device(parser)
     add_amp(parser, help="auto: bf16 on CUDA and on CPUs with native bf16, else fp32")
     parser.add_argument("--batch-size", type=int, help="windows per forward pass")
     add_jobs(parser)
-    parser.add_argument("--threads", type=int,
-                        help="CPU threads of each process (default: the usable cores / --jobs)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads of each process (default: the usable cores / --jobs)",
+    )
     add_participant_label(parser)
     add_mapping(parser, help="JSON/YAML file overriding the sequence rules")
     add_qc(parser)
-    add_overwrite(parser, help="predict again the subjects already done in OUTPUT with the "
-                               "same models and options (by default they are skipped)")
+    add_overwrite(
+        parser,
+        help="predict again the subjects already done in OUTPUT with the "
+        "same models and options (by default they are skipped)",
+    )
     return parser
 
 
@@ -84,26 +94,45 @@ def run(args: argparse.Namespace) -> int:
     from cordfuse.nn.device import choose_device
 
     files = {seq: getattr(args, seq.lower()) for seq in SEQUENCES if getattr(args, seq.lower())}
-    subjects = subjects_from_input(args.input, files, mapping=args.mapping,
-                                   participants=args.participant_label)
+    subjects = subjects_from_input(
+        args.input, files, mapping=args.mapping, participants=args.participant_label
+    )
     if not subjects:
         raise CordfuseError(f"{args.input}: no subject to predict")
     # every option is recorded with the subject's outputs, so the API's defaults are spelled out
-    chosen = {**keyword_defaults(predict_subject),
-              **given(threshold=args.threshold, min_volume_mm3=args.min_volume,
-                      batch_size=args.batch_size, amp=args.amp)}
+    chosen = {
+        **keyword_defaults(predict_subject),
+        **given(
+            threshold=args.threshold,
+            min_volume_mm3=args.min_volume,
+            batch_size=args.batch_size,
+            amp=args.amp,
+        ),
+    }
     options = {
-        "sequences": comma_list(args.sequences), "tta": args.tta,
-        "threshold": chosen["threshold"], "min_volume": chosen["min_volume_mm3"],
+        "sequences": comma_list(args.sequences),
+        "tta": args.tta,
+        "threshold": chosen["threshold"],
+        "min_volume": chosen["min_volume_mm3"],
         "device": str(choose_device(**given(requested=args.device))),
-        "batch_size": chosen["batch_size"], "amp": chosen["amp"], "per_slab": args.per_slab,
-        "save_probabilities": args.save_probabilities, "qc": args.qc,
-        "centerline": args.centerline, "overwrite": args.overwrite,
+        "batch_size": chosen["batch_size"],
+        "amp": chosen["amp"],
+        "per_slab": args.per_slab,
+        "save_probabilities": args.save_probabilities,
+        "qc": args.qc,
+        "centerline": args.centerline,
+        "overwrite": args.overwrite,
     }
     start = time.perf_counter()
-    results = predict_dataset(subjects, tuple(args.model), args.output, options,
-                              threads=args.threads, progress=progress_bar(len(subjects), "predict"),
-                              **given(jobs=args.jobs))
+    results = predict_dataset(
+        subjects,
+        tuple(args.model),
+        args.output,
+        options,
+        threads=args.threads,
+        progress=progress_bar(len(subjects), "predict"),
+        **given(jobs=args.jobs),
+    )
     counts = {"done": 0, "skipped": 0, "failed": 0}
     for result in results:
         counts[result.status] += 1
@@ -112,9 +141,13 @@ def run(args: argparse.Namespace) -> int:
         if result.status == "failed":
             print(f"FAILED {result.name}: {result.message}", file=sys.stderr)
         else:
-            print(f"{result.name}: {result.files[0]}"
-                  + (" (done before)" if result.status == "skipped" else ""))
-    print(f"{counts['done']} predicted, {counts['failed']} failed, {counts['skipped']} skipped "
-          f"(done before with the same models and options), in "
-          f"{time.perf_counter() - start:.1f} s -> {args.output}")
+            print(
+                f"{result.name}: {result.files[0]}"
+                + (" (done before)" if result.status == "skipped" else "")
+            )
+    print(
+        f"{counts['done']} predicted, {counts['failed']} failed, {counts['skipped']} skipped "
+        f"(done before with the same models and options), in "
+        f"{time.perf_counter() - start:.1f} s -> {args.output}"
+    )
     return 1 if counts["failed"] else 0

@@ -30,8 +30,10 @@ def add_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
         The verb's parser.
     """
     parser = verbs.add_parser(
-        "prepare", help="pre-process a BIDS dataset onto the cropped reference grid",
-        description="Slab fusion, centrelines, 0.5 mm reference grid and 48x48 centreline crops.")
+        "prepare",
+        help="pre-process a BIDS dataset onto the cropped reference grid",
+        description="Slab fusion, centrelines, 0.5 mm reference grid and 48x48 centreline crops.",
+    )
     parser.add_argument("dataset", help="BIDS dataset folder (read only)")
     parser.add_argument("out", help="output folder (one prepared subject per folder)")
     add_preset(parser, help="paper: 0.5 mm, 48x48 (default); small: 1 mm, 24x24 for CPU work")
@@ -39,8 +41,11 @@ def add_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--crop-size", type=int, help="crop size in voxels (overrides preset)")
     parser.add_argument("--margin", type=float, help="S-I margin beyond the cord, mm")
     add_centerline(parser)
-    parser.add_argument("--no-register", action="store_true",
-                        help="do not register sagittal slabs before fusing them")
+    parser.add_argument(
+        "--no-register",
+        action="store_true",
+        help="do not register sagittal slabs before fusing them",
+    )
     add_jobs(parser)
     add_participant_label(parser)
     add_mapping(parser)
@@ -68,16 +73,27 @@ def run(args: argparse.Namespace) -> int:
     from cordfuse.preprocess.batch import load_prepared_dataset, prepare_dataset
     from cordfuse.preprocess.pipeline import preset_config
 
-    config = preset_config(**given(preset=args.preset, spacing=args.spacing,
-                                   crop_size=args.crop_size, margin_mm=args.margin,
-                                   centerline=args.centerline,
-                                   register_slabs=False if args.no_register else None))
-    dataset = open_dataset(args.dataset, mapping=args.mapping,
-                           participants=args.participant_label)
+    config = preset_config(
+        **given(
+            preset=args.preset,
+            spacing=args.spacing,
+            crop_size=args.crop_size,
+            margin_mm=args.margin,
+            centerline=args.centerline,
+            register_slabs=False if args.no_register else None,
+        )
+    )
+    dataset = open_dataset(args.dataset, mapping=args.mapping, participants=args.participant_label)
     start = time.perf_counter()
-    results = prepare_dataset(dataset, args.out, config, overwrite=args.overwrite, qc=args.qc,
-                              progress=progress_bar(len(dataset.subjects), "prepare"),
-                              **given(jobs=args.jobs))
+    results = prepare_dataset(
+        dataset,
+        args.out,
+        config,
+        overwrite=args.overwrite,
+        qc=args.qc,
+        progress=progress_bar(len(dataset.subjects), "prepare"),
+        **given(jobs=args.jobs),
+    )
     counts = {k: sum(r.status == k for r in results) for k in ("prepared", "skipped", "failed")}
     for result in results:
         for warning in result.warnings:
@@ -85,10 +101,12 @@ def run(args: argparse.Namespace) -> int:
         if result.status == "failed":
             print(f"FAILED {result.name}: {result.message}", file=sys.stderr)
     fallbacks = sum(len(r.fallbacks) for r in results if r.status != "failed")
-    print(f"{counts['prepared']} prepared, {counts['skipped']} skipped (already done), "
-          f"{counts['failed']} failed, {fallbacks} centreline fallback(s) to T2Sag, in "
-          f"{time.perf_counter() - start:.1f} s -> {args.out} "
-          f"({config.spacing} mm, {config.crop_size}x{config.crop_size})")
+    print(
+        f"{counts['prepared']} prepared, {counts['skipped']} skipped (already done), "
+        f"{counts['failed']} failed, {fallbacks} centreline fallback(s) to T2Sag, in "
+        f"{time.perf_counter() - start:.1f} s -> {args.out} "
+        f"({config.spacing} mm, {config.crop_size}x{config.crop_size})"
+    )
     if args.nnunet:
         from cordfuse.preprocess.nnunet import export_nnunet
 

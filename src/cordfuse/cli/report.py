@@ -16,9 +16,12 @@ def add_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
     Returns:
         The verb's parser.
     """
-    parser = verbs.add_parser("report", help="the self-contained HTML report of a run folder",
-                              description="One HTML file (pictures embedded) for a demo or study "
-                              "folder: availability, metrics, box plots, QC, curves, versions.")
+    parser = verbs.add_parser(
+        "report",
+        help="the self-contained HTML report of a run folder",
+        description="One HTML file (pictures embedded) for a demo or study "
+        "folder: availability, metrics, box plots, QC, curves, versions.",
+    )
     parser.add_argument("run_dir", help="folder written by cordfuse demo or cordfuse study")
     parser.add_argument("-o", "--out", help="HTML file (default RUN_DIR/report.html)")
     return parser
@@ -38,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     """
     from cordfuse.report import write_report
 
-    path = write_report(args.run_dir, args.out,
-                        progress=lambda title: print(f"  {title}", file=sys.stderr))
+    path = write_report(
+        args.run_dir, args.out, progress=lambda title: print(f"  {title}", file=sys.stderr)
+    )
     print(f"Report: {path.resolve()}")
     return 0

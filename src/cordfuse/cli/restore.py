@@ -21,10 +21,14 @@ def add_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("prepared", help="prepared subject folder or its prepared.npz")
     parser.add_argument("crop", help="crop-space mask/probabilities (.nii[.gz] or .npy)")
     parser.add_argument("-o", "--output", required=True)
-    parser.add_argument("--slab", type=int, metavar="N",
-                        help="onto the T2Sag slab of chunk N, as in its BIDS file name "
-                             "(..._chunk-N_T2w.nii.gz; without chunks, N counts from 1 at the "
-                             "top) instead of the fused T2Sag")
+    parser.add_argument(
+        "--slab",
+        type=int,
+        metavar="N",
+        help="onto the T2Sag slab of chunk N, as in its BIDS file name "
+        "(..._chunk-N_T2w.nii.gz; without chunks, N counts from 1 at the "
+        "top) instead of the fused T2Sag",
+    )
     parser.add_argument("--probabilities", action="store_true", help="keep float values")
     add_threshold(parser)
     return parser
@@ -45,8 +49,14 @@ def run(args: argparse.Namespace) -> int:
     """
     from cordfuse.preprocess.pipeline import restore_to_file
 
-    shape = restore_to_file(args.prepared, args.crop, args.output, slab=args.slab,
-                            probabilities=args.probabilities, **given(threshold=args.threshold))
+    shape = restore_to_file(
+        args.prepared,
+        args.crop,
+        args.output,
+        slab=args.slab,
+        probabilities=args.probabilities,
+        **given(threshold=args.threshold),
+    )
     where = "fused T2Sag" if args.slab is None else f"T2Sag slab {args.slab}"
     print(f"Restored {args.crop} onto the {where} grid {shape} -> {args.output}")
     return 0

@@ -18,14 +18,20 @@ def add_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
     Returns:
         The verb's parser.
     """
-    parser = verbs.add_parser("study", help="the paper's experiment grid, Tables 1 and 2",
-                              description="Train every model of the paper for n seeds, evaluate "
-                              "the test cohorts and write Tables 1 and 2 (resumable).")
+    parser = verbs.add_parser(
+        "study",
+        help="the paper's experiment grid, Tables 1 and 2",
+        description="Train every model of the paper for n seeds, evaluate "
+        "the test cohorts and write Tables 1 and 2 (resumable).",
+    )
     parser.add_argument("config", nargs="?", help="study YAML/JSON (see --example)")
     parser.add_argument("-o", "--out", help="study folder (default: CONFIG without its suffix)")
     parser.add_argument("--example", action="store_true", help="print an example config")
-    parser.add_argument("--tables-only", action="store_true",
-                        help="rebuild the tables from the metrics already computed")
+    parser.add_argument(
+        "--tables-only",
+        action="store_true",
+        help="rebuild the tables from the metrics already computed",
+    )
     return parser
 
 
@@ -56,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
             print(path.read_text(), end="")
     for skipped in result["runs"]:
         if skipped.status == "skipped":
-            print(f"skipped {skipped.experiment} seed {skipped.seed}: {skipped.message}",
-                  file=sys.stderr)
+            print(
+                f"skipped {skipped.experiment} seed {skipped.seed}: {skipped.message}",
+                file=sys.stderr,
+            )
     return 0

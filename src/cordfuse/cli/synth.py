@@ -25,13 +25,13 @@ def add_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description="Write a realistic synthetic BIDS cohort with ground truth.",
     )
     parser.add_argument("out", help="output folder (created)")
-    parser.add_argument("--subjects", type=int, default=10,
-                        help="number of subjects (default 10)")
+    parser.add_argument("--subjects", type=int, default=10, help="number of subjects (default 10)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--cohorts", help="cohort names, assigned in turn (A,B,C)")
     parser.add_argument("--qc", action="store_true", help="also write QC pictures per subject")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing synthetic dataset in OUT")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing synthetic dataset in OUT"
+    )
     return parser
 
 
@@ -50,20 +50,32 @@ def run(args: argparse.Namespace) -> int:
     """
     from cordfuse.synth import write_cohort
 
-    cohorts = comma_list(args.cohorts) if args.cohorts is not None \
+    cohorts = (
+        comma_list(args.cohorts)
+        if args.cohorts is not None
         else list(keyword_defaults(write_cohort)["cohorts"])
+    )
     if args.subjects < 1:
         raise CordfuseError("--subjects must be at least 1")
     if not cohorts:
         raise CordfuseError("--cohorts needs at least one name, e.g. A,B,C")
     out = Path(args.out)
     start = time.perf_counter()
-    write_cohort(out, subjects=args.subjects, seed=args.seed, cohorts=cohorts, qc=args.qc,
-                 progress=progress_bar(args.subjects, "synth"), overwrite=args.overwrite)
+    write_cohort(
+        out,
+        subjects=args.subjects,
+        seed=args.seed,
+        cohorts=cohorts,
+        qc=args.qc,
+        progress=progress_bar(args.subjects, "synth"),
+        overwrite=args.overwrite,
+    )
     elapsed = time.perf_counter() - start
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    print(f"Wrote {args.subjects} synthetic subjects (cohorts {', '.join(cohorts)}, "
-          f"seed {args.seed}) to {out} in {elapsed:.1f} s ({size / 1e6:.1f} MB).")
+    print(
+        f"Wrote {args.subjects} synthetic subjects (cohorts {', '.join(cohorts)}, "
+        f"seed {args.seed}) to {out} in {elapsed:.1f} s ({size / 1e6:.1f} MB)."
+    )
     if args.qc:
         print(f"QC pictures: {out / 'derivatives' / 'synth' / 'qc'}")
     return 0

@@ -33,28 +33,41 @@ def add_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
     Returns:
         The verb's parser.
     """
-    parser = verbs.add_parser("train", help="train a model on a prepared dataset",
-                              description="nnU-Net's recipe: SGD Nesterov 0.99, lr 0.01 poly, "
-                                          "CE + Dice with deep supervision. Several GPUs: launch "
-                                          "with torchrun --nproc_per_node N -m cordfuse train ...")
+    parser = verbs.add_parser(
+        "train",
+        help="train a model on a prepared dataset",
+        description="nnU-Net's recipe: SGD Nesterov 0.99, lr 0.01 poly, "
+        "CE + Dice with deep supervision. Several GPUs: launch "
+        "with torchrun --nproc_per_node N -m cordfuse train ...",
+    )
     parser.add_argument("prepared", help="output folder of cordfuse prepare")
     parser.add_argument("out", help="training output folder (checkpoints, log, curves)")
     parser.add_argument("--model", choices=MODELS)
     parser.add_argument("--sequences", help="comma-separated, for --model specific")
     parser.add_argument("--variant", choices=VARIANTS)
     parser.add_argument("--frozen-from", help="baseline checkpoint for --variant frozen-encoder")
-    parser.add_argument("--noise-params",
-                        help="JSON of the feature-aug mixture (analyze-features)")
-    parser.add_argument("--fusion", choices=FUSIONS,
-                        help="where the sequences meet: the paper's bottleneck (default), or "
-                             "every encoder level, Mean Imputation per level (beyond the paper)")
-    parser.add_argument("--sequence-dropout", type=float, metavar="P",
-                        help="Mean Imputation: hide each available non-T2Sag sequence of a "
-                             "training sample with probability P (default 0, the paper's recipe)")
-    parser.add_argument("--reference-dropout", type=float, metavar="P",
-                        help="with --fusion all-levels: hide T2Sag itself with probability P in "
-                             "training samples whose other sequences cover the patch, so that "
-                             "they learn to find lesions on their own (default 0)")
+    parser.add_argument("--noise-params", help="JSON of the feature-aug mixture (analyze-features)")
+    parser.add_argument(
+        "--fusion",
+        choices=FUSIONS,
+        help="where the sequences meet: the paper's bottleneck (default), or "
+        "every encoder level, Mean Imputation per level (beyond the paper)",
+    )
+    parser.add_argument(
+        "--sequence-dropout",
+        type=float,
+        metavar="P",
+        help="Mean Imputation: hide each available non-T2Sag sequence of a "
+        "training sample with probability P (default 0, the paper's recipe)",
+    )
+    parser.add_argument(
+        "--reference-dropout",
+        type=float,
+        metavar="P",
+        help="with --fusion all-levels: hide T2Sag itself with probability P in "
+        "training samples whose other sequences cover the patch, so that "
+        "they learn to find lesions on their own (default 0)",
+    )
     add_preset(parser)
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--iterations", type=int, help="iterations per epoch")
@@ -64,22 +77,37 @@ def add_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--fold-file", help='JSON {"train": [ids], "val": [ids]}')
     add_device(parser, help="auto (CUDA when present), cpu, cuda:N")
     add_amp(parser, help="autocast: auto = bf16/fp16 on CUDA, none on CPU")
-    parser.add_argument("--workers", type=int,
-                        help="data-loading processes (default: the cores less one, at most 8, "
-                             "on CUDA; none on CPU)")
-    parser.add_argument("--val-every", type=int, metavar="N",
-                        help="validate every N epochs and after the last (default 1)")
-    parser.add_argument("--compile", action="store_true",
-                        help="compile the training step with torch.compile (CUDA: about 1.9x "
-                             "faster steps after a one-off compile)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="data-loading processes (default: the cores less one, at most 8, "
+        "on CUDA; none on CPU)",
+    )
+    parser.add_argument(
+        "--val-every",
+        type=int,
+        metavar="N",
+        help="validate every N epochs and after the last (default 1)",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the training step with torch.compile (CUDA: about 1.9x "
+        "faster steps after a one-off compile)",
+    )
     parser.add_argument("--no-augment", action="store_true")
-    parser.add_argument("--deterministic", action="store_true",
-                        help="deterministic algorithms (bit-exact resume on CPU)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from checkpoint_latest.pt")
-    add_overwrite(parser, help="start again in a folder holding an earlier run (its "
-                               "checkpoints, log and curves are replaced; nothing else is "
-                               "touched)")
+    parser.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="deterministic algorithms (bit-exact resume on CPU)",
+    )
+    parser.add_argument("--resume", action="store_true", help="continue from checkpoint_latest.pt")
+    add_overwrite(
+        parser,
+        help="start again in a folder holding an earlier run (its "
+        "checkpoints, log and curves are replaced; nothing else is "
+        "touched)",
+    )
     return parser
 
 
@@ -107,23 +135,49 @@ def run(args: argparse.Namespace) -> int:
         raise CordfuseError("--model specific needs --sequences, e.g. T2Sag,STIR")
     noise = FeatureNoise.from_json(args.noise_params) if args.noise_params else None
     config = TrainConfig(
-        augment=not args.no_augment, deterministic=args.deterministic, compile=args.compile,
-        **given(model=args.model, sequences=tuple(sequences) if sequences else None,
-                variant=args.variant, preset=args.preset, epochs=args.epochs,
-                iterations=args.iterations, batch_size=args.batch_size, seed=args.seed,
-                val_fraction=args.val_fraction, fold_file=args.fold_file,
-                frozen_from=args.frozen_from, amp=args.amp, num_workers=args.workers,
-                val_every=args.val_every, feature_noise=noise, fusion=args.fusion,
-                sequence_dropout=args.sequence_dropout,
-                reference_dropout=args.reference_dropout))
-    summary = train(args.prepared, args.out, config, resume=args.resume,
-                    overwrite=args.overwrite, **given(device=args.device))
+        augment=not args.no_augment,
+        deterministic=args.deterministic,
+        compile=args.compile,
+        **given(
+            model=args.model,
+            sequences=tuple(sequences) if sequences else None,
+            variant=args.variant,
+            preset=args.preset,
+            epochs=args.epochs,
+            iterations=args.iterations,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            val_fraction=args.val_fraction,
+            fold_file=args.fold_file,
+            frozen_from=args.frozen_from,
+            amp=args.amp,
+            num_workers=args.workers,
+            val_every=args.val_every,
+            feature_noise=noise,
+            fusion=args.fusion,
+            sequence_dropout=args.sequence_dropout,
+            reference_dropout=args.reference_dropout,
+        ),
+    )
+    summary = train(
+        args.prepared,
+        args.out,
+        config,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        **given(device=args.device),
+    )
     # under torchrun every rank runs this verb: one of them speaks
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"Trained {config.model}" + (f" ({config.variant})" if config.variant else "")
-              + f" for {config.epochs} epochs in {summary['seconds']:.0f} s: "
-              f"{describe_validation(summary)} -> {args.out}")
+        print(
+            f"Trained {config.model}"
+            + (f" ({config.variant})" if config.variant else "")
+            + f" for {config.epochs} epochs in {summary['seconds']:.0f} s: "
+            f"{describe_validation(summary)} -> {args.out}"
+        )
         if "ranks_in_sync" in summary:
-            print(f"DDP: {summary['world_size']} ranks, weights identical across ranks: "
-                  f"{summary['ranks_in_sync']}")
+            print(
+                f"DDP: {summary['world_size']} ranks, weights identical across ranks: "
+                f"{summary['ranks_in_sync']}"
+            )
     return 0

@@ -96,8 +96,9 @@ def truth_file(path: Path, synth: SynthTruth | None = None) -> GroundTruth:
     return GroundTruth(str(path), lambda: read_volume(path), synth, motion)
 
 
-def evaluate_pair(prediction_path: Path, truth: GroundTruth | Path, *, name: str = "",
-                  **options) -> tuple[ImageMetrics, list[LesionRow]]:
+def evaluate_pair(
+    prediction_path: Path, truth: GroundTruth | Path, *, name: str = "", **options
+) -> tuple[ImageMetrics, list[LesionRow]]:
     """Image metrics and per-lesion rows of one prediction against its ground truth.
 
     Args:
@@ -118,12 +119,22 @@ def evaluate_pair(prediction_path: Path, truth: GroundTruth | Path, *, name: str
     prediction, affine = read_volume(prediction_path)
     mask, truth_affine = truth.read()
     if not same_grid(prediction.shape, affine, mask.shape, truth_affine, atol_mm=1e-2):
-        raise CordfuseError(f"{prediction_path}: not on the grid of {truth.source} "
-                            f"({prediction.shape} vs {mask.shape})")
+        raise CordfuseError(
+            f"{prediction_path}: not on the grid of {truth.source} "
+            f"({prediction.shape} vs {mask.shape})"
+        )
     voxel = float(np.prod(voxel_sizes(affine)))
     metrics = evaluate_masks(prediction, mask, voxel_volume_mm3=voxel, **options)
-    rows = lesion_rows(prediction, mask, truth_affine, subject=name or Path(truth.source).name,
-                       voxel_volume_mm3=voxel, synth=truth.synth, motion=truth.motion, **options)
+    rows = lesion_rows(
+        prediction,
+        mask,
+        truth_affine,
+        subject=name or Path(truth.source).name,
+        voxel_volume_mm3=voxel,
+        synth=truth.synth,
+        motion=truth.motion,
+        **options,
+    )
     return metrics, rows
 
 
@@ -131,8 +142,9 @@ def _subject_of(name: str) -> str:
     return name.split("_")[0]
 
 
-def find_pairs(pred: Path, gt: Path, *, per_slab: bool = False
-               ) -> list[tuple[str, Path, GroundTruth]]:
+def find_pairs(
+    pred: Path, gt: Path, *, per_slab: bool = False
+) -> list[tuple[str, Path, GroundTruth]]:
     """``(image name, prediction, ground truth)`` triples (see the module docstring).
 
     Args:
@@ -160,8 +172,9 @@ def find_pairs(pred: Path, gt: Path, *, per_slab: bool = False
         if "_prob" in path.name or "_slab-" in path.name:
             continue
         subject = _subject_of(path.name)
-        candidates = [t for t in truths if t.name.startswith(subject + "_") or
-                      t.name.split(".")[0] == subject]
+        candidates = [
+            t for t in truths if t.name.startswith(subject + "_") or t.name.split(".")[0] == subject
+        ]
         if len(candidates) > 1:
             candidates = [t for t in candidates if "lesion" in t.name] or candidates
         if len(candidates) == 1:
@@ -182,6 +195,7 @@ def _prepared_pairs(pred: Path, prepared: Path) -> list[tuple[str, Path, GroundT
             if native.lesion is None:
                 raise CordfuseError(f"{path}: prepared without a lesion label")
             return native.lesion, native.affine
+
         return read
 
     document, paths = load_prepared_dataset(prepared)
@@ -191,8 +205,13 @@ def _prepared_pairs(pred: Path, prepared: Path) -> list[tuple[str, Path, GroundT
         if not entry.get("has_label") or not match.exists():
             continue
         synth = SynthTruth.from_document(prepared_meta(path).get("synth_truth"))
-        pairs.append((entry["id"], match, GroundTruth(str(path), reader(path), synth,
-                                                      cohort=entry.get("cohort"))))
+        pairs.append(
+            (
+                entry["id"],
+                match,
+                GroundTruth(str(path), reader(path), synth, cohort=entry.get("cohort")),
+            )
+        )
     return pairs
 
 
@@ -206,21 +225,28 @@ def _bids_pairs(pred: Path, root: Path, *, per_slab: bool) -> list[tuple[str, Pa
         if not subject.has_lesion_labels:
             continue
         synth = SynthTruth.from_document(synth_truth_document(subject))
-        labels = [s.lesion_label for s in subject.scans.get("T2Sag", [])
-                  if s.lesion_label is not None]
+        labels = [
+            s.lesion_label for s in subject.scans.get("T2Sag", []) if s.lesion_label is not None
+        ]
         if per_slab and subject.fused_lesion_label is None and len(labels) > 1:
             for k, label in enumerate(labels):
                 match = pred / f"{subject.name}_slab-{k + 1}_lesion.nii.gz"
                 if match.exists():
-                    pairs.append((f"{subject.name}_slab-{k + 1}", match,
-                                  truth_file(label, synth)))
+                    pairs.append((f"{subject.name}_slab-{k + 1}", match, truth_file(label, synth)))
             continue
         match = pred / f"{subject.name}_lesion.nii.gz"
         if match.exists():
+
             def read(subject=subject):  # the fusion registers the slabs, as prepare does
                 return native_lesion_label(subject, PRESETS["paper"])
-            pairs.append((subject.name, match, GroundTruth(f"{subject.name} (fused T2Sag "
-                                                           "labels)", read, synth)))
+
+            pairs.append(
+                (
+                    subject.name,
+                    match,
+                    GroundTruth(f"{subject.name} (fused T2Sag labels)", read, synth),
+                )
+            )
     return pairs
 
 
@@ -240,8 +266,9 @@ def read_participants(path: Path | None) -> dict[str, str]:
     return read_cohorts(path.parent) if path.name == "participants.tsv" else read_cohorts(path)
 
 
-def evaluate(pred: Path, gt: Path, *, participants: Path | None = None, per_slab: bool = False,
-             **options) -> tuple[list[Row], list[str]]:
+def evaluate(
+    pred: Path, gt: Path, *, participants: Path | None = None, per_slab: bool = False, **options
+) -> tuple[list[Row], list[str]]:
     """Per-image rows and problems (one line each) for all pairs found.
 
     Args:
@@ -270,8 +297,7 @@ def evaluate(pred: Path, gt: Path, *, participants: Path | None = None, per_slab
             problems.append(str(exc))
             continue
         cohort = cohorts.get(_subject_of(name)) or truth.cohort
-        rows.append(Row(name, cohort, metrics,
-                        [replace(r, cohort=cohort or "") for r in lesions]))
+        rows.append(Row(name, cohort, metrics, [replace(r, cohort=cohort or "") for r in lesions]))
     return rows, problems
 
 
@@ -294,8 +320,12 @@ def summary_table(rows: list[Row]) -> dict[str, dict[str, dict[str, float]]]:
         out[name] = {}
         for metric in METRICS:
             s = summarise([getattr(r.metrics, metric) for r in groups[name]])
-            out[name][metric] = {"mean": s.mean, "median": s.median, "n": s.n,
-                                 "n_undefined": s.n_undefined}
+            out[name][metric] = {
+                "mean": s.mean,
+                "median": s.median,
+                "n": s.n,
+                "n_undefined": s.n_undefined,
+            }
     return out
 
 
@@ -318,8 +348,11 @@ def rows_to_csv(rows: list[Row]) -> str:
 
 
 def _fmt(value: float) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) \
+    return (
+        "n/a"
+        if value is None or (isinstance(value, float) and math.isnan(value))
         else f"{value:.3f}"
+    )
 
 
 def format_text(rows: list[Row], summary: dict) -> str:
@@ -332,23 +365,30 @@ def format_text(rows: list[Row], summary: dict) -> str:
     Returns:
         The text, lines joined by newlines.
     """
-    header = f"{'image':<22}{'cohort':<8}{'dice':>7}{'sens':>7}{'prec':>7}{'F1':>7}{'n_gt':>6}" \
-             f"{'n_pred':>8}"
+    header = (
+        f"{'image':<22}{'cohort':<8}{'dice':>7}{'sens':>7}{'prec':>7}{'F1':>7}{'n_gt':>6}"
+        f"{'n_pred':>8}"
+    )
     lines = [header]
     for r in rows:
         m = r.metrics
-        lines.append(f"{r.image:<22}{(r.cohort or '-'):<8}{_fmt(m.dice):>7}"
-                     f"{_fmt(m.lesion_sensitivity):>7}{_fmt(m.lesion_precision):>7}"
-                     f"{_fmt(m.lesion_f1):>7}{m.n_gt:>6}{m.n_pred:>8}")
+        lines.append(
+            f"{r.image:<22}{(r.cohort or '-'):<8}{_fmt(m.dice):>7}"
+            f"{_fmt(m.lesion_sensitivity):>7}{_fmt(m.lesion_precision):>7}"
+            f"{_fmt(m.lesion_f1):>7}{m.n_gt:>6}{m.n_pred:>8}"
+        )
     lines += ["", f"{'group':<10}{'statistic':<8}" + "".join(f"{m:>20}" for m in METRICS)]
     for group, metrics in summary.items():
         for stat in ("mean", "median"):
-            lines.append(f"{group:<10}{stat:<8}" + "".join(
-                f"{_fmt(metrics[m][stat]):>20}" for m in METRICS))
+            lines.append(
+                f"{group:<10}{stat:<8}" + "".join(f"{_fmt(metrics[m][stat]):>20}" for m in METRICS)
+            )
     undefined = summary["all"]["lesion_sensitivity"]["n_undefined"]
     if undefined:
-        lines.append(f"(sensitivity undefined for {undefined} image(s) without ground-truth "
-                     "lesion: left out of its mean and median)")
+        lines.append(
+            f"(sensitivity undefined for {undefined} image(s) without ground-truth "
+            "lesion: left out of its mean and median)"
+        )
     return "\n".join(lines)
 
 
@@ -371,8 +411,9 @@ def to_json(rows: list[Row], summary: dict) -> str:
         return value
 
     document = {
-        "images": [{"image": r.image, "cohort": r.cohort, **clean(r.metrics.to_dict())}
-                   for r in rows],
+        "images": [
+            {"image": r.image, "cohort": r.cohort, **clean(r.metrics.to_dict())} for r in rows
+        ],
         "summary": clean(summary),
     }
     return json.dumps(document, indent=2)
@@ -421,11 +462,17 @@ class Evaluation:
         return json.dumps(json.loads(document)["images"][0], indent=2)
 
 
-def evaluate_to_files(pred: str | Path, gt: str | Path, *, output: str | Path | None = None,
-                      lesions: str | Path | None = None,
-                      participants: str | Path | None = None, per_slab: bool = False,
-                      on_problem: Callable[[str], None] | None = None,
-                      **options) -> Evaluation:
+def evaluate_to_files(
+    pred: str | Path,
+    gt: str | Path,
+    *,
+    output: str | Path | None = None,
+    lesions: str | Path | None = None,
+    participants: str | Path | None = None,
+    per_slab: bool = False,
+    on_problem: Callable[[str], None] | None = None,
+    **options,
+) -> Evaluation:
     """``cordfuse evaluate``: score every pair found (:func:`evaluate`), then write the
     per-image and per-lesion tables.
 
@@ -454,19 +501,31 @@ def evaluate_to_files(pred: str | Path, gt: str | Path, *, output: str | Path | 
     for path in (pred, gt):
         if not path.exists():
             raise CordfuseError(f"{path}: not found")
-    rows, problems = evaluate(pred, gt, participants=Path(participants) if participants else None,
-                              per_slab=per_slab, **options)
+    rows, problems = evaluate(
+        pred,
+        gt,
+        participants=Path(participants) if participants else None,
+        per_slab=per_slab,
+        **options,
+    )
     for problem in problems:
         if on_problem:
             on_problem(problem)
     if not rows:
         raise CordfuseError("no pair could be evaluated")
-    evaluation = Evaluation(rows, problems, summary_table(rows), single=pred.is_file(),
-                            table=output or None,
-                            lesion_table=lesions or (lesions_beside(output) if output else None))
+    evaluation = Evaluation(
+        rows,
+        problems,
+        summary_table(rows),
+        single=pred.is_file(),
+        table=output or None,
+        lesion_table=lesions or (lesions_beside(output) if output else None),
+    )
     if evaluation.table:
         atomic_write_text(evaluation.table, rows_to_csv(rows))
     if evaluation.lesion_table:
-        atomic_write_text(evaluation.lesion_table,
-                          lesion_rows_to_csv([lesion for row in rows for lesion in row.lesions]))
+        atomic_write_text(
+            evaluation.lesion_table,
+            lesion_rows_to_csv([lesion for row in rows for lesion in row.lesions]),
+        )
     return evaluation

@@ -86,11 +86,22 @@ class LesionRow:
         return "faint" if self.truth["faint"] else "clear"
 
 
-def lesion_rows(prediction: np.ndarray, truth: np.ndarray, affine: np.ndarray, *, subject: str,
-                voxel_volume_mm3: float, min_volume_mm3: float = MIN_VOLUME_MM3,
-                alpha: float = ALPHA, beta: float = BETA, gamma: float = GAMMA,
-                connectivity: Connectivity = 6, synth: SynthTruth | None = None,
-                motion: np.ndarray | None = None, **context) -> list[LesionRow]:
+def lesion_rows(
+    prediction: np.ndarray,
+    truth: np.ndarray,
+    affine: np.ndarray,
+    *,
+    subject: str,
+    voxel_volume_mm3: float,
+    min_volume_mm3: float = MIN_VOLUME_MM3,
+    alpha: float = ALPHA,
+    beta: float = BETA,
+    gamma: float = GAMMA,
+    connectivity: Connectivity = 6,
+    synth: SynthTruth | None = None,
+    motion: np.ndarray | None = None,
+    **context,
+) -> list[LesionRow]:
     """Ground-truth and predicted lesions of one image (see the module docstring).
 
     Args:
@@ -125,18 +136,38 @@ def lesion_rows(prediction: np.ndarray, truth: np.ndarray, affine: np.ndarray, *
     prediction, truth = np.asarray(prediction) > 0, np.asarray(truth) > 0
     if prediction.shape != truth.shape:
         raise ValueError(f"prediction {prediction.shape} and truth {truth.shape} differ in shape")
-    pred_labels, n_pred = lesions(prediction, voxel_volume_mm3=voxel_volume_mm3,
-                                  min_volume_mm3=min_volume_mm3, connectivity=connectivity)
-    gt_labels, n_gt = lesions(truth, voxel_volume_mm3=voxel_volume_mm3,
-                              min_volume_mm3=min_volume_mm3, connectivity=connectivity)
+    pred_labels, n_pred = lesions(
+        prediction,
+        voxel_volume_mm3=voxel_volume_mm3,
+        min_volume_mm3=min_volume_mm3,
+        connectivity=connectivity,
+    )
+    gt_labels, n_gt = lesions(
+        truth,
+        voxel_volume_mm3=voxel_volume_mm3,
+        min_volume_mm3=min_volume_mm3,
+        connectivity=connectivity,
+    )
     rules = dict(alpha=alpha, beta=beta, gamma=gamma)
     rows = []
-    for kind, labels, n, other, n_other in (("gt", gt_labels, n_gt, pred_labels, n_pred),
-                                            ("pred", pred_labels, n_pred, gt_labels, n_gt)):
+    for kind, labels, n, other, n_other in (
+        ("gt", gt_labels, n_gt, pred_labels, n_pred),
+        ("pred", pred_labels, n_pred, gt_labels, n_gt),
+    ):
         covered, detected = lesion_outcomes(labels, n, other, n_other, **rules)
         for i, (volume, centroid) in enumerate(_components(labels, n, affine), start=1):
-            rows.append(LesionRow(subject, kind, i, volume * voxel_volume_mm3, centroid,
-                                  float(covered[i - 1]), bool(detected[i - 1]), **context))
+            rows.append(
+                LesionRow(
+                    subject,
+                    kind,
+                    i,
+                    volume * voxel_volume_mm3,
+                    centroid,
+                    float(covered[i - 1]),
+                    bool(detected[i - 1]),
+                    **context,
+                )
+            )
     if synth is not None:
         rows = annotate_with_truth(rows, synth, affine, gt_labels, motion)
     return rows
@@ -152,8 +183,9 @@ def _components(labels: np.ndarray, n: int, affine: np.ndarray):
     sums = np.stack([np.bincount(ids, weights=axis, minlength=n + 1)[1:] for axis in index], 1)
     voxels = sums / counts[:, None]
     world = voxels @ np.asarray(affine)[:3, :3].T + np.asarray(affine)[:3, 3]
-    return [(int(c), tuple(round(float(v), 3) for v in w)) for c, w in zip(counts, world,
-                                                                            strict=True)]
+    return [
+        (int(c), tuple(round(float(v), 3) for v in w)) for c, w in zip(counts, world, strict=True)
+    ]
 
 
 # -- the generator's truth ----------------------------------------------------------------------
@@ -214,10 +246,16 @@ class SynthTruth:
         """
         if document is None:
             return None
-        scans = [ScanField(stem, scan["sequence"], np.asarray(scan["affine"], float),
-                           _shape3(scan["shape"]),
-                           np.asarray(scan["motion_world_to_anatomy"], float))
-                 for stem, scan in document["scans"].items()]
+        scans = [
+            ScanField(
+                stem,
+                scan["sequence"],
+                np.asarray(scan["affine"], float),
+                _shape3(scan["shape"]),
+                np.asarray(scan["motion_world_to_anatomy"], float),
+            )
+            for stem, scan in document["scans"].items()
+        ]
         return cls(document["lesions"], scans)
 
     @classmethod
@@ -258,9 +296,13 @@ class SynthTruth:
         return np.eye(4)
 
 
-def annotate_with_truth(rows: list[LesionRow], truth: SynthTruth, labels_affine: np.ndarray,
-                        gt_labels: np.ndarray, motion: np.ndarray | None = None
-                        ) -> list[LesionRow]:
+def annotate_with_truth(
+    rows: list[LesionRow],
+    truth: SynthTruth,
+    labels_affine: np.ndarray,
+    gt_labels: np.ndarray,
+    motion: np.ndarray | None = None,
+) -> list[LesionRow]:
     """Add the generator's truth to the ground-truth rows of one image.
 
     ``gt_labels`` are the ground-truth components (as :func:`cordfuse.evaluation.metrics.lesions`
@@ -284,7 +326,8 @@ def annotate_with_truth(rows: list[LesionRow], truth: SynthTruth, labels_affine:
     gt = [r for r in rows if r.kind == "gt"]
     centroids = np.array([r.centroid_mm for r in gt]) if gt else np.zeros((0, 3))
     to_voxel = np.linalg.inv(labels_affine) @ np.linalg.inv(
-        np.eye(4) if motion is None else np.asarray(motion, float))
+        np.eye(4) if motion is None else np.asarray(motion, float)
+    )
     for lesion in truth.lesions:
         centre_h = to_voxel @ np.r_[np.asarray(lesion["center_world_mm"], float), 1.0]
         centre = (labels_affine @ centre_h)[:3]  # in this grid's world
@@ -305,11 +348,26 @@ def annotate_with_truth(rows: list[LesionRow], truth: SynthTruth, labels_affine:
             out.append(row)
             continue
         visibility = {s: max(m["visibility"].get(s, 0.0) for m in found) for s in SEQUENCES}
-        covers = {s: any(scan.covers(m["center_world_mm"]) for m in found for scan in truth.scans
-                         if scan.sequence == s) for s in SEQUENCES}
-        out.append(replace(row, truth={
-            "visibility": visibility, "covers": covers, "generated": len(found),
-            "faint": all(m["visibility"]["T2Sag"] < FAINT_VISIBILITY for m in found)}))
+        covers = {
+            s: any(
+                scan.covers(m["center_world_mm"])
+                for m in found
+                for scan in truth.scans
+                if scan.sequence == s
+            )
+            for s in SEQUENCES
+        }
+        out.append(
+            replace(
+                row,
+                truth={
+                    "visibility": visibility,
+                    "covers": covers,
+                    "generated": len(found),
+                    "faint": all(m["visibility"]["T2Sag"] < FAINT_VISIBILITY for m in found),
+                },
+            )
+        )
     return out
 
 
@@ -350,8 +408,9 @@ class PairedDetection:
         return self.sensitivity_other - self.sensitivity_base
 
 
-def paired_outcomes(base: Iterable[LesionRow],
-                    other: Iterable[LesionRow]) -> list[tuple[LesionRow, LesionRow]]:
+def paired_outcomes(
+    base: Iterable[LesionRow], other: Iterable[LesionRow]
+) -> list[tuple[LesionRow, LesionRow]]:
     """Ground-truth lesions present in both lists, as ``(base row, other row)``.
 
     Args:
@@ -377,17 +436,37 @@ def compare_inferences(pairs: Sequence[tuple[LesionRow, LesionRow]]) -> PairedDe
     both = sum(a.detected and b.detected for a, b in pairs)
     only_other = sum(b.detected and not a.detected for a, b in pairs)
     only_base = sum(a.detected and not b.detected for a, b in pairs)
-    return PairedDetection(len(pairs), both, only_other, only_base,
-                           len(pairs) - both - only_other - only_base,
-                           mcnemar_exact(only_other, only_base))
+    return PairedDetection(
+        len(pairs),
+        both,
+        only_other,
+        only_base,
+        len(pairs) - both - only_other - only_base,
+        mcnemar_exact(only_other, only_base),
+    )
 
 
 # -- CSV ----------------------------------------------------------------------------------------
 
-_COLUMNS = ("experiment", "seed", "inference", "subject", "cohort", "kind", "lesion",
-            "volume_mm3", "x_mm", "y_mm", "z_mm", "covered_fraction", "detected", "t2sag",
-            "generated", *(f"visibility_{s}" for s in SEQUENCES),
-            *(f"covers_{s}" for s in SEQUENCES))
+_COLUMNS = (
+    "experiment",
+    "seed",
+    "inference",
+    "subject",
+    "cohort",
+    "kind",
+    "lesion",
+    "volume_mm3",
+    "x_mm",
+    "y_mm",
+    "z_mm",
+    "covered_fraction",
+    "detected",
+    "t2sag",
+    "generated",
+    *(f"visibility_{s}" for s in SEQUENCES),
+    *(f"covers_{s}" for s in SEQUENCES),
+)
 
 
 def rows_to_csv(rows: Iterable[LesionRow]) -> str:
@@ -410,12 +489,25 @@ def rows_to_csv(rows: Iterable[LesionRow]) -> str:
     for r in rows:
         visibility = r.truth.get("visibility", {})
         covers = r.truth.get("covers", {})
-        writer.writerow([
-            r.experiment, "" if r.seed is None else r.seed, r.inference, r.subject, r.cohort,
-            r.kind, r.lesion, f"{r.volume_mm3:.3f}", *r.centroid_mm, f"{r.covered_fraction:.4f}",
-            int(r.detected), r.visibility_class, r.truth.get("generated", ""),
-            *(visibility.get(s, "") for s in SEQUENCES),
-            *("" if s not in covers else int(covers[s]) for s in SEQUENCES)])
+        writer.writerow(
+            [
+                r.experiment,
+                "" if r.seed is None else r.seed,
+                r.inference,
+                r.subject,
+                r.cohort,
+                r.kind,
+                r.lesion,
+                f"{r.volume_mm3:.3f}",
+                *r.centroid_mm,
+                f"{r.covered_fraction:.4f}",
+                int(r.detected),
+                r.visibility_class,
+                r.truth.get("generated", ""),
+                *(visibility.get(s, "") for s in SEQUENCES),
+                *("" if s not in covers else int(covers[s]) for s in SEQUENCES),
+            ]
+        )
     return buffer.getvalue()
 
 
@@ -432,14 +524,28 @@ def rows_from_csv(text: str) -> list[LesionRow]:
     for d in csv.DictReader(io.StringIO(text)):
         truth: dict = {}
         if d["t2sag"]:
-            truth = {"faint": d["t2sag"] == "faint", "generated": int(d["generated"]),
-                     "visibility": {s: float(d[f"visibility_{s}"]) for s in SEQUENCES},
-                     "covers": {s: d[f"covers_{s}"] == "1" for s in SEQUENCES}}
-        rows.append(LesionRow(
-            d["subject"], d["kind"], int(d["lesion"]), float(d["volume_mm3"]),
-            (float(d["x_mm"]), float(d["y_mm"]), float(d["z_mm"])),
-            float(d["covered_fraction"]), d["detected"] == "1", d["cohort"], d["experiment"],
-            int(d["seed"]) if d["seed"] else None, d["inference"], truth))
+            truth = {
+                "faint": d["t2sag"] == "faint",
+                "generated": int(d["generated"]),
+                "visibility": {s: float(d[f"visibility_{s}"]) for s in SEQUENCES},
+                "covers": {s: d[f"covers_{s}"] == "1" for s in SEQUENCES},
+            }
+        rows.append(
+            LesionRow(
+                d["subject"],
+                d["kind"],
+                int(d["lesion"]),
+                float(d["volume_mm3"]),
+                (float(d["x_mm"]), float(d["y_mm"]), float(d["z_mm"])),
+                float(d["covered_fraction"]),
+                d["detected"] == "1",
+                d["cohort"],
+                d["experiment"],
+                int(d["seed"]) if d["seed"] else None,
+                d["inference"],
+                truth,
+            )
+        )
     return rows
 
 
@@ -457,24 +563,36 @@ def _comparisons(rows: Sequence[LesionRow], experiments: Sequence[str], base: st
     """``(experiment, seed, inference, pairs)`` of every inference set that adds sequences to
     ``base`` for a model, in the given experiment order."""
     found = []
-    keys = sorted({(r.experiment, r.seed, r.inference) for r in rows if r.inference != base},
-                  key=lambda k: (experiments.index(k[0]) if k[0] in experiments else 99,
-                                 k[1] if k[1] is not None else -1, k[2]))
+    keys = sorted(
+        {(r.experiment, r.seed, r.inference) for r in rows if r.inference != base},
+        key=lambda k: (
+            experiments.index(k[0]) if k[0] in experiments else 99,
+            k[1] if k[1] is not None else -1,
+            k[2],
+        ),
+    )
     for experiment, seed, inference in keys:
-        reference = [r for r in rows if (r.experiment, r.seed, r.inference) ==
-                     (experiment, seed, base)]
+        reference = [
+            r for r in rows if (r.experiment, r.seed, r.inference) == (experiment, seed, base)
+        ]
         if not reference:
             continue  # a model that cannot run on T2Sag alone (specific sequences)
-        other = [r for r in rows if (r.experiment, r.seed, r.inference) ==
-                 (experiment, seed, inference)]
+        other = [
+            r for r in rows if (r.experiment, r.seed, r.inference) == (experiment, seed, inference)
+        ]
         pairs = paired_outcomes(reference, other)
         if pairs:
             found.append((experiment, seed, inference, pairs))
     return found
 
 
-def extra_sequences_tables(rows: Sequence[LesionRow], *, experiments: Sequence[str],
-                           labels: dict[str, str], base: str = "T2Sag") -> tuple[Table, Table]:
+def extra_sequences_tables(
+    rows: Sequence[LesionRow],
+    *,
+    experiments: Sequence[str],
+    labels: dict[str, str],
+    base: str = "T2Sag",
+) -> tuple[Table, Table]:
     """Two tables: paired lesion-wise sensitivity with ``base`` versus each larger set of
     sequences (per model and seed, by T2Sag visibility when the truth is known), and the lesions
     whose detection changes.
@@ -493,48 +611,83 @@ def extra_sequences_tables(rows: Sequence[LesionRow], *, experiments: Sequence[s
     groups = _groups(rows)
     header = ["model", "seed", "sequences at inference"]
     for _, name in groups:
-        header += [f"{name}: n", f"{name}: sensitivity {base} → more",
-                   f"{name}: found only with / only without", f"{name}: McNemar p"]
-    summary = Table("What the extra sequences add: the same ground-truth lesions, detected "
-                    f"with {base} alone and with more sequences", header)
-    changed = Table("Lesions whose detection changes when sequences are added",
-                    ["model", "seed", "sequences at inference", "subject", "lesion",
-                     "volume (mm³)", f"{base} visibility", "best other visibility",
-                     "sequences covering it", "detected with"])
+        header += [
+            f"{name}: n",
+            f"{name}: sensitivity {base} → more",
+            f"{name}: found only with / only without",
+            f"{name}: McNemar p",
+        ]
+    summary = Table(
+        "What the extra sequences add: the same ground-truth lesions, detected "
+        f"with {base} alone and with more sequences",
+        header,
+    )
+    changed = Table(
+        "Lesions whose detection changes when sequences are added",
+        [
+            "model",
+            "seed",
+            "sequences at inference",
+            "subject",
+            "lesion",
+            "volume (mm³)",
+            f"{base} visibility",
+            "best other visibility",
+            "sequences covering it",
+            "detected with",
+        ],
+    )
     for experiment, seed, inference, pairs in _comparisons(rows, experiments, base):
-        row: list = [labels.get(experiment, experiment), "" if seed is None else str(seed),
-                     inference]
+        row: list = [
+            labels.get(experiment, experiment),
+            "" if seed is None else str(seed),
+            inference,
+        ]
         for key, _ in groups:
             chosen = [p for p in pairs if not key or p[1].visibility_class == key]
             result = compare_inferences(chosen)
-            row += [Cell(result.n, str(result.n)),
-                    Cell(result.gain, "" if not result.n else
-                         f"{result.sensitivity_base:.3f} → {result.sensitivity_other:.3f}"),
-                    Cell(None, f"{result.only_other} / {result.only_base}"),
-                    Cell(result.p_value, f"{result.p_value:.3g}")]
+            row += [
+                Cell(result.n, str(result.n)),
+                Cell(
+                    result.gain,
+                    ""
+                    if not result.n
+                    else f"{result.sensitivity_base:.3f} → {result.sensitivity_other:.3f}",
+                ),
+                Cell(None, f"{result.only_other} / {result.only_base}"),
+                Cell(result.p_value, f"{result.p_value:.3g}"),
+            ]
         summary.rows.append(row)
         for a, b in pairs:
             if a.detected == b.detected:
                 continue
             visibility = b.truth.get("visibility", {})
-            others = {s: v for s, v in visibility.items()
-                      if s != base and b.truth["covers"].get(s)}
+            others = {s: v for s, v in visibility.items() if s != base and b.truth["covers"].get(s)}
             best = max(others, key=lambda s: others[s]) if others else ""
-            changed.rows.append([
-                labels.get(experiment, experiment), "" if seed is None else str(seed), inference,
-                b.subject, str(b.lesion), Cell(b.volume_mm3, f"{b.volume_mm3:.0f}"),
-                Cell(visibility.get(base), f"{visibility[base]:.2f}" if visibility else ""),
-                Cell(others.get(best), f"{others[best]:.2f} ({best})" if best else ""),
-                ", ".join(s for s in SEQUENCES if b.truth.get("covers", {}).get(s)),
-                "more sequences" if b.detected else f"{base} only"])
+            changed.rows.append(
+                [
+                    labels.get(experiment, experiment),
+                    "" if seed is None else str(seed),
+                    inference,
+                    b.subject,
+                    str(b.lesion),
+                    Cell(b.volume_mm3, f"{b.volume_mm3:.0f}"),
+                    Cell(visibility.get(base), f"{visibility[base]:.2f}" if visibility else ""),
+                    Cell(others.get(best), f"{others[best]:.2f} ({best})" if best else ""),
+                    ", ".join(s for s in SEQUENCES if b.truth.get("covers", {}).get(s)),
+                    "more sequences" if b.detected else f"{base} only",
+                ]
+            )
     summary.notes = [
         "Pairs: every ground-truth lesion of the test subjects that have this set of sequences, "
         f"detected (Anima: > {ALPHA:.0%} of it predicted, predictions mostly inside lesions) "
         f"with {base} alone and with the set, by the same model and seed. McNemar: exact "
-        "two-sided binomial test on the discordant pairs (found only with / only without)."]
+        "two-sided binomial test on the discordant pairs (found only with / only without)."
+    ]
     if len(groups) > 1:
         summary.notes.append(
             f"Faint: T2Sag visibility below {FAINT_VISIBILITY} of full lesion contrast in the "
             "generator's truth (derivatives/synth); such lesions are drawn bright on STIR and "
-            "T2*Ax.")
+            "T2*Ax."
+        )
     return summary, changed

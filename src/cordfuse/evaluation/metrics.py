@@ -66,8 +66,13 @@ def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * int((p & g).sum()) / total
 
 
-def lesions(mask: np.ndarray, *, voxel_volume_mm3: float, min_volume_mm3: float = MIN_VOLUME_MM3,
-            connectivity: Connectivity = 6) -> tuple[np.ndarray, int]:
+def lesions(
+    mask: np.ndarray,
+    *,
+    voxel_volume_mm3: float,
+    min_volume_mm3: float = MIN_VOLUME_MM3,
+    connectivity: Connectivity = 6,
+) -> tuple[np.ndarray, int]:
     """Connected components (labels 1..n) after removing those of volume <= ``min_volume_mm3``.
 
     Args:
@@ -87,8 +92,9 @@ def lesions(mask: np.ndarray, *, voxel_volume_mm3: float, min_volume_mm3: float 
         >>> n, int(labels.max()), int((labels > 0).sum())
         (1, 1, 8)
     """
-    labels = cc3d.connected_components((np.asarray(mask) > 0).astype(np.uint8),
-                                       connectivity=connectivity)
+    labels = cc3d.connected_components(
+        (np.asarray(mask) > 0).astype(np.uint8), connectivity=connectivity
+    )
     n = int(labels.max())
     if n == 0:
         return labels.astype(np.int32), 0
@@ -100,9 +106,16 @@ def lesions(mask: np.ndarray, *, voxel_volume_mm3: float, min_volume_mm3: float 
     return new_ids[labels], int(keep.sum())
 
 
-def lesion_outcomes(reference: np.ndarray, n_ref: int, other: np.ndarray, n_other: int, *,
-                    alpha: float = ALPHA, beta: float = BETA,
-                    gamma: float = GAMMA) -> tuple[np.ndarray, np.ndarray]:
+def lesion_outcomes(
+    reference: np.ndarray,
+    n_ref: int,
+    other: np.ndarray,
+    n_other: int,
+    *,
+    alpha: float = ALPHA,
+    beta: float = BETA,
+    gamma: float = GAMMA,
+) -> tuple[np.ndarray, np.ndarray]:
     """Per lesion of ``reference`` (labels 1..n_ref): the fraction of it covered by ``other``'s
     lesions, and whether it is detected by them (the rules of the module docstring).
 
@@ -152,11 +165,20 @@ def lesion_outcomes(reference: np.ndarray, n_ref: int, other: np.ndarray, n_othe
     return covered_fraction, detected
 
 
-def _detected(reference: np.ndarray, n_ref: int, other: np.ndarray, n_other: int, *,
-              alpha: float, beta: float, gamma: float) -> int:
+def _detected(
+    reference: np.ndarray,
+    n_ref: int,
+    other: np.ndarray,
+    n_other: int,
+    *,
+    alpha: float,
+    beta: float,
+    gamma: float,
+) -> int:
     """How many lesions of ``reference`` are detected by the lesions of ``other``."""
-    _, detected = lesion_outcomes(reference, n_ref, other, n_other, alpha=alpha, beta=beta,
-                                  gamma=gamma)
+    _, detected = lesion_outcomes(
+        reference, n_ref, other, n_other, alpha=alpha, beta=beta, gamma=gamma
+    )
     return int(detected.sum())
 
 
@@ -221,10 +243,18 @@ def lesion_detection(
     Returns:
         The counts, with sensitivity, precision and F1.
     """
-    pred_labels, n_pred = lesions(prediction, voxel_volume_mm3=voxel_volume_mm3,
-                                  min_volume_mm3=min_volume_mm3, connectivity=connectivity)
-    gt_labels, n_gt = lesions(truth, voxel_volume_mm3=voxel_volume_mm3,
-                              min_volume_mm3=min_volume_mm3, connectivity=connectivity)
+    pred_labels, n_pred = lesions(
+        prediction,
+        voxel_volume_mm3=voxel_volume_mm3,
+        min_volume_mm3=min_volume_mm3,
+        connectivity=connectivity,
+    )
+    gt_labels, n_gt = lesions(
+        truth,
+        voxel_volume_mm3=voxel_volume_mm3,
+        min_volume_mm3=min_volume_mm3,
+        connectivity=connectivity,
+    )
     options = dict(alpha=alpha, beta=beta, gamma=gamma)
     return LesionDetection(
         n_gt=n_gt,
@@ -258,8 +288,9 @@ class ImageMetrics:
         return asdict(self)
 
 
-def evaluate_masks(prediction: np.ndarray, truth: np.ndarray, *, voxel_volume_mm3: float,
-                   **options) -> ImageMetrics:
+def evaluate_masks(
+    prediction: np.ndarray, truth: np.ndarray, *, voxel_volume_mm3: float, **options
+) -> ImageMetrics:
     """Dice and lesion-wise metrics of one prediction against its ground truth.
 
     Args:

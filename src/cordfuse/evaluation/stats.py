@@ -107,9 +107,13 @@ def summarise(values: Sequence[float]) -> Summary:
     defined = array[~np.isnan(array)]
     if len(defined) == 0:
         return Summary(math.nan, math.nan, math.nan, 0, len(array))
-    return Summary(float(defined.mean()), float(np.median(defined)),
-                   float(defined.std(ddof=1)) if len(defined) > 1 else 0.0, len(defined),
-                   int(np.isnan(array).sum()))
+    return Summary(
+        float(defined.mean()),
+        float(np.median(defined)),
+        float(defined.std(ddof=1)) if len(defined) > 1 else 0.0,
+        len(defined),
+        int(np.isnan(array).sum()),
+    )
 
 
 def mean_std(per_seed: Sequence[float], digits: int = 3) -> str:

@@ -99,8 +99,12 @@ class Table:
                 return cell
             return f"**{cell.text}**" if cell.bold and cell.text else cell.text
 
-        lines = [f"### {self.title}", "", "| " + " | ".join(self.header) + " |",
-                 "|" + "|".join("---" for _ in self.header) + "|"]
+        lines = [
+            f"### {self.title}",
+            "",
+            "| " + " | ".join(self.header) + " |",
+            "|" + "|".join("---" for _ in self.header) + "|",
+        ]
         lines += ["| " + " | ".join(show(c) for c in row) + " |" for row in self.rows]
         lines += [""] + self.notes if self.notes else []
         return "\n".join(lines) + "\n"
@@ -117,14 +121,19 @@ class Table:
             if isinstance(cell, str):
                 return f"<{tag}>{escape(cell)}</{tag}>"
             text = escape(cell.text)
-            return f"<{tag} class=\"num\">" + (f"<b>{text}</b>" if cell.bold and text else text) \
+            return (
+                f'<{tag} class="num">'
+                + (f"<b>{text}</b>" if cell.bold and text else text)
                 + f"</{tag}>"
+            )
 
         head = "".join(f"<th>{escape(h)}</th>" for h in self.header)
         body = "".join("<tr>" + "".join(show(c) for c in row) + "</tr>" for row in self.rows)
-        notes = "".join(f"<p class=\"note\">{escape(n)}</p>" for n in self.notes)
-        return (f"<table class=\"metrics\"><caption>{escape(self.title)}</caption>"
-                f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{notes}")
+        notes = "".join(f'<p class="note">{escape(n)}</p>' for n in self.notes)
+        return (
+            f'<table class="metrics"><caption>{escape(self.title)}</caption>'
+            f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{notes}"
+        )
 
     def to_csv(self) -> str:
         """The table as CSV: the header, then numeric cells as their value (6 significant digits).
@@ -136,8 +145,12 @@ class Table:
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(self.header)
         for row in self.rows:
-            writer.writerow([c if isinstance(c, str) else
-                             ("" if c.value is None else f"{c.value:.6g}") for c in row])
+            writer.writerow(
+                [
+                    c if isinstance(c, str) else ("" if c.value is None else f"{c.value:.6g}")
+                    for c in row
+                ]
+            )
         return buffer.getvalue()
 
     def to_latex(self) -> str:
@@ -148,8 +161,15 @@ class Table:
         """
 
         def escape(text: str) -> str:
-            for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"),
-                         ("#", r"\#"), ("±", r"$\pm$"), ("*", r"$^{*}$")):
+            for a, b in (
+                ("\\", r"\textbackslash{}"),
+                ("&", r"\&"),
+                ("%", r"\%"),
+                ("_", r"\_"),
+                ("#", r"\#"),
+                ("±", r"$\pm$"),
+                ("*", r"$^{*}$"),
+            ):
                 text = text.replace(a, b)
             return text.replace(r"$^{*}$$^{*}$", r"$^{**}$")
 
@@ -161,9 +181,15 @@ class Table:
 
         labels = sum(1 for c in self.rows[0] if isinstance(c, str)) if self.rows else 1
         spec = "l" * labels + "c" * (len(self.header) - labels)
-        lines = [r"\begin{table}", r"\centering", rf"\caption{{{escape(self.title)}}}",
-                 rf"\begin{{tabular}}{{{spec}}}", r"\hline",
-                 " & ".join(escape(h) for h in self.header) + r" \\", r"\hline"]
+        lines = [
+            r"\begin{table}",
+            r"\centering",
+            rf"\caption{{{escape(self.title)}}}",
+            rf"\begin{{tabular}}{{{spec}}}",
+            r"\hline",
+            " & ".join(escape(h) for h in self.header) + r" \\",
+            r"\hline",
+        ]
         lines += [" & ".join(show(c) for c in row) + r" \\" for row in self.rows]
         lines += [r"\hline", r"\end{tabular}", r"\end{table}"]
         return "\n".join(lines) + "\n"
@@ -193,8 +219,11 @@ def _per_seed_means(records: Sequence[Record], metric: str) -> dict[int, float]:
 
 
 def _select(records, experiment, inference, cohort) -> list[Record]:
-    return [r for r in records
-            if r.experiment == experiment and r.inference == inference and r.cohort == cohort]
+    return [
+        r
+        for r in records
+        if r.experiment == experiment and r.inference == inference and r.cohort == cohort
+    ]
 
 
 def _columns(cohorts: list[str]) -> list[tuple[str, str, str]]:
@@ -220,23 +249,32 @@ def _mark_best(rows: list[list[Cell | str]], first: int) -> None:
                 cell.bold = True
 
 
-def _order(records: Sequence[Record], experiments: Sequence[str] | None,
-           inferences: Sequence[str] | None) -> list[tuple[str, str]]:
+def _order(
+    records: Sequence[Record], experiments: Sequence[str] | None, inferences: Sequence[str] | None
+) -> list[tuple[str, str]]:
     present = {(r.experiment, r.inference) for r in records}
     exp_order = list(experiments or sorted({e for e, _ in present}))
     inf_order = list(inferences or [])
 
     def key(pair):
         e, i = pair
-        return (exp_order.index(e) if e in exp_order else len(exp_order),
-                inf_order.index(i) if i in inf_order else len(inf_order), i)
+        return (
+            exp_order.index(e) if e in exp_order else len(exp_order),
+            inf_order.index(i) if i in inf_order else len(inf_order),
+            i,
+        )
 
     return sorted(present, key=key)
 
 
-def table1(records: Sequence[Record], *, experiments: Sequence[str] | None = None,
-           inferences: Sequence[str] | None = None, labels: dict[str, str] | None = None,
-           cohorts: Sequence[str] | None = None) -> Table:
+def table1(
+    records: Sequence[Record],
+    *,
+    experiments: Sequence[str] | None = None,
+    inferences: Sequence[str] | None = None,
+    labels: dict[str, str] | None = None,
+    cohorts: Sequence[str] | None = None,
+) -> Table:
     """Table 1: every (model, sequences at inference) pair, F1 and Dice per cohort.
 
     Args:
@@ -252,9 +290,10 @@ def table1(records: Sequence[Record], *, experiments: Sequence[str] | None = Non
     labels = labels or {}
     cohorts = list(cohorts or cohorts_of(records))
     columns = _columns(cohorts)
-    table = Table("Table 1: lesion-wise F1 and Dice per test cohort (mean over images; "
-                  "mean over seeds)", ["model", "sequences at inference",
-                                       *[h for _, h, _ in columns]])
+    table = Table(
+        "Table 1: lesion-wise F1 and Dice per test cohort (mean over images; mean over seeds)",
+        ["model", "sequences at inference", *[h for _, h, _ in columns]],
+    )
     for experiment, inference in _order(records, experiments, inferences):
         row: list[Cell | str] = [labels.get(experiment, experiment), inference]
         for metric, _, cohort in columns:
@@ -270,16 +309,21 @@ def table1(records: Sequence[Record], *, experiments: Sequence[str] | None = Non
             row.append(Cell(value, f"{value:.3f}"))
         table.rows.append(row)
     _mark_best(table.rows, 2)
-    counts = ", ".join(f"{c} {len({r.image for r in records if r.cohort == c})}"
-                       for c in cohorts)
-    table.notes = ["Blank: no test image of that cohort has that combination of sequences. "
-                   f"Bold: best in its column. Test images per cohort: {counts}."]
+    counts = ", ".join(f"{c} {len({r.image for r in records if r.cohort == c})}" for c in cohorts)
+    table.notes = [
+        "Blank: no test image of that cohort has that combination of sequences. "
+        f"Bold: best in its column. Test images per cohort: {counts}."
+    ]
     return table
 
 
-def table2(records: Sequence[Record], *, reference: str = "baseline",
-           experiments: Sequence[str] | None = None,
-           labels: dict[str, str] | None = None) -> Table:
+def table2(
+    records: Sequence[Record],
+    *,
+    reference: str = "baseline",
+    experiments: Sequence[str] | None = None,
+    labels: dict[str, str] | None = None,
+) -> Table:
     """Table 2 as the paper reports it: T2Sag-only inference, every test cohort pooled, one
     lesion-wise F1 and one Dice per model (``mean ± std`` over seeds of the per-seed mean over
     images), Wilcoxon marks against ``reference`` with one pair per test image.
@@ -293,14 +337,19 @@ def table2(records: Sequence[Record], *, reference: str = "baseline",
     Returns:
         The table.
     """
-    return _table2(records, reference=reference, experiments=experiments, labels=labels,
-                   cohorts=None)
+    return _table2(
+        records, reference=reference, experiments=experiments, labels=labels, cohorts=None
+    )
 
 
-def table2_per_cohort(records: Sequence[Record], *, reference: str = "baseline",
-                      experiments: Sequence[str] | None = None,
-                      labels: dict[str, str] | None = None,
-                      cohorts: Sequence[str] | None = None) -> Table:
+def table2_per_cohort(
+    records: Sequence[Record],
+    *,
+    reference: str = "baseline",
+    experiments: Sequence[str] | None = None,
+    labels: dict[str, str] | None = None,
+    cohorts: Sequence[str] | None = None,
+) -> Table:
     """Table 2 per test cohort (an extra table: the paper pools its cohorts).
 
     Args:
@@ -314,8 +363,13 @@ def table2_per_cohort(records: Sequence[Record], *, reference: str = "baseline",
         The table.
     """
     only = [r for r in records if r.inference == T2SAG_ONLY]
-    return _table2(records, reference=reference, experiments=experiments, labels=labels,
-                   cohorts=list(cohorts or cohorts_of(only)))
+    return _table2(
+        records,
+        reference=reference,
+        experiments=experiments,
+        labels=labels,
+        cohorts=list(cohorts or cohorts_of(only)),
+    )
 
 
 def _table2(records, *, reference, experiments, labels, cohorts) -> Table:
@@ -329,8 +383,10 @@ def _table2(records, *, reference, experiments, labels, cohorts) -> Table:
         columns = _columns(list(cohorts))
         where = "per test cohort"
     seeds = sorted({r.seed for r in only})
-    table = Table(f"Table 2: T2Sag-only inference, {where}, mean ± std over {len(seeds)} "
-                  "seed(s)", ["model", *[h for _, h, _ in columns]])
+    table = Table(
+        f"Table 2: T2Sag-only inference, {where}, mean ± std over {len(seeds)} seed(s)",
+        ["model", *[h for _, h, _ in columns]],
+    )
     for experiment, _ in _order(only, experiments, None):
         row: list[Cell | str] = [labels.get(experiment, experiment)]
         for metric, _, cohort in columns:
@@ -347,11 +403,13 @@ def _table2(records, *, reference, experiments, labels, cohorts) -> Table:
             row.append(Cell(mean, f"{mean:.3f} ± {std:.3f}{mark}"))
         table.rows.append(row)
     _mark_best(table.rows, 1)
-    table.notes = [f"Wilcoxon signed-rank test against {labels.get(reference, reference)}, one "
-                   "pair per test image (the image's metric averaged over seeds): * p < 0.1, "
-                   "** p < 0.05. Pairing every (seed, image) instead would count each image once "
-                   "per seed as if seeds were independent images, and overstate significance. "
-                   "Bold: best mean."]
+    table.notes = [
+        f"Wilcoxon signed-rank test against {labels.get(reference, reference)}, one "
+        "pair per test image (the image's metric averaged over seeds): * p < 0.1, "
+        "** p < 0.05. Pairing every (seed, image) instead would count each image once "
+        "per seed as if seeds were independent images, and overstate significance. "
+        "Bold: best mean."
+    ]
     return table
 
 
@@ -385,8 +443,12 @@ def _image_means(records: Sequence[Record], metric: str) -> dict[str, float]:
 # -- box plots ----------------------------------------------------------------------------------
 
 
-def boxplot_png(records: Sequence[Record], cohort: str, rows: Sequence[tuple[str, str]],
-                labels: dict[str, str] | None = None) -> bytes:
+def boxplot_png(
+    records: Sequence[Record],
+    cohort: str,
+    rows: Sequence[tuple[str, str]],
+    labels: dict[str, str] | None = None,
+) -> bytes:
     """Box plots of per-image F1 and Dice (mean over seeds) in one cohort, one box per row
     ``(experiment, inference)``, every image drawn as a dot.
 
@@ -403,8 +465,9 @@ def boxplot_png(records: Sequence[Record], cohort: str, rows: Sequence[tuple[str
 
     plt = pyplot()
     labels = labels or {}
-    fig, axes = plt.subplots(1, len(TABLE_METRICS), figsize=(4 + 0.9 * len(rows), 4.2),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(TABLE_METRICS), figsize=(4 + 0.9 * len(rows), 4.2), squeeze=False
+    )
     names = [f"{labels.get(e, e)}\n[{i}]" for e, i in rows]
     for ax, (metric, title) in zip(axes[0], TABLE_METRICS, strict=True):
         data = []
@@ -412,16 +475,14 @@ def boxplot_png(records: Sequence[Record], cohort: str, rows: Sequence[tuple[str
             per_image: dict[str, list[float]] = {}
             for r in _select(records, experiment, inference, cohort):
                 per_image.setdefault(r.image, []).append(r.values[metric])
-            values = [float(np.nanmean(v)) for v in per_image.values()
-                      if not np.all(np.isnan(v))]
+            values = [float(np.nanmean(v)) for v in per_image.values() if not np.all(np.isnan(v))]
             data.append(values)
         ax.boxplot(data, showmeans=True)
         for k, values in enumerate(data, start=1):  # every image, as few are tested per cohort
             if not values:
                 continue
             offsets = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else 0.0
-            ax.scatter(k + np.asarray(offsets), values, s=9, color="tab:blue", alpha=0.6,
-                       zorder=3)
+            ax.scatter(k + np.asarray(offsets), values, s=9, color="tab:blue", alpha=0.6, zorder=3)
         ax.set_xticks(range(1, len(names) + 1), names, rotation=35, ha="right", fontsize=7)
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(f"{title}, cohort {cohort}")
@@ -456,8 +517,16 @@ def records_to_csv(records: Sequence[Record]) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow([*RECORD_FIELDS, *keys])
     for r in records:
-        writer.writerow([r.experiment, r.seed, r.inference, r.image, r.cohort,
-                         *[_number(r.values.get(k, math.nan)) for k in keys]])
+        writer.writerow(
+            [
+                r.experiment,
+                r.seed,
+                r.inference,
+                r.image,
+                r.cohort,
+                *[_number(r.values.get(k, math.nan)) for k in keys],
+            ]
+        )
     return buffer.getvalue()
 
 
@@ -477,8 +546,17 @@ def records_from_csv(text: str) -> list[Record]:
     rows = list(csv.DictReader(io.StringIO(text)))
     out = []
     for row in rows:
-        values = {k: (float(v) if v != "" else math.nan) for k, v in row.items()
-                  if k not in RECORD_FIELDS}
-        out.append(Record(row["experiment"], int(row["seed"]), row["inference"], row["image"],
-                          row["cohort"], values))
+        values = {
+            k: (float(v) if v != "" else math.nan) for k, v in row.items() if k not in RECORD_FIELDS
+        }
+        out.append(
+            Record(
+                row["experiment"],
+                int(row["seed"]),
+                row["inference"],
+                row["image"],
+                row["cohort"],
+                values,
+            )
+        )
     return out

@@ -40,8 +40,9 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def autocast_dtype(amp: str, device: torch.device, *,
-                   cpu_auto_bf16: bool = False) -> torch.dtype | None:
+def autocast_dtype(
+    amp: str, device: torch.device, *, cpu_auto_bf16: bool = False
+) -> torch.dtype | None:
     """The autocast dtype for ``--amp``.
 
     Args:

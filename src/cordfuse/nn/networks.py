@@ -41,7 +41,11 @@ class NetConfig:
 
     features: tuple[int, ...] = (32, 64, 128, 256, 320)
     strides: tuple[tuple[int, int, int], ...] = (
-        (1, 1, 1), (2, 2, 2), (2, 2, 2), (2, 2, 2), (1, 1, 2),
+        (1, 1, 1),
+        (2, 2, 2),
+        (2, 2, 2),
+        (2, 2, 2),
+        (1, 1, 2),
     )
     patch_size: tuple[int, int, int] = (48, 48, 320)
     kernel_size: int = 3
@@ -58,8 +62,10 @@ class NetConfig:
             for stride in self.strides:
                 factor *= stride[axis]
             if self.patch_size[axis] % factor:
-                raise ValueError(f"patch size {self.patch_size} not divisible by the downsampling "
-                                 f"{factor} along axis {axis}")
+                raise ValueError(
+                    f"patch size {self.patch_size} not divisible by the downsampling "
+                    f"{factor} along axis {axis}"
+                )
 
     @property
     def bottleneck_channels(self) -> int:
@@ -145,8 +151,10 @@ class FeatureNoise:
         u = torch.rand(shape, device=device, generator=generator, dtype=torch.float64)
         u = u.clamp(1e-12, 1 - 1e-12)
         logistic = self.logistic_scale * torch.log(u / (1 - u))
-        normal = torch.randn(shape, device=device, generator=generator,
-                             dtype=torch.float64) * self.normal_sigma
+        normal = (
+            torch.randn(shape, device=device, generator=generator, dtype=torch.float64)
+            * self.normal_sigma
+        )
         pick = torch.rand(shape, device=device, generator=generator) < self.weight
         return torch.where(pick, logistic, normal).to(dtype)
 
@@ -250,17 +258,27 @@ class CordNet(nn.Module):
         channels = config.bottleneck_channels
         self.fusion: nn.Conv3d | None
         if len(self.sequences) > 1:
-            self.fusion = nn.Conv3d(channels * len(self.sequences), channels,
-                                    config.fusion_kernel, padding=config.fusion_kernel // 2)
+            self.fusion = nn.Conv3d(
+                channels * len(self.sequences),
+                channels,
+                config.fusion_kernel,
+                padding=config.fusion_kernel // 2,
+            )
         else:
             self.fusion = None
         # One 1x1x1 fusion per skip level (finest first); a kernel of 1 keeps each voxel's
         # sequences together without mixing in neighbours that a misalignment could bring.
-        self.skip_fusions = nn.ModuleList(
-            nn.Conv3d(c * len(self.sequences), c, 1) for c in config.features[:-1]
-        ) if fusion == "all-levels" else None
-        self.decoder = UNetDecoder(self.encoders[REFERENCE], config.num_classes,
-                                   config.convs_per_stage, deep_supervision=True)
+        self.skip_fusions = (
+            nn.ModuleList(nn.Conv3d(c * len(self.sequences), c, 1) for c in config.features[:-1])
+            if fusion == "all-levels"
+            else None
+        )
+        self.decoder = UNetDecoder(
+            self.encoders[REFERENCE],
+            config.num_classes,
+            config.convs_per_stage,
+            deep_supervision=True,
+        )
         self.apply(InitWeights_He(1e-2))
         # Only the deep_supervision_levels finest outputs reach the loss. The coarser heads would
         # compute logits nobody uses and leave parameters without gradients, which
@@ -303,21 +321,25 @@ class CordNet(nn.Module):
         stacked = torch.stack([levels[-1] for levels in per_sequence], dim=1)
         fused_input = mean_impute(stacked, available) if self.mean_imputation else stacked
         if self.skip_fusions is not None:
-            skips = [self._fuse_level(fuse, [levels[depth] for levels in per_sequence], available)
-                     for depth, fuse in enumerate(self.skip_fusions)] + [skips[-1]]
+            skips = [
+                self._fuse_level(fuse, [levels[depth] for levels in per_sequence], available)
+                for depth, fuse in enumerate(self.skip_fusions)
+            ] + [skips[-1]]
         if self.fusion is not None:
             bottleneck = self.fusion(fused_input.flatten(1, 2))
         else:
             bottleneck = fused_input[:, 0]
         if self.training and self.feature_noise is not None:
-            noise = self.feature_noise.sample(bottleneck.shape, device=bottleneck.device,
-                                              dtype=bottleneck.dtype)
+            noise = self.feature_noise.sample(
+                bottleneck.shape, device=bottleneck.device, dtype=bottleneck.dtype
+            )
             bottleneck = nn.functional.leaky_relu(bottleneck + noise, 0.01)
         logits = self.decoder([*skips[:-1], bottleneck])
         return NetOutput(logits[: self.config.deep_supervision_levels], stacked, available)
 
-    def _fuse_level(self, fuse: nn.Module, features: list[torch.Tensor],
-                    available: torch.Tensor) -> torch.Tensor:
+    def _fuse_level(
+        self, fuse: nn.Module, features: list[torch.Tensor], available: torch.Tensor
+    ) -> torch.Tensor:
         """Mean Imputation (or plain stacking) and a 1x1x1 fusion of one skip level."""
         stacked = torch.stack(features, dim=1)
         if self.mean_imputation:

@@ -103,8 +103,9 @@ def predict_probabilities(
         chunk = starts[i : i + batch_size]
         batch = torch.from_numpy(np.stack([padded[..., s : s + patch_z] for s in chunk])).to(device)
         flags = avail[None].expand(len(chunk), -1)
-        with torch.autocast(device_type, dtype=autocast_dtype or torch.float32,
-                            enabled=autocast_dtype is not None):
+        with torch.autocast(
+            device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
+        ):
             prob = torch.softmax(model(batch, flags).logits[0].float(), dim=1)[:, 1]
             if mirror:
                 flipped = model(torch.flip(batch, dims=(2,)), flags).logits[0].float()

@@ -62,14 +62,21 @@ class SubjectResult:
 
 
 def _result(prepared: PreparedSubject, status: str) -> SubjectResult:
-    return SubjectResult(prepared.subject, status, cohort=prepared.cohort,
-                         sequences=prepared.sequences, nz=prepared.geometry.nz,
-                         has_label=prepared.label is not None, warnings=prepared.warnings,
-                         fallbacks=prepared.fallbacks)
+    return SubjectResult(
+        prepared.subject,
+        status,
+        cohort=prepared.cohort,
+        sequences=prepared.sequences,
+        nz=prepared.geometry.nz,
+        has_label=prepared.label is not None,
+        warnings=prepared.warnings,
+        fallbacks=prepared.fallbacks,
+    )
 
 
-def prepare_one(subject: Subject, out: Path, config: PrepConfig, *, overwrite: bool,
-                qc: bool) -> SubjectResult:
+def prepare_one(
+    subject: Subject, out: Path, config: PrepConfig, *, overwrite: bool, qc: bool
+) -> SubjectResult:
     """Prepare one subject into ``out/<subject>/``; never raises for a user-data problem.
 
     Args:
@@ -129,8 +136,10 @@ def prepare_dataset(
     out = Path(out)
     root = dataset.root.resolve()
     if out.resolve() == root or root in out.resolve().parents:
-        raise CordfuseError(f"{out}: output inside the dataset; cordfuse never writes into "
-                            f"{dataset.root} (choose a folder outside it)")
+        raise CordfuseError(
+            f"{out}: output inside the dataset; cordfuse never writes into "
+            f"{dataset.root} (choose a folder outside it)"
+        )
     claim(out, "prepare").own("dataset.json", *(s.name for s in dataset.subjects))
     results: list[SubjectResult] = []
     if jobs <= 1:
@@ -140,10 +149,13 @@ def prepare_dataset(
                 progress(subject.name)
     else:
         # spawn, not fork: the caller may have torch thread pools running (demo, tests)
-        with ProcessPoolExecutor(max_workers=jobs,
-                                 mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(prepare_one, s, out, config, overwrite=overwrite, qc=qc)
-                       for s in dataset.subjects]
+        with ProcessPoolExecutor(
+            max_workers=jobs, mp_context=multiprocessing.get_context("spawn")
+        ) as pool:
+            futures = [
+                pool.submit(prepare_one, s, out, config, overwrite=overwrite, qc=qc)
+                for s in dataset.subjects
+            ]
             for future in as_completed(futures):
                 results.append(future.result())
                 if progress:
@@ -180,13 +192,22 @@ def write_dataset_json(out: Path, config: PrepConfig, results: list[SubjectResul
 
 def _results_from(document: dict) -> list[SubjectResult]:
     """The results an earlier ``dataset.json`` records (prepared and failed subjects)."""
-    done = [SubjectResult(s["id"], "prepared", cohort=s.get("cohort"),
-                          sequences=s.get("sequences", []), nz=s.get("nz", 0),
-                          has_label=s.get("has_label", False), warnings=s.get("warnings", []),
-                          fallbacks=s.get("centerline_fallbacks", {}))
-            for s in document.get("subjects", [])]
-    return done + [SubjectResult(f["id"], "failed", f.get("reason", ""))
-                   for f in document.get("failed", [])]
+    done = [
+        SubjectResult(
+            s["id"],
+            "prepared",
+            cohort=s.get("cohort"),
+            sequences=s.get("sequences", []),
+            nz=s.get("nz", 0),
+            has_label=s.get("has_label", False),
+            warnings=s.get("warnings", []),
+            fallbacks=s.get("centerline_fallbacks", {}),
+        )
+        for s in document.get("subjects", [])
+    ]
+    return done + [
+        SubjectResult(f["id"], "failed", f.get("reason", "")) for f in document.get("failed", [])
+    ]
 
 
 def _write_document(out: Path, config: PrepConfig, results: list[SubjectResult]) -> None:
@@ -202,9 +223,15 @@ def _write_document(out: Path, config: PrepConfig, results: list[SubjectResult])
         "config": asdict(config),
         "cohorts": sorted({r.cohort for r in done if r.cohort}),
         "subjects": [
-            {"id": r.name, "cohort": r.cohort, "sequences": r.sequences, "nz": r.nz,
-             "has_label": r.has_label, "warnings": r.warnings,
-             "centerline_fallbacks": r.fallbacks}
+            {
+                "id": r.name,
+                "cohort": r.cohort,
+                "sequences": r.sequences,
+                "nz": r.nz,
+                "has_label": r.has_label,
+                "warnings": r.warnings,
+                "centerline_fallbacks": r.fallbacks,
+            }
             for r in done
         ],
         "failed": [{"id": r.name, "reason": r.message} for r in results if r.status == "failed"],

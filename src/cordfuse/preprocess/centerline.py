@@ -195,8 +195,9 @@ def _canonical(data: np.ndarray, affine: np.ndarray):
 # mask backend
 
 
-def centerline_from_mask(mask: np.ndarray, affine: np.ndarray, *,
-                         smooth_mm: float = 0.0) -> Centerline:
+def centerline_from_mask(
+    mask: np.ndarray, affine: np.ndarray, *, smooth_mm: float = 0.0
+) -> Centerline:
     """Centroid of the mask in each axial slice (slices along the S-I voxel axis), world mm.
 
     Args:
@@ -267,9 +268,15 @@ POLARITY_SIGNS = {"bright-csf": (1.0,), "dark-csf": (-1.0,), "auto": (1.0, -1.0)
 # CSF polarity of the BIDS suffixes that say it: T1-weighted images (and MP2RAGE's UNIT1) show
 # dark CSF, T2-weighted ones (T2*, STIR, PD) bright CSF.
 SUFFIX_POLARITY = {
-    "T1w": "dark-csf", "UNIT1": "dark-csf", "MP2RAGE": "dark-csf",
-    "T2w": "bright-csf", "T2star": "bright-csf", "T2starw": "bright-csf", "STIR": "bright-csf",
-    "PDw": "bright-csf", "PD": "bright-csf",
+    "T1w": "dark-csf",
+    "UNIT1": "dark-csf",
+    "MP2RAGE": "dark-csf",
+    "T2w": "bright-csf",
+    "T2star": "bright-csf",
+    "T2starw": "bright-csf",
+    "STIR": "bright-csf",
+    "PDw": "bright-csf",
+    "PD": "bright-csf",
 }
 
 
@@ -517,7 +524,8 @@ def _zone_means(
     # The cord zone is its white-matter wall (0.45-0.85 of the half-axes): on T2* the grey matter
     # is nearly as bright as CSF, while the white matter stays darker on every T2-like contrast.
     zones: list[tuple[tuple[float, float], int | None, float]] = [
-        ((-0.55 * b, -0.15 * b), None, 0.9)]
+        ((-0.55 * b, -0.15 * b), None, 0.9)
+    ]
     zones += [(params.ring_offsets_mm, sector, 0.6) for sector in range(4)]
     zones += [(params.outer_offsets_mm, None, 0.3), ((-1.0, params.ring_offsets_mm[1]), None, 0.6)]
     weights = valid.astype(np.float32)

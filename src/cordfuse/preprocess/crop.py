@@ -54,12 +54,14 @@ class CropGeometry:
         """Affine of the straightened crop volume, for viewers and nnU-Net (LAS, centreline at
         x = y = 0). Not a world position: each slice is shifted onto its own centreline."""
         s, c = self.spacing, self.centre_index
-        return np.array([
-            [-s, 0, 0, c * s],
-            [0, s, 0, -c * s],
-            [0, 0, s, self.z0],
-            [0, 0, 0, 1.0],
-        ])
+        return np.array(
+            [
+                [-s, 0, 0, c * s],
+                [0, s, 0, -c * s],
+                [0, 0, s, self.z0],
+                [0, 0, 0, 1.0],
+            ]
+        )
 
 
 def reference_geometry(
@@ -149,6 +151,7 @@ def crop_to_world_grid(
     out = np.zeros(len(world), np.float32)
     if inside.any():
         clipped = np.clip(coords[:, inside], 0, limit - 1)
-        out[inside] = ndimage.map_coordinates(crop.astype(np.float32), clipped, order=order,
-                                              mode="nearest")
+        out[inside] = ndimage.map_coordinates(
+            crop.astype(np.float32), clipped, order=order, mode="nearest"
+        )
     return out.reshape(shape)

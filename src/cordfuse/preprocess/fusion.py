@@ -66,8 +66,9 @@ class Slab:
             The slab, contributing everywhere along S-I until fused.
         """
         affine = np.asarray(affine, dtype=float)
-        return cls(np.asarray(data, np.float32), affine, affine.copy(), dict(labels or {}),
-                   name=name)
+        return cls(
+            np.asarray(data, np.float32), affine, affine.copy(), dict(labels or {}), name=name
+        )
 
     def z_extent(self, *, centres: bool = False) -> tuple[float, float]:
         """World S-I extent of the slab's voxel boxes (or of its voxel centres).
@@ -79,13 +80,17 @@ class Slab:
             ``(lowest, highest)`` S-I position, in mm.
         """
         half = 0.0 if centres else 0.5
-        corners = np.array(np.meshgrid(*[[-half, n - 1 + half] for n in self.data.shape],
-                                       indexing="ij")).reshape(3, -1).T
+        corners = (
+            np.array(np.meshgrid(*[[-half, n - 1 + half] for n in self.data.shape], indexing="ij"))
+            .reshape(3, -1)
+            .T
+        )
         z = apply_affine(self.affine, corners)[:, 2]
         return float(z.min()), float(z.max())
 
-    def sample(self, points: np.ndarray, *, what: str = "image",
-               order: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    def sample(
+        self, points: np.ndarray, *, what: str = "image", order: int = 1
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Values at world ``points`` (N, 3) and whether each point lies inside the slab.
 
         Args:
@@ -115,8 +120,9 @@ class FusedSequence:
 
     slabs: list[Slab]
 
-    def sample(self, points: np.ndarray, *, what: str = "image",
-               order: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    def sample(
+        self, points: np.ndarray, *, what: str = "image", order: int = 1
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Values at world ``points`` (N, 3); zero where no slab covers a point.
 
         Each point is taken from the slab whose ``z_bounds`` contain it; where that slab does not
@@ -175,8 +181,9 @@ class FusedSequence:
         shape[si_axis] = int(hi_index - lo_index + 1)
         return tuple(shape), affine
 
-    def render(self, *, what: str = "image",
-               order: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def render(
+        self, *, what: str = "image", order: int = 1
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The fused volume on :meth:`fused_grid`.
 
         Args:
@@ -245,8 +252,9 @@ def _to_sitk(data: np.ndarray, affine: np.ndarray):
     return image
 
 
-def _overlap_crop(slab: Slab, z_lo: float, z_hi: float,
-                  margin: float) -> tuple[np.ndarray, np.ndarray]:
+def _overlap_crop(
+    slab: Slab, z_lo: float, z_hi: float, margin: float
+) -> tuple[np.ndarray, np.ndarray]:
     """The part of a slab whose voxels lie within [z_lo - margin, z_hi + margin]."""
     si_axis = int(np.argmax(np.abs(slab.affine[2, :3])))
     n = slab.data.shape[si_axis]
@@ -321,7 +329,10 @@ def register_rigid(fixed: Slab, moving: Slab, *, seed: int = 7) -> np.ndarray:
         method.SetMetricSamplingPercentage(fraction, seed)
         method.SetInterpolator(sitk.sitkLinear)
         method.SetOptimizerAsRegularStepGradientDescent(
-            learningRate=1.0, minStep=1e-3, numberOfIterations=200, relaxationFactor=0.6,
+            learningRate=1.0,
+            minStep=1e-3,
+            numberOfIterations=200,
+            relaxationFactor=0.6,
             gradientMagnitudeTolerance=1e-8,
         )
         method.SetOptimizerScalesFromPhysicalShift()

@@ -41,8 +41,11 @@ def export_case(prepared: PreparedSubject, root: Path) -> bool:
         path = root / folder / f"{prepared.subject}_{index:04d}.nii.gz"
         save_nifti(make_nifti(stacked[index].astype(np.float32), affine), path, compresslevel=1)
     if prepared.label is not None:
-        save_nifti(make_nifti(prepared.label.astype(np.uint8), affine),
-                   root / "labelsTr" / f"{prepared.subject}.nii.gz", compresslevel=1)
+        save_nifti(
+            make_nifti(prepared.label.astype(np.uint8), affine),
+            root / "labelsTr" / f"{prepared.subject}.nii.gz",
+            compresslevel=1,
+        )
         return True
     return False
 

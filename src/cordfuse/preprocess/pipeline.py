@@ -54,8 +54,14 @@ from cordfuse.preprocess.fusion import FusedSequence, Slab, fuse_slabs
 from cordfuse.sequences import PLANES, REFERENCE_SEQUENCE, SEQUENCES
 
 PREPARED_NAME = "prepared.npz"
-POLARITY = {"T2Sag": "bright-csf", "STIR": "bright-csf", "T2starAx": "bright-csf",
-            "T2Ax": "bright-csf", "T1Sag": "dark-csf", "MP2RAGE": "dark-csf"}
+POLARITY = {
+    "T2Sag": "bright-csf",
+    "STIR": "bright-csf",
+    "T2starAx": "bright-csf",
+    "T2Ax": "bright-csf",
+    "T1Sag": "dark-csf",
+    "MP2RAGE": "dark-csf",
+}
 CORD_CORE_MM = 3.0  # radius of the disk around the centreline used for intensity statistics
 FALLBACK = "t2sag-fallback"  # centreline method of a sequence that fell back to T2Sag's
 
@@ -84,10 +90,15 @@ PRESETS = {
 }
 
 
-def preset_config(preset: str = "paper", *, spacing: float | None = None,
-                  crop_size: int | None = None, margin_mm: float | None = None,
-                  centerline: str | None = None,
-                  register_slabs: bool | None = None) -> PrepConfig:
+def preset_config(
+    preset: str = "paper",
+    *,
+    spacing: float | None = None,
+    crop_size: int | None = None,
+    margin_mm: float | None = None,
+    centerline: str | None = None,
+    register_slabs: bool | None = None,
+) -> PrepConfig:
     """A preset of :data:`PRESETS` with the settings given changed (``cordfuse prepare``'s
     options); a setting left None keeps the preset's value.
 
@@ -107,9 +118,13 @@ def preset_config(preset: str = "paper", *, spacing: float | None = None,
     """
     if preset not in PRESETS:
         raise CordfuseError(f"unknown preset {preset!r}; one of {', '.join(PRESETS)}")
-    changes: dict[str, Any] = {"spacing": spacing, "crop_size": crop_size,
-                               "margin_mm": margin_mm, "centerline": centerline,
-                               "register_slabs": register_slabs}
+    changes: dict[str, Any] = {
+        "spacing": spacing,
+        "crop_size": crop_size,
+        "margin_mm": margin_mm,
+        "centerline": centerline,
+        "register_slabs": register_slabs,
+    }
     return replace(PRESETS[preset], **{k: v for k, v in changes.items() if v is not None})
 
 
@@ -155,8 +170,11 @@ class PreparedSubject:
     @property
     def fallbacks(self) -> dict[str, str]:
         """Sequences whose centreline fell back to the T2Sag one, and why."""
-        return {seq: info["reason"] for seq, info in self.centerlines.items()
-                if info["method"] == FALLBACK}
+        return {
+            seq: info["reason"]
+            for seq, info in self.centerlines.items()
+            if info["method"] == FALLBACK
+        }
 
     @property
     def sequences(self) -> list[str]:
@@ -247,10 +265,21 @@ class PreparedSubject:
         except (OSError, KeyError, ValueError) as exc:
             raise CordfuseError(f"{path}: not a prepared cordfuse subject ({exc})") from exc
         _check_version(path, meta)
-        return cls(meta["subject"], meta["cohort"], CropGeometry(**meta["geometry"]), images,
-                   centres, label, meta["stats"], meta["t2sag"], PrepConfig(**meta["config"]),
-                   meta.get("warnings", []), meta.get("centerlines", {}),
-                   load_native(path) if native else None, meta.get("synth_truth"))
+        return cls(
+            meta["subject"],
+            meta["cohort"],
+            CropGeometry(**meta["geometry"]),
+            images,
+            centres,
+            label,
+            meta["stats"],
+            meta["t2sag"],
+            PrepConfig(**meta["config"]),
+            meta.get("warnings", []),
+            meta.get("centerlines", {}),
+            load_native(path) if native else None,
+            meta.get("synth_truth"),
+        )
 
 
 def _prepared_file(path: str | Path) -> Path:
@@ -261,8 +290,10 @@ def _prepared_file(path: str | Path) -> Path:
 def _check_version(path: Path, meta: dict) -> None:
     major = str(meta.get("cordfuse_version", "0")).split(".")[0]
     if major != __version__.split(".")[0]:
-        raise CordfuseError(f"{path}: prepared by cordfuse {meta.get('cordfuse_version')}, "
-                            f"this is {__version__}; prepare again")
+        raise CordfuseError(
+            f"{path}: prepared by cordfuse {meta.get('cordfuse_version')}, "
+            f"this is {__version__}; prepare again"
+        )
 
 
 def prepared_meta(path: str | Path) -> dict:
@@ -322,8 +353,9 @@ def load_native(path: str | Path) -> NativeT2Sag:
     try:
         with np.load(path) as npz:
             if "native_image" not in npz.files:
-                raise CordfuseError(f"{path}: prepared without the native T2Sag (an older "
-                                    "cordfuse); prepare again")
+                raise CordfuseError(
+                    f"{path}: prepared without the native T2Sag (an older cordfuse); prepare again"
+                )
             lesion = npz["native_lesion"] if "native_lesion" in npz.files else None
             return NativeT2Sag(npz["native_image"], npz["native_affine"], lesion)
     except (OSError, KeyError, ValueError) as exc:
@@ -395,13 +427,17 @@ def native_t2sag(subject: Subject, fused: FusedSequence) -> NativeT2Sag:
     with_label = [slab for slab in fused.slabs if "lesion" in slab.labels]
     if with_label and len(with_label) != len(fused.slabs) and subject.fused_lesion_label is None:
         missing = [slab.name for slab in fused.slabs if "lesion" not in slab.labels]
-        raise CordfuseError(f"{missing[0]}: lesion label missing for this T2Sag slab "
-                            "(give one per slab, or one on the fused image)")
+        raise CordfuseError(
+            f"{missing[0]}: lesion label missing for this T2Sag slab "
+            "(give one per slab, or one on the fused image)"
+        )
     if subject.fused_lesion_label is not None:
         data, label_affine = _read_checked(subject.fused_lesion_label)
         if not same_grid(image.shape, affine, data.shape, label_affine):
-            raise CordfuseError(f"{subject.fused_lesion_label}: label grid differs from the fused "
-                                f"T2Sag grid {image.shape}")
+            raise CordfuseError(
+                f"{subject.fused_lesion_label}: label grid differs from the fused "
+                f"T2Sag grid {image.shape}"
+            )
         lesion = (data > 0.5).astype(np.uint8)
     elif any("lesion" in slab.labels for slab in fused.slabs):
         lesion = (fused.render(what="lesion")[0] > 0.5).astype(np.uint8)
@@ -428,8 +464,9 @@ def native_lesion_label(subject: Subject, config: PrepConfig) -> tuple[np.ndarra
     return native.lesion, native.affine
 
 
-def sequence_centerline(fused: FusedSequence, seq: str,
-                        config: PrepConfig) -> tuple[Centerline, str]:
+def sequence_centerline(
+    fused: FusedSequence, seq: str, config: PrepConfig
+) -> tuple[Centerline, str]:
     """Centreline of a fused sequence, found on each slab and kept within the slab's S-I share,
     and the method that found it (``mask`` only where the slab has a cord mask, else ``auto``).
 
@@ -451,15 +488,17 @@ def sequence_centerline(fused: FusedSequence, seq: str,
             method = "auto"  # --centerline mask works per sequence, where masks exist
         try:
             if method == "mask":
-                line = centerline_from_mask(slab.labels["cord"], slab.affine,
-                                            smooth_mm=config.smooth_mm)
+                line = centerline_from_mask(
+                    slab.labels["cord"], slab.affine, smooth_mm=config.smooth_mm
+                )
             elif method == "sct":
                 native = sct_centerline(slab.name)
                 correction = slab.affine @ np.linalg.inv(slab.native_affine)
                 line = Centerline(native.points @ correction[:3, :3].T + correction[:3, 3])
             else:
-                line = detect_centerline(slab.data, slab.affine, polarity=POLARITY[seq],
-                                         smooth_mm=config.smooth_mm)
+                line = detect_centerline(
+                    slab.data, slab.affine, polarity=POLARITY[seq], smooth_mm=config.smooth_mm
+                )
         except CordfuseError as exc:
             errors.append(f"{slab.name}: {str(exc).removeprefix(slab.name + ': ')}")
             continue
@@ -470,9 +509,15 @@ def sequence_centerline(fused: FusedSequence, seq: str,
     return Centerline(np.concatenate(pieces)), "+".join(sorted(set(methods)))
 
 
-def write_centerline(image: str | Path, output: str | Path, *, method: str = "auto",
-                     mask: str | Path | None = None, contrast: str = "auto",
-                     qc: str | Path | None = None) -> Centerline:
+def write_centerline(
+    image: str | Path,
+    output: str | Path,
+    *,
+    method: str = "auto",
+    mask: str | Path | None = None,
+    contrast: str = "auto",
+    qc: str | Path | None = None,
+) -> Centerline:
     """The cord centreline of one image, written as CSV (``cordfuse centerline``).
 
     Args:
@@ -524,8 +569,9 @@ def _slab_share(line: Centerline, slab: Slab) -> np.ndarray:
     return share if len(share) >= 2 else line.points
 
 
-def checked_centerline(fused: FusedSequence, seq: str, config: PrepConfig,
-                       reference: Centerline) -> tuple[Centerline, dict[str, str]]:
+def checked_centerline(
+    fused: FusedSequence, seq: str, config: PrepConfig, reference: Centerline
+) -> tuple[Centerline, dict[str, str]]:
     """A sequence's own centreline if it is plausible against the T2Sag ``reference``; else the
     T2Sag centreline refined locally in the sequence's own image (see
     :func:`~cordfuse.preprocess.centerline.check_against_reference` for the rules).
@@ -547,9 +593,11 @@ def checked_centerline(fused: FusedSequence, seq: str, config: PrepConfig,
     fov = (min(s.z_extent()[0] for s in fused.slabs), max(s.z_extent()[1] for s in fused.slabs))
     t2_lo, t2_hi = reference.z_range
     if fov[1] < t2_lo or fov[0] > t2_hi:
-        raise CordfuseError(f"{fused.slabs[0].name}: field of view does not overlap the T2Sag "
-                            f"cord (scan at z {fov[0]:.0f}..{fov[1]:.0f} mm, T2Sag cord "
-                            f"{t2_lo:.0f}..{t2_hi:.0f} mm)")
+        raise CordfuseError(
+            f"{fused.slabs[0].name}: field of view does not overlap the T2Sag "
+            f"cord (scan at z {fov[0]:.0f}..{fov[1]:.0f} mm, T2Sag cord "
+            f"{t2_lo:.0f}..{t2_hi:.0f} mm)"
+        )
     try:
         line, method = sequence_centerline(fused, seq, config)
         problem = check_against_reference(line, reference, fov).problem
@@ -560,15 +608,22 @@ def checked_centerline(fused: FusedSequence, seq: str, config: PrepConfig,
     pieces, errors = [], []
     for slab in fused.slabs:
         try:
-            guided = refine_along(slab.data, slab.affine, reference, polarity=POLARITY[seq],
-                                  smooth_mm=config.smooth_mm)
+            guided = refine_along(
+                slab.data,
+                slab.affine,
+                reference,
+                polarity=POLARITY[seq],
+                smooth_mm=config.smooth_mm,
+            )
         except CordfuseError as exc:
             errors.append(str(exc))  # this slab does not meet the T2Sag cord, or shows none
             continue
         pieces.append(_slab_share(guided, slab))
     if not pieces:
-        raise CordfuseError(f"{fused.slabs[0].name}: centreline {problem}, and the T2Sag "
-                            f"fallback failed ({errors[0]})")
+        raise CordfuseError(
+            f"{fused.slabs[0].name}: centreline {problem}, and the T2Sag "
+            f"fallback failed ({errors[0]})"
+        )
     return Centerline(np.concatenate(pieces)), {"method": FALLBACK, "reason": problem}
 
 
@@ -613,9 +668,12 @@ def prepare_subject(subject: Subject, config: PrepConfig = PRESETS["paper"]) -> 
             continue
         if sources[seq]["method"] == FALLBACK:
             warnings.append(f"{seq} centreline: T2Sag fallback ({sources[seq]['reason']})")
-    geometry = reference_geometry([line.z_range for line in lines.values()],
-                                  spacing=config.spacing, size=config.crop_size,
-                                  margin=config.margin_mm)
+    geometry = reference_geometry(
+        [line.z_range for line in lines.values()],
+        spacing=config.spacing,
+        size=config.crop_size,
+        margin=config.margin_mm,
+    )
     images, centres, stats = {}, {}, {}
     for seq, line in lines.items():
         centres[seq] = line.xy_at(geometry.z)
@@ -624,13 +682,26 @@ def prepare_subject(subject: Subject, config: PrepConfig = PRESETS["paper"]) -> 
     reference_fused = fused[REFERENCE_SEQUENCE]
     native = native_t2sag(subject, reference_fused)
     label = _label_crop(subject, reference_fused, native, geometry, centres[REFERENCE_SEQUENCE])
-    return PreparedSubject(subject.name, subject.cohort, geometry, images, centres, label, stats,
-                           _t2sag_meta(subject, reference_fused), config, warnings, sources,
-                           native, synth_truth_document(subject))
+    return PreparedSubject(
+        subject.name,
+        subject.cohort,
+        geometry,
+        images,
+        centres,
+        label,
+        stats,
+        _t2sag_meta(subject, reference_fused),
+        config,
+        warnings,
+        sources,
+        native,
+        synth_truth_document(subject),
+    )
 
 
-def sample_crop(fused: FusedSequence, geometry: CropGeometry, centres, *, what="image",
-                order=1) -> np.ndarray:
+def sample_crop(
+    fused: FusedSequence, geometry: CropGeometry, centres, *, what="image", order=1
+) -> np.ndarray:
     """Sample a sequence (or one of its labels) straight from its native slabs into the crop.
 
     Args:
@@ -668,20 +739,33 @@ def intensity_stats(crop: np.ndarray, geometry: CropGeometry) -> dict[str, float
         values = np.zeros(1, np.float32)
     nonzero = crop[crop != 0]
     p_lo, p_hi = np.percentile(nonzero, [0.5, 99.5]) if nonzero.size else (0.0, 0.0)
-    return {"mean": float(values.mean()), "std": float(values.std()), "p005": float(p_lo),
-            "p995": float(p_hi), "covered_slices": int(covered.sum())}
+    return {
+        "mean": float(values.mean()),
+        "std": float(values.std()),
+        "p005": float(p_lo),
+        "p995": float(p_hi),
+        "covered_slices": int(covered.sum()),
+    }
 
 
-def _label_crop(subject: Subject, fused: FusedSequence, native: NativeT2Sag, geometry,
-                centres) -> np.ndarray | None:
+def _label_crop(
+    subject: Subject, fused: FusedSequence, native: NativeT2Sag, geometry, centres
+) -> np.ndarray | None:
     """The lesion label in the crop, from the label the native ground truth came from: a label
     given on the fused image, else the slab labels (sampled from each slab directly)."""
     if native.lesion is None:
         return None
     source = fused
     if subject.fused_lesion_label is not None:
-        source = FusedSequence([Slab.from_array(native.lesion.astype(np.float32), native.affine,
-                                                labels={"lesion": native.lesion > 0})])
+        source = FusedSequence(
+            [
+                Slab.from_array(
+                    native.lesion.astype(np.float32),
+                    native.affine,
+                    labels={"lesion": native.lesion > 0},
+                )
+            ]
+        )
     values = sample_crop(source, geometry, centres, what="lesion", order=1)
     return (values > 0.5).astype(np.uint8)
 
@@ -692,9 +776,14 @@ def _t2sag_meta(subject: Subject, fused: FusedSequence) -> dict:
         "fused_shape": list(shape),
         "fused_affine": affine.tolist(),
         "slabs": [
-            {"path": slab.name, "shape": list(slab.data.shape),
-             "native_affine": slab.native_affine.tolist(), "affine": slab.affine.tolist(),
-             "z_bounds": [float(b) for b in slab.z_bounds], **_registration_size(slab)}
+            {
+                "path": slab.name,
+                "shape": list(slab.data.shape),
+                "native_affine": slab.native_affine.tolist(),
+                "affine": slab.affine.tolist(),
+                "z_bounds": [float(b) for b in slab.z_bounds],
+                **_registration_size(slab),
+            }
             for slab in fused.slabs
         ],
     }
@@ -740,8 +829,10 @@ def slab_index(prepared: PreparedSubject, number: int) -> int:
     """
     numbers = slab_numbers(prepared.t2sag)
     if number not in numbers:
-        raise CordfuseError(f"{prepared.subject} has no T2Sag slab {number} "
-                            f"(its slabs: {', '.join(map(str, numbers))})")
+        raise CordfuseError(
+            f"{prepared.subject} has no T2Sag slab {number} "
+            f"(its slabs: {', '.join(map(str, numbers))})"
+        )
     return numbers.index(number)
 
 
@@ -752,12 +843,15 @@ def _registration_size(slab: Slab) -> dict[str, float]:
     cosine = np.clip((np.trace(correction[:3, :3]) - 1) / 2, -1.0, 1.0)
     centre = slab.native_affine @ np.r_[(np.asarray(slab.data.shape) - 1) / 2, 1.0]
     shift = np.linalg.norm((correction @ centre - centre)[:3])
-    return {"registration_deg": round(float(np.degrees(np.arccos(cosine))), 4),
-            "registration_mm": round(float(shift), 4)}
+    return {
+        "registration_deg": round(float(np.degrees(np.arccos(cosine))), 4),
+        "registration_mm": round(float(shift), 4),
+    }
 
 
-def restore(prepared: PreparedSubject, crop: np.ndarray, *, slab: int | None = None,
-            order=1) -> tuple[np.ndarray, np.ndarray]:
+def restore(
+    prepared: PreparedSubject, crop: np.ndarray, *, slab: int | None = None, order=1
+) -> tuple[np.ndarray, np.ndarray]:
     """Map a crop-space volume back onto the native T2Sag: the fused grid, or slab ``slab``.
 
     Args:
@@ -811,9 +905,15 @@ def read_crop(path: str | Path) -> np.ndarray:
     return read_volume(path)[0]
 
 
-def restore_to_file(prepared: str | Path, crop: str | Path, output: str | Path, *,
-                    slab: int | None = None, probabilities: bool = False,
-                    threshold: float = 0.5) -> tuple[int, ...]:
+def restore_to_file(
+    prepared: str | Path,
+    crop: str | Path,
+    output: str | Path,
+    *,
+    slab: int | None = None,
+    probabilities: bool = False,
+    threshold: float = 0.5,
+) -> tuple[int, ...]:
     """Write a crop-space mask or probability map back on the native T2Sag grid
     (``cordfuse restore``), with the T2Sag's header where it is at hand.
 

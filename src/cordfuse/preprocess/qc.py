@@ -42,16 +42,17 @@ def prepared_qc_figure(prepared):
     geometry = prepared.geometry
     c = int(round(geometry.centre_index))
     width = max(6.4, 1.6 * 2 * len(seqs))
-    fig, axes = plt.subplots(1, 2 * len(seqs), figsize=(width, 9), squeeze=False,
-                             facecolor="black")
+    fig, axes = plt.subplots(1, 2 * len(seqs), figsize=(width, 9), squeeze=False, facecolor="black")
     fallbacks = getattr(prepared, "fallbacks", {})
     for col, seq in enumerate(seqs):
         crop = prepared.images[seq]
         views = {"sagittal": crop[c, :, :].T, "coronal": crop[::-1, c, :].T}
         labels = None
         if prepared.label is not None:
-            labels = {"sagittal": prepared.label[c, :, :].T,
-                      "coronal": prepared.label[::-1, c, :].T}
+            labels = {
+                "sagittal": prepared.label[c, :, :].T,
+                "coronal": prepared.label[::-1, c, :].T,
+            }
         for v, (plane, image) in enumerate(views.items()):
             ax = axes[0, 2 * col + v]
             draw_image(ax, image)
@@ -61,8 +62,10 @@ def prepared_qc_figure(prepared):
                 ax.set_title(f"{seq}\n{plane}\nT2Sag centreline", color="orange", fontsize=8)
             else:
                 ax.set_title(f"{seq}\n{plane}", color="white", fontsize=8)
-    title = (f"{prepared.subject}: straightened {geometry.size}x{geometry.size} crops, "
-             f"{geometry.spacing} mm, {geometry.nz} slices (red: lesion label)")
+    title = (
+        f"{prepared.subject}: straightened {geometry.size}x{geometry.size} crops, "
+        f"{geometry.spacing} mm, {geometry.nz} slices (red: lesion label)"
+    )
     if fallbacks:
         title += f"; centreline fallback to T2Sag: {', '.join(fallbacks)}"
     # Wrapped to the figure's width: a one-sequence picture is narrow and cut a long title.
@@ -70,8 +73,7 @@ def prepared_qc_figure(prepared):
     return fig
 
 
-def write_centerline_qc(data: np.ndarray, affine: np.ndarray, centerline,
-                        path: str | Path) -> None:
+def write_centerline_qc(data: np.ndarray, affine: np.ndarray, centerline, path: str | Path) -> None:
     """Sagittal and coronal views (RAS display) of an image with its centreline.
 
     Args:
@@ -87,8 +89,10 @@ def write_centerline_qc(data: np.ndarray, affine: np.ndarray, centerline,
     y = int(np.clip(np.round(np.median(vox[:, 1])), 0, canon.shape[1] - 1))
     spacing = voxel_sizes(canon_affine)
     fig, axes = plt.subplots(1, 2, figsize=(8, 8), facecolor="black")
-    panels: tuple[tuple[Plane, int, np.ndarray], ...] = (("sagittal", x, vox[:, 1]),
-                                                         ("coronal", y, vox[:, 0]))
+    panels: tuple[tuple[Plane, int, np.ndarray], ...] = (
+        ("sagittal", x, vox[:, 1]),
+        ("coronal", y, vox[:, 0]),
+    )
     for ax, (plane, index, u) in zip(axes, panels, strict=True):
         image, aspect = view(canon, spacing, plane, index)
         draw_image(ax, image, aspect=aspect)

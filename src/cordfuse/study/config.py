@@ -54,29 +54,46 @@ class Experiment:
         return self.model != "specific"
 
 
-EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
-    Experiment("baseline", "T2Sag baseline", "baseline", ("T2Sag",)),
-    Experiment("specific-stir", "Specific T2Sag+STIR", "specific", ("T2Sag", "STIR")),
-    Experiment("specific-t2s-t1", "Specific T2Sag+T2starAx+T1Sag", "specific",
-               ("T2Sag", "T2starAx", "T1Sag")),
-    Experiment("specific-t2s-t2ax", "Specific T2Sag+T2starAx+T2Ax", "specific",
-               ("T2Sag", "T2starAx", "T2Ax")),
-    Experiment("mi", "Mean Imputation", "mean-imputation"),
-    Experiment("mi-frozen", "MI + frozen encoder", "mean-imputation", variant="frozen-encoder"),
-    Experiment("mi-distill", "MI + distillation", "mean-imputation", variant="distillation"),
-    Experiment("feature-aug", "T2Sag + feature aug.", "baseline", ("T2Sag",), "feature-aug"),
-    Experiment("mi-dropout", "MI + sequence dropout", "mean-imputation", sequence_dropout=0.5),
-    Experiment("mi-all-levels", "MI, all-level fusion", "mean-imputation",
-               fusion="all-levels"),
-    Experiment("mi-all-levels-refdrop", "MI, all-level fusion + T2Sag dropout",
-               "mean-imputation", fusion="all-levels", reference_dropout=0.35),
-)}
+EXPERIMENTS: dict[str, Experiment] = {
+    e.name: e
+    for e in (
+        Experiment("baseline", "T2Sag baseline", "baseline", ("T2Sag",)),
+        Experiment("specific-stir", "Specific T2Sag+STIR", "specific", ("T2Sag", "STIR")),
+        Experiment(
+            "specific-t2s-t1",
+            "Specific T2Sag+T2starAx+T1Sag",
+            "specific",
+            ("T2Sag", "T2starAx", "T1Sag"),
+        ),
+        Experiment(
+            "specific-t2s-t2ax",
+            "Specific T2Sag+T2starAx+T2Ax",
+            "specific",
+            ("T2Sag", "T2starAx", "T2Ax"),
+        ),
+        Experiment("mi", "Mean Imputation", "mean-imputation"),
+        Experiment("mi-frozen", "MI + frozen encoder", "mean-imputation", variant="frozen-encoder"),
+        Experiment("mi-distill", "MI + distillation", "mean-imputation", variant="distillation"),
+        Experiment("feature-aug", "T2Sag + feature aug.", "baseline", ("T2Sag",), "feature-aug"),
+        Experiment("mi-dropout", "MI + sequence dropout", "mean-imputation", sequence_dropout=0.5),
+        Experiment("mi-all-levels", "MI, all-level fusion", "mean-imputation", fusion="all-levels"),
+        Experiment(
+            "mi-all-levels-refdrop",
+            "MI, all-level fusion + T2Sag dropout",
+            "mean-imputation",
+            fusion="all-levels",
+            reference_dropout=0.35,
+        ),
+    )
+}
 
 #: The label of every experiment in the tables, by name.
 LABELS: dict[str, str] = {e.name: e.label for e in EXPERIMENTS.values()}
 
-PRESET_SCHEDULES = {"paper": {"epochs": 1000, "iterations": 250},
-                    "small": {"epochs": 100, "iterations": 25}}
+PRESET_SCHEDULES = {
+    "paper": {"epochs": 1000, "iterations": 250},
+    "small": {"epochs": 100, "iterations": 25},
+}
 
 EXAMPLE_CONFIG = """\
 # cordfuse study: the paper's experiment grid (Tables 1 and 2).
@@ -159,12 +176,16 @@ class StudyConfig:
             raise CordfuseError(f"preset must be one of {', '.join(PRESET_SCHEDULES)}")
         unknown = [e for e in self.experiments if e not in EXPERIMENTS]
         if unknown:
-            raise CordfuseError(f"unknown experiment(s) {', '.join(unknown)}; choose from "
-                                f"{', '.join(EXPERIMENTS)}")
+            raise CordfuseError(
+                f"unknown experiment(s) {', '.join(unknown)}; choose from {', '.join(EXPERIMENTS)}"
+            )
         if "mi-frozen" in self.experiments and "baseline" not in self.experiments:
             raise CordfuseError("mi-frozen freezes the baseline's T2Sag encoder: add baseline")
-        if self.feature_noise == "fit" and "feature-aug" in self.experiments \
-                and "mi" not in self.experiments:
+        if (
+            self.feature_noise == "fit"
+            and "feature-aug" in self.experiments
+            and "mi" not in self.experiments
+        ):
             raise CordfuseError("feature_noise: fit analyses the mi model: add mi")
         if not self.seeds or self.test_per_cohort < 1:
             raise CordfuseError("a study needs at least one seed and one test subject per cohort")
@@ -215,20 +236,25 @@ class StudyConfig:
         if "fold" in data:
             values["fold"] = str((base / str(data.pop("fold"))).resolve())
         seeds = data.pop("seeds", 1)
-        values["seeds"] = tuple(range(int(seeds))) if isinstance(seeds, int) else \
-            tuple(int(s) for s in seeds)
+        values["seeds"] = (
+            tuple(range(int(seeds))) if isinstance(seeds, int) else tuple(int(s) for s in seeds)
+        )
         if "experiments" in data:
             values["experiments"] = tuple(str(e) for e in data.pop("experiments"))
         noise = data.pop("feature_noise", "paper")
         if noise not in ("paper", "fit"):
             noise = str((base / str(noise)).resolve())
         values["feature_noise"] = noise
-        known = {f.name for f in fields(cls)} - {"synthetic_subjects", "synthetic_seed",
-                                                 "synthetic_qc"}
+        known = {f.name for f in fields(cls)} - {
+            "synthetic_subjects",
+            "synthetic_seed",
+            "synthetic_qc",
+        }
         unknown = [k for k in data if k not in known]
         if unknown:
-            raise CordfuseError(f"unknown setting(s) {', '.join(sorted(unknown))} (see "
-                                "cordfuse study --example)")
+            raise CordfuseError(
+                f"unknown setting(s) {', '.join(sorted(unknown))} (see cordfuse study --example)"
+            )
         values.update(data)
         try:
             return cls(**values)
@@ -258,8 +284,9 @@ class StudyConfig:
         try:
             data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
         except (ValueError, yaml.YAMLError) as exc:
-            raise CordfuseError(f"{path}: not valid JSON/YAML "
-                                f"({str(exc).splitlines()[0]})") from exc
+            raise CordfuseError(
+                f"{path}: not valid JSON/YAML ({str(exc).splitlines()[0]})"
+            ) from exc
         return cls.from_mapping(data, path.parent)
 
     def to_mapping(self) -> dict:
@@ -269,9 +296,13 @@ class StudyConfig:
             A JSON-serialisable mapping (absolute paths; unset paths left out).
         """
         values = {f.name: getattr(self, f.name) for f in fields(self)}
-        mapping: dict[str, Any] = {"synthetic": {"subjects": values.pop("synthetic_subjects"),
-                                                 "seed": values.pop("synthetic_seed"),
-                                                 "qc": values.pop("synthetic_qc")}}
+        mapping: dict[str, Any] = {
+            "synthetic": {
+                "subjects": values.pop("synthetic_subjects"),
+                "seed": values.pop("synthetic_seed"),
+                "qc": values.pop("synthetic_qc"),
+            }
+        }
         for name in ("dataset", "fold"):  # None would read back as a path named "None"
             if values[name] is None:
                 del values[name]

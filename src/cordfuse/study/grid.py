@@ -39,8 +39,9 @@ def sequences_label(sequences: Iterable[str]) -> str:
     return "+".join(s for s in SEQUENCES if s in wanted)
 
 
-def inference_sets(experiment: Experiment, available: list[str],
-                   specific_sets: list[tuple[str, ...]]) -> list[tuple[str, tuple[str, ...]]]:
+def inference_sets(
+    experiment: Experiment, available: list[str], specific_sets: list[tuple[str, ...]]
+) -> list[tuple[str, tuple[str, ...]]]:
     """The sets of sequences one model predicts one test subject with (see the module doc).
 
     Args:
@@ -104,9 +105,11 @@ def split_by_cohort(document: dict, test_per_cohort: int, seed: int) -> dict[str
     for ids in by_cohort.values():
         drawn = list(rng.permutation(sorted(ids)))
         fold["test"] += drawn[:test_per_cohort]
-        fold["val"] += drawn[test_per_cohort:test_per_cohort + 1]
-        fold["train"] += drawn[test_per_cohort + 1:]
+        fold["val"] += drawn[test_per_cohort : test_per_cohort + 1]
+        fold["train"] += drawn[test_per_cohort + 1 :]
     if not fold["train"]:
-        raise CordfuseError(f"needs at least {test_per_cohort + 2} labelled subjects per cohort "
-                            "(test, validation and training)")
+        raise CordfuseError(
+            f"needs at least {test_per_cohort + 2} labelled subjects per cohort "
+            "(test, validation and training)"
+        )
     return {k: sorted(str(i) for i in v) for k, v in fold.items()}

@@ -58,13 +58,33 @@ Log = Callable[[str], None]
 #: The top-level entries a study writes into its folder, besides ``boxplot_<cohort>.png`` (one
 #: per test cohort) and the config file :func:`run_study` copies: what a caller that owns the
 #: folder (:mod:`cordfuse.ownership`) records before the run.
-OUTPUTS = ("config.json", "data", "check.txt", "prepared", "fold.json", "runs", "features",
-           "predictions", "metrics", "lesions", "per_image.csv", "per_lesion.csv",
-           *(f"{name}.{suffix}" for name in ("table1", "table2", "table2_cohorts")
-             for suffix in ("md", "csv", "tex")),
-           *(f"{name}.{suffix}" for name in ("extra_sequences", "lesions_changed")
-             for suffix in ("md", "csv")),
-           "status.json", MANIFEST, REPORT)
+OUTPUTS = (
+    "config.json",
+    "data",
+    "check.txt",
+    "prepared",
+    "fold.json",
+    "runs",
+    "features",
+    "predictions",
+    "metrics",
+    "lesions",
+    "per_image.csv",
+    "per_lesion.csv",
+    *(
+        f"{name}.{suffix}"
+        for name in ("table1", "table2", "table2_cohorts")
+        for suffix in ("md", "csv", "tex")
+    ),
+    *(
+        f"{name}.{suffix}"
+        for name in ("extra_sequences", "lesions_changed")
+        for suffix in ("md", "csv")
+    ),
+    "status.json",
+    MANIFEST,
+    REPORT,
+)
 
 
 @dataclass
@@ -122,8 +142,13 @@ class StudyRun:
     minutes: float
 
 
-def run_study(config_path: str | Path, out: str | Path | None = None, *, log: Log = print,
-              tables_only: bool = False) -> dict:
+def run_study(
+    config_path: str | Path,
+    out: str | Path | None = None,
+    *,
+    log: Log = print,
+    tables_only: bool = False,
+) -> dict:
     """Run (or resume) the study of ``config_path`` into ``out`` (``cordfuse study``).
 
     Args:
@@ -159,12 +184,18 @@ def run_study(config_path: str | Path, out: str | Path | None = None, *, log: Lo
     if config_path.resolve() != copy.resolve():
         shutil.copyfile(config_path, copy)
     run = run_stages(study, out, log=log)
-    run.tables["report"] = write_report(study, out, kind="study", data=run.data.root,
-                                        minutes=run.minutes)
+    run.tables["report"] = write_report(
+        study, out, kind="study", data=run.data.root, minutes=run.minutes
+    )
     log(f"Study finished in {run.minutes:.1f} min: {out.resolve()}")
     log(f"Report: {run.tables['report'].resolve()}")
-    return {"records": run.records, "tables": run.tables, "runs": run.runs,
-            "minutes": run.minutes, "fold": run.data.fold}
+    return {
+        "records": run.records,
+        "tables": run.tables,
+        "runs": run.runs,
+        "minutes": run.minutes,
+        "fold": run.data.fold,
+    }
 
 
 def run_stages(study: StudyConfig, out: Path, *, log: Log = print) -> StudyRun:
@@ -191,16 +222,17 @@ def run_stages(study: StudyConfig, out: Path, *, log: Log = print) -> StudyRun:
     test_subjects = functools.cache(lambda: load_test_subjects(out, data.fold))
     records = evaluate_all(study, out, test_subjects, statuses, log)
     written = write_tables(out, study, records)
-    written.update(write_lesion_tables(out, study,
-                                       lesions_all(out, test_subjects, records, log)))
+    written.update(write_lesion_tables(out, study, lesions_all(out, test_subjects, records, log)))
     minutes = (time.perf_counter() - started) / 60
-    atomic_write_text(out / "status.json", json.dumps(
-        {"minutes": round(minutes, 2), "runs": [asdict(s) for s in statuses]}, indent=2) + "\n")
+    atomic_write_text(
+        out / "status.json",
+        json.dumps({"minutes": round(minutes, 2), "runs": [asdict(s) for s in statuses]}, indent=2)
+        + "\n",
+    )
     return StudyRun(data, statuses, records, written, minutes)
 
 
-def write_report(study: StudyConfig, out: Path, *, kind: str, data: Path,
-                 minutes: float) -> Path:
+def write_report(study: StudyConfig, out: Path, *, kind: str, data: Path, minutes: float) -> Path:
     """The run's manifest (``cordfuse_run.json``) and ``report.html``.
 
     Args:
@@ -218,14 +250,25 @@ def write_report(study: StudyConfig, out: Path, *, kind: str, data: Path,
 
     seed = study.seeds[0]
     # one model without and one with the extra sequences, as outlines on each test subject
-    qc = [(f"{LABELS[name]} [{inference}]",
-           str(prediction_folder(out, name, seed, inference).relative_to(out)))
-          for name, inference in (("baseline", T2SAG_ONLY), ("mi", ALL_AVAILABLE))
-          if name in study.experiments]
-    write_manifest(out, kind=kind, data=data, settings=study.to_mapping(),
-                   experiments=[e.name for e in study.ordered_experiments], labels=LABELS,
-                   inferences=inference_order(study.specific_sets), qc_predictions=qc,
-                   minutes=minutes)
+    qc = [
+        (
+            f"{LABELS[name]} [{inference}]",
+            str(prediction_folder(out, name, seed, inference).relative_to(out)),
+        )
+        for name, inference in (("baseline", T2SAG_ONLY), ("mi", ALL_AVAILABLE))
+        if name in study.experiments
+    ]
+    write_manifest(
+        out,
+        kind=kind,
+        data=data,
+        settings=study.to_mapping(),
+        experiments=[e.name for e in study.ordered_experiments],
+        labels=LABELS,
+        inferences=inference_order(study.specific_sets),
+        qc_predictions=qc,
+        minutes=minutes,
+    )
     return write_html(out)
 
 
@@ -260,22 +303,34 @@ def prepare(study: StudyConfig, out: Path, log: Log) -> StudyData:
     prepared_before = (out / "prepared" / "dataset.json").exists()
     if study.dataset and not root.is_dir() and not prepared_before:
         raise CordfuseError(f"{root}: dataset folder not found")
-    if not study.dataset and not (root / "dataset_description.json").exists() \
-            and not prepared_before:
+    if (
+        not study.dataset
+        and not (root / "dataset_description.json").exists()
+        and not prepared_before
+    ):
         from cordfuse.synth import write_cohort
 
-        log(f"[data] synthetic cohort: {study.synthetic_subjects} subjects "
-            f"(seed {study.synthetic_seed})")
-        write_cohort(root, subjects=study.synthetic_subjects, seed=study.synthetic_seed,
-                     qc=study.synthetic_qc, overwrite=True)
+        log(
+            f"[data] synthetic cohort: {study.synthetic_subjects} subjects "
+            f"(seed {study.synthetic_seed})"
+        )
+        write_cohort(
+            root,
+            subjects=study.synthetic_subjects,
+            seed=study.synthetic_seed,
+            qc=study.synthetic_qc,
+            overwrite=True,
+        )
     check_ok, failed = None, []
     if root.is_dir():
         dataset = discover(root)
         report = check_dataset(dataset)
         atomic_write_text(out / "check.txt", report.format_text() + "\n")
         check_ok = report.ok
-        log(f"[check] {len(dataset.subjects)} subjects: "
-            f"{'no problem found' if report.ok else 'PROBLEMS, see check.txt'}")
+        log(
+            f"[check] {len(dataset.subjects)} subjects: "
+            f"{'no problem found' if report.ok else 'PROBLEMS, see check.txt'}"
+        )
         prep = replace(PRESETS[study.preset], centerline=study.centerline)
         log(f"[prepare] {len(dataset.subjects)} subjects ({study.preset} preset)")
         for r in prepare_dataset(dataset, out / "prepared", prep, jobs=study.jobs):
@@ -293,8 +348,10 @@ def prepare(study: StudyConfig, out: Path, log: Log) -> StudyData:
     else:
         fold = split_by_cohort(document, study.test_per_cohort, study.seeds[0])
         atomic_write_text(out / "fold.json", json.dumps(fold, indent=2) + "\n")
-    log(f"      train {len(fold['train'])}, validation {len(fold['val'])}, "
-        f"test {len(fold['test'])} subjects")
+    log(
+        f"      train {len(fold['train'])}, validation {len(fold['val'])}, "
+        f"test {len(fold['test'])} subjects"
+    )
     return StudyData(root, fold, check_ok, failed)
 
 
@@ -330,19 +387,24 @@ def train_all(study: StudyConfig, out: Path, fold: dict, log: Log) -> list[RunSt
                 log(f"[train {n}/{total}] {experiment.name} seed {seed}: already trained")
                 continue
             if experiment.variant == "frozen-encoder" and not any(
-                    s.experiment == "baseline" and s.seed == seed and s.status != "skipped"
-                    for s in statuses):
+                s.experiment == "baseline" and s.seed == seed and s.status != "skipped"
+                for s in statuses
+            ):
                 statuses.append(RunStatus(experiment.name, seed, "skipped", "no baseline"))
                 continue
             epochs, iterations = study.schedule
-            log(f"[train {n}/{total}] {experiment.label} (seed {seed}): {epochs} epochs x "
-                f"{iterations} iterations")
+            log(
+                f"[train {n}/{total}] {experiment.label} (seed {seed}): {epochs} epochs x "
+                f"{iterations} iterations"
+            )
             try:
-                noise = (_feature_noise(study, out, seed, log)
-                         if experiment.variant == "feature-aug" else None)
+                noise = (
+                    _feature_noise(study, out, seed, log)
+                    if experiment.variant == "feature-aug"
+                    else None
+                )
                 config = TrainConfig.from_dict(_train_config(study, experiment, seed, out, noise))
-                summary = train(out / "prepared", folder, config, device=study.device,
-                                resume=True)
+                summary = train(out / "prepared", folder, config, device=study.device, resume=True)
             except CordfuseError as exc:
                 statuses.append(RunStatus(experiment.name, seed, "skipped", str(exc)))
                 log(f"      skipped: {exc}")
@@ -352,15 +414,24 @@ def train_all(study: StudyConfig, out: Path, fold: dict, log: Log) -> list[RunSt
     return statuses
 
 
-def _train_config(study: StudyConfig, experiment: Experiment, seed: int, out: Path,
-                  noise) -> dict:
+def _train_config(study: StudyConfig, experiment: Experiment, seed: int, out: Path, noise) -> dict:
     epochs, iterations = study.schedule
-    config = {"model": experiment.model, "sequences": experiment.sequences,
-              "variant": experiment.variant, "preset": study.preset, "epochs": epochs,
-              "iterations": iterations, "batch_size": study.batch_size, "seed": seed,
-              "fold_file": str(out / "fold.json"), "amp": study.amp, "augment": study.augment,
-              "fusion": experiment.fusion, "sequence_dropout": experiment.sequence_dropout,
-              "reference_dropout": experiment.reference_dropout}
+    config = {
+        "model": experiment.model,
+        "sequences": experiment.sequences,
+        "variant": experiment.variant,
+        "preset": study.preset,
+        "epochs": epochs,
+        "iterations": iterations,
+        "batch_size": study.batch_size,
+        "seed": seed,
+        "fold_file": str(out / "fold.json"),
+        "amp": study.amp,
+        "augment": study.augment,
+        "fusion": experiment.fusion,
+        "sequence_dropout": experiment.sequence_dropout,
+        "reference_dropout": experiment.reference_dropout,
+    }
     if experiment.variant == "frozen-encoder":
         config["frozen_from"] = str(out / "runs" / "baseline" / f"seed-{seed}")
     if experiment.variant == "feature-aug":
@@ -382,13 +453,24 @@ def _feature_noise(study: StudyConfig, out: Path, seed: int, log: Log):
         from cordfuse.features import analyze_features
 
         log(f"      fitting the feature noise on the mi model (seed {seed})")
-        analyze_features(out / "runs" / "mi" / f"seed-{seed}", out / "prepared", target,
-                         device=study.device, max_values=500_000, seed=seed)
+        analyze_features(
+            out / "runs" / "mi" / f"seed-{seed}",
+            out / "prepared",
+            target,
+            device=study.device,
+            max_values=500_000,
+            seed=seed,
+        )
     return FeatureNoise.from_json(target / "noise_params.json")
 
 
-def evaluate_all(study: StudyConfig, out: Path, test_subjects: Callable[[], list],
-                 statuses: list[RunStatus], log: Log) -> list[Record]:
+def evaluate_all(
+    study: StudyConfig,
+    out: Path,
+    test_subjects: Callable[[], list],
+    statuses: list[RunStatus],
+    log: Log,
+) -> list[Record]:
     """Predict and evaluate the test subjects with every trained model (once per model).
 
     Args:
@@ -410,17 +492,21 @@ def evaluate_all(study: StudyConfig, out: Path, test_subjects: Callable[[], list
         if target.exists():
             continue
         test = test_subjects()
-        log(f"[evaluate {k}/{len(usable)}] {status.experiment} seed {status.seed} on "
-            f"{len(test)} test subjects")
-        records = evaluate_run(study, EXPERIMENTS[status.experiment], status.seed, out, test,
-                               device)
+        log(
+            f"[evaluate {k}/{len(usable)}] {status.experiment} seed {status.seed} on "
+            f"{len(test)} test subjects"
+        )
+        records = evaluate_run(
+            study, EXPERIMENTS[status.experiment], status.seed, out, test, device
+        )
         atomic_write_text(target, records_to_csv(records))
     wanted = {(s.experiment, s.seed) for s in usable}
     return [r for r in load_records(out) if (r.experiment, r.seed) in wanted]
 
 
-def evaluate_run(study: StudyConfig, experiment: Experiment, seed: int, out: Path,
-                 test: list, device) -> list[Record]:
+def evaluate_run(
+    study: StudyConfig, experiment: Experiment, seed: int, out: Path, test: list, device
+) -> list[Record]:
     """Predict every test subject with every set of sequences the model can use, and evaluate.
 
     Each prediction is :func:`cordfuse.inference.predict_prepared` on the prepared subject with
@@ -448,16 +534,26 @@ def evaluate_run(study: StudyConfig, experiment: Experiment, seed: int, out: Pat
     for prepared in test:
         truth = prepared.native.lesion
         voxel = float(np.prod(voxel_sizes(prepared.native.affine)))
-        for label, sequences in inference_sets(experiment, prepared.sequences,
-                                               study.specific_sets):
-            prediction = predict_prepared(prepared, [model], sequences=list(sequences),
-                                          device=device, amp=study.amp)
-            save_nifti(make_nifti(prediction.mask, prediction.affine),
-                       prediction_folder(out, experiment.name, seed, label)
-                       / f"{prepared.subject}_lesion.nii.gz")
+        for label, sequences in inference_sets(experiment, prepared.sequences, study.specific_sets):
+            prediction = predict_prepared(
+                prepared, [model], sequences=list(sequences), device=device, amp=study.amp
+            )
+            save_nifti(
+                make_nifti(prediction.mask, prediction.affine),
+                prediction_folder(out, experiment.name, seed, label)
+                / f"{prepared.subject}_lesion.nii.gz",
+            )
             metrics = evaluate_masks(prediction.mask, truth, voxel_volume_mm3=voxel)
-            records.append(Record(experiment.name, seed, label, prepared.subject,
-                                  prepared.cohort or "-", metrics.to_dict()))
+            records.append(
+                Record(
+                    experiment.name,
+                    seed,
+                    label,
+                    prepared.subject,
+                    prepared.cohort or "-",
+                    metrics.to_dict(),
+                )
+            )
     return records
 
 
@@ -519,8 +615,9 @@ def load_records(out: Path) -> list[Record]:
 # -- lesion by lesion ---------------------------------------------------------------------------
 
 
-def lesions_all(out: Path, test_subjects: Callable[[], list], records: list[Record],
-                log: Log) -> list[LesionRow]:
+def lesions_all(
+    out: Path, test_subjects: Callable[[], list], records: list[Record], log: Log
+) -> list[LesionRow]:
     """Per-lesion rows of every evaluated (model, seed), from the saved predictions.
 
     One ``lesions/<experiment>_seed-<n>.csv`` per run, never redone.
@@ -538,8 +635,9 @@ def lesions_all(out: Path, test_subjects: Callable[[], list], records: list[Reco
     from cordfuse.io import read_volume, voxel_sizes
 
     runs = sorted({(r.experiment, r.seed) for r in records})
-    missing = [run for run in runs
-               if not (out / "lesions" / f"{run[0]}_seed-{run[1]}.csv").exists()]
+    missing = [
+        run for run in runs if not (out / "lesions" / f"{run[0]}_seed-{run[1]}.csv").exists()
+    ]
     if missing:
         test = {prepared.subject: prepared for prepared in test_subjects()}
     for k, (experiment, seed) in enumerate(missing, start=1):
@@ -549,13 +647,21 @@ def lesions_all(out: Path, test_subjects: Callable[[], list], records: list[Reco
             if (r.experiment, r.seed) != (experiment, seed):
                 continue
             native = test[r.image].native
-            prediction, _ = read_volume(prediction_folder(out, experiment, seed, r.inference)
-                                        / f"{r.image}_lesion.nii.gz")
-            rows += lesion_rows(prediction, native.lesion, native.affine, subject=r.image,
-                                synth=SynthTruth.from_document(test[r.image].synth_truth),
-                                voxel_volume_mm3=float(np.prod(voxel_sizes(native.affine))),
-                                cohort=r.cohort, experiment=experiment, seed=seed,
-                                inference=r.inference)
+            prediction, _ = read_volume(
+                prediction_folder(out, experiment, seed, r.inference) / f"{r.image}_lesion.nii.gz"
+            )
+            rows += lesion_rows(
+                prediction,
+                native.lesion,
+                native.affine,
+                subject=r.image,
+                synth=SynthTruth.from_document(test[r.image].synth_truth),
+                voxel_volume_mm3=float(np.prod(voxel_sizes(native.affine))),
+                cohort=r.cohort,
+                experiment=experiment,
+                seed=seed,
+                inference=r.inference,
+            )
         atomic_write_text(out / "lesions" / f"{experiment}_seed-{seed}.csv", rows_to_csv(rows))
     return load_lesion_rows(out, records)
 
@@ -600,20 +706,36 @@ def write_tables(out: Path, study: StudyConfig, records: list[Record]) -> dict[s
     written["per_image"] = out / "per_image.csv"
     if not records:
         return written
-    tables = {"table1": table1(records, experiments=order, labels=LABELS,
-                               inferences=inference_order(study.specific_sets)),
-              "table2": table2(records, reference="baseline", experiments=order, labels=LABELS),
-              "table2_cohorts": table2_per_cohort(records, reference="baseline",
-                                                  experiments=order, labels=LABELS)}
+    tables = {
+        "table1": table1(
+            records,
+            experiments=order,
+            labels=LABELS,
+            inferences=inference_order(study.specific_sets),
+        ),
+        "table2": table2(records, reference="baseline", experiments=order, labels=LABELS),
+        "table2_cohorts": table2_per_cohort(
+            records, reference="baseline", experiments=order, labels=LABELS
+        ),
+    }
     for name, table in tables.items():
-        for suffix, text in (("md", table.to_markdown()), ("csv", table.to_csv()),
-                             ("tex", table.to_latex())):
+        for suffix, text in (
+            ("md", table.to_markdown()),
+            ("csv", table.to_csv()),
+            ("tex", table.to_latex()),
+        ):
             atomic_write_text(out / f"{name}.{suffix}", text)
             written[f"{name}.{suffix}"] = out / f"{name}.{suffix}"
-    rows = [(e, T2SAG_ONLY) for e in order if any(r.experiment == e and r.inference == T2SAG_ONLY
-                                                  for r in records)]
-    rows += [(e, ALL_AVAILABLE) for e in order
-             if any(r.experiment == e and r.inference == ALL_AVAILABLE for r in records)]
+    rows = [
+        (e, T2SAG_ONLY)
+        for e in order
+        if any(r.experiment == e and r.inference == T2SAG_ONLY for r in records)
+    ]
+    rows += [
+        (e, ALL_AVAILABLE)
+        for e in order
+        if any(r.experiment == e and r.inference == ALL_AVAILABLE for r in records)
+    ]
     for cohort in sorted({r.cohort for r in records}):
         path = out / f"boxplot_{cohort}.png"
         atomic_write_bytes(path, boxplot_png(records, cohort, rows, LABELS))
@@ -640,8 +762,9 @@ def write_lesion_tables(out: Path, study: StudyConfig, rows: list[LesionRow]) ->
         return written
     atomic_write_text(out / "per_lesion.csv", rows_to_csv(rows))
     written["per_lesion"] = out / "per_lesion.csv"
-    tables = extra_sequences_tables(rows, experiments=[e.name for e in study.ordered_experiments],
-                                    labels=LABELS)
+    tables = extra_sequences_tables(
+        rows, experiments=[e.name for e in study.ordered_experiments], labels=LABELS
+    )
     for name, table in zip(("extra_sequences", "lesions_changed"), tables, strict=True):
         for suffix, text in (("md", table.to_markdown()), ("csv", table.to_csv())):
             atomic_write_text(out / f"{name}.{suffix}", text)

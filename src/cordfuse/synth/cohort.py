@@ -523,12 +523,17 @@ def write_cohort(
     root = Path(out)
     claim(root, "synth")  # refuses a folder synth did not make, before anything is removed
     if (root / "dataset_description.json").exists() and not overwrite:
-        raise CordfuseError(f"{root}: holds a synthetic dataset already (use --overwrite to "
-                            "replace it)")
+        raise CordfuseError(
+            f"{root}: holds a synthetic dataset already (use --overwrite to replace it)"
+        )
     # A dataset without its description was interrupted: what synth wrote is redone.
     folder = claim(root, "synth", overwrite=True)
-    folder.own("dataset_description.json", "participants.tsv", "derivatives",
-               *(subject_id_of(index) for index in range(1, subjects + 1)))
+    folder.own(
+        "dataset_description.json",
+        "participants.tsv",
+        "derivatives",
+        *(subject_id_of(index) for index in range(1, subjects + 1)),
+    )
     description = {
         "Name": "cordfuse synthetic multi-sequence spinal cord cohort",
         "BIDSVersion": "1.9.0",

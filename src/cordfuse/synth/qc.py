@@ -39,8 +39,13 @@ def _panels(scan, sequence: str):
         planes = [("sagittal", x, f"x={x}")]
     for plane, index, label in planes:
         shown, aspect = view(image, spacing, plane, index)
-        yield (shown, view(cord, spacing, plane, index)[0], view(lesion, spacing, plane, index)[0],
-               aspect, label)
+        yield (
+            shown,
+            view(cord, spacing, plane, index)[0],
+            view(lesion, spacing, plane, index)[0],
+            aspect,
+            label,
+        )
 
 
 def write_subject_qc(subject, path: Path) -> None:
@@ -84,4 +89,3 @@ def write_subject_qc(subject, path: Path) -> None:
         fontsize=9,
     )
     write_png(fig, path, dpi=110)
-

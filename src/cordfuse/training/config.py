@@ -86,14 +86,19 @@ class TrainConfig:
         if not 0.0 <= self.sequence_dropout < 1.0:
             raise CordfuseError("--sequence-dropout is a probability in [0, 1)")
         if self.sequence_dropout and self.model != "mean-imputation":
-            raise CordfuseError("--sequence-dropout needs Mean Imputation (the only model that "
-                                "accepts missing sequences)")
+            raise CordfuseError(
+                "--sequence-dropout needs Mean Imputation (the only model that "
+                "accepts missing sequences)"
+            )
         if not 0.0 <= self.reference_dropout < 1.0:
             raise CordfuseError("--reference-dropout is a probability in [0, 1)")
-        if self.reference_dropout and (self.model != "mean-imputation"
-                                       or self.fusion != "all-levels"):
-            raise CordfuseError("--reference-dropout needs Mean Imputation with --fusion "
-                                "all-levels (the paper's decoder takes its skips from T2Sag)")
+        if self.reference_dropout and (
+            self.model != "mean-imputation" or self.fusion != "all-levels"
+        ):
+            raise CordfuseError(
+                "--reference-dropout needs Mean Imputation with --fusion "
+                "all-levels (the paper's decoder takes its skips from T2Sag)"
+            )
         if self.epochs < 1 or self.iterations < 1 or self.batch_size < 1:
             raise CordfuseError("epochs, iterations and batch size must be at least 1")
 

@@ -94,8 +94,16 @@ def load_subjects(paths: list[Path], sequences: list[str]) -> list[SubjectArrays
         label = prepared.label
         if label is None:
             label = np.zeros(images.shape[1:], np.uint8)
-        subjects.append(SubjectArrays(prepared.subject, prepared.cohort, images, available,
-                                      label.astype(np.uint8), np.argwhere(label > 0)))
+        subjects.append(
+            SubjectArrays(
+                prepared.subject,
+                prepared.cohort,
+                images,
+                available,
+                label.astype(np.uint8),
+                np.argwhere(label > 0),
+            )
+        )
     return subjects
 
 
@@ -115,9 +123,20 @@ class PatchDataset(torch.utils.data.Dataset):
         augmentation: The augmentation's ranges (default: nnU-Net's).
     """
 
-    def __init__(self, subjects, patch_size, *, seed: int, foreground_fraction: float,
-                 augment: bool, sequence_dropout: float = 0.0, reference_dropout: float = 0.0,
-                 rank: int = 0, world_size: int = 1, augmentation: Augmentation | None = None):
+    def __init__(
+        self,
+        subjects,
+        patch_size,
+        *,
+        seed: int,
+        foreground_fraction: float,
+        augment: bool,
+        sequence_dropout: float = 0.0,
+        reference_dropout: float = 0.0,
+        rank: int = 0,
+        world_size: int = 1,
+        augmentation: Augmentation | None = None,
+    ):
         self.subjects = subjects
         self.patch_size = tuple(patch_size)
         self.seed = seed
@@ -135,8 +154,9 @@ class PatchDataset(torch.utils.data.Dataset):
         index = n * self.world_size + self.rank  # each DDP rank draws its own samples
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, index]))
         subject = self.subjects[int(rng.integers(len(self.subjects)))]
-        image, label = extract_patch(subject, self.patch_size, rng,
-                                     foreground=rng.random() < self.foreground_fraction)
+        image, label = extract_patch(
+            subject, self.patch_size, rng, foreground=rng.random() < self.foreground_fraction
+        )
         available = subject.available.copy()
         if self.sequence_dropout:  # no draw at 0, so the paper's recipe keeps its samples
             hide = rng.random(len(available)) < self.sequence_dropout
@@ -150,9 +170,11 @@ class PatchDataset(torch.utils.data.Dataset):
                 image[0] = 0.0
         if self.augmentation is not None:
             image, label = augment_patch(image, label, available, self.augmentation, rng)
-        return (torch.from_numpy(np.ascontiguousarray(image)),
-                torch.from_numpy(np.ascontiguousarray(label)).long(),
-                torch.from_numpy(available))
+        return (
+            torch.from_numpy(np.ascontiguousarray(image)),
+            torch.from_numpy(np.ascontiguousarray(label)).long(),
+            torch.from_numpy(available),
+        )
 
 
 def extract_patch(subject: SubjectArrays, patch_size, rng, *, foreground: bool):
@@ -245,10 +267,20 @@ class Augmentation:
 
 
 NNUNET = Augmentation()
-LIGHT = Augmentation(rotation_deg=(10.0, 10.0, 10.0), p_rotation=0.3, scaling=(0.9, 1.1),
-                     p_scaling=0.3, mirror_axes=(0,), noise_variance=(0.0, 0.01), p_noise=0.15,
-                     blur_sigma=(0.0, 0.5), p_blur=0.2, p_blur_channel=1.0, p_low_resolution=0.0,
-                     p_gamma_inverted=0.0)
+LIGHT = Augmentation(
+    rotation_deg=(10.0, 10.0, 10.0),
+    p_rotation=0.3,
+    scaling=(0.9, 1.1),
+    p_scaling=0.3,
+    mirror_axes=(0,),
+    noise_variance=(0.0, 0.01),
+    p_noise=0.15,
+    blur_sigma=(0.0, 0.5),
+    p_blur=0.2,
+    p_blur_channel=1.0,
+    p_low_resolution=0.0,
+    p_gamma_inverted=0.0,
+)
 #: The recipe of each preset.
 PRESET_AUGMENTATION = {"paper": NNUNET, "small": LIGHT}
 
@@ -291,13 +323,22 @@ def _spatial(image, label, params: Augmentation, rng, drawn):
         matrix = rotation_matrix(np.rad2deg(angles)) / zoom
         centre = (np.asarray(label.shape) - 1) / 2
         offset = centre - matrix @ centre
-        image = np.stack([  # an empty (missing) sequence stays empty: no need to resample it
-            ndimage.affine_transform(channel, matrix, offset, order=1, mode="constant", cval=0.0)
-            if channel.any() else channel
-            for channel in image
-        ])
-        label = (ndimage.affine_transform(label.astype(np.float32), matrix, offset, order=1,
-                                          mode="constant", cval=0.0) > 0.5).astype(np.uint8)
+        image = np.stack(
+            [  # an empty (missing) sequence stays empty: no need to resample it
+                ndimage.affine_transform(
+                    channel, matrix, offset, order=1, mode="constant", cval=0.0
+                )
+                if channel.any()
+                else channel
+                for channel in image
+            ]
+        )
+        label = (
+            ndimage.affine_transform(
+                label.astype(np.float32), matrix, offset, order=1, mode="constant", cval=0.0
+            )
+            > 0.5
+        ).astype(np.uint8)
     for axis in mirror:
         image = np.flip(image, axis=axis + 1)
         label = np.flip(label, axis=axis)
@@ -324,8 +365,9 @@ def _intensity(channel, covered, params: Augmentation, rng, drawn) -> np.ndarray
     if rng.random() < params.p_low_resolution and rng.random() < params.p_low_channel:
         drawn["low_resolution"] = zoom = rng.uniform(*params.low_resolution)
         small = ndimage.zoom(channel, zoom, order=0)
-        channel = ndimage.zoom(small, np.asarray(channel.shape) / np.asarray(small.shape),
-                               order=3)[: channel.shape[0], : channel.shape[1], : channel.shape[2]]
+        channel = ndimage.zoom(small, np.asarray(channel.shape) / np.asarray(small.shape), order=3)[
+            : channel.shape[0], : channel.shape[1], : channel.shape[2]
+        ]
     for p, inverted in ((params.p_gamma_inverted, True), (params.p_gamma, False)):
         if rng.random() < p and covered.any():
             drawn["gamma_inverted" if inverted else "gamma"] = gamma = rng.uniform(*params.gamma)

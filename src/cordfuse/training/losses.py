@@ -6,8 +6,9 @@ import torch
 from torch.nn import functional as F
 
 
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor,
-                   smooth: float = 1e-5) -> torch.Tensor:
+def soft_dice_loss(
+    logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5
+) -> torch.Tensor:
     """1 - soft Dice of the foreground (lesion) probabilities over the whole batch.
 
     Batch Dice (nnU-Net's choice for 3D full resolution): most patches hold no lesion, and a
@@ -95,10 +96,11 @@ def deep_supervision_loss(logits: list[torch.Tensor], target: torch.Tensor) -> t
         The loss (a scalar tensor).
     """
     weights = deep_supervision_weights(len(logits))
-    terms = [w * ce_dice_loss(out, downsample_target(target, out.shape[2:]))
-             for w, out in zip(weights, logits, strict=True)]
+    terms = [
+        w * ce_dice_loss(out, downsample_target(target, out.shape[2:]))
+        for w, out in zip(weights, logits, strict=True)
+    ]
     total = terms[0]
     for term in terms[1:]:  # added in order, as sum() did: the same float result
         total = total + term
     return total
-

@@ -79,18 +79,24 @@ def split_subjects(document: dict, config: TrainConfig) -> tuple[list[str], list
     ids = [s["id"] for s in document["subjects"] if s.get("has_label")]
     if config.model == "specific":
         needed = set(config.model_sequences)
-        ids = [s["id"] for s in document["subjects"]
-               if s.get("has_label") and needed <= set(s["sequences"])]
+        ids = [
+            s["id"]
+            for s in document["subjects"]
+            if s.get("has_label") and needed <= set(s["sequences"])
+        ]
     if not ids:
-        raise CordfuseError("no prepared subject with a lesion label fits this model "
-                            f"(sequences {', '.join(config.model_sequences)})")
+        raise CordfuseError(
+            "no prepared subject with a lesion label fits this model "
+            f"(sequences {', '.join(config.model_sequences)})"
+        )
     if config.fold_file:
         try:
             fold = json.loads(Path(config.fold_file).read_text())
             train, val = list(fold["train"]), list(fold["val"])
         except (OSError, ValueError, KeyError) as exc:
-            raise CordfuseError(f"{config.fold_file}: fold file needs 'train' and 'val' lists "
-                                f"({exc})") from exc
+            raise CordfuseError(
+                f"{config.fold_file}: fold file needs 'train' and 'val' lists ({exc})"
+            ) from exc
         return [i for i in train if i in ids], [i for i in val if i in ids]
     rng = np.random.default_rng(config.seed)
     order = list(rng.permutation(ids))
@@ -118,20 +124,23 @@ def build_model(config: TrainConfig) -> CordNet:
             raise CordfuseError("--variant frozen-encoder needs --frozen-from BASELINE_CHECKPOINT")
         baseline = Checkpoint.load(config.frozen_from)
         prefix = "encoders.T2Sag."
-        weights = {k[len(prefix):]: v for k, v in baseline.model.items() if k.startswith(prefix)}
+        weights = {k[len(prefix) :]: v for k, v in baseline.model.items() if k.startswith(prefix)}
         if not weights:
             raise CordfuseError(f"{config.frozen_from}: no T2Sag encoder in this checkpoint")
         try:
             model.encoders["T2Sag"].load_state_dict(weights)
         except RuntimeError as exc:
-            raise CordfuseError(f"{config.frozen_from}: T2Sag encoder does not fit this preset "
-                                f"({str(exc).splitlines()[0]})") from exc
+            raise CordfuseError(
+                f"{config.frozen_from}: T2Sag encoder does not fit this preset "
+                f"({str(exc).splitlines()[0]})"
+            ) from exc
         model.freeze_encoder("T2Sag")
     return model
 
 
-def resume_conflicts(checkpoint: Checkpoint, config: TrainConfig,
-                     split: dict[str, list[str]]) -> list[str]:
+def resume_conflicts(
+    checkpoint: Checkpoint, config: TrainConfig, split: dict[str, list[str]]
+) -> list[str]:
     """Why a run cannot continue from a checkpoint: every setting that would change the result.
 
     Args:
@@ -145,16 +154,25 @@ def resume_conflicts(checkpoint: Checkpoint, config: TrainConfig,
         split, which then differs because the prepared data or the fold file changed.
     """
     before, after = checkpoint.config, config
-    conflicts = [f"{f.name} {getattr(before, f.name)!r} in the checkpoint, "
-                 f"{getattr(after, f.name)!r} requested" for f in fields(TrainConfig)
-                 if f.name not in SPEED_ONLY and getattr(before, f.name) != getattr(after, f.name)]
+    conflicts = [
+        f"{f.name} {getattr(before, f.name)!r} in the checkpoint, "
+        f"{getattr(after, f.name)!r} requested"
+        for f in fields(TrainConfig)
+        if f.name not in SPEED_ONLY and getattr(before, f.name) != getattr(after, f.name)
+    ]
     stored, now = asdict(checkpoint.net), asdict(config.net)
-    conflicts += [f"net.{key} {stored[key]!r} in the checkpoint, {now[key]!r} in the "
-                  f"{config.preset} preset now" for key in stored if stored[key] != now[key]]
+    conflicts += [
+        f"net.{key} {stored[key]!r} in the checkpoint, {now[key]!r} in the "
+        f"{config.preset} preset now"
+        for key in stored
+        if stored[key] != now[key]
+    ]
     # Another seed, model or fold file gives another split: only name it when nothing else does.
     if not conflicts and checkpoint.split != split:
-        conflicts.append("the train/val split in the checkpoint differs from this one (the "
-                         "prepared data or the fold file changed)")
+        conflicts.append(
+            "the train/val split in the checkpoint differs from this one (the "
+            "prepared data or the fold file changed)"
+        )
     return conflicts
 
 
@@ -212,9 +230,15 @@ def validate(model, subjects, config: TrainConfig, device, dtype) -> float:
     model.eval()
     scores = []
     for subject in subjects:
-        prob = predict_probabilities(model, subject.images, subject.available,
-                                     patch_z=config.net.patch_size[2], overlap=config.val_overlap,
-                                     device=device, autocast_dtype=dtype)
+        prob = predict_probabilities(
+            model,
+            subject.images,
+            subject.available,
+            patch_z=config.net.patch_size[2],
+            overlap=config.val_overlap,
+            device=device,
+            autocast_dtype=dtype,
+        )
         scores.append(dice(prob > 0.5, subject.label > 0))
     model.train()
     return float(np.mean(scores))
@@ -287,8 +311,10 @@ def train(
     if rank == 0:
         claim(out, "train")  # refuses a folder train did not make, before anything is removed
         if (out / LATEST).exists() and not (resume or overwrite):
-            raise CordfuseError(f"{out}: holds a training run already (--resume continues it, "
-                                "--overwrite starts again)")
+            raise CordfuseError(
+                f"{out}: holds a training run already (--resume continues it, "
+                "--overwrite starts again)"
+            )
         claim(out, "train", overwrite=overwrite).own(*RUN_FILES)
     if config.deterministic:
         torch.use_deterministic_algorithms(True)
@@ -304,29 +330,44 @@ def train(
     patch = config.net.patch_size
     size = document["crop_size"]
     if (size, size) != tuple(patch[:2]):
-        raise CordfuseError(f"prepared crops are {size}x{size} but the {config.preset} preset "
-                            f"needs {patch[0]}x{patch[1]}: prepare with --preset {config.preset}")
+        raise CordfuseError(
+            f"prepared crops are {size}x{size} but the {config.preset} preset "
+            f"needs {patch[0]}x{patch[1]}: prepare with --preset {config.preset}"
+        )
 
     model = build_model(config).to(dev)
     parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(parameters, lr=config.learning_rate, momentum=config.momentum,
-                                nesterov=True, weight_decay=config.weight_decay)
+    optimizer = torch.optim.SGD(
+        parameters,
+        lr=config.learning_rate,
+        momentum=config.momentum,
+        nesterov=True,
+        weight_decay=config.weight_decay,
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda epoch: (1 - epoch / config.epochs) ** config.poly_exponent)
+        optimizer, lambda epoch: (1 - epoch / config.epochs) ** config.poly_exponent
+    )
     dtype = autocast_dtype(config.amp, dev)
     scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
     split = {"train": [str(i) for i in train_ids], "val": [str(i) for i in val_ids]}
     start_epoch, best, history = 0, -math.inf, []
     if resume and (out / LATEST).exists():
         checkpoint = Checkpoint.load(out / LATEST)
-        if (checkpoint.epoch is None or checkpoint.optimizer is None
-                or checkpoint.scheduler is None or checkpoint.scaler is None
-                or checkpoint.rng is None or checkpoint.best_val_dice is None):
+        if (
+            checkpoint.epoch is None
+            or checkpoint.optimizer is None
+            or checkpoint.scheduler is None
+            or checkpoint.scaler is None
+            or checkpoint.rng is None
+            or checkpoint.best_val_dice is None
+        ):
             raise CordfuseError(f"{checkpoint.path}: cannot resume: no training state in it")
         conflicts = resume_conflicts(checkpoint, config, split)
         if conflicts:
-            raise CordfuseError(f"{out}: cannot resume: {'; '.join(conflicts)} (start a new run "
-                                "with --overwrite or another folder)")
+            raise CordfuseError(
+                f"{out}: cannot resume: {'; '.join(conflicts)} (start a new run "
+                "with --overwrite or another folder)"
+            )
         model.load_state_dict(checkpoint.model)
         optimizer.load_state_dict(checkpoint.optimizer)
         scheduler.load_state_dict(checkpoint.scheduler)
@@ -339,15 +380,24 @@ def train(
         # Only Mean Imputation skips the encoder of a sequence missing from a whole batch; every
         # other model uses all its parameters at every step, so DDP need not search the graph.
         net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[dev.index] if dev.type == "cuda" else None,
-            find_unused_parameters=model.mean_imputation)
+            model,
+            device_ids=[dev.index] if dev.type == "cuda" else None,
+            find_unused_parameters=model.mean_imputation,
+        )
     if config.compile:
         net = torch.compile(net)
-    dataset = PatchDataset(train_subjects, patch, seed=config.seed,
-                           foreground_fraction=config.foreground_fraction,
-                           augment=config.augment, sequence_dropout=config.sequence_dropout,
-                           reference_dropout=config.reference_dropout, rank=rank,
-                           world_size=world, augmentation=PRESET_AUGMENTATION[config.preset])
+    dataset = PatchDataset(
+        train_subjects,
+        patch,
+        seed=config.seed,
+        foreground_fraction=config.foreground_fraction,
+        augment=config.augment,
+        sequence_dropout=config.sequence_dropout,
+        reference_dropout=config.reference_dropout,
+        rank=rank,
+        world_size=world,
+        augmentation=PRESET_AUGMENTATION[config.preset],
+    )
     per_epoch = config.iterations * config.batch_size
     started = time.perf_counter()
     step = start_epoch * config.iterations
@@ -355,19 +405,27 @@ def train(
     # One loader for the whole run: its workers live across epochs and prefetch ahead. Sample n
     # depends on (seed, n) only, so any worker count draws the same patches.
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=config.batch_size,
+        dataset,
+        batch_size=config.batch_size,
         sampler=range(start_epoch * per_epoch, config.epochs * per_epoch),
-        num_workers=workers, persistent_workers=workers > 0, pin_memory=dev.type == "cuda",
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=dev.type == "cuda",
         prefetch_factor=4 if workers > 0 else None,
         # Its own generator: starting the loader must not draw from the global torch RNG,
         # which the feature noise uses and a resumed run restores.
-        generator=torch.Generator().manual_seed(config.seed))
+        generator=torch.Generator().manual_seed(config.seed),
+    )
     batches = iter(loader)
     from tqdm import tqdm
 
     for epoch in range(start_epoch, config.epochs):
-        bar = tqdm(range(config.iterations), desc=f"epoch {epoch + 1}/{config.epochs}",
-                   disable=None if (progress and rank == 0) else True, leave=False)
+        bar = tqdm(
+            range(config.iterations),
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+            disable=None if (progress and rank == 0) else True,
+            leave=False,
+        )
         losses = []
         epoch_start = time.perf_counter()
         for _ in bar:
@@ -380,7 +438,8 @@ def train(
                 loss = deep_supervision_loss(output.logits, labels)
                 if config.variant == "distillation":
                     loss = loss + config.distillation_alpha * distillation_loss(
-                        output.features.float(), output.available)
+                        output.features.float(), output.available
+                    )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
@@ -398,22 +457,37 @@ def train(
         # Validation (a sliding window over whole crops) every val_every epochs and at the end,
         # so that at 1000 epochs it stays a bounded share of the run.
         validated = bool(val_subjects) and (
-            (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs)
+            (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs
+        )
         val_dice = validate(model, val_subjects, config, dev, dtype) if validated else math.nan
-        record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
-                  "train_loss": train_loss, "val_dice": val_dice,
-                  "epoch_seconds": round(time.perf_counter() - epoch_start, 3),
-                  "val_seconds": round(time.perf_counter() - epoch_start - train_seconds, 3)}
+        record = {
+            "epoch": epoch + 1,
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_loss": train_loss,
+            "val_dice": val_dice,
+            "epoch_seconds": round(time.perf_counter() - epoch_start, 3),
+            "val_seconds": round(time.perf_counter() - epoch_start - train_seconds, 3),
+        }
         history.append(record)
         improved = not math.isnan(val_dice) and val_dice > best
         best = val_dice if improved else best
         if rank == 0:
             checkpoint = Checkpoint(
-                model=model.state_dict(), config=config, net=config.net, sequences=sequences,
-                prep=PrepConfig(**document["config"]), normalisation=NORMALISATION, split=split,
-                optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                scaler=scaler.state_dict(), epoch=epoch, best_val_dice=best, history=history,
-                rng={"torch": torch.get_rng_state()})
+                model=model.state_dict(),
+                config=config,
+                net=config.net,
+                sequences=sequences,
+                prep=PrepConfig(**document["config"]),
+                normalisation=NORMALISATION,
+                split=split,
+                optimizer=optimizer.state_dict(),
+                scheduler=scheduler.state_dict(),
+                scaler=scaler.state_dict(),
+                epoch=epoch,
+                best_val_dice=best,
+                history=history,
+                rng={"torch": torch.get_rng_state()},
+            )
             # Without validation subjects there is no "best": it follows the latest epoch. The
             # best is saved before the latest, the point a resumed run restarts from: a run
             # killed between the two redoes the epoch and so cannot miss a best epoch.
@@ -424,12 +498,17 @@ def train(
             # run's, and a fresh run into a used folder starts a new one.
             atomic_write_text(out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in history))
             _plot(history, out / "curves.png")
-    summary = {"epochs": config.epochs,
-               "best_val_dice": best if math.isfinite(best) else None,  # None: no validation
-               "last_val_dice": history[-1]["val_dice"] if history else float("nan"),
-               "seconds": round(time.perf_counter() - started, 2), "world_size": world,
-               "digest": weights_digest(model), "train": [str(i) for i in train_ids],
-               "val": [str(i) for i in val_ids], "config": config.to_dict()}
+    summary = {
+        "epochs": config.epochs,
+        "best_val_dice": best if math.isfinite(best) else None,  # None: no validation
+        "last_val_dice": history[-1]["val_dice"] if history else float("nan"),
+        "seconds": round(time.perf_counter() - started, 2),
+        "world_size": world,
+        "digest": weights_digest(model),
+        "train": [str(i) for i in train_ids],
+        "val": [str(i) for i in val_ids],
+        "config": config.to_dict(),
+    }
     if world > 1:
         digests = [None] * world
         dist.all_gather_object(digests, summary["digest"])
