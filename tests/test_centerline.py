@@ -47,6 +47,7 @@ def in_plane_errors(found: Centerline, reference: np.ndarray) -> np.ndarray:
 
 
 class TestSynthetic:
+    @pytest.mark.slow
     def test_accuracy_on_every_sequence(self, synth_subjects):
         errors: dict[str, list[float]] = {}
         for subject in synth_subjects:
@@ -87,6 +88,7 @@ class TestReal:
         assert np.median(errors) <= 1.0, errors
         assert np.percentile(errors, 95) <= 3.0, errors
 
+    @pytest.mark.slow
     def test_storage_orientation_does_not_move_the_centreline(self):
         """The oblique sct-t2ms scan, stored two ways: the same world centreline."""
         root = require_real_data()
@@ -187,6 +189,7 @@ def sct_standins(tmp_path, monkeypatch):
 
 
 class TestSctBackend:
+    @pytest.mark.slow
     def test_one_image_end_to_end(self, synth_root, sct_standins, tmp_path, monkeypatch):
         from cordfuse.cli import main
         from cordfuse.dataset import discover
@@ -232,6 +235,7 @@ class TestSctBackend:
         pixel = np.sqrt((affine[:3, :3] ** 2).sum(axis=0)).max()
         assert np.percentile(errors, 95) <= 0.75 * pixel, np.percentile(errors, 95)
 
+    @pytest.mark.slow
     def test_prepare_converts_a_moved_slab_to_the_registered_world(
         self, synth_root, sct_standins, monkeypatch
     ):

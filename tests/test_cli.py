@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from cordfuse.cli import main
 
 
+@pytest.mark.slow
 def test_synth_writes_cohort_and_qc(tmp_path, capsys):
     out = tmp_path / "cohort"
     assert (
@@ -23,6 +26,7 @@ def test_synth_writes_cohort_and_qc(tmp_path, capsys):
         assert truth["seed"] == 4 and truth["subject"] == sub
 
 
+@pytest.mark.slow
 def test_synth_never_overwrites_without_asking(tmp_path, capsys):
     out = tmp_path / "cohort"
     assert main(["synth", str(out), "--subjects", "1"]) == 0

@@ -153,6 +153,7 @@ def _lose_centreline(monkeypatch, sequence: str, offset_mm: float = 14.0):
 
 
 class TestFallback:
+    @pytest.mark.slow
     def test_implausible_centreline_falls_back_and_is_recorded_everywhere(
         self, synth_copy, tmp_path, monkeypatch, capsys
     ):

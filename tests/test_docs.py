@@ -30,6 +30,7 @@ def expand(argument: str) -> list[str]:
     return sorted(glob.glob(argument)) or [argument] if "*" in argument else [argument]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", [p for p in DOCS if doctest_commands(p)], ids=lambda p: p.name)
 def test_doc_examples_run(page, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)

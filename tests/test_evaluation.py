@@ -227,6 +227,7 @@ class TestCommandLine:
         )
         assert "not on the grid" in capsys.readouterr().err
 
+    @pytest.mark.slow
     def test_predictions_against_a_bids_dataset(self, synth_root, tmp_path, capsys):
         """By default every subject is scored on its fused T2Sag grid (the grid predict, study
         and demo use); --per-slab scores each slab label against predict --per-slab's files."""

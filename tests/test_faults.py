@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from cordfuse.cli import main
 
@@ -153,6 +154,7 @@ def test_predict_survives_a_kill(synth_copy, tiny_baseline, tmp_path):
     assert len(list(killed.glob("*_prediction.json"))) == len(list(straight.glob("*_lesion.nii*")))
 
 
+@pytest.mark.slow
 def test_study_survives_a_kill(tmp_path):
     from cordfuse.synth import write_cohort
 

@@ -17,6 +17,7 @@ from cordfuse.errors import CordfuseError
 from cordfuse.inference import (
     finish_prediction,
     load_models,
+    predict_prepared,
     predict_subject,
     restrict_subject,
 )
@@ -54,6 +55,7 @@ def tiny_models(prepared_small, tmp_path_factory):
     return runs
 
 
+@pytest.mark.slow
 def test_oracle_round_trip_reproduces_native_truth(synth_root):
     """Feed the ground-truth crop as probabilities through predict's back-mapping."""
     for subject in discover(synth_root).subjects:
@@ -75,14 +77,20 @@ class TestSequences:
         others = [s for s in subject.sequences if s != "T2Sag"]
         assert len(others) >= 2
         models = load_models([tiny_models["mi0"]], CPU)
+        # Prepared once, as predict_subject prepares every subset: with all the subject's
+        # sequences, the others switched off (its result is checked against this below).
+        prepared = prepare_subject(subject, models[0].prep)
         shapes = set()
         for r in range(len(others) + 1):
             for combo in itertools.combinations(others, r):
                 wanted = ["T2Sag", *combo]
-                prediction = predict_subject(subject, models, sequences=wanted, device=CPU)
+                prediction = predict_prepared(prepared, models, sequences=wanted, device=CPU)
                 assert prediction.sequences == [s for s in subject.sequences if s in wanted]
                 shapes.add(prediction.mask.shape)
         assert len(shapes) == 1
+        from_raw = predict_subject(subject, models, sequences=wanted, device=CPU)
+        assert from_raw.sequences == prediction.sequences
+        np.testing.assert_allclose(from_raw.probabilities, prediction.probabilities, atol=1e-5)
 
     def test_models_refuse_what_they_cannot_use(self, synth_root, tiny_models):
         subjects = discover(synth_root).subjects
@@ -107,8 +115,9 @@ class TestEnsembleAndTta:
         one = load_models([tiny_models["mi0"]], CPU)
         two = load_models([tiny_models["mi1"]], CPU)
         both = load_models([tiny_models["mi0"], tiny_models["mi1"]], CPU)
-        p1 = predict_subject(subject, one, device=CPU).probabilities
-        p2 = predict_subject(subject, two, device=CPU).probabilities
+        prepared = prepare_subject(subject, one[0].prep)
+        p1 = predict_prepared(prepared, one, device=CPU).probabilities
+        p2 = predict_prepared(prepared, two, device=CPU).probabilities
         pe = predict_subject(subject, both, device=CPU).probabilities
         np.testing.assert_allclose(pe, (p1 + p2) / 2, atol=1e-6)
         assert not np.allclose(p1, p2)

@@ -83,6 +83,7 @@ class TestVerbs:
     """Every verb that writes folders refuses a folder it did not make, and --overwrite keeps what
     the user put beside its outputs."""
 
+    @pytest.mark.slow
     def test_synth(self, tmp_path, capsys):
         folder = _foreign(tmp_path / "data")
         assert main(["synth", str(folder), "--subjects", "1", "--overwrite"]) == 2

@@ -255,6 +255,7 @@ class TestPrepared:
                     count_total += len(ok)
         assert inside_total / count_total >= 0.99, inside_total / count_total
 
+    @pytest.mark.slow
     def test_restore_cli_brings_nnunet_labels_back(self, synth_root, tmp_path, capsys):
         out, nnunet = tmp_path / "prep", tmp_path / "nnunet"
         assert (
@@ -308,6 +309,7 @@ class TestPrepared:
         if truth.sum():
             assert dice(np.asarray(restored.dataobj) > 0, truth > 0) >= 0.85  # 1 mm small preset
 
+    @pytest.mark.slow
     def test_second_run_skips_and_overwrite_redoes(self, synth_root, tmp_path, capsys):
         out = tmp_path / "prep"
         assert main(["prepare", str(synth_root), str(out), "--preset", "small"]) == 0
@@ -333,6 +335,7 @@ class TestPrepared:
 
 
 class TestBadInput:
+    @pytest.mark.slow
     def test_each_bad_subject_fails_alone_with_one_line(self, synth_copy, tmp_path, capsys):
         anat = {s: synth_copy / s / "anat" for s in ("sub-001", "sub-002", "sub-003", "sub-004")}
         # sub-001: no T2Sag.
@@ -399,6 +402,7 @@ class TestBadInput:
 
 
 class TestRealOblique:
+    @pytest.mark.slow
     def test_oblique_scan_keeps_world_positions(self, tmp_path):
         """sct-t2ms (oblique affine) as the reference: crop it and map the crop back."""
         root = require_real_data()
@@ -456,6 +460,7 @@ def test_save_and_load_round_trip(tmp_path, synth_root):
         restore(loaded, np.zeros((2, 2, 2)))
 
 
+@pytest.mark.slow
 def test_mask_and_sct_centreline_backends(synth_root, tmp_path, capsys, monkeypatch):
     out = tmp_path / "mask"
     assert (
@@ -494,6 +499,7 @@ def test_mask_and_sct_centreline_backends(synth_root, tmp_path, capsys, monkeypa
     assert err.count("sct_deepseg is not on PATH") == 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scale", [1e6, 1e-6])
 def test_crops_keep_any_scanner_intensity_scale(synth_copy, tmp_path, scale):
     """Float-scaled scanners store values beyond float16's 65504, others tiny ones: the prepared

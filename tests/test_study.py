@@ -217,6 +217,7 @@ def test_study_config_parsing_and_errors(tmp_path):
 # Feature-noise mixture
 
 
+@pytest.mark.slow
 def test_mixture_fit_recovers_known_parameters():
     truth = FeatureNoise(weight=0.25, logistic_scale=0.002, normal_sigma=0.4)
     values = truth.sample((200_000,), generator=torch.Generator().manual_seed(0)).numpy()

@@ -28,6 +28,7 @@ def _files(root):
 
 
 class TestDeterminism:
+    @pytest.mark.slow
     def test_same_seed_same_bytes_other_seed_other_data(self, tmp_path):
         a = write_cohort(tmp_path / "a", subjects=2, seed=7)
         b = write_cohort(tmp_path / "b", subjects=2, seed=7)

@@ -354,6 +354,7 @@ class TestAugmentation:
         label[12:20, 13:18, 16:26] = 1
         return image, label, np.array([True, True, False, True])
 
+    @pytest.mark.slow
     def test_ranges_and_probabilities_of_the_paper_recipe(self):
         from cordfuse.training.data import NNUNET, augment_patch
 
