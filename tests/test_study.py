@@ -400,22 +400,19 @@ def test_analyze_features_cli_writes_params_train_reads(tiny_study, tmp_path, ca
     assert "single-encoder model" in capsys.readouterr().err
 
 
-def test_evaluate_reproduces_the_study_and_nothing_needs_the_raw_data(tiny_study, tmp_path, capsys):
-    """The study folder is self-contained: with its BIDS data gone, report, study (resumed) and
-    evaluate --gt PREPARED still work, and evaluate gives per_image.csv's numbers exactly."""
-    import shutil
-
+def evaluate_reproduces_per_image_csv(out) -> list[tuple[str, int, str]]:
+    """Assert that ``evaluate --gt PREPARED`` on every prediction folder of the study (or demo)
+    in ``out`` gives its per_image.csv exactly: the same images, cohorts and metrics. Returns
+    the (experiment, seed, inference) runs found in per_image.csv."""
     from cordfuse.evaluation.evaluate import evaluate
+    from cordfuse.study import prediction_folder
 
-    moved = tmp_path / "study"
-    shutil.copytree(tiny_study, moved, ignore=shutil.ignore_patterns("data"))
-    assert not (moved / "data").exists()
-    records = records_from_csv((moved / "per_image.csv").read_text())
+    records = records_from_csv((out / "per_image.csv").read_text())
     runs = sorted({(r.experiment, r.seed, r.inference) for r in records})
-    assert len(runs) > 5
     for experiment, seed, inference in runs:
-        folder = moved / "predictions" / experiment / f"seed-{seed}" / inference.replace(" ", "-")
-        rows, problems = evaluate(folder, moved / "prepared")
+        rows, problems = evaluate(
+            prediction_folder(out, experiment, seed, inference), out / "prepared"
+        )
         assert not problems
         expected = {
             r.image: r
@@ -428,6 +425,18 @@ def test_evaluate_reproduces_the_study_and_nothing_needs_the_raw_data(tiny_study
             for key, value in row.metrics.to_dict().items():
                 want = expected[row.image].values[key]
                 assert value == want or (math.isnan(value) and math.isnan(want)), (row.image, key)
+    return runs
+
+
+def test_evaluate_reproduces_the_study_and_nothing_needs_the_raw_data(tiny_study, tmp_path, capsys):
+    """The study folder is self-contained: with its BIDS data gone, report, study (resumed) and
+    evaluate --gt PREPARED still work, and evaluate gives per_image.csv's numbers exactly."""
+    import shutil
+
+    moved = tmp_path / "study"
+    shutil.copytree(tiny_study, moved, ignore=shutil.ignore_patterns("data"))
+    assert not (moved / "data").exists()
+    assert len(evaluate_reproduces_per_image_csv(moved)) > 5
     (moved / "report.html").unlink()
     assert main(["report", str(moved)]) == 0
     report = (moved / "report.html").read_text()
@@ -450,8 +459,6 @@ def test_demo_is_the_study_runner_with_a_built_in_config(tiny_demo):
     options (a study config, read back equal), its manifest describes the study's layout, and its
     per_image.csv is exactly what ``evaluate --gt PREPARED`` gives for its predictions."""
     from cordfuse.demo import DemoSettings, demo_config
-    from cordfuse.evaluation.evaluate import evaluate
-    from cordfuse.study import prediction_folder
 
     out = tiny_demo["out"]
     config = demo_config(DemoSettings(subjects=9, epochs=1, iterations=2, test_per_cohort=1))
@@ -463,24 +470,8 @@ def test_demo_is_the_study_runner_with_a_built_in_config(tiny_demo):
         "predictions/baseline/seed-0/T2Sag",
         "predictions/mi/seed-0/all-available",
     ]
-    records = records_from_csv((out / "per_image.csv").read_text())
-    runs = sorted({(r.experiment, r.seed, r.inference) for r in records})
+    runs = evaluate_reproduces_per_image_csv(out)
     assert runs == [("baseline", 0, "T2Sag"), ("mi", 0, "T2Sag"), ("mi", 0, ALL_AVAILABLE)]
-    for experiment, seed, inference in runs:
-        rows, problems = evaluate(
-            prediction_folder(out, experiment, seed, inference), out / "prepared"
-        )
-        assert not problems
-        expected = {
-            r.image: r
-            for r in records
-            if (r.experiment, r.seed, r.inference) == (experiment, seed, inference)
-        }
-        assert sorted(row.image for row in rows) == sorted(expected)
-        for row in rows:
-            for key, value in row.metrics.to_dict().items():
-                want = expected[row.image].values[key]
-                assert value == want or (math.isnan(value) and math.isnan(want)), (row.image, key)
 
 
 def test_t2sag_only_is_one_prediction_in_predict_and_in_the_study(
