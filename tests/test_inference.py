@@ -125,7 +125,8 @@ class TestEnsembleAndTta:
     def test_mirroring_averages_the_flipped_prediction(self):
         torch.manual_seed(0)
         net = CordNet(NET_PRESETS["small"], ["T2Sag"]).eval()
-        images = np.random.default_rng(0).normal(size=(1, 24, 24, 100)).astype(np.float32)
+        images = np.random.default_rng(0).normal(size=(2, 24, 24, 100)).astype(np.float32)
+        images[1] = images[1] > 0  # its coverage mask: mirrored with the image
         available = np.array([True])
         plain = predict_probabilities(net, images, available, patch_z=64)
         flipped = predict_probabilities(net, images[:, ::-1].copy(), available, patch_z=64)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,9 @@ from scipy import stats
 
 from cordfuse.nn.networks import (
     NET_PRESETS,
+    AnchoredNet,
     CordNet,
+    EarlyFusionNet,
     FeatureNoise,
     NetConfig,
     distillation_loss,
@@ -22,8 +26,14 @@ SMALL = NET_PRESETS["small"]
 
 
 def tiny_input(batch=2, channels=6, seed=0):
+    """Random images of ``channels`` sequences (the network input is :func:`covered` of them)."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(batch, channels, *SMALL.patch_size, generator=generator)
+
+
+def covered(images):
+    """The network input of fully covered images: the images, then their coverage masks."""
+    return torch.cat([images, torch.ones_like(images)], dim=1)
 
 
 class TestArchitecture:
@@ -43,7 +53,7 @@ class TestArchitecture:
 
     def test_outputs_two_finest_deep_supervision_levels(self):
         net = CordNet(SMALL, ["T2Sag"])
-        out = net(tiny_input(channels=1))
+        out = net(covered(tiny_input(channels=1)))
         assert len(out.logits) == 2
         assert out.logits[0].shape == (2, 2, *SMALL.patch_size)
         assert out.logits[1].shape == (2, 2, 12, 12, 32)
@@ -56,7 +66,7 @@ class TestArchitecture:
             NetConfig(patch_size=(48, 48, 100))
         net = CordNet(SMALL, ["T2Sag", "STIR"])
         with pytest.raises(ValueError, match="every one of its sequences"):
-            net(tiny_input(channels=2), torch.tensor([[True, True], [True, False]]))
+            net(covered(tiny_input(channels=2)), torch.tensor([[True, True], [True, False]]))
 
 
 class TestMeanImputation:
@@ -79,14 +89,14 @@ class TestMeanImputation:
         net = CordNet(SMALL, list(SEQUENCES), mean_imputation=True).eval()
         x = tiny_input(batch=1)
         only_t2 = torch.tensor([[True] + [False] * 5])
-        out = net(x, only_t2)
+        out = net(covered(x), only_t2)
         fused_input = mean_impute(out.features, only_t2)
         for k in range(6):
             torch.testing.assert_close(fused_input[:, k], out.features[:, 0])
         # Other sequences' pixels cannot matter when they are marked missing.
         x2 = x.clone()
         x2[:, 1:] = torch.randn_like(x2[:, 1:])
-        torch.testing.assert_close(net(x2, only_t2).logits[0], out.logits[0])
+        torch.testing.assert_close(net(covered(x2), only_t2).logits[0], out.logits[0])
 
     def test_replicated_features_through_fusion_equal_one_conv_with_summed_weights(self):
         net = CordNet(SMALL, list(SEQUENCES), mean_imputation=True)
@@ -104,7 +114,7 @@ class TestMeanImputation:
         c = SMALL.bottleneck_channels
         with torch.no_grad():  # cut the bottleneck path of every non-T2Sag encoder
             net.fusion.weight[:, c:] = 0
-        out = net(tiny_input())
+        out = net(covered(tiny_input()))
         out.logits[0].sum().backward()
         for seq in SEQUENCES[1:]:
             grads = [p.grad for p in net.encoders[seq].parameters()]
@@ -127,7 +137,7 @@ class TestVariants:
             weight_decay=3e-5,
         )
         for step in range(3):
-            out = net(tiny_input(seed=step))
+            out = net(covered(tiny_input(seed=step)))
             loss = sum(o.float().pow(2).mean() for o in out.logits)
             optimiser.zero_grad()
             loss.backward()
@@ -159,9 +169,9 @@ class TestVariants:
         noisy = CordNet(SMALL, ["T2Sag"], feature_noise=FeatureNoise())
         x = tiny_input(channels=1)
         noisy.eval()
-        torch.testing.assert_close(noisy(x).logits[0], noisy(x).logits[0])
+        torch.testing.assert_close(noisy(covered(x)).logits[0], noisy(covered(x)).logits[0])
         noisy.train()
-        assert not torch.allclose(noisy(x).logits[0], noisy(x).logits[0])
+        assert not torch.allclose(noisy(covered(x)).logits[0], noisy(covered(x)).logits[0])
 
 
 class TestFeatureNoise:
@@ -197,7 +207,7 @@ class TestAllLevelFusion:
         c = SMALL.bottleneck_channels
         with torch.no_grad():
             net.fusion.weight[:, c:] = 0
-        out = net(tiny_input())
+        out = net(covered(tiny_input()))
         out.logits[0].sum().backward()
         for seq in SEQUENCES[1:]:
             first_stage = [p.grad for p in net.encoders[seq].stages[0].parameters()]
@@ -209,15 +219,15 @@ class TestAllLevelFusion:
         net = CordNet(SMALL, list(SEQUENCES), mean_imputation=True, fusion="all-levels").eval()
         x = tiny_input(batch=2)
         flags = torch.tensor([[1, 1, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0]], dtype=torch.bool)
-        reference = net(x, flags).logits[0]
+        reference = net(covered(x), flags).logits[0]
         x2 = x.clone()
         x2[0, 2:] = torch.randn_like(x2[0, 2:])
         x2[1, 1:] = torch.randn_like(x2[1, 1:])
-        torch.testing.assert_close(net(x2, flags).logits[0], reference)
+        torch.testing.assert_close(net(covered(x2), flags).logits[0], reference)
         x3 = x.clone()
         x3[0, 1] = torch.randn_like(x3[0, 1])  # an available sequence does change it
-        assert not torch.allclose(net(x3, flags).logits[0][0], reference[0])
-        skips = net.encoders["T2Sag"](x[1:, :1])
+        assert not torch.allclose(net(covered(x3), flags).logits[0][0], reference[0])
+        skips = net.encoders["T2Sag"](covered(x[1:, :1]))
         fuse = net.skip_fusions[0]
         replicated = fuse(torch.cat([skips[0]] * 6, dim=1))
         alone = net._fuse_level(fuse, [skips[0]] + [torch.zeros_like(skips[0])] * 5, flags[1:])
@@ -227,13 +237,13 @@ class TestAllLevelFusion:
         flags = torch.tensor([[0, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0]], dtype=torch.bool)
         net = CordNet(SMALL, list(SEQUENCES), mean_imputation=True, fusion="all-levels").eval()
         x = tiny_input()
-        reference = net(x, flags).logits[0]
+        reference = net(covered(x), flags).logits[0]
         x2 = x.clone()
         x2[0, 0] = torch.randn_like(x2[0, 0])  # the missing T2Sag of sample 0 cannot matter
-        torch.testing.assert_close(net(x2, flags).logits[0], reference)
+        torch.testing.assert_close(net(covered(x2), flags).logits[0], reference)
         paper = CordNet(SMALL, list(SEQUENCES), mean_imputation=True)
         with pytest.raises(ValueError, match="every sample needs T2Sag"):
-            paper(x, flags)
+            paper(covered(x), flags)
 
     def test_needs_several_sequences(self):
         with pytest.raises(ValueError, match="more than one sequence"):
@@ -251,10 +261,104 @@ def test_unused_deep_supervision_heads_are_gone_and_old_checkpoints_load():
     heads = list(model.decoder.seg_layers)
     assert all(isinstance(h, torch.nn.Identity) for h in heads[:-levels])
     assert all(isinstance(h, torch.nn.Conv3d) for h in heads[-levels:])
-    out = model(torch.randn(2, 1, *model.config.patch_size))
+    out = model(covered(torch.randn(2, 1, *model.config.patch_size)))
     assert len(out.logits) == levels and all(t.shape[1] == 2 for t in out.logits)
     # A checkpoint of the time when every head had weights still loads, strictly.
     old = dict(model.state_dict())
     old["decoder.seg_layers.0.weight"] = torch.zeros(2, 4, 1, 1, 1)
     old["decoder.seg_layers.0.bias"] = torch.zeros(2)
     model.load_state_dict(old)
+
+
+class TestCoverageInput:
+    def test_uncovered_does_not_look_like_an_average_cord_voxel(self):
+        """Outside a field of view the image is 0, which after the z-score is an average cord
+        voxel: only the coverage channel tells the network which of the two it is."""
+        net = CordNet(SMALL, ["T2Sag"]).eval()
+        images = tiny_input(batch=1, channels=1)
+        images[..., :20] = 0.0  # the lower slices: zero in the image channel
+        inside = covered(images)
+        outside = inside.clone()
+        outside[:, 1, ..., :20] = 0.0  # ... because the scan does not reach them
+        assert not torch.allclose(net(inside).logits[0], net(outside).logits[0])
+
+    def test_old_networks_read_images_only(self):
+        old = CordNet(replace(SMALL, coverage_input=False), ["T2Sag", "STIR"])
+        assert old.encoders["T2Sag"].stages[0][0].convs[0].conv.in_channels == 1
+        assert old(tiny_input(channels=2)).logits[0].shape[0] == 2
+        with pytest.raises(ValueError, match="expected 4 channels, got 2"):
+            CordNet(SMALL, ["T2Sag", "STIR"])(tiny_input(channels=2))
+
+
+class TestEarlyFusion:
+    def test_a_missing_sequence_cannot_change_the_answer(self):
+        net = EarlyFusionNet(SMALL, list(SEQUENCES)).eval()
+        x = tiny_input(batch=2)
+        flags = torch.tensor([[1, 1, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0]], dtype=torch.bool)
+        reference = net(covered(x), flags).logits[0]
+        x2 = x.clone()
+        x2[0, 2:] = torch.randn_like(x2[0, 2:])
+        x2[1, 1:] = torch.randn_like(x2[1, 1:])
+        torch.testing.assert_close(net(covered(x2), flags).logits[0], reference)
+        x3 = x.clone()
+        x3[0, 1] = torch.randn_like(x3[0, 1])  # an available one does
+        assert not torch.allclose(net(covered(x3), flags).logits[0][0], reference[0])
+
+    def test_one_encoder_over_every_channel_and_t2sag_required(self):
+        net = EarlyFusionNet(SMALL, list(SEQUENCES))
+        assert net.encoder.stages[0][0].convs[0].conv.in_channels == 12
+        out = net(covered(tiny_input()))
+        assert [t.shape[1] for t in out.logits] == [2, 2]
+        with pytest.raises(ValueError, match="every sample needs T2Sag"):
+            net(covered(tiny_input()), torch.tensor([[0, 1, 1, 1, 1, 1]] * 2, dtype=torch.bool))
+
+
+class TestAnchored:
+    @staticmethod
+    def anchored_and_anchor():
+        torch.manual_seed(3)
+        anchor = CordNet(SMALL, ["T2Sag"]).eval()
+        net = AnchoredNet(SMALL, list(SEQUENCES))
+        net.anchor.load_state_dict(anchor.state_dict())
+        return net, anchor
+
+    def test_the_correction_starts_at_zero(self):
+        net, anchor = self.anchored_and_anchor()
+        net.eval()
+        x = covered(tiny_input())
+        out = net(x)  # every sequence: the correction runs, and adds exactly zero
+        expected = anchor(x[:, [0, 6]]).logits
+        for got, want in zip(out.logits, expected, strict=True):
+            assert torch.equal(got, want)
+
+    def test_t2sag_alone_is_the_anchor_bit_for_bit_after_training(self):
+        net, anchor = self.anchored_and_anchor()
+        before = {k: v.clone() for k, v in net.anchor.state_dict().items()}
+        optimiser = torch.optim.SGD(
+            [p for p in net.parameters() if p.requires_grad], lr=0.1, momentum=0.9
+        )
+        net.train()
+        for step in range(2):
+            out = net(covered(tiny_input(seed=step)))
+            out.logits[0][:, 1].mean().backward()
+            optimiser.step()
+            optimiser.zero_grad()
+        assert not net.anchor.training, "the anchor always predicts as in evaluation"
+        for key, value in net.anchor.state_dict().items():
+            assert torch.equal(value, before[key]), key
+        net.eval()
+        x = covered(tiny_input(seed=5))
+        only_t2 = torch.tensor([[True] + [False] * 5] * 2)
+        alone = net(x, only_t2).logits
+        for got, want in zip(alone, anchor(x[:, [0, 6]]).logits, strict=True):
+            assert torch.equal(got, want)
+        # With more sequences the trained correction does change the answer, and in a mixed
+        # batch a sample with T2Sag alone still gets the anchor's logits exactly.
+        mixed = torch.tensor([[True] * 6, [True] + [False] * 5])
+        both = net(x, mixed).logits[0]
+        assert not torch.allclose(both[0], alone[0][0])
+        assert torch.equal(both[1], alone[0][1])
+
+    def test_needs_more_than_t2sag(self):
+        with pytest.raises(ValueError, match="more sequences"):
+            AnchoredNet(SMALL, ["T2Sag"])

@@ -40,7 +40,7 @@ import torch
 from cordfuse import __version__
 from cordfuse.errors import CordfuseError
 from cordfuse.io import atomic_write_bytes
-from cordfuse.nn.networks import CordNet, NetConfig
+from cordfuse.nn.networks import AnchoredNet, CordNet, EarlyFusionNet, NetConfig, Network
 from cordfuse.preprocess.pipeline import PrepConfig
 from cordfuse.training.config import TrainConfig
 from cordfuse.training.data import NORMALISATION
@@ -67,8 +67,11 @@ def checkpoint_file(path: str | Path) -> Path:
     return path
 
 
-def initial_network(config: TrainConfig, net: NetConfig, sequences: Sequence[str]) -> CordNet:
+def initial_network(config: TrainConfig, net: NetConfig, sequences: Sequence[str]) -> Network:
     """The untrained network of a training configuration (its weights drawn from torch's RNG).
+
+    An anchored model's anchor is untrained here too: its weights come from the anchor's
+    checkpoint when training starts, and from the anchored model's own checkpoint afterwards.
 
     Args:
         config: Which model and variant (Mean Imputation, feature noise, fusion).
@@ -78,6 +81,10 @@ def initial_network(config: TrainConfig, net: NetConfig, sequences: Sequence[str
     Returns:
         The network, freshly initialised.
     """
+    if config.model == "early-fusion":
+        return EarlyFusionNet(net, sequences)
+    if config.model == "anchored":
+        return AnchoredNet(net, sequences)
     return CordNet(
         net,
         sequences,
@@ -161,7 +168,9 @@ class Checkpoint:
             )
         try:
             config = TrainConfig.from_dict(data["config"])
-            net = NetConfig(**{k: _tuples(v) for k, v in data["net"].items()})
+            # Networks stored before coverage masks were an input read their images only.
+            stored_net = {"coverage_input": False} | dict(data["net"])
+            net = NetConfig(**{k: _tuples(v) for k, v in stored_net.items()})
             prep = PrepConfig(**data["prep"])
         except (TypeError, ValueError, AttributeError, CordfuseError) as exc:
             raise CordfuseError(
@@ -220,7 +229,7 @@ class Checkpoint:
         torch.save(self.to_dict(), buffer)
         atomic_write_bytes(path, buffer.getvalue())
 
-    def build_network(self) -> CordNet:
+    def build_network(self) -> Network:
         """The trained network: the stored architecture with the stored weights.
 
         A frozen-encoder model's T2Sag encoder is in its weights: its baseline is not read.

@@ -98,7 +98,7 @@ def sequence_effect(model, prepared_subjects, *, device="cpu") -> dict:
     for prepared in prepared_subjects:
         if len(prepared.sequences) < 2 or prepared.label is None:
             continue
-        images, available = normalise(prepared, model.sequences)
+        images, available = normalise(prepared, model.sequences, coverage=model.net.coverage_input)
         only = available.copy()
         only[1:] = False
         fused = [
@@ -136,7 +136,7 @@ def sequence_effect(model, prepared_subjects, *, device="cpu") -> dict:
 
 def _fused_bottleneck(net, images: np.ndarray, flags: np.ndarray, patch_z: int, device):
     """The fused bottleneck of non-overlapping windows covering the crop along S-I."""
-    from cordfuse.nn.networks import mean_impute
+    from cordfuse.nn.networks import mean_impute, sequence_channels
     from cordfuse.nn.sliding import window_starts
 
     length = max(images.shape[-1], patch_z)
@@ -146,8 +146,13 @@ def _fused_bottleneck(net, images: np.ndarray, flags: np.ndarray, patch_z: int, 
         np.stack([padded[..., s : s + patch_z] for s in window_starts(length, patch_z, 0.0)])
     ).to(device)
     flag = torch.as_tensor(flags, device=device)[None].expand(len(x), -1)
+    k, coverage = len(net.sequences), net.config.coverage_input
     features = torch.stack(
-        [net.encoders[seq](x[:, i : i + 1])[-1] for i, seq in enumerate(net.sequences)], dim=1
+        [
+            net.encoders[seq](sequence_channels(x, i, k, coverage))[-1]
+            for i, seq in enumerate(net.sequences)
+        ],
+        dim=1,
     )
     if net.mean_imputation:
         features = mean_impute(features, flag)
@@ -298,7 +303,7 @@ def misalignment_cost(
     for prepared in prepared_subjects:
         if len(prepared.sequences) < 2 or prepared.label is None or not prepared.label.any():
             continue
-        images, available = normalise(prepared, model.sequences)
+        images, available = normalise(prepared, model.sequences, coverage=model.net.coverage_input)
         only = available.copy()
         only[1:] = False
         spacing = prepared.geometry.spacing
@@ -313,7 +318,8 @@ def misalignment_cost(
         counts["T2Sag"][1] += len(alone)
         for shift in shifts_mm:
             moved = images.copy()
-            moved[1:] = _shift_x(images[1:], int(round(shift / spacing)))
+            others = [c for c in range(len(images)) if c % len(available)]  # coverage moves too
+            moved[others] = _shift_x(images[others], int(round(shift / spacing)))
             found = detected(available, moved)
             counts[shift][0] += int(found.sum())
             counts[shift][1] += len(found)
@@ -418,7 +424,7 @@ def diagnose_study(
         if experiments and name not in experiments:
             continue
         model = load_model(run, torch.device(device))
-        if not model.mean_imputation:  # the only models that run on T2Sag alone and on more
+        if model.config.model != "mean-imputation":  # the paper's fusion is what is diagnosed
             continue
         result["models"][f"{name}/{run.name}"] = {
             **encoder_learning(run),

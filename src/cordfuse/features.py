@@ -29,7 +29,7 @@ import numpy as np
 from scipy import optimize, special
 
 from cordfuse.errors import CordfuseError
-from cordfuse.nn.networks import FeatureNoise
+from cordfuse.nn.networks import FeatureNoise, sequence_channels
 
 MIN_SCALE = 1e-4
 
@@ -210,7 +210,7 @@ def feature_differences(
             prepared_paths, desc="features", unit="subject", disable=None if progress else True
         ):
             prepared = PreparedSubject.load(path)
-            images, available = normalise(prepared, sequences)
+            images, available = normalise(prepared, sequences, coverage=net.config.coverage_input)
             if available.sum() < 2:
                 continue
             nz = images.shape[-1]
@@ -219,11 +219,13 @@ def feature_differences(
             diffs = []
             for start in window_starts(padded.shape[-1], patch_z, 0.0):
                 window = torch.as_tensor(padded[None, ..., start : start + patch_z], device=device)
-                reference = net.encoders[sequences[0]](window[:, :1])[-1]
+                k, coverage = len(sequences), net.config.coverage_input
+                reference = net.encoders[sequences[0]](sequence_channels(window, 0, k, coverage))
+                reference = reference[-1]
                 for i, seq in enumerate(sequences[1:], start=1):
                     if not available[i]:
                         continue
-                    other = net.encoders[seq](window[:, i : i + 1])[-1]
+                    other = net.encoders[seq](sequence_channels(window, i, k, coverage))[-1]
                     diffs.append((other - reference).float().cpu().numpy().ravel())
                     counts[seq] += diffs[-1].size
             values = np.concatenate(diffs)

@@ -8,7 +8,8 @@ by the exact inverse of the crop (:func:`cordfuse.preprocess.pipeline.restore`) 
 so a prediction outside the cord crop is impossible by construction. Lesions smaller than a
 minimum volume can be removed.
 
-A Mean Imputation model takes any subset of its sequences that contains T2Sag. A baseline or
+A Mean Imputation, early-fusion or anchored model takes any subset of its sequences that
+contains T2Sag. A baseline or
 specific-sequence model refuses input that lacks one of its sequences.
 """
 
@@ -42,7 +43,7 @@ from cordfuse.preprocess.pipeline import (
     slab_numbers,
 )
 from cordfuse.sequences import REFERENCE_SEQUENCE, SEQUENCES
-from cordfuse.training.config import TrainConfig
+from cordfuse.training.config import ACCEPT_MISSING, TrainConfig
 from cordfuse.training.data import normalise
 
 FACE_CONNECTIVITY = ndimage.generate_binary_structure(3, 1)
@@ -69,9 +70,10 @@ class LoadedModel:
     prep: PrepConfig
 
     @property
-    def mean_imputation(self) -> bool:
-        """Whether the model accepts missing sequences (their features imputed by the mean)."""
-        return self.config.model == "mean-imputation"
+    def accepts_missing(self) -> bool:
+        """Whether the model accepts missing sequences (Mean Imputation, early fusion,
+        anchored)."""
+        return self.config.model in ACCEPT_MISSING
 
 
 def load_model(path: str | Path, device: torch.device) -> LoadedModel:
@@ -213,10 +215,10 @@ def model_probabilities(
     Raises:
         CordfuseError: The input lacks T2Sag, or a sequence that the model cannot do without.
     """
-    images, available = normalise(prepared, model.sequences)
+    images, available = normalise(prepared, model.sequences, coverage=model.net.coverage_input)
     if not available[0]:
         raise CordfuseError(f"{model.path}: needs {REFERENCE_SEQUENCE}")
-    if not model.mean_imputation and not available.all():
+    if not model.accepts_missing and not available.all():
         missing = [s for s, a in zip(model.sequences, available, strict=True) if not a]
         raise CordfuseError(
             f"model {model.path} ({model.config.model}) needs "
@@ -377,6 +379,7 @@ def restrict_prepared(prepared: PreparedSubject, sequences) -> PreparedSubject:
         images={s: prepared.images[s] for s in keep},
         centres={s: prepared.centres[s] for s in keep},
         stats={s: prepared.stats[s] for s in keep},
+        coverage={s: prepared.coverage[s] for s in keep},
     )
 
 

@@ -19,7 +19,7 @@ from cordfuse.errors import CordfuseError
 
 #: ``--model``, ``--variant`` and ``--fusion``: ``cordfuse.training.config.MODELS`` and
 #: ``VARIANTS``, and ``cordfuse.nn.networks.FUSIONS``.
-MODELS = ("baseline", "specific", "mean-imputation")
+MODELS = ("baseline", "specific", "mean-imputation", "early-fusion", "anchored")
 VARIANTS = ("frozen-encoder", "distillation", "feature-aug")
 FUSIONS = ("bottleneck", "all-levels")
 
@@ -42,7 +42,20 @@ def add_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     parser.add_argument("prepared", help="output folder of cordfuse prepare")
     parser.add_argument("out", help="training output folder (checkpoints, log, curves)")
-    parser.add_argument("--model", choices=MODELS)
+    parser.add_argument(
+        "--model",
+        choices=MODELS,
+        help="baseline (T2Sag only), specific (--sequences), mean-imputation (the paper's, "
+        "default), early-fusion (one U-Net over the stacked sequences), anchored (a frozen "
+        "T2Sag-only --anchor plus a correction from every sequence; T2Sag alone gives the "
+        "anchor's answer)",
+    )
+    parser.add_argument(
+        "--anchor",
+        metavar="RUN",
+        help="--model anchored: the T2Sag-only baseline (training folder or checkpoint) it "
+        "keeps; copied into the new model's checkpoint",
+    )
     parser.add_argument("--sequences", help="comma-separated, for --model specific")
     parser.add_argument("--variant", choices=VARIANTS)
     parser.add_argument("--frozen-from", help="baseline checkpoint for --variant frozen-encoder")
@@ -57,8 +70,8 @@ def add_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--sequence-dropout",
         type=float,
         metavar="P",
-        help="Mean Imputation: hide each available non-T2Sag sequence of a "
-        "training sample with probability P (default 0, the paper's recipe)",
+        help="mean-imputation, early-fusion, anchored: hide each available non-T2Sag "
+        "sequence of a training sample with probability P (default 0, the paper's recipe)",
     )
     parser.add_argument(
         "--reference-dropout",
@@ -157,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
             fusion=args.fusion,
             sequence_dropout=args.sequence_dropout,
             reference_dropout=args.reference_dropout,
+            anchor=args.anchor,
         ),
     )
     summary = train(

@@ -16,6 +16,17 @@ One class, :class:`CordNet`, covers every model of the paper:
   Imputation per level, then a 1x1x1 convolution back to that level's channels), so the decoder's
   skip connections carry every sequence at full resolution instead of T2Sag's alone.
 
+Beyond the paper, for a model whose extra sequences make a better answer than T2Sag alone:
+
+* **Early fusion** (:class:`EarlyFusionNet`): one U-Net over the aligned crops stacked as
+  channels, missing sequences zero.
+* **Anchored** (:class:`AnchoredNet`): a frozen T2Sag-only model plus a correction over every
+  available sequence added to its logits; with T2Sag alone it is its anchor, bit for bit.
+
+Every network reads each sequence's coverage mask beside its image (``NetConfig.coverage_input``):
+outside a scan's field of view its crop is zero, which after the z-score is an average cord
+voxel; the mask tells the two apart.
+
 The fusion is a plain (linear) convolution, so replicated features through it equal one
 convolution with the summed weights, as the paper remarks.
 """
@@ -53,6 +64,10 @@ class NetConfig:
     num_classes: int = 2
     deep_supervision_levels: int = 2  # the decoder outputs closest to full resolution
     fusion_kernel: int = 1
+    #: Each sequence's coverage mask is an input channel beside its image, so that "outside this
+    #: scan's field of view" (image 0, coverage 0) never looks like an average cord voxel (image
+    #: 0 after the z-score, coverage 1). Checkpoints from before it read False.
+    coverage_input: bool = True
 
     def __post_init__(self):
         if len(self.features) != len(self.strides):
@@ -66,6 +81,18 @@ class NetConfig:
                     f"patch size {self.patch_size} not divisible by the downsampling "
                     f"{factor} along axis {axis}"
                 )
+
+    @property
+    def channels_per_sequence(self) -> int:
+        """Input channels of one sequence: its image, and its coverage when :attr:`coverage_input`.
+
+        Example:
+            >>> NetConfig().channels_per_sequence
+            2
+            >>> NetConfig(coverage_input=False).channels_per_sequence
+            1
+        """
+        return 2 if self.coverage_input else 1
 
     @property
     def bottleneck_channels(self) -> int:
@@ -159,17 +186,19 @@ class FeatureNoise:
         return torch.where(pick, logistic, normal).to(dtype)
 
 
-def make_encoder(config: NetConfig) -> PlainConvEncoder:
+def make_encoder(config: NetConfig, input_channels: int | None = None) -> PlainConvEncoder:
     """One sequence's nnU-Net encoder (3D convolutions, instance norm, LeakyReLU), with skips.
 
     Args:
         config: The architecture (channels and strides of each stage).
+        input_channels: Its input channels (default: one sequence's,
+            :attr:`NetConfig.channels_per_sequence`).
 
     Returns:
-        The encoder, on one input channel, returning the features of every stage.
+        The encoder, returning the features of every stage.
     """
     return PlainConvEncoder(
-        input_channels=1,
+        input_channels=input_channels or config.channels_per_sequence,
         n_stages=len(config.features),
         features_per_stage=list(config.features),
         conv_op=nn.Conv3d,
@@ -194,6 +223,44 @@ class NetOutput:
     features: torch.Tensor
     available: torch.Tensor
     extra: dict = field(default_factory=dict)
+
+
+def check_channels(x: torch.Tensor, sequences: int, config: NetConfig) -> None:
+    """Refuse an input whose channels are not ``sequences`` images (and their coverage masks).
+
+    Args:
+        x: ``(B, C, X, Y, Z)`` network input.
+        sequences: The number of sequences K.
+        config: The architecture (whether coverage masks are input channels).
+
+    Raises:
+        ValueError: ``C`` is not ``K`` (or ``2K`` with coverage masks).
+    """
+    expected = sequences * config.channels_per_sequence
+    if x.shape[1] != expected:
+        raise ValueError(f"expected {expected} channels, got {x.shape[1]}")
+
+
+def sequence_channels(x: torch.Tensor, index: int, sequences: int, coverage: bool) -> torch.Tensor:
+    """The input channels of one sequence: its image, then its coverage mask when there is one.
+
+    Args:
+        x: ``(B, C, X, Y, Z)``: K images, then (``coverage``) K coverage masks.
+        index: The sequence's channel.
+        sequences: K.
+        coverage: Whether ``x`` holds the coverage masks.
+
+    Returns:
+        ``(B, 1 or 2, X, Y, Z)``.
+
+    Example:
+        >>> x = torch.arange(4.0).view(1, 4, 1, 1, 1)    # 2 images, 2 coverage masks
+        >>> sequence_channels(x, 1, 2, True).flatten().tolist()
+        [1.0, 3.0]
+    """
+    if coverage:
+        return x[:, [index, sequences + index]]
+    return x[:, index : index + 1]
 
 
 def mean_impute(features: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
@@ -273,26 +340,16 @@ class CordNet(nn.Module):
             if fusion == "all-levels"
             else None
         )
-        self.decoder = UNetDecoder(
-            self.encoders[REFERENCE],
-            config.num_classes,
-            config.convs_per_stage,
-            deep_supervision=True,
-        )
+        self.decoder, self.unused_heads = make_decoder(self.encoders[REFERENCE], config)
         self.apply(InitWeights_He(1e-2))
-        # Only the deep_supervision_levels finest outputs reach the loss. The coarser heads would
-        # compute logits nobody uses and leave parameters without gradients, which
-        # DistributedDataParallel refuses unless it searches the graph every step: drop them.
-        self.unused_heads = len(self.decoder.seg_layers) - config.deep_supervision_levels
-        for index in range(self.unused_heads):
-            self.decoder.seg_layers[index] = nn.Identity()
         self.register_load_state_dict_pre_hook(_skip_unused_heads)
 
     def forward(self, x: torch.Tensor, available: torch.Tensor | None = None) -> NetOutput:
         """Segment a batch of patches.
 
         Args:
-            x: ``(B, K, X, Y, Z)`` normalised images, channels in ``self.sequences`` order.
+            x: ``(B, C, X, Y, Z)`` normalised images in ``self.sequences`` order, then (with
+                :attr:`NetConfig.coverage_input`) their coverage masks in the same order.
             available: ``(B, K)`` booleans, which sequences each sample has (all when omitted).
 
         Returns:
@@ -302,20 +359,20 @@ class CordNet(nn.Module):
             ValueError: wrong channel count, a sample without T2Sag (bottleneck fusion), or a
                 missing sequence without Mean Imputation.
         """
-        batch, k = x.shape[:2]
-        if k != len(self.sequences):
-            raise ValueError(f"expected {len(self.sequences)} channels, got {k}")
+        batch, k = x.shape[0], len(self.sequences)
+        check_channels(x, k, self.config)
         if available is None:
             available = torch.ones(batch, k, dtype=torch.bool, device=x.device)
         if self.skip_fusions is None and not bool(available[:, 0].all()):
             raise ValueError(f"every sample needs {REFERENCE} (it gives the decoder's skips)")
         if not self.mean_imputation and not bool(available.all()):
             raise ValueError("this model needs every one of its sequences for every sample")
-        skips = self.encoders[REFERENCE](x[:, :1])
+        coverage = self.config.coverage_input
+        skips = self.encoders[REFERENCE](sequence_channels(x, 0, k, coverage))
         per_sequence = [skips]
         for i, seq in enumerate(self.sequences[1:], start=1):
             if bool(available[:, i].any()):
-                per_sequence.append(self.encoders[seq](x[:, i : i + 1]))
+                per_sequence.append(self.encoders[seq](sequence_channels(x, i, k, coverage)))
             else:  # nobody in the batch has it: it is imputed anyway
                 per_sequence.append([torch.zeros_like(s) for s in skips])
         stacked = torch.stack([levels[-1] for levels in per_sequence], dim=1)
@@ -354,6 +411,194 @@ class CordNet(nn.Module):
         """
         for parameter in self.encoders[sequence].parameters():
             parameter.requires_grad_(False)
+
+
+def make_decoder(encoder: PlainConvEncoder, config: NetConfig) -> tuple[UNetDecoder, int]:
+    """nnU-Net's decoder for ``encoder``, with deep supervision on the finest levels only.
+
+    Only the ``deep_supervision_levels`` finest outputs reach the loss. The coarser heads would
+    compute logits nobody uses and leave parameters without gradients, which
+    DistributedDataParallel refuses unless it searches the graph every step: they are dropped.
+
+    Args:
+        encoder: The encoder whose skips the decoder takes.
+        config: The architecture.
+
+    Returns:
+        ``(decoder, number of dropped heads)``; the dropped heads come first in
+        ``decoder.seg_layers``.
+    """
+    decoder = UNetDecoder(
+        encoder, config.num_classes, config.convs_per_stage, deep_supervision=True
+    )
+    unused = len(decoder.seg_layers) - config.deep_supervision_levels
+    for index in range(unused):
+        decoder.seg_layers[index] = nn.Identity()
+    return decoder, unused
+
+
+def _availability(x: torch.Tensor, sequences: int, available: torch.Tensor | None) -> torch.Tensor:
+    """The ``(B, K)`` availability, every sequence when not given; T2Sag required."""
+    if available is None:
+        available = torch.ones(x.shape[0], sequences, dtype=torch.bool, device=x.device)
+    if not bool(available[:, 0].all()):
+        raise ValueError(f"every sample needs {REFERENCE}")
+    return available
+
+
+class EarlyFusionNet(nn.Module):
+    """Early fusion: one U-Net over every sequence's aligned crop stacked as channels, with the
+    coverage masks (the simple baseline of the missing-modality literature: HeMIS, RFNet and
+    mmFormer are measured against it). A missing sequence is all zeros, image and coverage alike,
+    so the network reads its absence; trained with sequence dropout, it learns every subset.
+
+    Every sequence reaches the decoder at full resolution through the shared encoder's skips,
+    unlike the paper's fusion at the bottleneck.
+
+    Args:
+        config: The architecture of the encoder and decoder.
+        sequences: The model's sequences in channel order; T2Sag first.
+        extra_channels: Input channels after the sequences' (the anchored model's correction
+            reads its anchor's lesion probability there).
+
+    Raises:
+        ValueError: T2Sag is not first.
+    """
+
+    #: Missing sequences are zero channels, not imputed features.
+    mean_imputation = False
+
+    def __init__(self, config: NetConfig, sequences: Sequence[str], *, extra_channels: int = 0):
+        super().__init__()
+        if not sequences or sequences[0] != REFERENCE:
+            raise ValueError(f"sequences must start with {REFERENCE}, got {list(sequences)}")
+        self.config = config
+        self.sequences = list(sequences)
+        self.extra_channels = extra_channels
+        self.encoder = make_encoder(
+            config, len(self.sequences) * config.channels_per_sequence + extra_channels
+        )
+        self.decoder, self.unused_heads = make_decoder(self.encoder, config)
+        self.apply(InitWeights_He(1e-2))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        available: torch.Tensor | None = None,
+        extra: torch.Tensor | None = None,
+    ) -> NetOutput:
+        """Segment a batch of patches.
+
+        Args:
+            x: ``(B, C, X, Y, Z)`` as :meth:`CordNet.forward` takes it.
+            available: ``(B, K)`` booleans (all when omitted); the channels of a missing sequence
+                are zeroed whatever they hold.
+            extra: ``(B, extra_channels, X, Y, Z)``, when the network has extra channels.
+
+        Returns:
+            The logits of the deep supervision levels and the bottleneck features ``(B, 1, C,
+            ...)``.
+
+        Raises:
+            ValueError: wrong channel count, or a sample without T2Sag.
+        """
+        k = len(self.sequences)
+        check_channels(x, k, self.config)
+        available = _availability(x, k, available)
+        keep = available.repeat(1, self.config.channels_per_sequence).to(x.dtype)
+        stacked = x * keep[:, :, None, None, None]
+        if self.extra_channels:
+            if extra is None or extra.shape[1] != self.extra_channels:
+                raise ValueError(f"expected {self.extra_channels} extra channels")
+            stacked = torch.cat([stacked, extra.to(stacked.dtype)], dim=1)
+        skips = self.encoder(stacked)
+        logits = self.decoder(skips)
+        return NetOutput(
+            logits[: self.config.deep_supervision_levels], skips[-1][:, None], available
+        )
+
+
+class AnchoredNet(nn.Module):
+    """A frozen T2Sag-only model (the anchor) plus a correction over every available sequence,
+    added to the anchor's logits.
+
+    The correction is an :class:`EarlyFusionNet` that also reads the anchor's lesion
+    probability, so it learns what the other sequences change in the anchor's answer. Its output
+    layers start at zero, so training starts from the anchor's answer. A sample with T2Sag alone
+    gets the anchor's logits, bit for bit: with T2Sag alone the model cannot do worse than its
+    anchor. The anchor stays in evaluation mode and receives no gradient.
+
+    Args:
+        config: The architecture of the anchor and the correction.
+        sequences: The model's sequences in channel order; T2Sag first, more than one.
+
+    Raises:
+        ValueError: T2Sag is not first, or T2Sag alone.
+    """
+
+    mean_imputation = False
+
+    def __init__(self, config: NetConfig, sequences: Sequence[str]):
+        super().__init__()
+        if len(sequences) < 2:
+            raise ValueError("an anchored model needs more sequences than its T2Sag anchor")
+        self.config = config
+        self.sequences = list(sequences)
+        self.anchor = CordNet(config, [REFERENCE])
+        self.anchor.requires_grad_(False)
+        self.correction = EarlyFusionNet(config, sequences, extra_channels=1)
+        for head in self.correction.decoder.seg_layers[self.correction.unused_heads :]:
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+
+    def train(self, mode: bool = True) -> AnchoredNet:
+        """Set the correction's mode; the anchor always predicts as in evaluation.
+
+        Args:
+            mode: Training (True) or evaluation.
+
+        Returns:
+            The network.
+        """
+        super().train(mode)
+        self.anchor.eval()
+        return self
+
+    def forward(self, x: torch.Tensor, available: torch.Tensor | None = None) -> NetOutput:
+        """Segment a batch of patches: the anchor's logits, plus the correction's where a sample
+        has a sequence beside T2Sag.
+
+        Args:
+            x: ``(B, C, X, Y, Z)`` as :meth:`CordNet.forward` takes it.
+            available: ``(B, K)`` booleans (all when omitted).
+
+        Returns:
+            The logits of the deep supervision levels and the correction's bottleneck features
+            (the anchor's when no sample has another sequence, in evaluation).
+
+        Raises:
+            ValueError: wrong channel count, or a sample without T2Sag.
+        """
+        k = len(self.sequences)
+        check_channels(x, k, self.config)
+        available = _availability(x, k, available)
+        with torch.no_grad():
+            anchor = self.anchor(sequence_channels(x, 0, k, self.config.coverage_input))
+        others = available[:, 1:].any(dim=1)
+        if not self.training and not bool(others.any()):
+            return NetOutput(anchor.logits, anchor.features, available)
+        probability = torch.softmax(anchor.logits[0].float(), dim=1)[:, 1:]
+        correction = self.correction(x, available, probability)
+        keep = others.view(-1, 1, 1, 1, 1)
+        logits = [
+            torch.where(keep, a + c, a)
+            for a, c in zip(anchor.logits, correction.logits, strict=True)
+        ]
+        return NetOutput(logits, correction.features, available)
+
+
+#: Every network class; each takes ``(x, available)`` and returns a :class:`NetOutput`.
+Network = CordNet | EarlyFusionNet | AnchoredNet
 
 
 def _skip_unused_heads(module: CordNet, state_dict, prefix, *_args) -> None:

@@ -54,6 +54,9 @@ from cordfuse.preprocess.fusion import FusedSequence, Slab, fuse_slabs
 from cordfuse.sequences import PLANES, REFERENCE_SEQUENCE, SEQUENCES
 
 PREPARED_NAME = "prepared.npz"
+#: The layout of ``prepared.npz``; 2 added each sequence's coverage mask. A subject of an older
+#: layout is refused (``prepare`` prepares it again).
+PREPARED_FORMAT = 2
 POLARITY = {
     "T2Sag": "bright-csf",
     "STIR": "bright-csf",
@@ -166,6 +169,9 @@ class PreparedSubject:
     centerlines: dict[str, dict[str, str]] = field(default_factory=dict)
     native: NativeT2Sag | None = None
     synth_truth: dict | None = None
+    #: Per sequence, the crop voxels inside that scan's field of view (the others are zero in
+    #: :attr:`images` but are not "zero signal": nothing was acquired there).
+    coverage: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def fallbacks(self) -> dict[str, str]:
@@ -204,6 +210,7 @@ class PreparedSubject:
         """
         return {
             "cordfuse_version": __version__,
+            "format": PREPARED_FORMAT,
             "subject": self.subject,
             "cohort": self.cohort,
             "sequences": self.sequences,
@@ -227,6 +234,7 @@ class PreparedSubject:
         """
         arrays = {f"image_{seq}": img.astype(np.float32) for seq, img in self.images.items()}
         arrays |= {f"centres_{seq}": c.astype(np.float32) for seq, c in self.centres.items()}
+        arrays |= {f"coverage_{seq}": c.astype(bool) for seq, c in self.coverage.items()}
         if self.label is not None:
             arrays["label"] = self.label.astype(np.uint8)
         if self.native is not None:
@@ -262,9 +270,10 @@ class PreparedSubject:
                 images = {seq: npz[f"image_{seq}"].astype(np.float32) for seq in meta["sequences"]}
                 centres = {seq: npz[f"centres_{seq}"] for seq in meta["sequences"]}
                 label = npz["label"] if "label" in npz.files else None
+                _check_version(path, meta)
+                coverage = {seq: npz[f"coverage_{seq}"].astype(bool) for seq in meta["sequences"]}
         except (OSError, KeyError, ValueError) as exc:
             raise CordfuseError(f"{path}: not a prepared cordfuse subject ({exc})") from exc
-        _check_version(path, meta)
         return cls(
             meta["subject"],
             meta["cohort"],
@@ -279,6 +288,7 @@ class PreparedSubject:
             meta.get("centerlines", {}),
             load_native(path) if native else None,
             meta.get("synth_truth"),
+            coverage,
         )
 
 
@@ -293,6 +303,11 @@ def _check_version(path: Path, meta: dict) -> None:
         raise CordfuseError(
             f"{path}: prepared by cordfuse {meta.get('cordfuse_version')}, "
             f"this is {__version__}; prepare again"
+        )
+    if meta.get("format", 1) != PREPARED_FORMAT:
+        raise CordfuseError(
+            f"{path}: prepared without the sequences' coverage masks (an older cordfuse); "
+            "prepare again"
         )
 
 
@@ -674,10 +689,10 @@ def prepare_subject(subject: Subject, config: PrepConfig = PRESETS["paper"]) -> 
         size=config.crop_size,
         margin=config.margin_mm,
     )
-    images, centres, stats = {}, {}, {}
+    images, centres, stats, coverage = {}, {}, {}, {}
     for seq, line in lines.items():
         centres[seq] = line.xy_at(geometry.z)
-        images[seq] = sample_crop(fused[seq], geometry, centres[seq])
+        images[seq], coverage[seq] = sample_crop(fused[seq], geometry, centres[seq])
         stats[seq] = intensity_stats(images[seq], geometry)
     reference_fused = fused[REFERENCE_SEQUENCE]
     native = native_t2sag(subject, reference_fused)
@@ -696,12 +711,13 @@ def prepare_subject(subject: Subject, config: PrepConfig = PRESETS["paper"]) -> 
         sources,
         native,
         synth_truth_document(subject),
+        coverage,
     )
 
 
 def sample_crop(
     fused: FusedSequence, geometry: CropGeometry, centres, *, what="image", order=1
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """Sample a sequence (or one of its labels) straight from its native slabs into the crop.
 
     Args:
@@ -712,11 +728,12 @@ def sample_crop(
         order: Spline interpolation order (0 nearest, 1 linear).
 
     Returns:
-        The ``(size, size, nz)`` crop, zero where no slab covers it.
+        ``(crop, coverage)``: the ``(size, size, nz)`` crop, zero where no slab covers it, and
+        the booleans of the voxels a slab covers.
     """
     points = crop_points(geometry, centres)
-    values, _ = fused.sample(points.reshape(-1, 3), what=what, order=order)
-    return values.reshape(points.shape[:3])
+    values, covered = fused.sample(points.reshape(-1, 3), what=what, order=order)
+    return values.reshape(points.shape[:3]), covered.reshape(points.shape[:3])
 
 
 def intensity_stats(crop: np.ndarray, geometry: CropGeometry) -> dict[str, float]:
@@ -766,7 +783,7 @@ def _label_crop(
                 )
             ]
         )
-    values = sample_crop(source, geometry, centres, what="lesion", order=1)
+    values, _ = sample_crop(source, geometry, centres, what="lesion", order=1)
     return (values > 0.5).astype(np.uint8)
 
 

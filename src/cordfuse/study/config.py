@@ -16,6 +16,10 @@ from typing import Any
 from cordfuse.errors import CordfuseError
 from cordfuse.sequences import SEQUENCES
 
+#: Sequence dropout of the anchored model: low, since a sample left with T2Sag alone is the
+#: anchor's answer and teaches the correction nothing; enough that it learns every subset.
+ANCHORED_DROPOUT = 0.25
+
 
 @dataclass(frozen=True)
 class Experiment:
@@ -25,7 +29,8 @@ class Experiment:
         name: Its name in configs, folders and CSV files (``mi``).
         label: Its name in the tables (``Mean Imputation``).
         model: The ``cordfuse train --model`` it trains (``baseline``, ``specific``,
-            ``mean-imputation``).
+            ``mean-imputation``, ``early-fusion``, ``anchored``: anchored on the baseline of the
+            same seed).
         sequences: Its encoders (T2Sag first).
         variant: ``frozen-encoder``, ``distillation`` or ``feature-aug``; None for the plain model.
         fusion: Where the sequences meet: ``bottleneck`` (the paper) or ``all-levels``.
@@ -84,6 +89,13 @@ EXPERIMENTS: dict[str, Experiment] = {
             fusion="all-levels",
             reference_dropout=0.35,
         ),
+        # Beyond the paper: the models whose extra sequences must beat T2Sag alone.
+        Experiment(
+            "early-fusion", "Early fusion + sequence dropout", "early-fusion", sequence_dropout=0.5
+        ),
+        Experiment(
+            "anchored", "Anchored on the baseline", "anchored", sequence_dropout=ANCHORED_DROPOUT
+        ),
     )
 }
 
@@ -111,10 +123,11 @@ seeds: 1               # number of training seeds (0, 1, ...) or a list; the pap
 # epochs: 100          # default: 100 x 25 for small, 1000 x 250 for paper
 # iterations: 25
 test_per_cohort: 22    # held-out test subjects per cohort (one more per cohort validates)
-# The paper's grid, then two models beyond it (docs/multisequence.md); also available:
+# The paper's grid, then models beyond it (docs/multisequence.md); also available:
 # mi-dropout (Mean Imputation with sequence dropout).
 experiments: [baseline, specific-stir, specific-t2s-t1, specific-t2s-t2ax, mi, mi-frozen,
-              mi-distill, feature-aug, mi-all-levels, mi-all-levels-refdrop]
+              mi-distill, feature-aug, mi-all-levels, mi-all-levels-refdrop, early-fusion,
+              anchored]
 feature_noise: paper   # paper | fit (analyze the MI model of the same seed) | a JSON file
 # device: auto         # auto | cpu | cuda
 # jobs: 2              # pre-processing processes
@@ -181,6 +194,8 @@ class StudyConfig:
             )
         if "mi-frozen" in self.experiments and "baseline" not in self.experiments:
             raise CordfuseError("mi-frozen freezes the baseline's T2Sag encoder: add baseline")
+        if "anchored" in self.experiments and "baseline" not in self.experiments:
+            raise CordfuseError("anchored keeps the baseline of the same seed: add baseline")
         if (
             self.feature_noise == "fit"
             and "feature-aug" in self.experiments

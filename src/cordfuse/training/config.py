@@ -12,7 +12,9 @@ from cordfuse.errors import CordfuseError
 from cordfuse.nn.networks import FUSIONS, NET_PRESETS, FeatureNoise, NetConfig
 from cordfuse.sequences import SEQUENCES
 
-MODELS = ("baseline", "specific", "mean-imputation")
+MODELS = ("baseline", "specific", "mean-imputation", "early-fusion", "anchored")
+#: The models that take any subset of their sequences containing T2Sag.
+ACCEPT_MISSING = ("mean-imputation", "early-fusion", "anchored")
 VARIANTS = ("frozen-encoder", "distillation", "feature-aug")
 
 
@@ -58,6 +60,9 @@ class TrainConfig:
     #: patch (all-level fusion only: every level is then imputed from the others), so that each
     #: other encoder learns to find lesions on its own; 0 never hides it.
     reference_dropout: float = 0.0
+    #: The anchored model's frozen T2Sag-only model (a baseline's training folder or checkpoint);
+    #: its weights are copied into the anchored model's checkpoint when training starts.
+    anchor: str | None = None
 
     def __post_init__(self):
         if self.val_every < 1 or (self.num_workers is not None and self.num_workers < 0):
@@ -75,8 +80,14 @@ class TrainConfig:
             raise CordfuseError("every model needs T2Sag")
         if self.variant == "feature-aug" and self.model != "baseline":
             raise CordfuseError("the feature-aug variant applies to the T2Sag baseline")
-        if self.variant in ("frozen-encoder", "distillation") and self.model == "baseline":
-            raise CordfuseError(f"the {self.variant} variant needs a multi-sequence model")
+        if self.variant in ("frozen-encoder", "distillation") and self.model not in (
+            "specific",
+            "mean-imputation",
+        ):
+            raise CordfuseError(
+                f"the {self.variant} variant needs one encoder per sequence (specific or "
+                "mean-imputation)"
+            )
         if self.variant == "frozen-encoder" and not self.frozen_from:
             raise CordfuseError("--variant frozen-encoder needs --frozen-from BASELINE_CHECKPOINT")
         if self.fusion not in FUSIONS:
@@ -85,11 +96,15 @@ class TrainConfig:
             raise CordfuseError(f"--fusion {self.fusion} needs a multi-sequence model")
         if not 0.0 <= self.sequence_dropout < 1.0:
             raise CordfuseError("--sequence-dropout is a probability in [0, 1)")
-        if self.sequence_dropout and self.model != "mean-imputation":
+        if self.sequence_dropout and self.model not in ACCEPT_MISSING:
             raise CordfuseError(
-                "--sequence-dropout needs Mean Imputation (the only model that "
-                "accepts missing sequences)"
+                "--sequence-dropout needs a model that accepts missing sequences "
+                f"({', '.join(ACCEPT_MISSING)})"
             )
+        if (self.model == "anchored") != bool(self.anchor):
+            raise CordfuseError("--anchor RUN goes with --model anchored, and it needs one")
+        if self.model in ("early-fusion", "anchored") and self.fusion != "bottleneck":
+            raise CordfuseError(f"--fusion applies to Mean Imputation, not to {self.model}")
         if not 0.0 <= self.reference_dropout < 1.0:
             raise CordfuseError("--reference-dropout is a probability in [0, 1)")
         if self.reference_dropout and (
@@ -107,7 +122,7 @@ class TrainConfig:
         """The encoders of the model, in channel order (T2Sag first)."""
         if self.model == "baseline":
             return ["T2Sag"]
-        if self.model == "mean-imputation":
+        if self.model in ACCEPT_MISSING:
             return list(SEQUENCES)
         return [s for s in SEQUENCES if s in self.sequences]
 

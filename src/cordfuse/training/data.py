@@ -2,7 +2,9 @@
 
 * **Normalisation**: per sequence, z-score with the mean/std of the cord core (stored by
   ``prepare``); voxels outside a scan's coverage stay exactly zero, and missing sequences are
-  zero and flagged unavailable.
+  zero and flagged unavailable. Networks with coverage input also get each sequence's coverage
+  mask as a channel after the K images, so an uncovered voxel (0, 0) never reads as an average
+  cord voxel (0, 1).
 * **Patches**: the full in-plane crop, a random window along S-I (padded when the cord is
   shorter); a third of patches are centred on a lesion voxel (nnU-Net's foreground
   oversampling).
@@ -51,38 +53,68 @@ class SubjectArrays:
     lesion_voxels: np.ndarray
 
 
-def normalise(prepared: PreparedSubject, sequences: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Z-scored crops of ``sequences`` (zeros for missing ones) and their availability.
+def normalise(
+    prepared: PreparedSubject, sequences: list[str], *, coverage: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Z-scored crops of ``sequences`` (zeros for missing ones and outside each scan's field of
+    view), then their coverage masks when asked: the input a network reads.
 
     Args:
         prepared: A prepared subject.
         sequences: The model's sequences, in channel order.
+        coverage: Append each sequence's coverage mask (1 inside its field of view, 0 outside
+            and for a missing sequence) after the K images, as networks with
+            ``NetConfig.coverage_input`` read them.
 
     Returns:
-        ``(images, available)``: ``(K, X, Y, Z)`` float32 crops and ``(K,)`` booleans.
+        ``(images, available)``: ``(K or 2K, X, Y, Z)`` float32 channels and ``(K,)`` booleans.
     """
     g = prepared.geometry
-    images = np.zeros((len(sequences), g.size, g.size, g.nz), np.float32)
-    available = np.zeros(len(sequences), bool)
+    k = len(sequences)
+    images = np.zeros(((2 if coverage else 1) * k, g.size, g.size, g.nz), np.float32)
+    available = np.zeros(k, bool)
     for i, seq in enumerate(sequences):
         if seq not in prepared.images:
             continue
         crop = prepared.images[seq]
+        covered = prepared.coverage[seq]
         stats = prepared.stats[seq]
         # relative, not an absolute floor: scanners store intensities on any scale (1e-6..1e6)
         std = stats["std"] if stats["std"] > 0 else 1.0
         scaled = (crop - stats["mean"]) / std
-        images[i] = np.where(crop != 0, scaled, 0.0)
+        images[i] = np.where(covered, scaled, 0.0)
+        if coverage:
+            images[k + i] = covered
         available[i] = True
     return images, available
 
 
-def load_subjects(paths: list[Path], sequences: list[str]) -> list[SubjectArrays]:
+def split_coverage(image: np.ndarray, sequences: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    """The images and coverage masks of a network input (see :func:`normalise`).
+
+    Args:
+        image: ``(K or 2K, ...)`` channels.
+        sequences: K.
+
+    Returns:
+        ``(images, covered, has_coverage)``: the K images, the K boolean masks (taken from the
+        coverage channels when there are some, else the non-zero voxels, as before coverage
+        masks were stored) and whether the input holds coverage channels.
+    """
+    if image.shape[0] == 2 * sequences:
+        return image[:sequences], image[sequences:] > 0.5, True
+    return image, image != 0, False
+
+
+def load_subjects(
+    paths: list[Path], sequences: list[str], *, coverage: bool = False
+) -> list[SubjectArrays]:
     """Read prepared subjects into the arrays training samples from.
 
     Args:
         paths: Prepared subject files.
         sequences: The model's sequences, in channel order.
+        coverage: Hold the coverage masks as channels after the images (:func:`normalise`).
 
     Returns:
         One entry per file (an empty label for a subject without one).
@@ -90,7 +122,7 @@ def load_subjects(paths: list[Path], sequences: list[str]) -> list[SubjectArrays
     subjects = []
     for path in paths:
         prepared = PreparedSubject.load(path)
-        images, available = normalise(prepared, sequences)
+        images, available = normalise(prepared, sequences, coverage=coverage)
         label = prepared.label
         if label is None:
             label = np.zeros(images.shape[1:], np.uint8)
@@ -158,16 +190,19 @@ class PatchDataset(torch.utils.data.Dataset):
             subject, self.patch_size, rng, foreground=rng.random() < self.foreground_fraction
         )
         available = subject.available.copy()
+        k = len(available)
+        channels = image.shape[0] // k  # the image, and its coverage mask when there is one
         if self.sequence_dropout:  # no draw at 0, so the paper's recipe keeps its samples
-            hide = rng.random(len(available)) < self.sequence_dropout
+            hide = rng.random(k) < self.sequence_dropout
             hide[0] = False  # T2Sag carries the skips and the label: never hidden
             available &= ~hide
-            image[~available] = 0.0
+            image[np.tile(~available, channels)] = 0.0
         if self.reference_dropout and rng.random() < self.reference_dropout:
-            others = (image[1:][available[1:]] != 0).any(axis=0)
+            _, covered, _ = split_coverage(image, k)
+            others = covered[1:][available[1:]].any(axis=0)
             if others.mean() >= REFERENCE_DROP_COVER and others[label > 0].all():
                 available[0] = False
-                image[0] = 0.0
+                image[np.arange(channels) * k] = 0.0  # its image and its coverage mask
         if self.augmentation is not None:
             image, label = augment_patch(image, label, available, self.augmentation, rng)
         return (
@@ -287,11 +322,13 @@ PRESET_AUGMENTATION = {"paper": NNUNET, "small": LIGHT}
 
 def augment_patch(image, label, available, params: Augmentation, rng, drawn: dict | None = None):
     """One augmented sample: the same spatial transform for every sequence and the label, then
-    intensity transforms per available sequence, only inside each sequence's coverage (taken
-    after the spatial transform, before any intensity change). Missing sequences stay zero.
+    intensity transforms per available sequence, only inside each sequence's coverage (its
+    coverage channel moved with it, or without one the non-zero voxels after the spatial
+    transform). Missing sequences stay zero.
 
     Args:
-        image: ``(K, X, Y, Z)`` normalised sequences.
+        image: ``(K, X, Y, Z)`` normalised sequences, or ``(2K, X, Y, Z)`` with their coverage
+            masks (:func:`normalise`).
         label: ``(X, Y, Z)`` lesion label.
         available: ``(K,)`` booleans.
         params: the recipe.
@@ -300,10 +337,12 @@ def augment_patch(image, label, available, params: Augmentation, rng, drawn: dic
     """
     drawn = {} if drawn is None else drawn
     image, label = _spatial(image, label, params, rng, drawn)
-    covered = image != 0
+    images, covered, has_coverage = split_coverage(image, len(available))
     out = np.zeros_like(image)
     for i in np.flatnonzero(available):
-        out[i] = _intensity(image[i], covered[i], params, rng, drawn.setdefault(i, {}))
+        out[i] = _intensity(images[i], covered[i], params, rng, drawn.setdefault(i, {}))
+    if has_coverage:  # the masks moved with the images; resampled, they are whole again
+        out[len(available) :] = covered
     return out, label
 
 

@@ -37,7 +37,7 @@ from cordfuse.errors import CordfuseError
 from cordfuse.evaluation.metrics import dice
 from cordfuse.io import atomic_write_bytes, atomic_write_text
 from cordfuse.nn.device import autocast_dtype, choose_device
-from cordfuse.nn.networks import CordNet, NetOutput, distillation_loss
+from cordfuse.nn.networks import AnchoredNet, CordNet, NetOutput, Network, distillation_loss
 from cordfuse.nn.sliding import predict_probabilities
 from cordfuse.ownership import claim
 from cordfuse.preprocess.batch import load_prepared_dataset
@@ -104,9 +104,10 @@ def split_subjects(document: dict, config: TrainConfig) -> tuple[list[str], list
     return sorted(order[n_val:]), sorted(order[:n_val])
 
 
-def build_model(config: TrainConfig) -> CordNet:
+def build_model(config: TrainConfig) -> Network:
     """The network to train: the configuration's preset, freshly initialised; for the
-    frozen-encoder variant, with the baseline's T2Sag encoder, frozen.
+    frozen-encoder variant, with the baseline's T2Sag encoder, frozen; for the anchored model,
+    with its anchor's weights (frozen).
 
     Args:
         config: The training configuration.
@@ -119,7 +120,9 @@ def build_model(config: TrainConfig) -> CordNet:
             not fit this preset.
     """
     model = initial_network(config, config.net, config.model_sequences)
-    if config.variant == "frozen-encoder":
+    if isinstance(model, AnchoredNet):
+        model.anchor.load_state_dict(anchor_checkpoint(config).model)
+    if config.variant == "frozen-encoder" and isinstance(model, CordNet):
         if not config.frozen_from:
             raise CordfuseError("--variant frozen-encoder needs --frozen-from BASELINE_CHECKPOINT")
         baseline = Checkpoint.load(config.frozen_from)
@@ -136,6 +139,41 @@ def build_model(config: TrainConfig) -> CordNet:
             ) from exc
         model.freeze_encoder("T2Sag")
     return model
+
+
+def anchor_checkpoint(config: TrainConfig, prep: PrepConfig | None = None) -> Checkpoint:
+    """The anchored model's anchor: a T2Sag-only model of the same architecture (and, when
+    ``prep`` is given, of the same pre-processing).
+
+    Args:
+        config: The anchored model's configuration (its ``anchor``).
+        prep: The pre-processing of the training data, to check against the anchor's.
+
+    Returns:
+        The anchor's checkpoint.
+
+    Raises:
+        CordfuseError: In one line: unreadable, not a T2Sag-only model, or another architecture
+            or pre-processing.
+    """
+    if not config.anchor:
+        raise CordfuseError("--model anchored needs --anchor RUN (a T2Sag-only model)")
+    anchor = Checkpoint.load(config.anchor)
+    if anchor.sequences != ["T2Sag"] or anchor.config.model != "baseline":
+        raise CordfuseError(
+            f"{anchor.path}: an anchor is a T2Sag-only baseline, this is a "
+            f"{anchor.config.model} model of {', '.join(anchor.sequences)}"
+        )
+    if anchor.net != config.net:
+        raise CordfuseError(
+            f"{anchor.path}: the anchor's network is not the {config.preset} preset's "
+            "(train the anchor with the same preset)"
+        )
+    if prep is not None and anchor.prep != prep:
+        raise CordfuseError(
+            f"{anchor.path}: the anchor was trained on data prepared with other settings"
+        )
+    return anchor
 
 
 def resume_conflicts(
@@ -325,8 +363,9 @@ def train(
         raise CordfuseError("no training subjects left after the split")
     by_id = {p.parent.name: p for p in paths}
     sequences = config.model_sequences
-    train_subjects = load_subjects([by_id[i] for i in train_ids], sequences)
-    val_subjects = load_subjects([by_id[i] for i in val_ids], sequences)
+    coverage = config.net.coverage_input
+    train_subjects = load_subjects([by_id[i] for i in train_ids], sequences, coverage=coverage)
+    val_subjects = load_subjects([by_id[i] for i in val_ids], sequences, coverage=coverage)
     patch = config.net.patch_size
     size = document["crop_size"]
     if (size, size) != tuple(patch[:2]):
@@ -335,6 +374,8 @@ def train(
             f"needs {patch[0]}x{patch[1]}: prepare with --preset {config.preset}"
         )
 
+    if config.model == "anchored":  # before anything is trained: the anchor must fit the data
+        anchor_checkpoint(config, PrepConfig(**document["config"]))
     model = build_model(config).to(dev)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(
