@@ -6,7 +6,8 @@ QC pictures), the ``small`` preset, a T2Sag baseline and a Mean Imputation model
 seed, each test subject predicted with T2Sag only and (Mean Imputation) with all its sequences.
 :func:`run_demo` runs it through the study runner (:func:`cordfuse.study.run_stages`: check,
 prepare, train, predict, evaluate image by image and lesion by lesion), then writes
-``results.md`` (Tables 1 and 2, what the extra sequences add) and ``report.html``.
+``results.md`` (Tables 1 and 2, Mean Imputation with every sequence against the best T2Sag-only
+answer, what the extra sequences add) and ``report.html``.
 
 OUT is a study folder (see :mod:`cordfuse.study.runner`), plus ``results.md``; its
 ``config.json`` is the configuration, a study config ``cordfuse study`` runs as it is.
@@ -139,11 +140,12 @@ def run_demo(
 
 
 def results_table(tables: dict[str, Path]) -> str:
-    """``results.md``: Tables 1 and 2 of the demo's test subjects and what the extra sequences
-    add, from the tables the study wrote.
+    """``results.md``: Tables 1 and 2 of the demo's test subjects, the multi-sequence model
+    against the best T2Sag-only answer, and what the extra sequences add, from the tables the
+    study wrote.
 
     Args:
-        tables: The study's files by name (``table1.md``, ``table2.md``,
+        tables: The study's files by name (``table1.md``, ``table2.md``, ``product.md``,
             ``extra_sequences.md``).
 
     Returns:
@@ -151,7 +153,7 @@ def results_table(tables: dict[str, Path]) -> str:
     """
     parts = [
         tables[name].read_text()
-        for name in ("table1.md", "table2.md", "extra_sequences.md")
+        for name in ("table1.md", "table2.md", "product.md", "extra_sequences.md")
         if name in tables
     ]
     body = "\n".join(parts) if parts else "No test subject was evaluated.\n"

@@ -8,6 +8,9 @@ and can be mailed as one file. Sections (HTML ids in brackets):
   (train/validation/test) and cohort, counts per cohort, subjects that failed pre-processing;
 * **metrics** [``tables``]: Table 1 (model x sequences at inference) and Table 2 (T2Sag only,
   Wilcoxon marks), from ``per_image.csv``;
+* **what the extra sequences add** [``extra``]: lesion by lesion, from ``per_lesion.csv``: each
+  multi-sequence model with every sequence against the best T2Sag-only answer, then each model
+  with more sequences against itself with T2Sag alone;
 * **box plots** [``boxplots``]: per-image F1 and Dice per cohort;
 * **per-subject QC** [``qc``]: for every test subject, the sagittal T2Sag with the ground truth
   (green) and prediction outlines, and the straightened crops of every sequence;
@@ -277,33 +280,40 @@ def tables_section(records: list, manifest: dict) -> str:
     return t1.to_html() + t2.to_html() + t2c.to_html()
 
 
-def extra_sequences_section(run: Path, manifest: dict) -> str:
-    """Lesion by lesion, what the sequences beyond T2Sag add (from ``per_lesion.csv``).
+def extra_sequences_section(run: Path, manifest: dict, records: list) -> str:
+    """Lesion by lesion, what the sequences beyond T2Sag add (from ``per_lesion.csv``): each
+    multi-sequence model with every sequence against the best T2Sag-only answer (what a user
+    gets), then each model against itself with T2Sag alone.
 
     Args:
         run: The run folder.
         manifest: The run's manifest (experiments, labels).
+        records: The run's per-image records (the product comparison's F1 and Dice).
 
     Returns:
         The section's HTML.
     """
-    from cordfuse.evaluation.lesions import extra_sequences_tables, rows_from_csv
+    from cordfuse.evaluation.lesions import extra_sequences_tables, product_table, rows_from_csv
 
     path = run / "per_lesion.csv"
     if not path.exists():
         return "<p>No per-lesion results in this run (per_lesion.csv).</p>"
     rows = rows_from_csv(path.read_text())
-    summary, changed = extra_sequences_tables(
-        rows, experiments=manifest["experiments"], labels=manifest["labels"]
-    )
+    experiments, labels = manifest["experiments"], manifest["labels"]
+    summary, changed = extra_sequences_tables(rows, experiments=experiments, labels=labels)
     if not summary.rows:
         return (
             "<p>No model here was run with more sequences than T2Sag on a test subject "
             "that has them.</p>"
         )
+    product = product_table(rows, records, experiments=experiments, labels=labels).to_html()
     if not changed.rows:
-        return summary.to_html() + "<p>No lesion's detection changes with the extra sequences."
-    return summary.to_html() + changed.to_html()
+        return (
+            product
+            + summary.to_html()
+            + "<p>No lesion's detection changes with the extra sequences."
+        )
+    return product + summary.to_html() + changed.to_html()
 
 
 def boxplots_section(records: list, manifest: dict) -> str:
@@ -575,7 +585,7 @@ def build_report(run_dir: str | Path, progress=None) -> str:
         "overview": lambda: overview,
         "availability": lambda: availability_section(document, fold) if document else absent,
         "tables": lambda: tables_section(records, manifest),
-        "extra": lambda: extra_sequences_section(run, manifest),
+        "extra": lambda: extra_sequences_section(run, manifest, records),
         "boxplots": lambda: boxplots_section(records, manifest),
         "qc": lambda: qc_section(run, manifest, fold) if document else absent,
         "curves": lambda: curves_section(run),

@@ -17,6 +17,9 @@ its T2Sag visibility is below :data:`FAINT_VISIBILITY` (the generator draws fain
 
 :func:`compare_inferences` pairs the outcomes of the same lesions under two sets of sequences at
 inference (T2Sag alone versus more) and tests the discordant pairs with the exact McNemar test.
+:func:`extra_sequences_tables` compares each model with itself that way; :func:`product_table`
+compares each multi-sequence model with every sequence against the best T2Sag-only answer of the
+study, the comparison a user choosing a model cares about.
 
 No torch import: this runs wherever the predictions and labels are.
 """
@@ -42,11 +45,11 @@ from cordfuse.evaluation.metrics import (
     lesion_outcomes,
     lesions,
 )
-from cordfuse.evaluation.stats import mcnemar_exact
+from cordfuse.evaluation.stats import mcnemar_exact, summarise
 from cordfuse.sequences import SEQUENCES
 
 if TYPE_CHECKING:
-    from cordfuse.evaluation.tables import Table
+    from cordfuse.evaluation.tables import Cell, Record, Table
 
 #: T2Sag visibility below which a lesion counts as faint (the generator's faint/clear boundary).
 FAINT_VISIBILITY = 0.45
@@ -691,3 +694,281 @@ def extra_sequences_tables(
             "T2*Ax."
         )
     return summary, changed
+
+
+# -- the product: each multi-sequence model against the best T2Sag-only answer --------------------
+
+
+@dataclass(frozen=True)
+class ProductRow:
+    """One answer of the product comparison (:func:`product_comparison`), for one seed.
+
+    Attributes:
+        experiment: The model.
+        seed: The training seed.
+        is_base: Whether this is the best T2Sag-only answer, the one the others are compared with.
+        images: The test images this answer is measured on.
+        with_more: How many of them were predicted with more than T2Sag.
+        detection: By visibility group (``faint``, ``clear`` with the generator's truth; ``""``:
+            all lesions), this answer's ground-truth lesions paired with the base answer's, the
+            base's outcome first (the base answer is paired with itself).
+        lesion_f1: Mean over the images of the per-image lesion-wise F1 (NaN values left out).
+        dice: Mean over the images of the Dice (NaN values left out).
+        false_positives: Predicted lesions that detect no ground-truth lesion, over the images.
+    """
+
+    experiment: str
+    seed: int
+    is_base: bool
+    images: int
+    with_more: int
+    detection: dict[str, PairedDetection]
+    lesion_f1: float
+    dice: float
+    false_positives: int
+
+
+def _mean(records: Iterable[Record], metric: str) -> float:
+    """Mean of ``metric`` over the records, NaN values left out (NaN when none is defined)."""
+    return summarise([r.values.get(metric, math.nan) for r in records]).mean
+
+
+def _of(records: Iterable[Record], experiment: str, inference: str) -> list[Record]:
+    """The records of one model with one inference set."""
+    return [r for r in records if (r.experiment, r.inference) == (experiment, inference)]
+
+
+def _answer(
+    rows: Sequence[LesionRow],
+    records: Sequence[Record],
+    run: tuple[str, int],
+    inference_of: dict[str, str],
+) -> tuple[list[LesionRow], list[Record]]:
+    """The lesion rows and records of one model and seed, each image with the inference set
+    ``inference_of`` gives it (images it does not name are left out)."""
+    return (
+        [
+            r
+            for r in rows
+            if (r.experiment, r.seed) == run and inference_of.get(r.subject) == r.inference
+        ],
+        [
+            r
+            for r in records
+            if (r.experiment, r.seed) == run and inference_of.get(r.image) == r.inference
+        ],
+    )
+
+
+def _product_row(
+    run: tuple[str, int],
+    answer: tuple[list[LesionRow], list[Record]],
+    base_rows: list[LesionRow],
+    *,
+    is_base: bool,
+    with_more: int,
+    groups: Sequence[tuple[str, str]],
+) -> ProductRow:
+    """One :class:`ProductRow` from an answer's rows and records and the base answer's rows."""
+    rows, records = answer
+    pairs = paired_outcomes(base_rows, rows)
+    return ProductRow(
+        run[0],
+        run[1],
+        is_base,
+        len({r.image for r in records}),
+        with_more,
+        {
+            key: compare_inferences([p for p in pairs if not key or p[1].visibility_class == key])
+            for key, _ in groups
+        },
+        _mean(records, "lesion_f1"),
+        _mean(records, "dice"),
+        sum(r.kind == "pred" and not r.detected for r in rows),
+    )
+
+
+def product_comparison(
+    rows: Sequence[LesionRow], records: Sequence[Record], *, experiments: Sequence[str]
+) -> list[ProductRow]:
+    """Each multi-sequence model with every sequence against the best T2Sag-only answer.
+
+    Per seed, the base is the T2Sag-only answer (any model's prediction with T2Sag alone) with the
+    highest lesion-wise F1, the mean over its test images of the per-image F1 (NaN values left
+    out); a tie goes to the model listed first in ``experiments``. A multi-sequence model is one
+    with ``all available`` records: it answers each test subject with every sequence the subject
+    has, and a subject with T2Sag alone (which has no such record) with its T2Sag-only
+    prediction, as a user would get. It is measured on the test images the base answers too,
+    its ground-truth lesions paired with the base's by :attr:`LesionRow.key`.
+
+    Args:
+        rows: Lesion rows of every model, seed and inference set.
+        records: Per-image records of the same predictions (F1, Dice, and which images each
+            model predicted with which sequences).
+        experiments: The experiments in the order to show them (and to break ties).
+
+    Returns:
+        Per seed (ascending): the base answer, then each multi-sequence model in ``experiments``
+        order (others after, by name). Empty without T2Sag-only records.
+
+    Example:
+        >>> from cordfuse.evaluation.tables import Record
+        >>> def record(experiment, inference, f1):
+        ...     return Record(experiment, 0, inference, "s1", "A", {"lesion_f1": f1, "dice": f1})
+        >>> records = [record("baseline", "T2Sag", 0.5), record("mi", "T2Sag", 0.6),
+        ...            record("mi", "all available", 0.7)]
+        >>> [(r.experiment, r.is_base, r.lesion_f1)
+        ...  for r in product_comparison([], records, experiments=["baseline", "mi"])]
+        [('mi', True, 0.6), ('mi', False, 0.7)]
+    """
+    from cordfuse.evaluation.tables import ALL_AVAILABLE, T2SAG_ONLY
+
+    def order(experiment: str) -> tuple[int, str]:
+        known = experiment in experiments
+        return (experiments.index(experiment) if known else len(experiments), experiment)
+
+    groups = _groups(rows)
+    out = []
+    for seed in sorted({r.seed for r in records}):
+        of_seed = [r for r in records if r.seed == seed]
+        candidates = sorted({r.experiment for r in of_seed if r.inference == T2SAG_ONLY}, key=order)
+        if not candidates:
+            continue
+        f1 = {e: _mean(_of(of_seed, e, T2SAG_ONLY), "lesion_f1") for e in candidates}
+        # max keeps the first of equal keys: the earlier experiment; an undefined F1 never wins
+        best = max(candidates, key=lambda e: -math.inf if math.isnan(f1[e]) else f1[e])
+        images = {r.image for r in _of(of_seed, best, T2SAG_ONLY)}
+        base = _answer(rows, records, (best, seed), dict.fromkeys(images, T2SAG_ONLY))
+        out.append(
+            _product_row((best, seed), base, base[0], is_base=True, with_more=0, groups=groups)
+        )
+        multi = sorted({r.experiment for r in of_seed if r.inference == ALL_AVAILABLE}, key=order)
+        for experiment in multi:
+            alone = {r.image for r in _of(of_seed, experiment, T2SAG_ONLY)} & images
+            more = {r.image for r in _of(of_seed, experiment, ALL_AVAILABLE)} & images
+            inference_of = {
+                **dict.fromkeys(alone, T2SAG_ONLY),
+                **dict.fromkeys(more, ALL_AVAILABLE),  # every sequence wherever there are more
+            }
+            answer = _answer(rows, records, (experiment, seed), inference_of)
+            out.append(
+                _product_row(
+                    (experiment, seed),
+                    answer,
+                    base[0],
+                    is_base=False,
+                    with_more=len(more),
+                    groups=groups,
+                )
+            )
+    return out
+
+
+def _number_cell(value: float, digits: int = 3) -> Cell:
+    """A numeric cell, ``n/a`` where the value is undefined."""
+    from cordfuse.evaluation.tables import Cell
+
+    return Cell(None, "n/a") if math.isnan(value) else Cell(value, f"{value:.{digits}f}")
+
+
+def product_table(
+    rows: Sequence[LesionRow],
+    records: Sequence[Record],
+    *,
+    experiments: Sequence[str],
+    labels: dict[str, str],
+) -> Table:
+    """The product comparison as a table: each multi-sequence model with every sequence against
+    the best T2Sag-only answer of the study (:func:`product_comparison`), per seed.
+
+    Args:
+        rows: Lesion rows of every model, seed and inference set.
+        records: Per-image records of the same predictions.
+        experiments: The experiments in the order to show them (and to break ties).
+        labels: Each experiment's display name.
+
+    Returns:
+        The table (``product.md``): per seed the best T2Sag-only answer with its own values, then
+        each model with paired sensitivities (base → model, by T2Sag visibility when the
+        generator's truth is known), the discordant lesions and their exact McNemar test, and
+        lesion-wise F1, false positive lesions and Dice; notes say what is compared.
+    """
+    from cordfuse.evaluation.tables import ALL_AVAILABLE, T2SAG_ONLY, Cell, Table
+
+    groups = _groups(rows)
+    # the discordant lesions of every lesion, and of the faint ones the extra sequences are for
+    tested = [g for g in groups if g[0] != "clear"]
+    header = ["model", "seed", "sequences at inference"]
+    for _, name in groups:
+        header += [f"{name}: n", f"{name}: sensitivity best {T2SAG_ONLY}-only → model"]
+    for _, name in tested:
+        header += [
+            f"{name}: found only by the model / only by the base",
+            f"{name}: McNemar p",
+        ]
+    header += ["lesion-wise F1", "false positive lesions", "Dice"]
+    table = Table(
+        "The product: each multi-sequence model with every sequence, against the best "
+        f"{T2SAG_ONLY}-only answer",
+        header,
+    )
+    for answer in product_comparison(rows, records, experiments=experiments):
+        label = labels.get(answer.experiment, answer.experiment)
+        row: list[Cell | str] = (
+            [f"best {T2SAG_ONLY}-only answer: {label} ({T2SAG_ONLY})", str(answer.seed), T2SAG_ONLY]
+            if answer.is_base
+            else [
+                label,
+                str(answer.seed),
+                f"{ALL_AVAILABLE} (more than {T2SAG_ONLY} for {answer.with_more} of "
+                f"{answer.images} subjects)",
+            ]
+        )
+        for key, _ in groups:
+            paired = answer.detection[key]
+            text = ""
+            if paired.n:
+                text = f"{paired.sensitivity_other:.3f}"
+                if not answer.is_base:
+                    text = f"{paired.sensitivity_base:.3f} → {text}"
+            row += [
+                Cell(paired.n, str(paired.n)),
+                Cell(paired.sensitivity_other if paired.n else None, text),
+            ]
+        for key, _ in tested:
+            paired = answer.detection[key]
+            row += (
+                ["", Cell()]
+                if answer.is_base
+                else [
+                    f"{paired.only_other} / {paired.only_base}",
+                    Cell(paired.p_value, f"{paired.p_value:.3g}"),
+                ]
+            )
+        row += [
+            _number_cell(answer.lesion_f1),
+            Cell(answer.false_positives, str(answer.false_positives)),
+            _number_cell(answer.dice),
+        ]
+        table.rows.append(row)
+    table.notes = [
+        f"Best {T2SAG_ONLY}-only answer: per seed, of every model's predictions with "
+        f"{T2SAG_ONLY} alone (the baseline's and each multi-sequence model's), the one with the "
+        "highest lesion-wise F1 (mean over the test images, undefined values left out; a tie goes "
+        "to the model listed first): what a user gets without the other sequences.",
+        f"Each multi-sequence model predicts each test subject with every sequence it has; a "
+        f"subject with {T2SAG_ONLY} alone gets the model's {T2SAG_ONLY}-only prediction, as a "
+        "user would. Compared on the test subjects the base answers too, the same ground-truth "
+        "lesions paired.",
+        f"Sensitivity: share of the ground-truth lesions detected (Anima: > {ALPHA:.0%} of it "
+        "predicted, predictions mostly inside lesions). Found only by the model / only by the "
+        "base: the discordant pairs; McNemar: exact two-sided binomial test on them. Lesion-wise "
+        "F1 and Dice: mean over the test images (undefined values left out); false positive "
+        "lesions: predicted lesions that detect no ground-truth lesion, summed over the images.",
+    ]
+    if len(groups) > 1:
+        table.notes.append(
+            f"Faint: T2Sag visibility below {FAINT_VISIBILITY} of full lesion contrast in the "
+            "generator's truth (derivatives/synth)."
+        )
+    return table

@@ -30,6 +30,10 @@ import numpy as np
 from cordfuse.evaluation.stats import significance_mark, summarise, wilcoxon_vs_reference
 
 T2SAG_ONLY = "T2Sag"
+#: The row label of a prediction with every sequence the test subject has (here, not in
+#: :mod:`cordfuse.study.grid`, so that the product comparison of
+#: :mod:`cordfuse.evaluation.lesions` needs nothing from the study).
+ALL_AVAILABLE = "all available"
 TABLE_METRICS = (("lesion_f1", "F1"), ("dice", "Dice"))
 
 

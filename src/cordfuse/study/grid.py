@@ -17,12 +17,9 @@ from collections.abc import Iterable
 import numpy as np
 
 from cordfuse.errors import CordfuseError
-from cordfuse.evaluation.tables import T2SAG_ONLY
+from cordfuse.evaluation.tables import ALL_AVAILABLE, T2SAG_ONLY
 from cordfuse.sequences import REFERENCE_SEQUENCE, SEQUENCES
 from cordfuse.study.config import Experiment
-
-#: The row label of a prediction with every sequence the test subject has.
-ALL_AVAILABLE = "all available"
 
 
 def sequences_label(sequences: Iterable[str]) -> str:

@@ -20,6 +20,8 @@ Layout of the study folder::
     table2_cohorts.{md,csv,tex}, boxplot_<cohort>.png
     per_lesion.csv, extra_sequences.{md,csv}, lesions_changed.{md,csv}: what the extra sequences
     add, lesion by lesion (paired with T2Sag alone, exact McNemar test)
+    product.{md,csv}: each multi-sequence model with every sequence against the best T2Sag-only
+    answer (the same pairing)
     status.json, cordfuse_run.json, report.html
 """
 
@@ -78,7 +80,7 @@ OUTPUTS = (
     ),
     *(
         f"{name}.{suffix}"
-        for name in ("extra_sequences", "lesions_changed")
+        for name in ("product", "extra_sequences", "lesions_changed")
         for suffix in ("md", "csv")
     ),
     "status.json",
@@ -178,7 +180,7 @@ def run_study(
         if not records:
             raise CordfuseError(f"{out}: no evaluated run yet (metrics/*.csv)")
         written = write_tables(out, study, records)
-        written.update(write_lesion_tables(out, study, load_lesion_rows(out, records)))
+        written.update(write_lesion_tables(out, study, load_lesion_rows(out, records), records))
         return {"records": records, "tables": written, "runs": []}
     copy = out / ("study" + (config_path.suffix or ".yaml"))
     if config_path.resolve() != copy.resolve():
@@ -222,7 +224,8 @@ def run_stages(study: StudyConfig, out: Path, *, log: Log = print) -> StudyRun:
     test_subjects = functools.cache(lambda: load_test_subjects(out, data.fold))
     records = evaluate_all(study, out, test_subjects, statuses, log)
     written = write_tables(out, study, records)
-    written.update(write_lesion_tables(out, study, lesions_all(out, test_subjects, records, log)))
+    rows = lesions_all(out, test_subjects, records, log)
+    written.update(write_lesion_tables(out, study, rows, records))
     minutes = (time.perf_counter() - started) / 60
     atomic_write_text(
         out / "status.json",
@@ -386,7 +389,10 @@ def train_all(study: StudyConfig, out: Path, fold: dict, log: Log) -> list[RunSt
                 statuses.append(RunStatus(experiment.name, seed, "done"))
                 log(f"[train {n}/{total}] {experiment.name} seed {seed}: already trained")
                 continue
-            if experiment.variant == "frozen-encoder" and not any(
+            needs_baseline = (
+                experiment.variant == "frozen-encoder" or experiment.model == "anchored"
+            )
+            if needs_baseline and not any(
                 s.experiment == "baseline" and s.seed == seed and s.status != "skipped"
                 for s in statuses
             ):
@@ -434,6 +440,8 @@ def _train_config(study: StudyConfig, experiment: Experiment, seed: int, out: Pa
     }
     if experiment.variant == "frozen-encoder":
         config["frozen_from"] = str(out / "runs" / "baseline" / f"seed-{seed}")
+    if experiment.model == "anchored":
+        config["anchor"] = str(out / "runs" / "baseline" / f"seed-{seed}")
     if experiment.variant == "feature-aug":
         config["feature_noise"] = noise
     return config
@@ -743,29 +751,36 @@ def write_tables(out: Path, study: StudyConfig, records: list[Record]) -> dict[s
     return written
 
 
-def write_lesion_tables(out: Path, study: StudyConfig, rows: list[LesionRow]) -> dict[str, Path]:
-    """``per_lesion.csv`` and the "what the extra sequences add" tables (md, csv).
+def write_lesion_tables(
+    out: Path, study: StudyConfig, rows: list[LesionRow], records: list[Record]
+) -> dict[str, Path]:
+    """``per_lesion.csv``, the product comparison (each multi-sequence model with every sequence
+    against the best T2Sag-only answer) and the "what the extra sequences add" tables (md, csv).
 
     Args:
         out: The study folder.
         study: The config (the experiments' order).
         rows: The per-lesion rows.
+        records: The per-image metrics of the same predictions (the product's F1 and Dice).
 
     Returns:
-        The files written, by name (``per_lesion``, ``extra_sequences.md``, ...); none without
-        rows.
+        The files written, by name (``per_lesion``, ``product.md``, ``extra_sequences.md``,
+        ...); none without rows.
     """
-    from cordfuse.evaluation.lesions import extra_sequences_tables, rows_to_csv
+    from cordfuse.evaluation.lesions import extra_sequences_tables, product_table, rows_to_csv
 
     written: dict[str, Path] = {}
     if not rows:
         return written
     atomic_write_text(out / "per_lesion.csv", rows_to_csv(rows))
     written["per_lesion"] = out / "per_lesion.csv"
-    tables = extra_sequences_tables(
-        rows, experiments=[e.name for e in study.ordered_experiments], labels=LABELS
+    order = [e.name for e in study.ordered_experiments]
+    tables = (
+        product_table(rows, records, experiments=order, labels=LABELS),
+        *extra_sequences_tables(rows, experiments=order, labels=LABELS),
     )
-    for name, table in zip(("extra_sequences", "lesions_changed"), tables, strict=True):
+    names = ("product", "extra_sequences", "lesions_changed")
+    for name, table in zip(names, tables, strict=True):
         for suffix, text in (("md", table.to_markdown()), ("csv", table.to_csv())):
             atomic_write_text(out / f"{name}.{suffix}", text)
             written[f"{name}.{suffix}"] = out / f"{name}.{suffix}"
