@@ -1,7 +1,7 @@
 """Run by ``torchrun`` from ``test_training.py``: every model and variant trains a few steps under
-DistributedDataParallel (gloo, CPU), then a Mean Imputation run is interrupted and resumed, next to
-the same run straight. Rank 0 prints one JSON line: for each run, whether the ranks ended
-bit-identical, and its weights digest."""
+DistributedDataParallel (gloo, CPU), then a Mean Imputation and an anchored run are interrupted and
+resumed, next to the same runs straight. Rank 0 prints one JSON line: for each run, whether the
+ranks ended bit-identical, and its weights digest."""
 
 from __future__ import annotations
 
@@ -42,6 +42,11 @@ def main(prepared: str, out: str) -> None:
             frozen_from=str(Path(out) / "baseline"),
         ),
         "distillation": replace(base, model="mean-imputation", variant="distillation"),
+        "sequence-supervision": replace(base, model="mean-imputation", sequence_supervision=0.5),
+        "early-fusion": replace(base, model="early-fusion", sequence_dropout=0.5),
+        "anchored": replace(
+            base, model="anchored", anchor=str(Path(out) / "baseline"), sequence_dropout=0.25
+        ),
     }
     result = {}
     for name, config in runs.items():
@@ -52,15 +57,24 @@ def main(prepared: str, out: str) -> None:
         if step == 3:  # in the middle of the second epoch, on every rank
             raise StopTraining
 
-    config = replace(runs["mean-imputation"], epochs=2)
-    summary = train(prepared, Path(out) / "straight", config, progress=False)
-    result["straight"] = {"in_sync": summary["ranks_in_sync"], "digest": summary["digest"]}
-    try:
-        train(prepared, Path(out) / "resumed", config, stop_hook=stop, progress=False)
-    except StopTraining:
-        pass
-    summary = train(prepared, Path(out) / "resumed", config, resume=True, progress=False)
-    result["resumed"] = {"in_sync": summary["ranks_in_sync"], "digest": summary["digest"]}
+    for name in ("mean-imputation", "anchored"):
+        config = replace(runs[name], epochs=2)
+        summary = train(prepared, Path(out) / f"{name}-straight", config, progress=False)
+        result[f"{name}-straight"] = {
+            "in_sync": summary["ranks_in_sync"],
+            "digest": summary["digest"],
+        }
+        try:
+            train(prepared, Path(out) / f"{name}-resumed", config, stop_hook=stop, progress=False)
+        except StopTraining:
+            pass
+        summary = train(
+            prepared, Path(out) / f"{name}-resumed", config, resume=True, progress=False
+        )
+        result[f"{name}-resumed"] = {
+            "in_sync": summary["ranks_in_sync"],
+            "digest": summary["digest"],
+        }
     if int(os.environ.get("RANK", "0")) == 0:
         print("RESULT " + json.dumps(result), flush=True)
 

@@ -187,6 +187,16 @@ VERBS = {
         str(evil),
         *SMALL,
     ],
+    "train --anchor": lambda evil, tmp, prepared, bids, trained: [
+        "train",
+        str(prepared),
+        str(tmp / "anchored"),
+        "--model",
+        "anchored",
+        "--anchor",
+        str(evil),
+        *SMALL,
+    ],
     "train --resume": lambda evil, tmp, prepared, bids, trained: [
         "train",
         str(prepared),

@@ -10,6 +10,7 @@ import torch
 from scipy import stats
 
 from cordfuse.nn.networks import (
+    CORRECTIONS,
     NET_PRESETS,
     AnchoredNet,
     CordNet,
@@ -313,17 +314,18 @@ class TestEarlyFusion:
             net(covered(tiny_input()), torch.tensor([[0, 1, 1, 1, 1, 1]] * 2, dtype=torch.bool))
 
 
+@pytest.mark.parametrize("correction", CORRECTIONS)
 class TestAnchored:
     @staticmethod
-    def anchored_and_anchor():
+    def anchored_and_anchor(correction):
         torch.manual_seed(3)
         anchor = CordNet(SMALL, ["T2Sag"]).eval()
-        net = AnchoredNet(SMALL, list(SEQUENCES))
+        net = AnchoredNet(SMALL, list(SEQUENCES), correction=correction)
         net.anchor.load_state_dict(anchor.state_dict())
         return net, anchor
 
-    def test_the_correction_starts_at_zero(self):
-        net, anchor = self.anchored_and_anchor()
+    def test_the_correction_starts_at_zero(self, correction):
+        net, anchor = self.anchored_and_anchor(correction)
         net.eval()
         x = covered(tiny_input())
         out = net(x)  # every sequence: the correction runs, and adds exactly zero
@@ -331,8 +333,8 @@ class TestAnchored:
         for got, want in zip(out.logits, expected, strict=True):
             assert torch.equal(got, want)
 
-    def test_t2sag_alone_is_the_anchor_bit_for_bit_after_training(self):
-        net, anchor = self.anchored_and_anchor()
+    def test_t2sag_alone_is_the_anchor_bit_for_bit_after_training(self, correction):
+        net, anchor = self.anchored_and_anchor(correction)
         before = {k: v.clone() for k, v in net.anchor.state_dict().items()}
         optimiser = torch.optim.SGD(
             [p for p in net.parameters() if p.requires_grad], lr=0.1, momentum=0.9
@@ -359,6 +361,37 @@ class TestAnchored:
         assert not torch.allclose(both[0], alone[0][0])
         assert torch.equal(both[1], alone[0][1])
 
-    def test_needs_more_than_t2sag(self):
+    def test_needs_more_than_t2sag(self, correction):
         with pytest.raises(ValueError, match="more sequences"):
-            AnchoredNet(SMALL, ["T2Sag"])
+            AnchoredNet(SMALL, ["T2Sag"], correction=correction)
+
+
+class TestSequenceSupervision:
+    @pytest.mark.parametrize("fusion", ["bottleneck", "all-levels"])
+    def test_one_other_encoder_segments_alone_in_training(self, fusion):
+        torch.manual_seed(0)
+        net = CordNet(
+            SMALL, list(SEQUENCES), mean_imputation=True, fusion=fusion, sequence_supervision=True
+        )
+        flags = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 0, 1, 1, 1, 1]], dtype=torch.bool)
+        out = net(covered(tiny_input()), flags)
+        alone, has = out.extra["sequence_alone"]
+        assert [t.shape for t in alone] == [t.shape for t in out.logits]
+        # The auxiliary loss alone reaches the first stage of exactly one non-T2Sag encoder.
+        sum(t[has].sum() for t in alone).backward()
+        reached = [
+            seq
+            for seq in SEQUENCES[1:]
+            if any(
+                p.grad is not None and torch.count_nonzero(p.grad) > 0
+                for p in net.encoders[seq].stages[0].parameters()
+            )
+        ]
+        assert len(reached) == 1
+        assert has.tolist() == flags[:, SEQUENCES.index(reached[0])].tolist()
+        net.eval()
+        assert "sequence_alone" not in net(covered(tiny_input()), flags).extra
+
+    def test_needs_mean_imputation(self):
+        with pytest.raises(ValueError, match="sequence supervision needs"):
+            CordNet(SMALL, list(SEQUENCES), sequence_supervision=True)

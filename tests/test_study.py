@@ -194,7 +194,9 @@ def test_study_config_parsing_and_errors(tmp_path):
     path = tmp_path / "example.yaml"
     path.write_text(EXAMPLE_CONFIG)
     config = StudyConfig.from_file(path)
-    assert config.experiments == tuple(e for e in EXPERIMENTS if e != "mi-dropout")
+    assert config.experiments == tuple(
+        e for e in EXPERIMENTS if e not in ("mi-dropout", "mi-seqsup")
+    )
     assert config.seeds == (0,) and config.test_per_cohort == 22
     assert config.schedule == (100, 25) and config.synthetic_subjects == 120
     paper = StudyConfig.from_mapping({"preset": "paper", "seeds": 3}, tmp_path)
@@ -281,6 +283,13 @@ def test_study_runs_the_grid_and_writes_the_tables(tiny_study):
         by_run.setdefault((r.experiment, r.inference), set()).add(r.image)
     assert by_run[("baseline", "T2Sag")] == set(fold["test"])
     assert by_run[("mi", "T2Sag")] == set(fold["test"])
+    # The anchored models answer T2Sag alone with their anchor's mask, the baseline of the seed.
+    assert {"early-fusion", "anchored", "anchored-all-levels"} <= trained
+    for name in ("anchored", "anchored-all-levels"):
+        for mask in (out / "predictions" / "baseline" / "seed-0" / "T2Sag").glob("*.nii.gz"):
+            same = out / "predictions" / name / "seed-0" / "T2Sag" / mask.name
+            assert np.array_equal(np.asanyarray(nib.load(same).dataobj), nib.load(mask).dataobj)
+    assert "best T2Sag-only answer" in (out / "product.md").read_text()
     # every prediction is a mask on the native T2Sag grid of its subject
     mask = next((out / "predictions" / "mi" / "seed-0" / "T2Sag").glob("*_lesion.nii.gz"))
     prepared = PreparedSubject.load(out / "prepared" / mask.name.split("_")[0])

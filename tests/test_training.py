@@ -291,7 +291,7 @@ def test_all_level_fusion_trains_and_predicts(prepared_small, tmp_path):
 def test_ddp_trains_every_model_and_variant_and_resumes(prepared_small, tmp_path):
     """Every model and variant under torchrun on 2 gloo processes: no unused-parameter error
     (the unused deep-supervision heads are gone), ranks bit-identical, and an interrupted
-    Mean Imputation run resumed under DDP equals the straight one."""
+    Mean Imputation or anchored run resumed under DDP equals the straight one."""
     torchrun = Path(sys.executable).with_name("torchrun")
     script = Path(__file__).with_name("ddp_every_model.py")
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -320,12 +320,18 @@ def test_ddp_trains_every_model_and_variant_and_resumes(prepared_small, tmp_path
         "mean-imputation",
         "frozen-encoder",
         "distillation",
-        "straight",
-        "resumed",
+        "sequence-supervision",
+        "early-fusion",
+        "anchored",
+        "mean-imputation-straight",
+        "mean-imputation-resumed",
+        "anchored-straight",
+        "anchored-resumed",
     }
     assert all(run["in_sync"] is True for run in runs.values()), runs
-    assert runs["resumed"]["digest"] == runs["straight"]["digest"]
-    assert len({run["digest"] for run in runs.values()}) == 7  # all differ but the resumed
+    for name in ("mean-imputation", "anchored"):
+        assert runs[f"{name}-resumed"]["digest"] == runs[f"{name}-straight"]["digest"]
+    assert len({run["digest"] for run in runs.values()}) == 11  # all differ but the resumed
 
 
 def test_small_preset_learns_on_cpu(learned):
@@ -477,3 +483,72 @@ def test_compile_option_wraps_the_training_step(prepared_small, tmp_path, monkey
     )
     assert len(compiled) == 1 and isinstance(compiled[0], torch.nn.Module)
     assert again["digest"] == plain["digest"]
+
+
+class TestMultiSequenceModels:
+    """The models built to beat T2Sag alone (issue 21) train, resume and load like the others."""
+
+    def test_anchored_keeps_its_anchor_and_resumes(self, prepared_small, tmp_path):
+        from cordfuse.inference import load_model
+        from cordfuse.nn.sliding import predict_probabilities
+        from cordfuse.preprocess.pipeline import PreparedSubject
+        from cordfuse.training.data import normalise
+
+        train(prepared_small, tmp_path / "anchor", tiny(epochs=1), progress=False)
+        config = tiny(
+            model="anchored", anchor=str(tmp_path / "anchor"), sequence_dropout=0.25, epochs=2
+        )
+        straight = train(prepared_small, tmp_path / "straight", config, progress=False)
+
+        def kill(step):
+            if step == 3:
+                raise StopTraining
+
+        with pytest.raises(StopTraining):
+            train(prepared_small, tmp_path / "resumed", config, stop_hook=kill, progress=False)
+        resumed = train(prepared_small, tmp_path / "resumed", config, resume=True, progress=False)
+        assert resumed["digest"] == straight["digest"]
+        # One file a user can move: the anchor's weights are in the anchored checkpoint,
+        # unchanged by training, and the anchor's folder is not needed to load it.
+        anchor = Checkpoint.load(tmp_path / "anchor").model
+        anchored = Checkpoint.load(tmp_path / "straight").model
+        assert all(torch.equal(anchored[f"anchor.{k}"], v) for k, v in anchor.items())
+        shutil.rmtree(tmp_path / "anchor")
+        model = load_model(tmp_path / "straight", torch.device("cpu"))
+        assert type(model.model).__name__ == "AnchoredNet" and model.accepts_missing
+        # With T2Sag alone its probabilities are the anchor's, bit for bit.
+        _, paths = load_prepared_dataset(prepared_small)
+        prepared = PreparedSubject.load(paths[0])
+        images, available = normalise(prepared, model.sequences, coverage=True)
+        only = available.copy()
+        only[1:] = False
+        alone = predict_probabilities(model.model, images, only, patch_z=64)
+        anchor_net = model.model.anchor
+        expected = predict_probabilities(anchor_net, images[[0, 6]], only[:1], patch_z=64)
+        assert np.array_equal(alone, expected)
+
+    def test_anchor_must_be_a_t2sag_only_model_of_the_same_preset(self, prepared_small, tmp_path):
+        train(prepared_small, tmp_path / "mi", tiny(model="mean-imputation", epochs=1))
+        with pytest.raises(CordfuseError, match="an anchor is a T2Sag-only baseline"):
+            train(
+                prepared_small, tmp_path / "a", tiny(model="anchored", anchor=str(tmp_path / "mi"))
+            )
+        with pytest.raises(CordfuseError, match="--anchor RUN goes with --model anchored"):
+            tiny(model="anchored")
+        with pytest.raises(CordfuseError, match="--anchor RUN goes with --model anchored"):
+            tiny(model="early-fusion", anchor=str(tmp_path / "mi"))
+
+    def test_early_fusion_trains_and_predicts_any_subset(self, prepared_small, tmp_path):
+        from cordfuse.inference import load_model, predict_prepared
+        from cordfuse.preprocess.pipeline import PreparedSubject
+
+        config = tiny(model="early-fusion", sequence_dropout=0.5, epochs=1)
+        train(prepared_small, tmp_path / "ef", config, progress=False)
+        model = load_model(tmp_path / "ef", torch.device("cpu"))
+        assert model.net.coverage_input and model.accepts_missing
+        _, paths = load_prepared_dataset(prepared_small)
+        prepared = PreparedSubject.load(paths[0], native=True)
+        alone = predict_prepared(prepared, [model], sequences=["T2Sag"])
+        every = predict_prepared(prepared, [model])
+        assert alone.sequences == ["T2Sag"] and len(every.sequences) > 1
+        assert not np.array_equal(alone.probabilities, every.probabilities)

@@ -84,13 +84,14 @@ def initial_network(config: TrainConfig, net: NetConfig, sequences: Sequence[str
     if config.model == "early-fusion":
         return EarlyFusionNet(net, sequences)
     if config.model == "anchored":
-        return AnchoredNet(net, sequences)
+        return AnchoredNet(net, sequences, correction=config.correction)
     return CordNet(
         net,
         sequences,
         mean_imputation=config.model == "mean-imputation",
         feature_noise=config.feature_noise if config.variant == "feature-aug" else None,
         fusion=config.fusion,
+        sequence_supervision=config.sequence_supervision > 0,
     )
 
 

@@ -17,11 +17,13 @@ from cordfuse.cli._options import (
 )
 from cordfuse.errors import CordfuseError
 
-#: ``--model``, ``--variant`` and ``--fusion``: ``cordfuse.training.config.MODELS`` and
-#: ``VARIANTS``, and ``cordfuse.nn.networks.FUSIONS``.
+#: ``--model``, ``--variant``, ``--fusion`` and ``--correction``:
+#: ``cordfuse.training.config.MODELS`` and ``VARIANTS``, and ``cordfuse.nn.networks.FUSIONS``
+#: and ``CORRECTIONS`` (the parser imports neither, so that ``--help`` stays fast).
 MODELS = ("baseline", "specific", "mean-imputation", "early-fusion", "anchored")
 VARIANTS = ("frozen-encoder", "distillation", "feature-aug")
 FUSIONS = ("bottleneck", "all-levels")
+CORRECTIONS = ("early-fusion", "all-levels")
 
 
 def add_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -80,6 +82,20 @@ def add_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="with --fusion all-levels: hide T2Sag itself with probability P in "
         "training samples whose other sequences cover the patch, so that "
         "they learn to find lesions on their own (default 0)",
+    )
+    parser.add_argument(
+        "--correction",
+        choices=CORRECTIONS,
+        help="--model anchored: the correction network, early fusion of the stacked "
+        "sequences with the anchor's probability (default) or one encoder per sequence with "
+        "all-level fusion",
+    )
+    parser.add_argument(
+        "--sequence-supervision",
+        type=float,
+        metavar="W",
+        help="mean-imputation: weight of an auxiliary loss segmenting lesions from one other "
+        "sequence's features alone each step, so that no encoder stays idle (default 0)",
     )
     add_preset(parser)
     parser.add_argument("--epochs", type=int)
@@ -171,6 +187,8 @@ def run(args: argparse.Namespace) -> int:
             sequence_dropout=args.sequence_dropout,
             reference_dropout=args.reference_dropout,
             anchor=args.anchor,
+            correction=args.correction,
+            sequence_supervision=args.sequence_supervision,
         ),
     )
     summary = train(

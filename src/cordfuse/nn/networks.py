@@ -295,9 +295,14 @@ class CordNet(nn.Module):
             (equation 1); without it every sample needs every sequence.
         feature_noise: Latent feature augmentation added to the bottleneck during training.
         fusion: ``"bottleneck"`` (the paper) or ``"all-levels"`` (every skip level fused too).
+        sequence_supervision: In training, also segment from one other sequence's features alone
+            (drawn per step) through the shared decoder, for an auxiliary loss that leaves no
+            encoder idle (RFNet's and mmFormer's answer to modality imbalance); the output's
+            ``extra["sequence_alone"]`` holds its logits and the samples that have it.
 
     Raises:
-        ValueError: T2Sag is not first, an unknown fusion, or all-level fusion of one sequence.
+        ValueError: T2Sag is not first, an unknown fusion, all-level fusion of one sequence, or
+            sequence supervision without Mean Imputation and several sequences.
     """
 
     def __init__(
@@ -308,6 +313,7 @@ class CordNet(nn.Module):
         mean_imputation: bool = False,
         feature_noise: FeatureNoise | None = None,
         fusion: str = "bottleneck",
+        sequence_supervision: bool = False,
     ):
         super().__init__()
         if not sequences or sequences[0] != REFERENCE:
@@ -316,6 +322,9 @@ class CordNet(nn.Module):
             raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
         if fusion == "all-levels" and len(sequences) < 2:
             raise ValueError("all-level fusion needs more than one sequence")
+        if sequence_supervision and (not mean_imputation or len(sequences) < 2):
+            raise ValueError("sequence supervision needs Mean Imputation of several sequences")
+        self.sequence_supervision = sequence_supervision
         self.config = config
         self.sequences = list(sequences)
         self.mean_imputation = mean_imputation
@@ -392,7 +401,36 @@ class CordNet(nn.Module):
             )
             bottleneck = nn.functional.leaky_relu(bottleneck + noise, 0.01)
         logits = self.decoder([*skips[:-1], bottleneck])
-        return NetOutput(logits[: self.config.deep_supervision_levels], stacked, available)
+        output = NetOutput(logits[: self.config.deep_supervision_levels], stacked, available)
+        if self.training and self.sequence_supervision:
+            # The same draw on every DDP rank (the global RNG is seeded alike), so that ranks
+            # agree on which encoder this step supervises.
+            index = int(torch.randint(1, k, ()))
+            has = available[:, index]
+            if bool(has.any()):
+                output.extra["sequence_alone"] = (self._alone(per_sequence, index), has)
+        return output
+
+    def _alone(self, per_sequence: list[list[torch.Tensor]], index: int) -> list[torch.Tensor]:
+        """Logits from one sequence's features alone: every other sequence imputed by them
+        (equation 1 with that sequence the only one available), at the bottleneck and, with
+        all-level fusion, at every level; with the paper's fusion the skips are its own."""
+        batch = per_sequence[0][0].shape[0]
+        only = torch.zeros(batch, len(self.sequences), dtype=torch.bool)
+        only[:, index] = True
+        only = only.to(per_sequence[0][0].device)
+        own = per_sequence[index]
+        if self.skip_fusions is not None:
+            skips = [
+                self._fuse_level(fuse, [levels[depth] for levels in per_sequence], only)
+                for depth, fuse in enumerate(self.skip_fusions)
+            ]
+        else:
+            skips = list(own[:-1])
+        stacked = mean_impute(torch.stack([levels[-1] for levels in per_sequence], dim=1), only)
+        assert self.fusion is not None  # several sequences
+        bottleneck = self.fusion(stacked.flatten(1, 2))
+        return self.decoder([*skips, bottleneck])[: self.config.deep_supervision_levels]
 
     def _fuse_level(
         self, fuse: nn.Module, features: list[torch.Tensor], available: torch.Tensor
@@ -518,35 +556,51 @@ class EarlyFusionNet(nn.Module):
         )
 
 
+#: The anchored model's corrections: early fusion (which also reads the anchor's lesion
+#: probability), or one encoder per sequence with Mean Imputation and all-level fusion.
+CORRECTIONS = ("early-fusion", "all-levels")
+
+
 class AnchoredNet(nn.Module):
     """A frozen T2Sag-only model (the anchor) plus a correction over every available sequence,
     added to the anchor's logits.
 
     The correction is an :class:`EarlyFusionNet` that also reads the anchor's lesion
-    probability, so it learns what the other sequences change in the anchor's answer. Its output
-    layers start at zero, so training starts from the anchor's answer. A sample with T2Sag alone
-    gets the anchor's logits, bit for bit: with T2Sag alone the model cannot do worse than its
-    anchor. The anchor stays in evaluation mode and receives no gradient.
+    probability, so it learns what the other sequences change in the anchor's answer, or a
+    :class:`CordNet` with all-level fusion. Its output layers start at zero, so training starts
+    from the anchor's answer. A sample with T2Sag alone gets the anchor's logits, bit for bit:
+    with T2Sag alone the model cannot do worse than its anchor. The anchor stays in evaluation
+    mode and receives no gradient.
 
     Args:
         config: The architecture of the anchor and the correction.
         sequences: The model's sequences in channel order; T2Sag first, more than one.
+        correction: One of :data:`CORRECTIONS`.
 
     Raises:
-        ValueError: T2Sag is not first, or T2Sag alone.
+        ValueError: T2Sag is not first, T2Sag alone, or an unknown correction.
     """
 
+    #: A mixed batch in training runs every parameter of the correction.
     mean_imputation = False
 
-    def __init__(self, config: NetConfig, sequences: Sequence[str]):
+    def __init__(
+        self, config: NetConfig, sequences: Sequence[str], *, correction: str = "early-fusion"
+    ):
         super().__init__()
         if len(sequences) < 2:
             raise ValueError("an anchored model needs more sequences than its T2Sag anchor")
+        if correction not in CORRECTIONS:
+            raise ValueError(f"correction must be one of {', '.join(CORRECTIONS)}")
         self.config = config
         self.sequences = list(sequences)
         self.anchor = CordNet(config, [REFERENCE])
         self.anchor.requires_grad_(False)
-        self.correction = EarlyFusionNet(config, sequences, extra_channels=1)
+        self.correction: EarlyFusionNet | CordNet
+        if correction == "early-fusion":
+            self.correction = EarlyFusionNet(config, sequences, extra_channels=1)
+        else:
+            self.correction = CordNet(config, sequences, mean_imputation=True, fusion="all-levels")
         for head in self.correction.decoder.seg_layers[self.correction.unused_heads :]:
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
@@ -587,8 +641,11 @@ class AnchoredNet(nn.Module):
         others = available[:, 1:].any(dim=1)
         if not self.training and not bool(others.any()):
             return NetOutput(anchor.logits, anchor.features, available)
-        probability = torch.softmax(anchor.logits[0].float(), dim=1)[:, 1:]
-        correction = self.correction(x, available, probability)
+        if isinstance(self.correction, EarlyFusionNet):
+            probability = torch.softmax(anchor.logits[0].float(), dim=1)[:, 1:]
+            correction = self.correction(x, available, probability)
+        else:
+            correction = self.correction(x, available)
         keep = others.view(-1, 1, 1, 1, 1)
         logits = [
             torch.where(keep, a + c, a)

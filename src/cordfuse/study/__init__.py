@@ -19,8 +19,12 @@ The models (section 2.3-2.4), in training order:
 ``feature-aug``      T2Sag with latent feature augmentation
 ``mi-dropout``       Mean Imputation, each other sequence hidden with probability 0.5 in training
 ``mi-all-levels``    Mean Imputation fused at every encoder level (beyond the paper)
+``mi-seqsup``        Mean Imputation, one other sequence also segments alone each step (0.5)
 ``mi-all-levels-refdrop`` the same, T2Sag hidden with probability 0.35 in training samples whose
                      other sequences cover the patch
+``early-fusion``     one U-Net over the stacked sequences, sequence dropout 0.5
+``anchored``         ``baseline`` (same seed) frozen plus an early-fusion correction
+``anchored-all-levels`` the same with an all-level fusion correction
 ==================== ====================================================================
 
 Three modules, one job each:

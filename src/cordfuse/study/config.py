@@ -37,6 +37,8 @@ class Experiment:
         sequence_dropout: Probability of hiding each other sequence of a training sample.
         reference_dropout: Probability of hiding T2Sag in a training sample whose other sequences
             cover the patch.
+        correction: The anchored model's correction network.
+        sequence_supervision: Weight of the loss segmenting from one other sequence alone.
     """
 
     name: str
@@ -47,6 +49,8 @@ class Experiment:
     fusion: str = "bottleneck"
     sequence_dropout: float = 0.0
     reference_dropout: float = 0.0
+    correction: str = "early-fusion"
+    sequence_supervision: float = 0.0
 
     @property
     def multi(self) -> bool:
@@ -83,6 +87,12 @@ EXPERIMENTS: dict[str, Experiment] = {
         Experiment("mi-dropout", "MI + sequence dropout", "mean-imputation", sequence_dropout=0.5),
         Experiment("mi-all-levels", "MI, all-level fusion", "mean-imputation", fusion="all-levels"),
         Experiment(
+            "mi-seqsup",
+            "MI + each sequence supervised",
+            "mean-imputation",
+            sequence_supervision=0.5,
+        ),
+        Experiment(
             "mi-all-levels-refdrop",
             "MI, all-level fusion + T2Sag dropout",
             "mean-imputation",
@@ -95,6 +105,13 @@ EXPERIMENTS: dict[str, Experiment] = {
         ),
         Experiment(
             "anchored", "Anchored on the baseline", "anchored", sequence_dropout=ANCHORED_DROPOUT
+        ),
+        Experiment(
+            "anchored-all-levels",
+            "Anchored, all-level fusion correction",
+            "anchored",
+            sequence_dropout=ANCHORED_DROPOUT,
+            correction="all-levels",
         ),
     )
 }
@@ -124,10 +141,10 @@ seeds: 1               # number of training seeds (0, 1, ...) or a list; the pap
 # iterations: 25
 test_per_cohort: 22    # held-out test subjects per cohort (one more per cohort validates)
 # The paper's grid, then models beyond it (docs/multisequence.md); also available:
-# mi-dropout (Mean Imputation with sequence dropout).
+# mi-dropout (Mean Imputation with sequence dropout), mi-seqsup (each sequence supervised).
 experiments: [baseline, specific-stir, specific-t2s-t1, specific-t2s-t2ax, mi, mi-frozen,
               mi-distill, feature-aug, mi-all-levels, mi-all-levels-refdrop, early-fusion,
-              anchored]
+              anchored, anchored-all-levels]
 feature_noise: paper   # paper | fit (analyze the MI model of the same seed) | a JSON file
 # device: auto         # auto | cpu | cuda
 # jobs: 2              # pre-processing processes
@@ -194,7 +211,8 @@ class StudyConfig:
             )
         if "mi-frozen" in self.experiments and "baseline" not in self.experiments:
             raise CordfuseError("mi-frozen freezes the baseline's T2Sag encoder: add baseline")
-        if "anchored" in self.experiments and "baseline" not in self.experiments:
+        anchored = {"anchored", "anchored-all-levels"} & set(self.experiments)
+        if anchored and "baseline" not in self.experiments:
             raise CordfuseError("anchored keeps the baseline of the same seed: add baseline")
         if (
             self.feature_noise == "fit"

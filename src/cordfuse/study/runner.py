@@ -437,11 +437,13 @@ def _train_config(study: StudyConfig, experiment: Experiment, seed: int, out: Pa
         "fusion": experiment.fusion,
         "sequence_dropout": experiment.sequence_dropout,
         "reference_dropout": experiment.reference_dropout,
+        "sequence_supervision": experiment.sequence_supervision,
     }
     if experiment.variant == "frozen-encoder":
         config["frozen_from"] = str(out / "runs" / "baseline" / f"seed-{seed}")
     if experiment.model == "anchored":
         config["anchor"] = str(out / "runs" / "baseline" / f"seed-{seed}")
+        config["correction"] = experiment.correction
     if experiment.variant == "feature-aug":
         config["feature_noise"] = noise
     return config

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 
 from cordfuse.errors import CordfuseError
-from cordfuse.nn.networks import FUSIONS, NET_PRESETS, FeatureNoise, NetConfig
+from cordfuse.nn.networks import CORRECTIONS, FUSIONS, NET_PRESETS, FeatureNoise, NetConfig
 from cordfuse.sequences import SEQUENCES
 
 MODELS = ("baseline", "specific", "mean-imputation", "early-fusion", "anchored")
@@ -63,6 +63,11 @@ class TrainConfig:
     #: The anchored model's frozen T2Sag-only model (a baseline's training folder or checkpoint);
     #: its weights are copied into the anchored model's checkpoint when training starts.
     anchor: str | None = None
+    #: The anchored model's correction network (``cordfuse.nn.networks.CORRECTIONS``).
+    correction: str = "early-fusion"
+    #: Weight of the auxiliary loss that segments lesions from one other sequence's features
+    #: alone each step (Mean Imputation only); 0 is the paper's recipe.
+    sequence_supervision: float = 0.0
 
     def __post_init__(self):
         if self.val_every < 1 or (self.num_workers is not None and self.num_workers < 0):
@@ -101,6 +106,12 @@ class TrainConfig:
                 "--sequence-dropout needs a model that accepts missing sequences "
                 f"({', '.join(ACCEPT_MISSING)})"
             )
+        if self.sequence_supervision < 0 or (
+            self.sequence_supervision and self.model != "mean-imputation"
+        ):
+            raise CordfuseError("--sequence-supervision W needs Mean Imputation and W >= 0")
+        if self.correction not in CORRECTIONS:
+            raise CordfuseError(f"--correction: one of {', '.join(CORRECTIONS)}")
         if (self.model == "anchored") != bool(self.anchor):
             raise CordfuseError("--anchor RUN goes with --model anchored, and it needs one")
         if self.model in ("early-fusion", "anchored") and self.fusion != "bottleneck":

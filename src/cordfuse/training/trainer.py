@@ -477,6 +477,11 @@ def train(
             with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 output = net(images, available)
                 loss = deep_supervision_loss(output.logits, labels)
+                if "sequence_alone" in output.extra:
+                    alone, has = output.extra["sequence_alone"]
+                    loss = loss + config.sequence_supervision * deep_supervision_loss(
+                        [logits[has] for logits in alone], labels[has]
+                    )
                 if config.variant == "distillation":
                     loss = loss + config.distillation_alpha * distillation_loss(
                         output.features.float(), output.available
