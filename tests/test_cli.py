@@ -69,7 +69,7 @@ def test_demo_runs_the_main_job_end_to_end(tiny_demo, tmp_path):
     fold = json.loads((out / "fold.json").read_text())
     assert len(fold["test"]) == 3 and not set(fold["test"]) & set(fold["train"])
     # the study's layout: runs/<experiment>/seed-<n>/, predictions/.../seed-<n>/<sequences>/
-    for model in ("baseline", "mi"):
+    for model in ("baseline", "anchored"):
         assert (out / "runs" / model / "seed-0" / "checkpoint_best.pt").exists()
     document = json.loads((out / "prepared" / "dataset.json").read_text())
     several = sorted(
@@ -78,8 +78,8 @@ def test_demo_runs_the_main_job_end_to_end(tiny_demo, tmp_path):
     assert several  # "all available" differs from T2Sag only for these test subjects
     for name, subjects in (
         ("baseline/seed-0/T2Sag", fold["test"]),
-        ("mi/seed-0/T2Sag", fold["test"]),
-        ("mi/seed-0/all-available", several),
+        ("anchored/seed-0/T2Sag", fold["test"]),
+        ("anchored/seed-0/all-available", several),
     ):
         masks = sorted((out / "predictions" / name).glob("*_lesion.nii.gz"))
         assert [m.name.split("_")[0] for m in masks] == subjects
@@ -87,9 +87,10 @@ def test_demo_runs_the_main_job_end_to_end(tiny_demo, tmp_path):
     assert "| F1 A | F1 B | F1 C | Dice A | Dice B | Dice C |" in table.replace(
         "model | sequences at inference | ", ""
     )
-    # Table 1: T2Sag, all available; Table 2; what the extra sequences add (all available)
-    assert table.count("| Mean Imputation |") == 4
-    assert "| Mean Imputation | 0 | all available |" in table and "McNemar" in table
+    # Table 1: T2Sag, all available; Table 2; the product; what the extra sequences add
+    assert table.count("| Anchored on the baseline |") == 5
+    assert "| Anchored on the baseline | 0 | all available |" in table and "McNemar" in table
+    assert "| best T2Sag-only answer: T2Sag baseline (T2Sag) |" in table
     lesions = (out / "per_lesion.csv").read_text().splitlines()
     assert lesions[0].startswith("experiment,seed,inference,subject") and len(lesions) > 1
     per_image = (out / "per_image.csv").read_text().splitlines()

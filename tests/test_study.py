@@ -11,6 +11,7 @@ import pytest
 import torch
 from scipy import stats
 
+from cordfuse.checkpoint import Checkpoint
 from cordfuse.cli import main
 from cordfuse.errors import CordfuseError
 from cordfuse.evaluation.tables import (
@@ -290,6 +291,11 @@ def test_study_runs_the_grid_and_writes_the_tables(tiny_study):
             same = out / "predictions" / name / "seed-0" / "T2Sag" / mask.name
             assert np.array_equal(np.asanyarray(nib.load(same).dataobj), nib.load(mask).dataobj)
     assert "best T2Sag-only answer" in (out / "product.md").read_text()
+    runs = out / "runs"
+    assert Checkpoint.load(runs / "anchored-all-levels" / "seed-0").config.correction == (
+        "all-levels"
+    )
+    assert Checkpoint.load(runs / "mi-seqsup" / "seed-0").config.sequence_supervision == 0.5
     # every prediction is a mask on the native T2Sag grid of its subject
     mask = next((out / "predictions" / "mi" / "seed-0" / "T2Sag").glob("*_lesion.nii.gz"))
     prepared = PreparedSubject.load(out / "prepared" / mask.name.split("_")[0])
@@ -471,16 +477,20 @@ def test_demo_is_the_study_runner_with_a_built_in_config(tiny_demo):
 
     out = tiny_demo["out"]
     config = demo_config(DemoSettings(subjects=9, epochs=1, iterations=2, test_per_cohort=1))
-    assert config.experiments == ("baseline", "mi") and config.preset == "small"
+    assert config.experiments == ("baseline", "anchored") and config.preset == "small"
     assert StudyConfig.from_file(out / "config.json") == config
     manifest = json.loads((out / "cordfuse_run.json").read_text())
-    assert manifest["kind"] == "demo" and manifest["experiments"] == ["baseline", "mi"]
+    assert manifest["kind"] == "demo" and manifest["experiments"] == ["baseline", "anchored"]
     assert [folder for _, folder in manifest["qc_predictions"]] == [
         "predictions/baseline/seed-0/T2Sag",
-        "predictions/mi/seed-0/all-available",
+        "predictions/anchored/seed-0/all-available",
     ]
     runs = evaluate_reproduces_per_image_csv(out)
-    assert runs == [("baseline", 0, "T2Sag"), ("mi", 0, "T2Sag"), ("mi", 0, ALL_AVAILABLE)]
+    assert runs == [
+        ("anchored", 0, "T2Sag"),
+        ("anchored", 0, ALL_AVAILABLE),
+        ("baseline", 0, "T2Sag"),
+    ]
 
 
 def test_t2sag_only_is_one_prediction_in_predict_and_in_the_study(

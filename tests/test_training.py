@@ -552,3 +552,29 @@ class TestMultiSequenceModels:
         every = predict_prepared(prepared, [model])
         assert alone.sequences == ["T2Sag"] and len(every.sequences) > 1
         assert not np.array_equal(alone.probabilities, every.probabilities)
+
+
+def test_validation_dice_is_pooled_so_predicting_nothing_scores_zero():
+    """A lesion-free validation subject scores 1 for an empty prediction; averaged per subject,
+    a model that predicts nothing (the first epochs' plateau) looked like a good checkpoint."""
+    from cordfuse.nn.networks import NET_PRESETS, CordNet
+    from cordfuse.training.data import SubjectArrays
+
+    net = CordNet(NET_PRESETS["small"], ["T2Sag"])
+    for head in net.decoder.seg_layers[net.unused_heads :]:
+        torch.nn.init.zeros_(head.weight)
+        head.bias.data = torch.tensor([10.0, -10.0])  # background everywhere
+    images = np.zeros((2, 24, 24, 64), np.float32)
+    images[1] = 1.0
+    lesion = np.zeros((24, 24, 64), np.uint8)
+    lesion[10:13, 10:13, 30:34] = 1
+    subjects = [
+        SubjectArrays(name, None, images, np.array([True]), label, np.argwhere(label))
+        for name, label in (("with", lesion), ("without", np.zeros_like(lesion)))
+    ]
+    config = tiny()
+    assert validate(net, subjects, config, "cpu", None) == 0.0
+    head = net.decoder.seg_layers[-1]
+    head.bias.data = torch.tensor([-10.0, 10.0])  # lesion everywhere
+    expected = 2 * lesion.sum() / (2 * lesion.size + lesion.sum())
+    assert validate(net, subjects, config, "cpu", None) == pytest.approx(expected)

@@ -34,7 +34,6 @@ import torch
 
 from cordfuse.checkpoint import BEST, LATEST, Checkpoint, initial_network
 from cordfuse.errors import CordfuseError
-from cordfuse.evaluation.metrics import dice
 from cordfuse.io import atomic_write_bytes, atomic_write_text
 from cordfuse.nn.device import autocast_dtype, choose_device
 from cordfuse.nn.networks import AnchoredNet, CordNet, NetOutput, Network, distillation_loss
@@ -251,7 +250,12 @@ def weights_digest(model: torch.nn.Module) -> str:
 
 
 def validate(model, subjects, config: TrainConfig, device, dtype) -> float:
-    """Mean Dice over validation subjects, sliding window over each whole crop.
+    """Dice of the validation subjects pooled (every lesion voxel of every subject counted
+    once, as nnU-Net's pseudo-Dice), sliding window over each whole crop.
+
+    Pooled, not the mean of per-subject Dice: a lesion-free validation subject scores 1 for an
+    empty prediction, so with few validation subjects the mean made a model that predicts
+    nothing (the all-background plateau of the first epochs) the "best" checkpoint.
 
     Args:
         model: The network (put back in training mode afterwards).
@@ -261,12 +265,12 @@ def validate(model, subjects, config: TrainConfig, device, dtype) -> float:
         dtype: The autocast type, or None.
 
     Returns:
-        The mean Dice; NaN without validation subjects.
+        The pooled Dice; NaN without validation subjects.
     """
     if not subjects:
         return float("nan")
     model.eval()
-    scores = []
+    found, predicted, truth = 0, 0, 0
     for subject in subjects:
         prob = predict_probabilities(
             model,
@@ -277,9 +281,12 @@ def validate(model, subjects, config: TrainConfig, device, dtype) -> float:
             device=device,
             autocast_dtype=dtype,
         )
-        scores.append(dice(prob > 0.5, subject.label > 0))
+        mask, lesion = prob > 0.5, subject.label > 0
+        found += int((mask & lesion).sum())
+        predicted += int(mask.sum())
+        truth += int(lesion.sum())
     model.train()
-    return float(np.mean(scores))
+    return 1.0 if predicted + truth == 0 else 2.0 * found / (predicted + truth)
 
 
 def _plot(history: list[dict], path: Path) -> None:
