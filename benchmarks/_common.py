@@ -42,3 +42,28 @@ def write_full_subject(root):
 
     write_subject(generate_subject(0, 1, register_full_cohort()), root, 0)
     return discover(root).subjects[0]
+
+
+def network_batch(config, device, foreground: float = 0.01):
+    """A random training batch for ``config``'s network: the images of every sequence, then
+    their coverage masks (all covered) when the network reads them; labels; availability.
+
+    Args:
+        config: A ``TrainConfig``.
+        device: Where the tensors go.
+        foreground: Share of lesion voxels in the labels.
+
+    Returns:
+        ``(x, labels, available)``.
+    """
+    import torch
+
+    k = len(config.model_sequences)
+    shape = (config.batch_size, k, *config.net.patch_size)
+    x = torch.randn(*shape, device=device)
+    if config.net.coverage_input:
+        x = torch.cat([x, torch.ones(*shape, device=device)], dim=1)
+    labels = (
+        torch.rand(config.batch_size, *config.net.patch_size, device=device) < foreground
+    ).long()
+    return x, labels, torch.ones(config.batch_size, k, dtype=torch.bool, device=device)

@@ -24,7 +24,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from _common import print_table, register_full_cohort
+from _common import network_batch, print_table, register_full_cohort
 
 
 def bare_loop(
@@ -50,12 +50,9 @@ def bare_loop(
         model = model.to(memory_format=torch.channels_last_3d)
     net = torch.compile(model) if compiled else model
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.99, nesterov=True)
-    k = len(config.model_sequences)
-    x = torch.randn(config.batch_size, k, *config.net.patch_size, device=device)
+    x, y, available = network_batch(config, device, foreground=0.03)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last_3d)
-    y = (torch.rand(config.batch_size, *config.net.patch_size, device=device) > 0.97).long()
-    available = torch.ones(config.batch_size, k, dtype=torch.bool, device=device)
     dtype = autocast_dtype(config.amp, device)
 
     def step():

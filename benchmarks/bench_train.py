@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import print_table
+from _common import network_batch, print_table
 
 
 def main() -> None:
@@ -41,7 +41,9 @@ def main() -> None:
         _, paths = load_prepared_dataset(Path(tmp) / "prep")
         for model_name in ("baseline", "mean-imputation"):
             config = TrainConfig(model=model_name, preset=args.preset)
-            subjects = load_subjects(paths, config.model_sequences)
+            subjects = load_subjects(
+                paths, config.model_sequences, coverage=config.net.coverage_input
+            )
             dataset = PatchDataset(
                 subjects, config.net.patch_size, seed=0, foreground_fraction=1 / 3, augment=True
             )
@@ -50,10 +52,7 @@ def main() -> None:
             for n in range(n_batches * config.batch_size):
                 dataset[n]
             data_time = (time.perf_counter() - start) / n_batches
-            k = len(config.model_sequences)
-            x = torch.randn(config.batch_size, k, *config.net.patch_size, device=device)
-            y = (torch.rand(config.batch_size, *config.net.patch_size, device=device) > 0.99).long()
-            available = torch.ones(config.batch_size, k, dtype=torch.bool, device=device)
+            x, y, available = network_batch(config, device)
             for dtype_name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
                 model = build_model(config).to(device)
                 optimiser = torch.optim.SGD(
@@ -77,7 +76,7 @@ def main() -> None:
                 overhead = data_time / (data_time + step_time)
                 rows.append(
                     (
-                        f"{model_name} ({k} enc) {dtype_name} step",
+                        f"{model_name} ({len(config.model_sequences)} enc) {dtype_name} step",
                         f"{step_time:.2f} s",
                         f"data+augment {data_time:.3f} s = {100 * overhead:.1f} % (target < 5 %)",
                     )

@@ -47,6 +47,13 @@ def main(prepared: str, out: str) -> None:
         "anchored": replace(
             base, model="anchored", anchor=str(Path(out) / "baseline"), sequence_dropout=0.25
         ),
+        "anchored-all-levels": replace(
+            base,
+            model="anchored",
+            anchor=str(Path(out) / "baseline"),
+            sequence_dropout=0.25,
+            correction="all-levels",
+        ),
     }
     result = {}
     for name, config in runs.items():

@@ -375,7 +375,7 @@ class TestSequenceSupervision:
         )
         flags = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 0, 1, 1, 1, 1]], dtype=torch.bool)
         out = net(covered(tiny_input()), flags)
-        alone, has = out.extra["sequence_alone"]
+        alone, has, index = out.extra["sequence_alone"]
         assert [t.shape for t in alone] == [t.shape for t in out.logits]
         # The auxiliary loss alone reaches the first stage of exactly one non-T2Sag encoder.
         sum(t[has].sum() for t in alone).backward()
@@ -388,7 +388,8 @@ class TestSequenceSupervision:
             )
         ]
         assert len(reached) == 1
-        assert has.tolist() == flags[:, SEQUENCES.index(reached[0])].tolist()
+        assert SEQUENCES.index(reached[0]) == index
+        assert has.tolist() == flags[:, index].tolist()
         net.eval()
         assert "sequence_alone" not in net(covered(tiny_input()), flags).extra
 

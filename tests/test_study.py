@@ -412,7 +412,12 @@ def test_analyze_features_cli_writes_params_train_reads(tiny_study, tmp_path, ca
         )
         == 2
     )
-    assert "single-encoder model" in capsys.readouterr().err
+    assert "a baseline model has no per-sequence encoders" in capsys.readouterr().err
+    for model in ("early-fusion", "anchored"):
+        run = tiny_study / "runs" / model / "seed-0"
+        argv = ["analyze-features", str(run), str(tiny_study / "prepared"), "-o", str(tmp_path)]
+        assert main(argv) == 2
+        assert f"a {model} model has no per-sequence encoders" in capsys.readouterr().err
 
 
 def evaluate_reproduces_per_image_csv(out) -> list[tuple[str, int, str]]:

@@ -231,7 +231,7 @@ def test_sequence_dropout_hides_other_sequences_never_t2sag(prepared_small):
                 assert torch.equal(image[k], full_image[k])
         assert torch.equal(image[0], full_image[0])
     assert 0.4 < hidden / (hidden + kept) < 0.6
-    with pytest.raises(CordfuseError, match="needs Mean Imputation"):
+    with pytest.raises(CordfuseError, match="accepts missing sequences"):
         TrainConfig(model="baseline", sequence_dropout=0.5)
     with pytest.raises(CordfuseError, match="probability"):
         TrainConfig(sequence_dropout=1.0)
@@ -323,6 +323,7 @@ def test_ddp_trains_every_model_and_variant_and_resumes(prepared_small, tmp_path
         "sequence-supervision",
         "early-fusion",
         "anchored",
+        "anchored-all-levels",
         "mean-imputation-straight",
         "mean-imputation-resumed",
         "anchored-straight",
@@ -331,7 +332,7 @@ def test_ddp_trains_every_model_and_variant_and_resumes(prepared_small, tmp_path
     assert all(run["in_sync"] is True for run in runs.values()), runs
     for name in ("mean-imputation", "anchored"):
         assert runs[f"{name}-resumed"]["digest"] == runs[f"{name}-straight"]["digest"]
-    assert len({run["digest"] for run in runs.values()}) == 11  # all differ but the resumed
+    assert len({run["digest"] for run in runs.values()}) == 12  # all differ but the resumed
 
 
 def test_small_preset_learns_on_cpu(learned):

@@ -194,10 +194,10 @@ def feature_differences(
 
     net = model.model
     sequences = model.sequences
-    if len(sequences) < 2:
+    if len(sequences) < 2 or model.config.model not in ("specific", "mean-imputation"):
         raise CordfuseError(
-            f"{model.path}: a single-encoder model has no feature differences "
-            "to analyse (use a Mean Imputation model)"
+            f"{model.path}: a {model.config.model} model has no per-sequence encoders whose "
+            "features differ (use a Mean Imputation model)"
         )
     patch_z = model.net.patch_size[2]
     rng = np.random.default_rng(seed)

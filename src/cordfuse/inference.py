@@ -117,7 +117,9 @@ def load_models(paths, device: torch.device) -> list[LoadedModel]:
     models = [load_model(p, device) for p in paths]
     first = models[0]
     for other in models[1:]:
-        if other.prep != first.prep or other.net != first.net:
+        # each model reads its own input (with or without coverage masks): the rest must agree
+        same_net = replace(other.net, coverage_input=first.net.coverage_input) == first.net
+        if other.prep != first.prep or not same_net:
             raise CordfuseError(
                 f"{other.path}: an ensemble needs models with the same "
                 f"pre-processing and network size as {first.path}"

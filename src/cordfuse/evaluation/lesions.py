@@ -955,7 +955,8 @@ def product_table(
         f"Best {T2SAG_ONLY}-only answer: per seed, of every model's predictions with "
         f"{T2SAG_ONLY} alone (the baseline's and each multi-sequence model's), the one with the "
         "highest lesion-wise F1 (mean over the test images, undefined values left out; a tie goes "
-        "to the model listed first): what a user gets without the other sequences.",
+        "to the model listed first): what a user gets without the other sequences. It is chosen "
+        "on these test images, which favours it; the McNemar p-values do not correct for that.",
         f"Each multi-sequence model predicts each test subject with every sequence it has; a "
         f"subject with {T2SAG_ONLY} alone gets the model's {T2SAG_ONLY}-only prediction, as a "
         "user would. Compared on the test subjects the base answers too, the same ground-truth "

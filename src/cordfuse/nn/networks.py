@@ -298,7 +298,8 @@ class CordNet(nn.Module):
         sequence_supervision: In training, also segment from one other sequence's features alone
             (drawn per step) through the shared decoder, for an auxiliary loss that leaves no
             encoder idle (RFNet's and mmFormer's answer to modality imbalance); the output's
-            ``extra["sequence_alone"]`` holds its logits and the samples that have it.
+            ``extra["sequence_alone"]`` holds its logits, the samples that have it and its
+            channel.
 
     Raises:
         ValueError: T2Sag is not first, an unknown fusion, all-level fusion of one sequence, or
@@ -352,6 +353,12 @@ class CordNet(nn.Module):
         self.decoder, self.unused_heads = make_decoder(self.encoders[REFERENCE], config)
         self.apply(InitWeights_He(1e-2))
         self.register_load_state_dict_pre_hook(_skip_unused_heads)
+
+    @property
+    def skips_parameters(self) -> bool:
+        """Whether a training step may leave parameters unused: Mean Imputation skips the
+        encoder of a sequence missing from the whole batch (DDP must then search the graph)."""
+        return self.mean_imputation
 
     def forward(self, x: torch.Tensor, available: torch.Tensor | None = None) -> NetOutput:
         """Segment a batch of patches.
@@ -408,7 +415,7 @@ class CordNet(nn.Module):
             index = int(torch.randint(1, k, ()))
             has = available[:, index]
             if bool(has.any()):
-                output.extra["sequence_alone"] = (self._alone(per_sequence, index), has)
+                output.extra["sequence_alone"] = (self._alone(per_sequence, index), has, index)
         return output
 
     def _alone(self, per_sequence: list[list[torch.Tensor]], index: int) -> list[torch.Tensor]:
@@ -505,6 +512,8 @@ class EarlyFusionNet(nn.Module):
 
     #: Missing sequences are zero channels, not imputed features.
     mean_imputation = False
+    #: Every parameter takes part in every step.
+    skips_parameters = False
 
     def __init__(self, config: NetConfig, sequences: Sequence[str], *, extra_channels: int = 0):
         super().__init__()
@@ -581,7 +590,6 @@ class AnchoredNet(nn.Module):
         ValueError: T2Sag is not first, T2Sag alone, or an unknown correction.
     """
 
-    #: A mixed batch in training runs every parameter of the correction.
     mean_imputation = False
 
     def __init__(
@@ -594,7 +602,7 @@ class AnchoredNet(nn.Module):
             raise ValueError(f"correction must be one of {', '.join(CORRECTIONS)}")
         self.config = config
         self.sequences = list(sequences)
-        self.anchor = CordNet(config, [REFERENCE])
+        self.anchor = CordNet(config, [REFERENCE]).eval()
         self.anchor.requires_grad_(False)
         self.correction: EarlyFusionNet | CordNet
         if correction == "early-fusion":
@@ -604,6 +612,12 @@ class AnchoredNet(nn.Module):
         for head in self.correction.decoder.seg_layers[self.correction.unused_heads :]:
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
+
+    @property
+    def skips_parameters(self) -> bool:
+        """Whether a training step may leave parameters unused: those of its correction (the
+        correction runs on every training batch; an all-level one skips missing encoders)."""
+        return self.correction.skips_parameters
 
     def train(self, mode: bool = True) -> AnchoredNet:
         """Set the correction's mode; the anchor always predicts as in evaluation.

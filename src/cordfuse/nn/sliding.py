@@ -71,13 +71,15 @@ def predict_probabilities(
     autocast_dtype: torch.dtype | None = None,
     mirror: bool = False,
 ) -> np.ndarray:
-    """Lesion probability ``(X, Y, Z)`` for one subject's normalised crops ``(K, X, Y, Z)``.
+    """Lesion probability ``(X, Y, Z)`` for one subject's network input ``(C, X, Y, Z)``: its K
+    normalised crops, then their K coverage masks for a network that reads them.
 
     With ``mirror``, each window is also predicted left-right flipped and the two averaged.
 
     Args:
         model: A :class:`~cordfuse.nn.networks.CordNet` in eval mode.
-        images: ``(K, X, Y, Z)`` normalised crops, channels in the model's order.
+        images: ``(K or 2K, X, Y, Z)`` normalised crops in the model's order (then their
+            coverage masks; :func:`cordfuse.training.data.normalise`).
         available: ``(K,)`` booleans, which sequences the subject has.
         patch_z: The window length along S-I (the model's patch).
         overlap: The fraction of a window the next one overlaps.

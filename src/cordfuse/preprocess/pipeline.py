@@ -231,7 +231,13 @@ class PreparedSubject:
 
         Args:
             path: The ``prepared.npz`` to write.
+
+        Raises:
+            ValueError: a sequence without its coverage mask (it could not be read back).
         """
+        missing = [seq for seq in self.images if seq not in self.coverage]
+        if missing:
+            raise ValueError(f"no coverage mask for {', '.join(missing)}")
         arrays = {f"image_{seq}": img.astype(np.float32) for seq, img in self.images.items()}
         arrays |= {f"centres_{seq}": c.astype(np.float32) for seq, c in self.centres.items()}
         arrays |= {f"coverage_{seq}": c.astype(bool) for seq, c in self.coverage.items()}

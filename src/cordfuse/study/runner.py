@@ -235,6 +235,10 @@ def run_stages(study: StudyConfig, out: Path, *, log: Log = print) -> StudyRun:
     return StudyRun(data, statuses, records, written, minutes)
 
 
+#: The multi-sequence models whose masks with every sequence the report outlines, by preference.
+QC_MULTI_SEQUENCE = ("anchored", "mi", "anchored-all-levels", "early-fusion")
+
+
 def write_report(study: StudyConfig, out: Path, *, kind: str, data: Path, minutes: float) -> Path:
     """The run's manifest (``cordfuse_run.json``) and ``report.html``.
 
@@ -252,13 +256,15 @@ def write_report(study: StudyConfig, out: Path, *, kind: str, data: Path, minute
     from cordfuse.report import write_report as write_html
 
     seed = study.seeds[0]
-    # one model without and one with the extra sequences, as outlines on each test subject
+    # one model without and one with the extra sequences, as outlines on each test subject: the
+    # recommended multi-sequence model where the study has it, else the paper's
+    multi = next((m for m in QC_MULTI_SEQUENCE if m in study.experiments), None)
     qc = [
         (
             f"{LABELS[name]} [{inference}]",
             str(prediction_folder(out, name, seed, inference).relative_to(out)),
         )
-        for name, inference in (("baseline", T2SAG_ONLY), ("mi", ALL_AVAILABLE))
+        for name, inference in (("baseline", T2SAG_ONLY), (multi, ALL_AVAILABLE))
         if name in study.experiments
     ]
     write_manifest(

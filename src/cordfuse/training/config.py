@@ -112,6 +112,8 @@ class TrainConfig:
             raise CordfuseError("--sequence-supervision W needs Mean Imputation and W >= 0")
         if self.correction not in CORRECTIONS:
             raise CordfuseError(f"--correction: one of {', '.join(CORRECTIONS)}")
+        if self.correction != CORRECTIONS[0] and self.model != "anchored":
+            raise CordfuseError("--correction applies to --model anchored")
         if (self.model == "anchored") != bool(self.anchor):
             raise CordfuseError("--anchor RUN goes with --model anchored, and it needs one")
         if self.model in ("early-fusion", "anchored") and self.fusion != "bottleneck":

@@ -166,7 +166,8 @@ def anchor_checkpoint(config: TrainConfig, prep: PrepConfig | None = None) -> Ch
     if anchor.net != config.net:
         raise CordfuseError(
             f"{anchor.path}: the anchor's network is not the {config.preset} preset's "
-            "(train the anchor with the same preset)"
+            "(train the anchor with the same preset and this cordfuse version, whose networks "
+            "read each sequence's coverage)"
         )
     if prep is not None and anchor.prep != prep:
         raise CordfuseError(
@@ -425,12 +426,13 @@ def train(
         best, history = checkpoint.best_val_dice, checkpoint.history
     net: Callable[..., NetOutput] = model  # the model, maybe wrapped by DDP and compiled
     if world > 1:
-        # Only Mean Imputation skips the encoder of a sequence missing from a whole batch; every
-        # other model uses all its parameters at every step, so DDP need not search the graph.
+        # Only Mean Imputation (also as an anchored model's correction) skips the encoder of a
+        # sequence missing from a whole batch; every other model uses all its parameters at
+        # every step, so DDP need not search the graph.
         net = torch.nn.parallel.DistributedDataParallel(
             model,
             device_ids=[dev.index] if dev.type == "cuda" else None,
-            find_unused_parameters=model.mean_imputation,
+            find_unused_parameters=model.skips_parameters,
         )
     if config.compile:
         net = torch.compile(net)
@@ -485,10 +487,14 @@ def train(
                 output = net(images, available)
                 loss = deep_supervision_loss(output.logits, labels)
                 if "sequence_alone" in output.extra:
-                    alone, has = output.extra["sequence_alone"]
-                    loss = loss + config.sequence_supervision * deep_supervision_loss(
-                        [logits[has] for logits in alone], labels[has]
-                    )
+                    alone, has, index = output.extra["sequence_alone"]
+                    if config.net.coverage_input:  # nothing to ask where it saw nothing:
+                        uncovered = images[:, len(sequences) + index] <= 0.5
+                        has = has & ~((labels > 0) & uncovered).flatten(1).any(dim=1)
+                    if bool(has.any()):
+                        loss = loss + config.sequence_supervision * deep_supervision_loss(
+                            [logits[has] for logits in alone], labels[has]
+                        )
                 if config.variant == "distillation":
                     loss = loss + config.distillation_alpha * distillation_loss(
                         output.features.float(), output.available
