@@ -68,7 +68,7 @@ def test_demo_report_has_every_section_with_content(tiny_demo):
         assert content["text"] > 0, key
     fold = json.loads((out / "fold.json").read_text())
     assert page.sections["qc"]["figures"] == len(fold["test"]) == 3
-    assert page.sections["curves"]["figures"] == 2  # baseline and Mean Imputation
+    assert page.sections["curves"]["figures"] == 2  # baseline and the anchored model
     assert page.sections["boxplots"]["images"] == 3  # one per cohort
     assert any(t.startswith("Table 1") for t in page.tables)
     assert any(t.startswith("Table 2") for t in page.tables)
@@ -83,7 +83,7 @@ def test_demo_report_has_every_section_with_content(tiny_demo):
         assert f"<td>{subject['id']}</td>" in html
     assert "<td>test</td>" in html and "<td>validation</td>" in html
     # configuration and versions used
-    assert '"model": "mean-imputation"' in unescape(html) and "<td>torch</td>" in html
+    assert '"model": "anchored"' in unescape(html) and "<td>torch</td>" in html
 
 
 def test_report_command_rebuilds_and_refuses_other_folders(tiny_demo, tmp_path, capsys):

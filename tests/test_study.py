@@ -345,7 +345,7 @@ def test_study_lists_every_lesion_and_what_the_extra_sequences_add(tiny_study):
     table = (out / "extra_sequences.md").read_text()
     assert "| Mean Imputation | 0 | all available |" in table
     assert "McNemar" in table and "faint on T2Sag" in table
-    assert "baseline |" not in table.split("\n", 4)[-1]  # the baseline has nothing to add
+    assert "| T2Sag baseline |" not in table.split("\n", 4)[-1]  # the baseline adds nothing
     assert (out / "lesions_changed.csv").exists()
     report = (out / "report.html").read_text()
     assert "What the extra sequences add" in report and "McNemar" in report

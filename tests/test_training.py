@@ -339,7 +339,9 @@ def test_small_preset_learns_on_cpu(learned):
     """A few minutes of CPU training beat an untrained net by a clear margin."""
     config, summary = learned["config"], learned["summary"]
     _, paths = load_prepared_dataset(learned["prepared"])
-    val = load_subjects([p for p in paths if p.parent.name in summary["val"]], ["T2Sag"])
+    val = load_subjects(
+        [p for p in paths if p.parent.name in summary["val"]], ["T2Sag"], coverage=True
+    )
     torch.manual_seed(0)
     untrained = validate(build_model(config), val, config, torch.device("cpu"), None)
     assert untrained < 0.05
@@ -509,6 +511,8 @@ class TestMultiSequenceModels:
             train(prepared_small, tmp_path / "resumed", config, stop_hook=kill, progress=False)
         resumed = train(prepared_small, tmp_path / "resumed", config, resume=True, progress=False)
         assert resumed["digest"] == straight["digest"]
+        best = Checkpoint.load(tmp_path / "straight" / "checkpoint_best.pt")
+        assert best.epoch == 1, "an anchored model's best checkpoint is its latest"
         # One file a user can move: the anchor's weights are in the anchored checkpoint,
         # unchanged by training, and the anchor's folder is not needed to load it.
         anchor = Checkpoint.load(tmp_path / "anchor").model

@@ -547,10 +547,15 @@ def train(
                 history=history,
                 rng={"torch": torch.get_rng_state()},
             )
-            # Without validation subjects there is no "best": it follows the latest epoch. The
-            # best is saved before the latest, the point a resumed run restarts from: a run
-            # killed between the two redoes the epoch and so cannot miss a best epoch.
-            if improved or not val_subjects or not (out / BEST).exists():
+            # Without validation subjects there is no "best": it follows the latest epoch. Nor
+            # for an anchored model: it starts as its anchor, so its first epochs score the
+            # anchor's validation Dice, and the few lesion voxels its correction adds cannot be
+            # told from noise on a handful of validation subjects ("best" fell back to the
+            # anchor itself: epoch 1 of 100 in a 120-subject study). The best is saved before
+            # the latest, the point a resumed run restarts from: a run killed between the two
+            # redoes the epoch and so cannot miss a best epoch.
+            follows_latest = not val_subjects or config.model == "anchored"
+            if improved or follows_latest or not (out / BEST).exists():
                 checkpoint.save(out / BEST)
             checkpoint.save(out / LATEST)
             # Rewritten from the history, not appended: a resumed run's log is the uninterrupted
