@@ -37,6 +37,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
 
 
+def generator_truth(faint: bool) -> dict:
+    """A ground-truth lesion's generator truth as a study stores it (``LesionRow.truth``):
+    faint or clear on T2Sag, bright on every other sequence, covered by all."""
+    from cordfuse.sequences import SEQUENCES
+
+    return {
+        "faint": faint,
+        "generated": 1,
+        "visibility": {s: 0.9 for s in SEQUENCES} | {"T2Sag": 0.3 if faint else 0.9},
+        "covers": {s: True for s in SEQUENCES},
+    }
+
+
 def require_real_data() -> Path:
     if not REAL_DATA.is_dir():
         pytest.skip(f"real scans not found at {REAL_DATA} (the ../shared checkout is absent)")

@@ -38,7 +38,7 @@ def stated_default(verb: str, flag: str) -> float:
 
 
 def test_choices_are_the_apis():
-    from cordfuse.nn.networks import FUSIONS, NET_PRESETS
+    from cordfuse.nn.networks import CORRECTIONS, FUSIONS, NET_PRESETS
     from cordfuse.preprocess.centerline import POLARITY_SIGNS
     from cordfuse.preprocess.pipeline import PRESETS, PrepConfig
     from cordfuse.training.config import MODELS, VARIANTS
@@ -46,6 +46,7 @@ def test_choices_are_the_apis():
     assert option("train", "--model").choices == MODELS
     assert option("train", "--variant").choices == VARIANTS
     assert option("train", "--fusion").choices == FUSIONS
+    assert option("train", "--correction").choices == CORRECTIONS
     assert list(option("train", "--preset").choices) == list(NET_PRESETS)
     assert list(option("prepare", "--preset").choices) == list(PRESETS)
     assert sorted(option("centerline", "--contrast").choices) == sorted(POLARITY_SIGNS)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from conftest import generator_truth
 from cordfuse.cli import main
 from cordfuse.evaluation.lesions import (
     LesionRow,
@@ -188,14 +189,7 @@ class TestGeneratorTruth:
 
 
 def _row(subject, lesion, detected, *, inference, faint=None, experiment="mi", seed=0):
-    truth = {}
-    if faint is not None:
-        truth = {
-            "faint": faint,
-            "generated": 1,
-            "visibility": {s: 0.9 for s in SEQUENCES} | {"T2Sag": 0.3 if faint else 0.9},
-            "covers": {s: True for s in SEQUENCES},
-        }
+    truth = generator_truth(faint) if faint is not None else {}
     return LesionRow(
         subject,
         "gt",

@@ -37,6 +37,22 @@ def covered(images):
     return torch.cat([images, torch.ones_like(images)], dim=1)
 
 
+def assert_missing_sequences_cannot_change_the_answer(net):
+    """Sample 0 has T2Sag and STIR, sample 1 T2Sag alone: new pixels of their missing sequences
+    leave the logits as they were; new pixels of an available one change them."""
+    x = tiny_input(batch=2)
+    flags = torch.tensor([[1, 1, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    reference = net(covered(x), flags).logits[0]
+    x2 = x.clone()
+    x2[0, 2:] = torch.randn_like(x2[0, 2:])
+    x2[1, 1:] = torch.randn_like(x2[1, 1:])
+    torch.testing.assert_close(net(covered(x2), flags).logits[0], reference)
+    x3 = x.clone()
+    x3[0, 1] = torch.randn_like(x3[0, 1])
+    assert not torch.allclose(net(covered(x3), flags).logits[0][0], reference[0])
+    return x, flags
+
+
 class TestArchitecture:
     def test_paper_preset_matches_the_paper(self):
         paper = NET_PRESETS["paper"]
@@ -218,16 +234,7 @@ class TestAllLevelFusion:
         """A sequence marked missing cannot change the answer, at any level, and T2Sag alone
         gives each level's T2Sag features replicated (equation 1 per level)."""
         net = CordNet(SMALL, list(SEQUENCES), mean_imputation=True, fusion="all-levels").eval()
-        x = tiny_input(batch=2)
-        flags = torch.tensor([[1, 1, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0]], dtype=torch.bool)
-        reference = net(covered(x), flags).logits[0]
-        x2 = x.clone()
-        x2[0, 2:] = torch.randn_like(x2[0, 2:])
-        x2[1, 1:] = torch.randn_like(x2[1, 1:])
-        torch.testing.assert_close(net(covered(x2), flags).logits[0], reference)
-        x3 = x.clone()
-        x3[0, 1] = torch.randn_like(x3[0, 1])  # an available sequence does change it
-        assert not torch.allclose(net(covered(x3), flags).logits[0][0], reference[0])
+        x, flags = assert_missing_sequences_cannot_change_the_answer(net)
         skips = net.encoders["T2Sag"](covered(x[1:, :1]))
         fuse = net.skip_fusions[0]
         replicated = fuse(torch.cat([skips[0]] * 6, dim=1))
@@ -293,17 +300,9 @@ class TestCoverageInput:
 
 class TestEarlyFusion:
     def test_a_missing_sequence_cannot_change_the_answer(self):
-        net = EarlyFusionNet(SMALL, list(SEQUENCES)).eval()
-        x = tiny_input(batch=2)
-        flags = torch.tensor([[1, 1, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0]], dtype=torch.bool)
-        reference = net(covered(x), flags).logits[0]
-        x2 = x.clone()
-        x2[0, 2:] = torch.randn_like(x2[0, 2:])
-        x2[1, 1:] = torch.randn_like(x2[1, 1:])
-        torch.testing.assert_close(net(covered(x2), flags).logits[0], reference)
-        x3 = x.clone()
-        x3[0, 1] = torch.randn_like(x3[0, 1])  # an available one does
-        assert not torch.allclose(net(covered(x3), flags).logits[0][0], reference[0])
+        assert_missing_sequences_cannot_change_the_answer(
+            EarlyFusionNet(SMALL, list(SEQUENCES)).eval()
+        )
 
     def test_one_encoder_over_every_channel_and_t2sag_required(self):
         net = EarlyFusionNet(SMALL, list(SEQUENCES))

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 
+from conftest import generator_truth
 from cordfuse.evaluation.lesions import (
     LesionRow,
     product_comparison,
@@ -16,7 +17,6 @@ from cordfuse.evaluation.lesions import (
 )
 from cordfuse.evaluation.stats import mcnemar_exact
 from cordfuse.evaluation.tables import ALL_AVAILABLE, T2SAG_ONLY, Record
-from cordfuse.sequences import SEQUENCES
 from cordfuse.study import grid
 
 EXPERIMENTS = ["baseline", "mi", "mi-all-levels"]
@@ -25,14 +25,7 @@ LABELS = {"baseline": "T2Sag baseline", "mi": "Mean Imputation", "mi-all-levels"
 
 def _gt(subject, lesion, detected, experiment, inference, faint=None, seed=0):
     """A ground-truth lesion; with ``faint``, the generator's truth as the study stores it."""
-    truth = {}
-    if faint is not None:
-        truth = {
-            "faint": faint,
-            "generated": 1,
-            "visibility": {s: 0.9 for s in SEQUENCES} | {"T2Sag": 0.3 if faint else 0.9},
-            "covers": {s: True for s in SEQUENCES},
-        }
+    truth = generator_truth(faint) if faint is not None else {}
     return LesionRow(
         subject,
         "gt",

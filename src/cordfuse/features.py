@@ -204,13 +204,14 @@ def feature_differences(
     chunks: list[np.ndarray] = []
     counts = {seq: 0 for seq in sequences[1:]}
     per_subject = max(1, max_values // max(1, len(prepared_paths)))
+    k, coverage = len(sequences), net.config.coverage_input
     net.eval()
     with torch.no_grad():
         for path in tqdm(
             prepared_paths, desc="features", unit="subject", disable=None if progress else True
         ):
             prepared = PreparedSubject.load(path)
-            images, available = normalise(prepared, sequences, coverage=net.config.coverage_input)
+            images, available = normalise(prepared, sequences, coverage=coverage)
             if available.sum() < 2:
                 continue
             nz = images.shape[-1]
@@ -219,7 +220,6 @@ def feature_differences(
             diffs = []
             for start in window_starts(padded.shape[-1], patch_z, 0.0):
                 window = torch.as_tensor(padded[None, ..., start : start + patch_z], device=device)
-                k, coverage = len(sequences), net.config.coverage_input
                 reference = net.encoders[sequences[0]](sequence_channels(window, 0, k, coverage))
                 reference = reference[-1]
                 for i, seq in enumerate(sequences[1:], start=1):

@@ -211,7 +211,7 @@ class StudyConfig:
             )
         if "mi-frozen" in self.experiments and "baseline" not in self.experiments:
             raise CordfuseError("mi-frozen freezes the baseline's T2Sag encoder: add baseline")
-        anchored = {"anchored", "anchored-all-levels"} & set(self.experiments)
+        anchored = any(EXPERIMENTS[e].model == "anchored" for e in self.experiments)
         if anchored and "baseline" not in self.experiments:
             raise CordfuseError("anchored keeps the baseline of the same seed: add baseline")
         if (

@@ -34,6 +34,7 @@ import torch
 
 from cordfuse.checkpoint import BEST, LATEST, Checkpoint, initial_network
 from cordfuse.errors import CordfuseError
+from cordfuse.evaluation.metrics import dice
 from cordfuse.io import atomic_write_bytes, atomic_write_text
 from cordfuse.nn.device import autocast_dtype, choose_device
 from cordfuse.nn.networks import AnchoredNet, CordNet, NetOutput, Network, distillation_loss
@@ -103,24 +104,25 @@ def split_subjects(document: dict, config: TrainConfig) -> tuple[list[str], list
     return sorted(order[n_val:]), sorted(order[:n_val])
 
 
-def build_model(config: TrainConfig) -> Network:
+def build_model(config: TrainConfig, prep: PrepConfig | None = None) -> Network:
     """The network to train: the configuration's preset, freshly initialised; for the
     frozen-encoder variant, with the baseline's T2Sag encoder, frozen; for the anchored model,
     with its anchor's weights (frozen).
 
     Args:
         config: The training configuration.
+        prep: The pre-processing of the training data, which an anchor must share.
 
     Returns:
         The network.
 
     Raises:
         CordfuseError: The ``frozen_from`` checkpoint cannot be read or its T2Sag encoder does
-            not fit this preset.
+            not fit this preset, or the anchor does not fit (:func:`anchor_checkpoint`).
     """
     model = initial_network(config, config.net, config.model_sequences)
     if isinstance(model, AnchoredNet):
-        model.anchor.load_state_dict(anchor_checkpoint(config).model)
+        model.anchor.load_state_dict(anchor_checkpoint(config, prep).model)
     if config.variant == "frozen-encoder" and isinstance(model, CordNet):
         if not config.frozen_from:
             raise CordfuseError("--variant frozen-encoder needs --frozen-from BASELINE_CHECKPOINT")
@@ -271,7 +273,7 @@ def validate(model, subjects, config: TrainConfig, device, dtype) -> float:
     if not subjects:
         return float("nan")
     model.eval()
-    found, predicted, truth = 0, 0, 0
+    masks, lesions = [], []
     for subject in subjects:
         prob = predict_probabilities(
             model,
@@ -282,12 +284,10 @@ def validate(model, subjects, config: TrainConfig, device, dtype) -> float:
             device=device,
             autocast_dtype=dtype,
         )
-        mask, lesion = prob > 0.5, subject.label > 0
-        found += int((mask & lesion).sum())
-        predicted += int(mask.sum())
-        truth += int(lesion.sum())
+        masks.append((prob > 0.5).ravel())
+        lesions.append((subject.label > 0).ravel())
     model.train()
-    return 1.0 if predicted + truth == 0 else 2.0 * found / (predicted + truth)
+    return dice(np.concatenate(masks), np.concatenate(lesions))
 
 
 def _plot(history: list[dict], path: Path) -> None:
@@ -382,9 +382,7 @@ def train(
             f"needs {patch[0]}x{patch[1]}: prepare with --preset {config.preset}"
         )
 
-    if config.model == "anchored":  # before anything is trained: the anchor must fit the data
-        anchor_checkpoint(config, PrepConfig(**document["config"]))
-    model = build_model(config).to(dev)
+    model = build_model(config, PrepConfig(**document["config"])).to(dev)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(
         parameters,
