@@ -21,7 +21,7 @@ Layout of the study folder::
     per_lesion.csv, extra_sequences.{md,csv}, lesions_changed.{md,csv}: what the extra sequences
     add, lesion by lesion (paired with T2Sag alone, exact McNemar test)
     product.{md,csv}: each multi-sequence model with every sequence against the best T2Sag-only
-    answer (the same pairing)
+    answer (the same pairing); extra_sequences.md shows it first
     status.json, cordfuse_run.json, report.html
 """
 
@@ -789,7 +789,12 @@ def write_lesion_tables(
     )
     names = ("product", "extra_sequences", "lesions_changed")
     for name, table in zip(names, tables, strict=True):
-        for suffix, text in (("md", table.to_markdown()), ("csv", table.to_csv())):
+        markdown = table.to_markdown()
+        if name == "extra_sequences":
+            # the answer a user asks first (better than T2Sag alone?) heads the file that says
+            # what the extra sequences add; a CSV holds one table, so product.csv keeps it there
+            markdown = tables[0].to_markdown() + "\n" + markdown
+        for suffix, text in (("md", markdown), ("csv", table.to_csv())):
             atomic_write_text(out / f"{name}.{suffix}", text)
             written[f"{name}.{suffix}"] = out / f"{name}.{suffix}"
     return written
