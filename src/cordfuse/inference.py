@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -43,6 +42,7 @@ from cordfuse.preprocess.pipeline import (
     slab_numbers,
 )
 from cordfuse.sequences import REFERENCE_SEQUENCE, SEQUENCES
+from cordfuse.threads import set_threads, threads_budget
 from cordfuse.training.config import ACCEPT_MISSING, TrainConfig
 from cordfuse.training.data import normalise
 
@@ -853,13 +853,6 @@ def predict_and_write(
     return SubjectPrediction(subject.name, "done", files=files, warnings=prediction.warnings)
 
 
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity, e.g. under Slurm or taskset)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 def predict_dataset(
     subjects: list[Subject],
     model_paths: tuple[str, ...],
@@ -881,7 +874,8 @@ def predict_dataset(
             ``batch_size``, ``amp``, ``per_slab``, ``save_probabilities``, ``qc``,
             ``centerline``, ``overwrite`` (the ``predict`` options).
         jobs: Subjects predicted at once, in separate processes.
-        threads: Torch threads of each process (default: the usable cores / ``jobs``).
+        threads: Threads of each process (default: :func:`cordfuse.threads.threads_budget`
+            shared by the ``jobs`` processes).
         progress: Called with each subject's name when it is done.
 
     Returns:
@@ -893,8 +887,7 @@ def predict_dataset(
     """
     from concurrent.futures import ProcessPoolExecutor
 
-    if threads is not None and threads < 1:
-        raise CordfuseError(f"--threads must be at least 1, got {threads}")
+    threads = threads_budget(threads, processes=jobs)
     load_models(model_paths, torch.device("cpu"))  # a bad model file fails once, up front
     out = Path(out)
     claim(out, "predict")
@@ -905,8 +898,8 @@ def predict_dataset(
         with ProcessPoolExecutor(
             max_workers=jobs,
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=torch.set_num_threads,
-            initargs=(threads or max(1, usable_cores() // jobs),),
+            initializer=set_threads,
+            initargs=(threads,),
         ) as pool:
             futures = [
                 pool.submit(predict_and_write, s, model_paths, out, options) for s in subjects
@@ -917,8 +910,7 @@ def predict_dataset(
                     progress(results[-1].name)
         return results
     before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads)
     try:
         for subject in subjects:
             results.append(predict_and_write(subject, model_paths, out, options))

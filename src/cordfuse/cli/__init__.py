@@ -5,12 +5,14 @@ A verb holds no logic of its own: it parses, calls the API and prints. Its heavy
 the stage modules) are inside ``run``, so ``cordfuse --help`` stays fast. :func:`main` takes
 ``argv``, so tests call the CLI in-process. A :class:`~cordfuse.errors.CordfuseError` (a user
 mistake: bad file, bad option) is printed as one line ``cordfuse: error: ...`` with exit status 2,
-never as a traceback.
+never as a traceback. Every verb takes ``--threads`` and runs its thread pools within the cores
+it may use (:mod:`cordfuse.threads`).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -30,7 +32,9 @@ from cordfuse.cli import (
     synth,
     train,
 )
+from cordfuse.cli._options import add_threads
 from cordfuse.errors import CordfuseError
+from cordfuse.threads import limited_threads, passive_openmp, threads_budget
 
 #: The verbs, in the order ``cordfuse --help`` lists them.
 VERBS = (
@@ -63,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cordfuse {__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for verb in VERBS:
-        verb.add_parser(verbs).set_defaults(run=verb.run)
+        sub = verb.add_parser(verbs)
+        add_threads(sub)
+        sub.set_defaults(run=verb.run)
     return parser
 
 
@@ -79,7 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     try:
-        return int(args.run(args))
+        # before the verb imports torch: OpenMP reads its wait policy once, when it starts
+        passive_openmp()
+        # DDP ranks started by torchrun on one node share its cores
+        ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        with limited_threads(threads_budget(args.threads, processes=ranks)):
+            return int(args.run(args))
     except CordfuseError as exc:
         print(f"cordfuse: error: {exc}", file=sys.stderr)
         return 2

@@ -203,6 +203,21 @@ def add_jobs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, help="subjects in parallel (processes)")
 
 
+def add_threads(parser: argparse.ArgumentParser) -> None:
+    """``--threads N``: the verb's CPU threads (each process's, with ``--jobs``); every verb has
+    it, and :func:`cordfuse.cli.main` applies it before the verb runs.
+
+    Args:
+        parser: The verb's parser.
+    """
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads of each process (default: $CORDFUSE_THREADS, else the cores this "
+        "process may use, shared by --jobs processes)",
+    )
+
+
 def add_qc(parser: argparse.ArgumentParser) -> None:
     """``--qc``: a QC picture per subject.
 

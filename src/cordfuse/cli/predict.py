@@ -61,11 +61,6 @@ def add_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_amp(parser, help="auto: bf16 on CUDA and on CPUs with native bf16, else fp32")
     parser.add_argument("--batch-size", type=int, help="windows per forward pass")
     add_jobs(parser)
-    parser.add_argument(
-        "--threads",
-        type=int,
-        help="CPU threads of each process (default: the usable cores / --jobs)",
-    )
     add_participant_label(parser)
     add_mapping(parser, help="JSON/YAML file overriding the sequence rules")
     add_qc(parser)

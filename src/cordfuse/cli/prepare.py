@@ -91,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         config,
         overwrite=args.overwrite,
         qc=args.qc,
+        threads=args.threads,
         progress=progress_bar(len(dataset.subjects), "prepare"),
         **given(jobs=args.jobs),
     )

@@ -32,6 +32,7 @@ from cordfuse.preprocess.pipeline import (
     prepare_subject,
 )
 from cordfuse.sequences import SEQUENCES
+from cordfuse.threads import set_threads, threads_budget
 
 
 @dataclass
@@ -113,6 +114,7 @@ def prepare_dataset(
     jobs: int = 1,
     overwrite: bool = False,
     qc: bool = False,
+    threads: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> list[SubjectResult]:
     """Prepare every subject (``jobs`` processes) and write ``OUT/dataset.json``.
@@ -125,6 +127,8 @@ def prepare_dataset(
         jobs: Subjects prepared in parallel (processes).
         overwrite: Prepare finished subjects again.
         qc: Also write a QC picture per subject.
+        threads: Threads of each worker process (default: :func:`cordfuse.threads.threads_budget`
+            shared by the ``jobs`` processes).
         progress: Called with each subject's name when it is done.
 
     Returns:
@@ -148,9 +152,13 @@ def prepare_dataset(
             if progress:
                 progress(subject.name)
     else:
-        # spawn, not fork: the caller may have torch thread pools running (demo, tests)
+        # spawn, not fork: the caller may have torch thread pools running (demo, tests); the
+        # workers share the cores, so that jobs x threads never exceeds them
         with ProcessPoolExecutor(
-            max_workers=jobs, mp_context=multiprocessing.get_context("spawn")
+            max_workers=jobs,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=set_threads,
+            initargs=(threads_budget(threads, processes=jobs),),
         ) as pool:
             futures = [
                 pool.submit(prepare_one, s, out, config, overwrite=overwrite, qc=qc)
