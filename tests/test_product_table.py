@@ -225,7 +225,9 @@ def test_the_study_writes_the_product_table(tmp_path):
     for name in ("product.md", "extra_sequences.md"):
         text = (tmp_path / name).read_text()
         assert "| best T2Sag-only answer: T2Sag baseline (T2Sag) | 0 | T2Sag |" in text
-        assert "| Mean Imputation | 0 | all available (more than T2Sag for 1 of 2 subjects) |" in text
+        assert (
+            "| Mean Imputation | 0 | all available (more than T2Sag for 1 of 2 subjects) |" in text
+        )
     # extra_sequences.md: the product first, then the model against itself with T2Sag alone
     text = (tmp_path / "extra_sequences.md").read_text()
     assert text.index("The product") < text.index("What the extra sequences add")
