@@ -13,16 +13,23 @@ from cordfuse.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = sorted((ROOT / "docs").glob("*.md"))
-BLOCK = re.compile(r"<!-- doctest -->\s*```bash\n(.*?)```", re.S)
+BLOCK = re.compile(r"<!-- doctest -->\s*```(bash|python)\n(.*?)```", re.S)
 
 
-def doctest_commands(path: Path) -> list[str]:
-    return [
-        line.strip()
-        for block in BLOCK.findall(path.read_text())
-        for line in block.splitlines()
-        if line.strip().startswith("cordfuse ")
-    ]
+def doctest_blocks(path: Path) -> list[tuple[str, str]]:
+    """The page's marked examples in order: ``("bash", one cordfuse command)`` per command line,
+    ``("python", the whole block)``."""
+    blocks = []
+    for language, block in BLOCK.findall(path.read_text()):
+        if language == "python":
+            blocks.append((language, block))
+            continue
+        blocks += [
+            (language, line.strip())
+            for line in block.splitlines()
+            if line.strip().startswith("cordfuse ")
+        ]
+    return blocks
 
 
 def expand(argument: str) -> list[str]:
@@ -31,14 +38,22 @@ def expand(argument: str) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("page", [p for p in DOCS if doctest_commands(p)], ids=lambda p: p.name)
+@pytest.mark.parametrize("page", [p for p in DOCS if doctest_blocks(p)], ids=lambda p: p.name)
 def test_doc_examples_run(page, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    for command in doctest_commands(page):
-        argv = [a for token in shlex.split(command)[1:] for a in expand(token)]
+    for language, example in doctest_blocks(page):
+        if language == "python":
+            exec(compile(example, f"{page.name} example", "exec"), {"__name__": "__doc__"})
+            continue
+        argv = [a for token in shlex.split(example)[1:] for a in expand(token)]
         status = main(argv)
         captured = capsys.readouterr()
-        assert status == 0, f"{page.name}: `{command}` exited {status}: {captured.err[-500:]}"
+        assert status == 0, f"{page.name}: `{example}` exited {status}: {captured.err[-500:]}"
+
+
+def test_the_readme_shows_the_python_call():
+    readme = (ROOT / "README.md").read_text()
+    assert "cordfuse.segment(" in readme and "docs/inference.md" in readme
 
 
 def test_every_verb_is_documented_in_the_reference():

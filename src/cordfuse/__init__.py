@@ -7,3 +7,15 @@ lesion-wise evaluation.
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``cordfuse.segment``, imported on first use: ``import cordfuse`` stays light (no torch)."""
+    if name in ("segment", "Segmentation"):
+        from cordfuse import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'cordfuse' has no attribute {name!r}")
+
+
+__all__ = ["Segmentation", "__version__", "segment"]
