@@ -1,8 +1,10 @@
 """``cordfuse check``: the availability matrix of a dataset and every problem in it.
 
 Every image and label is opened and read in full, so that truncated files, NaNs and label/image
-grid mismatches are found before a long pre-processing or training run. A problem in one subject
-never stops the others. Nothing is written into the dataset.
+grid mismatches are found before a long pre-processing or training run; every image's header is
+inspected (:mod:`cordfuse.headers`) for geometry that is unusable, or that nibabel, ITK and FSL
+read differently (a warning: the exit status stays 0). A problem in one subject never stops the
+others. Nothing is written into the dataset.
 
 Example:
     A subject whose only scan, a T2Sag, is blank:
@@ -28,13 +30,15 @@ import numpy as np
 
 from cordfuse.dataset import Dataset, Scan, Subject
 from cordfuse.errors import CordfuseError
+from cordfuse.headers import inspect_header, read_header
 from cordfuse.io import read_volume, same_grid
 from cordfuse.sequences import REFERENCE_SEQUENCE, SEQUENCES
 
 
 @dataclass(frozen=True)
 class Problem:
-    """Something wrong with one file (or one subject when ``file`` is None)."""
+    """Something wrong (or, as a warning, doubtful) in one file, or one subject when ``file`` is
+    None."""
 
     subject: str
     file: Path | None
@@ -52,16 +56,19 @@ class CheckReport:
     Attributes:
         dataset: The discovered dataset.
         problems: Everything that would make pre-processing or training fail or go wrong.
+        warnings: Headers the field's tools read differently; cordfuse goes on with the matrix
+            each line names.
         notes: What is ignored or missing but harmless (files no rule matches, no cohort).
     """
 
     dataset: Dataset
     problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        """True when no problem was found (notes do not count)."""
+        """True when no problem was found (warnings and notes do not count)."""
         return not self.problems
 
     def counts(self, subject: Subject) -> dict[str, int]:
@@ -91,8 +98,8 @@ class CheckReport:
         """The report as plain JSON (``cordfuse check --json``).
 
         Returns:
-            The root, ``ok``, every subject's scans and counts, the cohort table, the problems
-            and the notes.
+            The root, ``ok``, every subject's scans and counts, the cohort table, the problems,
+            the warnings and the notes.
         """
         return {
             "root": str(self.dataset.root),
@@ -109,16 +116,14 @@ class CheckReport:
                 for s in self.dataset.subjects
             ],
             "cohorts": self.cohort_table(),
-            "problems": [
-                {"subject": p.subject, "file": str(p.file) if p.file else None, "reason": p.reason}
-                for p in self.problems
-            ],
+            "problems": [_problem_json(p) for p in self.problems],
+            "warnings": [_problem_json(w) for w in self.warnings],
             "notes": self.notes,
         }
 
     def format_text(self) -> str:
-        """The report for a terminal: the availability matrix, the cohort table, then notes
-        and problems.
+        """The report for a terminal: the availability matrix, the cohort table, then notes,
+        warnings and problems.
 
         Returns:
             The text, lines joined by newlines.
@@ -144,6 +149,9 @@ class CheckReport:
         )
         if self.notes:
             lines += ["", f"Notes ({len(self.notes)}):", *[f"  {n}" for n in self.notes]]
+        if self.warnings:
+            lines += ["", f"Warnings ({len(self.warnings)}, the exit status ignores them):"]
+            lines += [f"  {w}" for w in self.warnings]
         lines.append("")
         if self.problems:
             bad = len({p.subject for p in self.problems})
@@ -154,27 +162,35 @@ class CheckReport:
         return "\n".join(lines)
 
 
+def _problem_json(problem: Problem) -> dict:
+    file = str(problem.file) if problem.file else None
+    return {"subject": problem.subject, "file": file, "reason": problem.reason}
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     return [fmt.format(*row).rstrip() for row in (header, *rows)]
 
 
-def check_image(path: Path) -> tuple[list[str], tuple | None]:
-    """Problems of one image, and its ``(shape, affine)`` when readable.
+def check_image(path: Path) -> tuple[list[str], list[str], tuple | None]:
+    """Problems and header warnings of one image, and its ``(shape, affine)`` when readable.
 
     Args:
         path: The image file.
 
     Returns:
-        ``(problems, grid)``: one phrase per problem (unreadable, NaN/Inf, empty), and the grid
-        or None when the file cannot be read.
+        ``(problems, warnings, grid)``: one phrase per problem (unreadable, NaN/Inf, empty,
+        unusable geometry) and per header field other tools read differently
+        (:func:`cordfuse.headers.inspect_header`), and the grid or None when the file cannot be
+        read.
     """
     try:
         data, affine = read_volume(path)
+        header = inspect_header(read_header(path))
     except CordfuseError as exc:
-        return [str(exc).removeprefix(f"{path}: ")], None
-    problems = []
+        return [str(exc).removeprefix(f"{path}: ")], [], None
+    problems = list(header.problems)
     bad = int(np.count_nonzero(~np.isfinite(data)))
     if bad:
         problems.append(f"NaN/Inf voxels ({bad} of {data.size})")
@@ -182,7 +198,7 @@ def check_image(path: Path) -> tuple[list[str], tuple | None]:
     if finite.size == 0 or finite.min() == finite.max():
         value = "no finite voxel" if finite.size == 0 else f"every voxel is {finite.min():g}"
         problems.append(f"empty image ({value})")
-    return problems, (data.shape, affine)
+    return problems, header.warnings, (data.shape, affine)
 
 
 def check_label(path: Path, grid: tuple | None) -> list[str]:
@@ -213,17 +229,19 @@ def check_label(path: Path, grid: tuple | None) -> list[str]:
     return problems
 
 
-def check_subject(subject: Subject) -> tuple[list[Problem], list[str]]:
+def check_subject(subject: Subject) -> tuple[list[Problem], list[Problem], list[str]]:
     """Open every image and label of one subject.
 
     Args:
         subject: A discovered subject.
 
     Returns:
-        ``(problems, notes)``: a missing T2Sag, duplicate or ambiguous matches, unreadable or
-        empty images, bad labels and labels without image; notes for unmatched files.
+        ``(problems, warnings, notes)``: a missing T2Sag, duplicate or ambiguous matches,
+        unreadable or empty images, unusable geometry, bad labels and labels without image;
+        warnings for headers other tools read differently; notes for unmatched files.
     """
     problems: list[Problem] = []
+    warnings: list[Problem] = []
     notes: list[str] = []
 
     def add(file, reason):
@@ -236,9 +254,10 @@ def check_subject(subject: Subject) -> tuple[list[Problem], list[str]]:
     for seq, scans in subject.scans.items():
         _check_duplicates(seq, scans, add)
         for scan in scans:
-            image_problems, grid = check_image(scan.path)
+            image_problems, image_warnings, grid = check_image(scan.path)
             for reason in image_problems:
                 add(scan.path, reason)
+            warnings += [Problem(subject.name, scan.path, reason) for reason in image_warnings]
             for label in (scan.lesion_label, scan.cord_label):
                 if label is not None:
                     for reason in check_label(label, grid):
@@ -250,7 +269,7 @@ def check_subject(subject: Subject) -> tuple[list[Problem], list[str]]:
         add(label, "label has no matching image (its stem names no image of this subject)")
     for path in subject.unmatched:
         notes.append(f"{subject.name}: {path.name} matches no sequence rule (ignored)")
-    return problems, notes
+    return problems, warnings, notes
 
 
 def _check_duplicates(sequence: str, scans: list[Scan], add) -> None:
@@ -286,8 +305,9 @@ def check_dataset(
     """
     report = CheckReport(dataset)
     for subject in dataset.subjects:
-        problems, notes = check_subject(subject)
+        problems, warnings, notes = check_subject(subject)
         report.problems += problems
+        report.warnings += warnings
         report.notes += notes
         if progress is not None:
             progress(subject.name)

@@ -26,7 +26,7 @@ def add_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     parser.add_argument("dataset", help="BIDS dataset folder")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    add_participant_label(parser)
+    add_participant_label(parser, writes=False)
     add_mapping(parser)
     return parser
 

@@ -27,6 +27,7 @@ import numpy as np
 from cordfuse import __version__
 from cordfuse.dataset import Subject, synth_truth_document
 from cordfuse.errors import CordfuseError
+from cordfuse.headers import inspect_header, read_header
 from cordfuse.io import (
     atomic_write_bytes,
     load_nifti,
@@ -400,7 +401,9 @@ def _read_label(path: Path, image_shape, image_affine) -> np.ndarray:
     return (data > 0.5).astype(np.float32)
 
 
-def load_sequence(subject: Subject, seq: str, config: PrepConfig) -> tuple[FusedSequence, list]:
+def load_sequence(
+    subject: Subject, seq: str, config: PrepConfig
+) -> tuple[FusedSequence, list[str]]:
     """Read the scans of one sequence (and their labels) and fuse them.
 
     Args:
@@ -409,23 +412,30 @@ def load_sequence(subject: Subject, seq: str, config: PrepConfig) -> tuple[Fused
         config: The pre-processing settings (slab registration, centreline method).
 
     Returns:
-        ``(fused, paths)``: the fused sequence and its scan files.
+        ``(fused, warnings)``: the fused sequence, and one line per header field that other tools
+        read differently (:func:`cordfuse.headers.inspect_header`), naming the scan and the
+        matrix used.
 
     Raises:
-        CordfuseError: an unreadable scan or label, NaN/Inf voxels, or a label on another grid.
+        CordfuseError: an unreadable scan or label, unusable geometry (no qform or sform, a zero
+            voxel size, one slice), NaN/Inf voxels, or a label on another grid.
     """
-    slabs, paths = [], []
+    slabs = []
+    warnings: list[str] = []
     for scan in subject.scans[seq]:
         data, affine = _read_checked(scan.path)
+        header = inspect_header(read_header(scan.path))
+        if header.problems:
+            raise CordfuseError(f"{scan.path}: {header.problems[0]}")
+        warnings += [f"{seq} {scan.path.name}: {warning}" for warning in header.warnings]
         labels = {}
         if seq == REFERENCE_SEQUENCE and scan.lesion_label is not None:
             labels["lesion"] = _read_label(scan.lesion_label, data.shape, affine)
         if config.centerline == "mask" and scan.cord_label is not None:
             labels["cord"] = _read_label(scan.cord_label, data.shape, affine)
         slabs.append(Slab.from_array(data, affine, labels=labels, name=str(scan.path)))
-        paths.append(scan.path)
     register = config.register_slabs and PLANES[seq] != "axial"
-    return fuse_slabs(slabs, register=register), paths
+    return fuse_slabs(slabs, register=register), warnings
 
 
 def native_t2sag(subject: Subject, fused: FusedSequence) -> NativeT2Sag:
@@ -654,7 +664,9 @@ def prepare_subject(subject: Subject, config: PrepConfig = PRESETS["paper"]) -> 
     Every sequence's own centreline is checked against the T2Sag one; a missing, too short or
     implausible one falls back to the T2Sag centreline refined in that sequence's image, and is
     recorded in :attr:`PreparedSubject.centerlines` and the warnings. A sequence that shows no
-    cord even along the T2Sag centreline, or misses it, is dropped with a warning.
+    cord even along the T2Sag centreline, or misses it, is dropped with a warning. A scan whose
+    header other tools read differently (qform and sform apart, a sheared sform, ``pixdim`` sizes
+    unlike the sform's) is named in the warnings with the matrix cordfuse used.
 
     Args:
         subject: A discovered subject.
@@ -665,22 +677,23 @@ def prepare_subject(subject: Subject, config: PrepConfig = PRESETS["paper"]) -> 
 
     Raises:
         CordfuseError: one line naming the file and the reason (no T2Sag, no cord on T2Sag, a
-            field of view that misses the T2Sag cord, NaNs, a label on another grid).
+            field of view that misses the T2Sag cord, unusable geometry, NaNs, a label on another
+            grid).
     """
     if not subject.scans.get(REFERENCE_SEQUENCE):
         raise CordfuseError(f"no {REFERENCE_SEQUENCE} scan (required: lesions are defined on it)")
     fused: dict[str, FusedSequence] = {}
     lines: dict[str, Centerline] = {}
     sources: dict[str, dict[str, str]] = {}
-    warnings: list[str] = []
-    fused[REFERENCE_SEQUENCE] = load_sequence(subject, REFERENCE_SEQUENCE, config)[0]
+    fused[REFERENCE_SEQUENCE], warnings = load_sequence(subject, REFERENCE_SEQUENCE, config)
     reference, method = sequence_centerline(fused[REFERENCE_SEQUENCE], REFERENCE_SEQUENCE, config)
     lines[REFERENCE_SEQUENCE] = reference
     sources[REFERENCE_SEQUENCE] = {"method": method, "reason": ""}
     for seq in subject.sequences:
         if seq == REFERENCE_SEQUENCE:
             continue
-        fused[seq] = load_sequence(subject, seq, config)[0]
+        fused[seq], header_warnings = load_sequence(subject, seq, config)
+        warnings += header_warnings
         try:
             lines[seq], sources[seq] = checked_centerline(fused[seq], seq, config, reference)
         except CordfuseError as exc:
@@ -711,7 +724,7 @@ def prepare_subject(subject: Subject, config: PrepConfig = PRESETS["paper"]) -> 
         centres,
         label,
         stats,
-        _t2sag_meta(subject, reference_fused),
+        _t2sag_meta(subject, reference_fused, lines[REFERENCE_SEQUENCE]),
         config,
         warnings,
         sources,
@@ -793,11 +806,13 @@ def _label_crop(
     return (values > 0.5).astype(np.uint8)
 
 
-def _t2sag_meta(subject: Subject, fused: FusedSequence) -> dict:
+def _t2sag_meta(subject: Subject, fused: FusedSequence, line: Centerline) -> dict:
     shape, affine = fused.fused_grid()
     return {
         "fused_shape": list(shape),
         "fused_affine": affine.tolist(),
+        # where the T2Sag cord starts and ends (S-I, mm): lesion positions along the cord
+        "cord_z_mm": [float(z) for z in line.z_range],
         "slabs": [
             {
                 "path": slab.name,
