@@ -25,10 +25,16 @@ def add_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description="Write a realistic synthetic BIDS cohort with ground truth.",
     )
     parser.add_argument("out", help="output folder (created)")
-    parser.add_argument("--subjects", type=int, default=10, help="number of subjects (default 10)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--cohorts", help="cohort names, assigned in turn (A,B,C)")
+    parser.add_argument("--subjects", type=int, default=10, help="number of subjects")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--cohorts", help="cohort names, assigned in turn")
     parser.add_argument("--qc", action="store_true", help="also write QC pictures per subject")
+    parser.add_argument(
+        "--randomise",
+        action="store_true",
+        help="draw every scan's appearance, resolution and the cord's size at random, far "
+        "beyond the realistic range (domain randomisation, for training)",
+    )
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing synthetic dataset in OUT"
     )
@@ -69,11 +75,13 @@ def run(args: argparse.Namespace) -> int:
         qc=args.qc,
         progress=progress_bar(args.subjects, "synth"),
         overwrite=args.overwrite,
+        randomise=args.randomise,
     )
     elapsed = time.perf_counter() - start
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    kind = "randomised synthetic" if args.randomise else "synthetic"
     print(
-        f"Wrote {args.subjects} synthetic subjects (cohorts {', '.join(cohorts)}, "
+        f"Wrote {args.subjects} {kind} subjects (cohorts {', '.join(cohorts)}, "
         f"seed {args.seed}) to {out} in {elapsed:.1f} s ({size / 1e6:.1f} MB)."
     )
     if args.qc:

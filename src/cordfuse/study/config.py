@@ -135,6 +135,7 @@ synthetic:
   subjects: 120
   seed: 0
   # qc: true           # a QC picture per synthetic subject
+  # randomise: true    # random appearance, resolution and cord size (domain randomisation)
 preset: small          # small (CPU) or paper (full networks, for a GPU)
 seeds: 1               # number of training seeds (0, 1, ...) or a list; the paper used 3
 # epochs: 100          # default: 100 x 25 for small, 1000 x 250 for paper
@@ -160,6 +161,7 @@ class StudyConfig:
         synthetic_subjects: Subjects of the synthetic cohort (without ``dataset``).
         synthetic_seed: Seed of the synthetic cohort.
         synthetic_qc: Also write a QC picture per synthetic subject.
+        synthetic_randomise: Randomise the synthetic cohort (``cordfuse synth --randomise``).
         preset: ``small`` (CPU) or ``paper`` (full networks): pre-processing, network size and
             default schedule.
         seeds: Training seeds; the first one also draws the fold.
@@ -186,6 +188,7 @@ class StudyConfig:
     synthetic_subjects: int = 120
     synthetic_seed: int = 0
     synthetic_qc: bool = False
+    synthetic_randomise: bool = False
     preset: str = "small"
     seeds: tuple[int, ...] = (0,)
     epochs: int | None = None
@@ -244,7 +247,8 @@ class StudyConfig:
         """The config of a mapping as a study file holds it (see :data:`EXAMPLE_CONFIG`).
 
         Args:
-            data: The settings; ``synthetic`` is a mapping of ``subjects``, ``seed`` and ``qc``.
+            data: The settings; ``synthetic`` is a mapping of ``subjects``, ``seed``, ``qc``
+                and ``randomise``.
             base: The folder relative paths (``dataset``, ``fold``, ``feature_noise``) start from.
 
         Returns:
@@ -264,6 +268,7 @@ class StudyConfig:
             values["synthetic_subjects"] = int(synthetic.get("subjects", 120))
             values["synthetic_seed"] = int(synthetic.get("seed", 0))
             values["synthetic_qc"] = bool(synthetic.get("qc", False))
+            values["synthetic_randomise"] = bool(synthetic.get("randomise", False))
         if "dataset" in data:
             values["dataset"] = str((base / str(data.pop("dataset"))).resolve())
         if "fold" in data:
@@ -282,6 +287,7 @@ class StudyConfig:
             "synthetic_subjects",
             "synthetic_seed",
             "synthetic_qc",
+            "synthetic_randomise",
         }
         unknown = [k for k in data if k not in known]
         if unknown:
@@ -334,6 +340,7 @@ class StudyConfig:
                 "subjects": values.pop("synthetic_subjects"),
                 "seed": values.pop("synthetic_seed"),
                 "qc": values.pop("synthetic_qc"),
+                "randomise": values.pop("synthetic_randomise"),
             }
         }
         for name in ("dataset", "fold"):  # None would read back as a path named "None"

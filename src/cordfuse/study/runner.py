@@ -320,8 +320,8 @@ def prepare(study: StudyConfig, out: Path, log: Log) -> StudyData:
         from cordfuse.synth import write_cohort
 
         log(
-            f"[data] synthetic cohort: {study.synthetic_subjects} subjects "
-            f"(seed {study.synthetic_seed})"
+            f"[data] {'randomised ' if study.synthetic_randomise else ''}synthetic cohort: "
+            f"{study.synthetic_subjects} subjects (seed {study.synthetic_seed})"
         )
         write_cohort(
             root,
@@ -329,6 +329,7 @@ def prepare(study: StudyConfig, out: Path, log: Log) -> StudyData:
             seed=study.synthetic_seed,
             qc=study.synthetic_qc,
             overwrite=True,
+            randomise=study.synthetic_randomise,
         )
     check_ok, failed = None, []
     if root.is_dir():

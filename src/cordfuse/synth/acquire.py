@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
-from cordfuse.synth.anatomy import Anatomy, tissue_fractions
+from cordfuse.synth.anatomy import Anatomy, Fractions, tissue_fractions
 
 _AXIS_VECTORS = {
     "R": (1, 0, 0),
@@ -90,6 +91,40 @@ class Displacement:
         return dx, dy
 
 
+class Appearance(Protocol):
+    """How a scan looks, replacing the fixed tissue table and scanner (``synth --randomise``)."""
+
+    def compose(
+        self, f: Fractions, x: np.ndarray, y: np.ndarray, z: np.ndarray, anatomy: Anatomy
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The signal of boxes and their lesion truth.
+
+        Args:
+            f: The boxes' structure fractions.
+            x: Their x centres (anatomy mm).
+            y: Their y centres.
+            z: Their z centres.
+            anatomy: The anatomy.
+
+        Returns:
+            The signal, and the union of the lesion fractions (the truth, as :func:`acquire`'s).
+        """
+        ...
+
+    def finish(self, image: np.ndarray, affine: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The scanner's part: from the noise-free signal to the stored image.
+
+        Args:
+            image: The noise-free signal on the scan's grid.
+            affine: The scan's affine.
+            rng: Draws the noise.
+
+        Returns:
+            The stored int16 image.
+        """
+        ...
+
+
 @dataclass
 class Acquired:
     """One acquired scan: stored image, its affine, and the exact partial-volume truth."""
@@ -121,6 +156,7 @@ def acquire(
     displacement: Displacement,
     scanner: dict[str, float],
     rng: np.random.Generator,
+    appearance: Appearance | None = None,
 ) -> Acquired:
     """Image the anatomy on the grid ``(affine, shape)``.
 
@@ -138,6 +174,8 @@ def acquire(
         displacement: This sequence's smooth in-plane cord displacement.
         scanner: ``gain``, ``gamma``, ``noise`` and ``bias``.
         rng: Draws the noise.
+        appearance: Replaces ``contrast`` and ``scanner`` (a randomised scan); the partial
+            volume, hence the truth, stays the same.
 
     Returns:
         The stored image and its exact partial-volume cord and lesion fractions.
@@ -169,8 +207,12 @@ def acquire(
         for s in range(n_sub):
             pts = plane + (k + (s + 0.5) / n_sub - 0.5) * step
             dx, dy = displacement(pts[:, 2])
-            f = tissue_fractions(anatomy, pts[:, 0] - dx, pts[:, 1] - dy, pts[:, 2], edges)
-            value, lesion_union = _compose(f, contrast, anatomy, sequence)
+            x, y = pts[:, 0] - dx, pts[:, 1] - dy
+            f = tissue_fractions(anatomy, x, y, pts[:, 2], edges)
+            if appearance is None:
+                value, lesion_union = _compose(f, contrast, anatomy, sequence)
+            else:
+                value, lesion_union = appearance.compose(f, x, y, pts[:, 2], anatomy)
             acc_i += value
             acc_c += f.cord
             acc_l += lesion_union
@@ -180,7 +222,10 @@ def acquire(
         cord[tuple(index)] = (acc_c / n_sub).reshape(plane_shape)
         lesion[tuple(index)] = (acc_l / n_sub).reshape(plane_shape)
 
-    stored = _scanner(image, affine, shape, scanner, rng)
+    if appearance is None:
+        stored = _scanner(image, affine, shape, scanner, rng)
+    else:
+        stored = appearance.finish(image, affine, rng)
     return Acquired(stored, affine, cord, np.minimum(lesion, cord))
 
 
@@ -216,8 +261,19 @@ def _compose(f, contrast, anatomy: Anatomy, sequence: str):
     return value, union
 
 
-def _scanner(image, affine, shape, scanner, rng) -> np.ndarray:
-    """Bias field, contrast curve, gain and Rician noise; returns int16."""
+def log_bias_field(affine: np.ndarray, shape, coefficients) -> np.ndarray:
+    """The log of a smooth receive-coil bias field on a scan's grid.
+
+    Linear in the three world axes and quadratic in A-P and S-I, about the grid's centre.
+
+    Args:
+        affine: The scan's voxel-to-world affine.
+        shape: The scan's shape.
+        coefficients: The five coefficients (x, y, z, y squared, z squared).
+
+    Returns:
+        The log bias (broadcastable to ``shape``).
+    """
     centre = affine[:3, :3] @ ((np.asarray(shape) - 1) / 2) + affine[:3, 3]
     grids = np.meshgrid(
         *[np.arange(n, dtype=np.float32) for n in shape], indexing="ij", sparse=True
@@ -225,9 +281,14 @@ def _scanner(image, affine, shape, scanner, rng) -> np.ndarray:
     world = [
         sum(affine[r, a] * grids[a] for a in range(3)) + affine[r, 3] - centre[r] for r in range(3)
     ]
-    c = scanner["bias"]
+    c = coefficients
     log_bias = c[0] * world[0] / 60 + c[1] * world[1] / 60 + c[2] * world[2] / 150
-    log_bias = log_bias + c[3] * (world[1] / 60) ** 2 + c[4] * (world[2] / 150) ** 2
+    return log_bias + c[3] * (world[1] / 60) ** 2 + c[4] * (world[2] / 150) ** 2
+
+
+def _scanner(image, affine, shape, scanner, rng) -> np.ndarray:
+    """Bias field, contrast curve, gain and Rician noise; returns int16."""
+    log_bias = log_bias_field(affine, shape, scanner["bias"])
     signal = np.clip(image, 0, None) ** scanner["gamma"] * np.exp(log_bias)
     sigma = scanner["noise"]
     real = signal + rng.normal(0.0, sigma, size=shape).astype(np.float32)

@@ -108,13 +108,24 @@ def _bump(z: np.ndarray, center: float, width: float) -> np.ndarray:
     return np.exp(-(((z - center) / width) ** 2))
 
 
-def draw_anatomy(rng: np.random.Generator, *, n_lesions: int, sequences) -> Anatomy:
+def draw_anatomy(
+    rng: np.random.Generator,
+    *,
+    n_lesions: int,
+    sequences,
+    cord_scale: float = 1.0,
+    canal_scale: float = 1.0,
+) -> Anatomy:
     """Draw a random adult spine: levels, curved cord, cross-sections, CSF, bones, lesions.
 
     Args:
         rng: The subject's random generator.
         n_lesions: How many lesions to draw.
         sequences: The sequences each lesion gets a visibility on.
+        cord_scale: Scales the cord's cross-section (and the canal's minimum size) on top of
+            the drawn size; lesions are placed in the scaled cord. Not drawn from ``rng``, so a
+            randomised subject keeps every other draw of the default one.
+        canal_scale: Scales the CSF margin between the cord and the canal wall.
 
     Returns:
         The anatomy.
@@ -159,12 +170,12 @@ def draw_anatomy(rng: np.random.Generator, *, n_lesions: int, sequences) -> Anat
         + 0.05 * np.clip(z, 0, None)
     )
     taper = np.sqrt(np.clip((z - conus_tip) / 25.0, 0.0, 1.0))
-    a, b = a * size * taper, b * size * taper
+    a, b = a * size * taper * cord_scale, b * size * taper * cord_scale
 
     # CSF sac: wider than the cord, continues below the conus (cauda equina) down to L5.
     margin_lr, margin_ap = rng.uniform(2.5, 4.0), rng.uniform(2.5, 4.0)
-    canal_a = np.maximum(a, 3.5) + margin_lr
-    canal_b = np.maximum(b, 3.0) + margin_ap
+    canal_a = np.maximum(a, 3.5 * cord_scale) + margin_lr * canal_scale
+    canal_b = np.maximum(b, 3.0 * cord_scale) + margin_ap * canal_scale
     canal_dy = rng.uniform(-0.8, 0.8)
 
     # Bones: body size grows down the spine; disc and posterior elements by position within level.

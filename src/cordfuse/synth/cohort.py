@@ -5,8 +5,9 @@ same whether the cohort has 10 or 100 subjects, and the same seed gives the same
 
 Layout written by :func:`write_cohort`::
 
-    OUT/dataset_description.json, participants.tsv (participant_id, cohort)
-    OUT/sub-001/anat/sub-001_acq-sag_chunk-1_T2w.nii.gz ...
+    OUT/dataset_description.json, README, participants.tsv (participant_id, cohort) and its
+        data dictionary participants.json
+    OUT/sub-001/anat/sub-001_acq-sag_chunk-1_T2w.nii.gz, sub-001_acq-stir_T2w.nii.gz ...
     OUT/derivatives/labels/sub-001/anat/<image stem>_seg-manual.nii.gz     (cord, every scan)
     OUT/derivatives/labels/sub-001/anat/<T2Sag stem>_lesion-manual.nii.gz  (lesions, T2Sag slabs)
     OUT/derivatives/synth/sub-001_truth.json  (true centrelines in world mm, generation parameters)
@@ -29,8 +30,29 @@ from cordfuse.sequences import SEQUENCES
 from cordfuse.synth.acquire import Acquired, Displacement, acquire, build_affine, rotation_matrix
 from cordfuse.synth.anatomy import Anatomy, draw_anatomy
 from cordfuse.synth.protocol import CONTRASTS, PROTOCOLS, CohortProfile, cohort_profile
+from cordfuse.synth.randomise import Randomisation
 
 GENERATOR = "cordfuse-synth-1"
+
+#: The data dictionary of ``participants.tsv`` (BIDS: a description of every column).
+PARTICIPANTS = {
+    "participant_id": {"Description": "the subject (BIDS sub- label)"},
+    "cohort": {
+        "Description": "the synthetic cohort: its profile of sequence availability, scanner and "
+        "resolution (cordfuse.synth.protocol)"
+    },
+}
+
+README = """\
+A synthetic multi-sequence spinal cord MRI cohort with MS-like lesions, written by cordfuse synth
+({subjects} subjects, seed {seed}): sagittal T2 (acq-sag, one or two slabs as chunk-N), sagittal
+STIR (acq-stir_T2w), axial T2* (acq-ax_T2starw), axial T2 (acq-ax_T2w), sagittal T1 (acq-sag_T1w)
+and MP2RAGE (UNIT1), each subject with its own subset.
+
+derivatives/labels: cord masks of every scan (_seg-manual) and lesion masks of the T2Sag slabs
+(_lesion-manual), exact by construction. derivatives/synth: the generator's truth of every
+subject (centrelines, lesions and their visibility on each sequence).
+"""
 
 
 @dataclass
@@ -55,7 +77,7 @@ class ScanPlan:
         """
         acq = {
             "T2Sag": "acq-sag_",
-            "STIR": "acq-sag_",
+            "STIR": "acq-stir_",  # a T2-weighted inversion recovery: BIDS has no STIR suffix
             "T1Sag": "acq-sag_",
             "T2starAx": "acq-ax_",
             "T2Ax": "acq-ax_",
@@ -64,7 +86,7 @@ class ScanPlan:
         chunk = f"chunk-{self.chunk}_" if self.chunk is not None else ""
         kind = {
             "T2Sag": "T2w",
-            "STIR": "STIR",
+            "STIR": "T2w",
             "T1Sag": "T1w",
             "T2starAx": "T2starw",
             "T2Ax": "T2w",
@@ -75,13 +97,17 @@ class ScanPlan:
 
 @dataclass
 class SyntheticSubject:
-    """A generated subject: its anatomy, the acquired scans (by BIDS stem) and their plans."""
+    """A generated subject: its anatomy, the acquired scans (by BIDS stem) and their plans.
+
+    ``randomised`` holds the draws of a randomised subject (``synth --randomise``), else None.
+    """
 
     subject_id: str
     cohort: str
     anatomy: Anatomy
     plans: dict[str, ScanPlan]
     scans: dict[str, Acquired] = field(default_factory=dict)
+    randomised: Randomisation | None = None
 
     def stems(self, sequence: str) -> list[str]:
         """The BIDS stems of the subject's scans of one sequence (slabs in order).
@@ -124,23 +150,32 @@ def subject_id_of(index: int) -> str:
     return f"sub-{index:03d}"
 
 
-def generate_subject(seed: int, index: int, cohort: str) -> SyntheticSubject:
+def generate_subject(
+    seed: int, index: int, cohort: str, *, randomise: bool = False
+) -> SyntheticSubject:
     """Draw and acquire subject number ``index`` (1-based) of the cohort with ``seed``.
 
     Args:
         seed: The cohort's seed.
         index: The subject's number (1-based).
         cohort: The cohort's name (its profile: sequence availability, scanner, resolution).
+        randomise: Draw the cord and canal size, every scan's grid and its whole appearance at
+            random (:mod:`cordfuse.synth.randomise`), from streams of their own: the subject's
+            generator makes the same draws as without.
 
     Returns:
         The subject with its acquired scans (not written).
     """
     rng = subject_rng(seed, index)
     profile = cohort_profile(cohort)
-    anatomy = draw_anatomy(rng, n_lesions=int(rng.integers(0, 9)), sequences=SEQUENCES)
+    randomised = Randomisation.draw(seed, index) if randomise else None
+    scales = randomised.anatomy_scales if randomised is not None else {}
+    anatomy = draw_anatomy(rng, n_lesions=int(rng.integers(0, 9)), sequences=SEQUENCES, **scales)
     subject_id = subject_id_of(index)
     plans = {f"{subject_id}_{plan.suffix}": plan for plan in plan_scans(anatomy, profile, rng)}
-    subject = SyntheticSubject(subject_id, cohort, anatomy, plans)
+    if randomised is not None:
+        plans = randomised.apply(anatomy, plans)
+    subject = SyntheticSubject(subject_id, cohort, anatomy, plans, randomised=randomised)
     for stem, plan in plans.items():
         subject.scans[stem] = acquire(
             anatomy,
@@ -152,6 +187,7 @@ def generate_subject(seed: int, index: int, cohort: str) -> SyntheticSubject:
             displacement=plan.displacement,
             scanner=plan.scanner,
             rng=np.random.default_rng(rng.integers(2**63)),
+            appearance=randomised.scans[stem] if randomised is not None else None,
         )
     return subject
 
@@ -405,7 +441,8 @@ def truth_document(subject: SyntheticSubject, seed: int) -> dict:
 
     Returns:
         Its levels, cord extent and centreline, its lesions (centre, radii, visibility per
-        sequence) and every scan's motion, displacement, scanner and centreline.
+        sequence) and every scan's motion, displacement, scanner and centreline; a randomised
+        subject's draws under ``randomised``.
     """
     anatomy = subject.anatomy
     z = np.arange(math.ceil(anatomy.conus_tip), anatomy.cord_top, 1.0)
@@ -435,7 +472,7 @@ def truth_document(subject: SyntheticSubject, seed: int) -> dict:
             "scanner": {k: v for k, v in plan.scanner.items()},
             "centerline_world_mm": np.round(scan_centerline(subject, stem), 3).tolist(),
         }
-    return {
+    document = {
         "subject": subject.subject_id,
         "cohort": subject.cohort,
         "seed": seed,
@@ -448,6 +485,9 @@ def truth_document(subject: SyntheticSubject, seed: int) -> dict:
         "lesions": lesions,
         "scans": scans,
     }
+    if subject.randomised is not None:
+        document["randomised"] = subject.randomised.record()
+    return document
 
 
 def write_subject(subject: SyntheticSubject, root: Path, seed: int) -> None:
@@ -497,6 +537,7 @@ def write_cohort(
     qc: bool = False,
     progress: Callable[[str], None] | None = None,
     overwrite: bool = False,
+    randomise: bool = False,
 ) -> Path:
     """Generate ``subjects`` subjects (cohorts assigned in turn) and write them as BIDS.
 
@@ -509,6 +550,8 @@ def write_cohort(
         qc: Also write a QC picture per subject.
         progress: Called with each subject id once written.
         overwrite: Replace an earlier synthetic dataset in ``out`` (only what synth wrote).
+        randomise: Randomise every subject's appearance, grids and cord size
+            (:func:`generate_subject`); without it the bytes are those of the default cohort.
 
     Returns:
         The dataset root.
@@ -530,7 +573,9 @@ def write_cohort(
     folder = claim(root, "synth", overwrite=True)
     folder.own(
         "dataset_description.json",
+        "README",
         "participants.tsv",
+        "participants.json",
         "derivatives",
         *(subject_id_of(index) for index in range(1, subjects + 1)),
     )
@@ -542,7 +587,7 @@ def write_cohort(
             {
                 "Name": "cordfuse synth",
                 "Version": __version__,
-                "Description": f"{GENERATOR}, seed {seed}",
+                "Description": f"{GENERATOR}, seed {seed}" + (", randomised" if randomise else ""),
             }
         ],
     }
@@ -559,7 +604,7 @@ def write_cohort(
     rows = ["participant_id\tcohort"]
     for index in range(1, subjects + 1):
         cohort = cohort_of(index, cohorts)
-        subject = generate_subject(seed, index, cohort)
+        subject = generate_subject(seed, index, cohort, randomise=randomise)
         write_subject(subject, root, seed)
         if qc:
             write_subject_qc(
@@ -569,6 +614,8 @@ def write_cohort(
         if progress is not None:
             progress(subject.subject_id)
     atomic_write_text(root / "participants.tsv", "\n".join(rows) + "\n")
+    atomic_write_text(root / "participants.json", json.dumps(PARTICIPANTS, indent=2) + "\n")
+    atomic_write_text(root / "README", README.format(subjects=subjects, seed=seed))
     # Written last: its presence marks a finished dataset (an interrupted one is redone).
     atomic_write_text(root / "dataset_description.json", json.dumps(description, indent=2) + "\n")
     return root
