@@ -72,4 +72,6 @@ def test_segment_equals_predict_with_paths_and_images_in_memory(learned, tmp_pat
     )
     table = next(out.glob("*_lesions.csv")).read_text().splitlines()
     assert len(result.lesions) == len(table) - 1 >= 1
+    # every lesion has its position along the T2Sag cord (within the cord's length)
+    assert all(0 <= row["distance_from_cord_top_mm"] < 1000 for row in result.lesions)
     assert result.sequences == ["T2Sag"]

@@ -26,7 +26,8 @@ class TestSequenceRules:
             ("sub-01_ses-2_acq-sag_chunk-2_T2w.nii.gz", ["T2Sag"]),
             ("sub-01_acq-ax_T2w.nii", ["T2Ax"]),
             ("sub-01_acq-ax_chunk-1_T2starw.nii.gz", ["T2starAx"]),
-            ("sub-01_acq-sag_STIR.nii.gz", ["STIR"]),
+            ("sub-01_acq-stir_T2w.nii.gz", ["STIR"]),  # BIDS-valid: what synth writes
+            ("sub-01_acq-sag_STIR.nii.gz", ["STIR"]),  # older data: still recognised
             ("sub-01_acq-sag_T1w.nii.gz", ["T1Sag"]),
             ("sub-01_UNIT1.nii.gz", ["MP2RAGE"]),
             ("sub-01_T2w.nii.gz", []),  # plane unknown: never guessed
@@ -58,6 +59,14 @@ class TestSequenceRules:
         assert match_sequence(parse_bids_name("s_acq-sag_T2w.nii.gz"), rules) == []
         assert match_sequence(parse_bids_name("s_T2star.nii.gz"), rules) == ["T2starAx"]
         assert rules["STIR"] == DEFAULT_RULES["STIR"]
+
+    def test_a_mapping_may_give_a_sequence_several_forms(self, tmp_path):
+        path = tmp_path / "map.yaml"
+        path.write_text("STIR: [{suffix: T2w, entities: {acq: ir}}, {suffix: [STIR, IR]}]\n")
+        rules = load_rules(path)
+        for name in ("s_acq-ir_T2w.nii.gz", "s_acq-sag_STIR.nii.gz", "s_IR.nii.gz"):
+            assert match_sequence(parse_bids_name(name), rules) == ["STIR"], name
+        assert match_sequence(parse_bids_name("s_acq-stir_T2w.nii.gz"), rules) == []
 
     def test_bad_mapping_is_a_clear_error(self, tmp_path):
         path = tmp_path / "map.json"
@@ -156,7 +165,7 @@ class TestCheck:
         # sub-002: no T2Sag at all; a 4D image; an unreadable file; a duplicate match.
         for path in anat["sub-002"].glob("*acq-sag*T2w.nii.gz"):
             path.unlink()
-        stir = next(anat["sub-002"].glob("*STIR.nii.gz"), None) or next(
+        stir = next(anat["sub-002"].glob("*_acq-stir_T2w.nii.gz"), None) or next(
             anat["sub-002"].glob("*.nii.gz")
         )
         img = nib.load(stir)

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from cordfuse.cli import main
+from cordfuse.derivatives import derivative_masks
 
 TIMEOUT_S = 240
 
@@ -123,12 +124,13 @@ def test_predict_survives_a_kill(synth_copy, tiny_baseline, tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     _finish("predict", tiny_baseline, "-i", synth_copy, "-o", straight, "--qc")
     process = _cordfuse("predict", tiny_baseline, "-i", synth_copy, "-o", killed, "--qc")
-    _kill_when(process, lambda: len(list(killed.glob("*_prediction.json"))) >= 1)
-    done = {p: p.stat().st_mtime_ns for p in killed.glob("*_prediction.json")}
+    _kill_when(process, lambda: len(list(killed.glob("logs/*_prediction.json"))) >= 1)
+    done = {p: p.stat().st_mtime_ns for p in killed.glob("logs/*_prediction.json")}
     _finish("predict", tiny_baseline, "-i", synth_copy, "-o", killed, "--qc")
     assert _hashes(synth_copy) == before
     a, b = _hashes(straight), _hashes(killed)
-    outputs = [k for k in a if k.endswith((".nii.gz", ".csv", ".png"))]
+    # the images, tables, sidecars and figures (the manifest holds its creation time)
+    outputs = [k for k in a if k.endswith((".nii.gz", ".tsv", ".png")) or k.startswith("sub-")]
     assert outputs and a.keys() == b.keys()
     assert all(a[k] == b[k] for k in outputs)
     # the subjects finished before the kill were not predicted again (their record is unchanged)
@@ -151,7 +153,7 @@ def test_predict_survives_a_kill(synth_copy, tiny_baseline, tmp_path):
         == 0
     )
     assert _hashes(synth_copy) == before and _hashes(killed) == predictions
-    assert len(list(killed.glob("*_prediction.json"))) == len(list(straight.glob("*_lesion.nii*")))
+    assert len(list(killed.glob("logs/*_prediction.json"))) == len(derivative_masks(straight))
 
 
 @pytest.mark.slow

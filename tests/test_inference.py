@@ -13,6 +13,7 @@ import torch
 from cordfuse.checkpoint import Checkpoint
 from cordfuse.cli import main
 from cordfuse.dataset import discover
+from cordfuse.derivatives import derivative_masks, find_prediction, find_slab_prediction
 from cordfuse.errors import CordfuseError
 from cordfuse.inference import (
     finish_prediction,
@@ -155,24 +156,28 @@ class TestCommandLine:
             )
             == 0
         )
-        for subject in discover(synth_root).subjects:
-            mask = nib.load(out / f"{subject.name}_lesion.nii.gz")
+        for subject in discover(synth_root).subjects:  # a BIDS derivative dataset
+            mask_path = find_prediction(out, subject.name)
+            stem = mask_path.name.removesuffix("_mask.nii.gz")
+            mask = nib.load(mask_path)
             assert mask.get_data_dtype() == np.uint8
             slabs = subject.scans["T2Sag"]
-            for k, scan in enumerate(slabs):
-                native = nib.load(scan.path)
-                slab_mask = nib.load(out / f"{subject.name}_slab-{k + 1}_lesion.nii.gz")
-                assert slab_mask.shape == native.shape
-                np.testing.assert_allclose(slab_mask.affine, native.affine, atol=1e-5)
-            if len(slabs) == 1:
+            if len(slabs) > 1:
+                for number, scan in enumerate(slabs, start=1):
+                    native = nib.load(scan.path)
+                    slab_mask = nib.load(find_slab_prediction(out, subject.name, scan.path, number))
+                    assert slab_mask.shape == native.shape
+                    np.testing.assert_allclose(slab_mask.affine, native.affine, atol=1e-5)
+            else:  # the fused grid is the slab's
                 native = nib.load(slabs[0].path)
                 assert mask.shape == native.shape
                 np.testing.assert_allclose(mask.affine, native.affine, atol=1e-5)
-            prob = nib.load(out / f"{subject.name}_lesion_prob.nii.gz")
+            prob = nib.load(mask_path.with_name(f"{stem}_probseg.nii.gz"))
             assert prob.shape == mask.shape and np.asarray(prob.dataobj).max() <= 1.0
-            header = (out / f"{subject.name}_lesions.csv").read_text().splitlines()[0]
-            assert header.startswith("label,voxels,volume_mm3,si_min_mm,si_max_mm,centroid_x_mm")
-            assert (out / f"{subject.name}_qc.png").read_bytes()[:4] == b"\x89PNG"
+            header = mask_path.with_name(f"{stem}_stats.tsv").read_text().splitlines()[0]
+            assert header.startswith("label\tvoxels\tvolume_mm3\tsi_min_mm\tsi_max_mm")
+            picture = out / subject.subject_id / "figures" / f"{stem}_mask.png"
+            assert picture.read_bytes()[:4] == b"\x89PNG"
         assert "4 predicted, 0 failed" in capsys.readouterr().out
 
     def test_explicit_files_and_one_subject_folder(self, synth_root, tiny_models, tmp_path):
@@ -195,9 +200,7 @@ class TestCommandLine:
             )
             == 0
         )
-        assert [p.name for p in (tmp_path / "b").glob("*_lesion.nii.gz")] == [
-            "sub-002_lesion.nii.gz"
-        ]
+        assert list(derivative_masks(tmp_path / "b")) == ["sub-002"]
 
     def test_bad_inputs_one_line_each(self, synth_copy, tiny_models, tmp_path, capsys):
         subjects = {s.subject_id: s for s in discover(synth_copy).subjects}
@@ -355,7 +358,7 @@ def test_read_volume_of_prediction_is_binary(tmp_path, synth_root, tiny_models):
         )
         == 0
     )
-    data, _ = read_volume(out / "sub-003_lesion.nii.gz")
+    data, _ = read_volume(find_prediction(out, "sub-003"))
     assert set(np.unique(data)) <= {0.0, 1.0} and data.sum() > 0, "threshold 0 marks the tube"
     shutil.rmtree(out)
 
@@ -388,16 +391,16 @@ def test_parallel_subjects_give_the_same_predictions(synth_root, tiny_models, tm
             )
             == 0
         )
-    ones = sorted((tmp_path / "1").glob("*_lesion_prob.nii.gz"))
-    assert len(ones) == 4 and len(list((tmp_path / "2").glob("*_lesion_prob.nii.gz"))) == 4
+    ones = sorted((tmp_path / "1").glob("sub-*/anat/*_probseg.nii.gz"))
+    assert len(ones) == 4 and len(list((tmp_path / "2").glob("sub-*/anat/*_probseg.nii.gz"))) == 4
     for one in ones:
-        a = np.asarray(nib.load(one).dataobj)
-        b = np.asarray(nib.load(tmp_path / "2" / one.name).dataobj)
-        np.testing.assert_allclose(a, b, atol=1e-5)
-        mask = one.name.replace("_lesion_prob", "_lesion")
+        two = tmp_path / "2" / one.relative_to(tmp_path / "1")
+        np.testing.assert_allclose(
+            np.asarray(nib.load(one).dataobj), np.asarray(nib.load(two).dataobj), atol=1e-5
+        )
         np.testing.assert_array_equal(
-            np.asarray(nib.load(one.parent / mask).dataobj),
-            np.asarray(nib.load(tmp_path / "2" / mask).dataobj),
+            np.asarray(nib.load(str(one).replace("_probseg", "_mask")).dataobj),
+            np.asarray(nib.load(str(two).replace("_probseg", "_mask")).dataobj),
         )
 
 
@@ -422,4 +425,4 @@ def test_threads_option_is_checked_and_leaves_the_caller_as_it_was(
     assert "--threads must be at least 1" in err and "Traceback" not in err
     assert main([*args, "--threads", "1"]) == 0
     assert torch.get_num_threads() == before
-    assert (tmp_path / "sub-001_lesion.nii.gz").exists()
+    assert find_prediction(tmp_path, "sub-001") is not None

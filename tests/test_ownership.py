@@ -9,6 +9,7 @@ import shutil
 import pytest
 
 from cordfuse.cli import main
+from cordfuse.derivatives import derivative_masks
 from cordfuse.errors import CordfuseError
 from cordfuse.ownership import MANIFEST, claim, read_manifest
 
@@ -254,6 +255,4 @@ def test_one_job_per_participant_into_one_folder(synth_root, tiny_baseline, tmp_
         )
         == 0
     )
-    assert sorted(p.name for p in predictions.glob("*_lesion.nii.gz")) == [
-        f"{ids[1]}_lesion.nii.gz"
-    ]
+    assert list(derivative_masks(predictions)) == [ids[1]]

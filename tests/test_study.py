@@ -13,6 +13,7 @@ from scipy import stats
 
 from cordfuse.checkpoint import Checkpoint
 from cordfuse.cli import main
+from cordfuse.derivatives import find_prediction
 from cordfuse.errors import CordfuseError
 from cordfuse.evaluation.tables import (
     Record,
@@ -539,8 +540,9 @@ def test_t2sag_only_is_one_prediction_in_predict_and_in_the_study(
         )
         == 0
     )
-    probabilities = nib.load(out / f"{subject.name}_lesion_prob.nii.gz").get_fdata()
-    mask = np.asarray(nib.load(out / f"{subject.name}_lesion.nii.gz").dataobj)
+    mask_path = find_prediction(out, subject.name)
+    probabilities = nib.load(str(mask_path).replace("_mask", "_probseg")).get_fdata()
+    mask = np.asarray(nib.load(mask_path).dataobj)
     # equal up to the float32 rounding of the centrelines that prepared.npz stores
     np.testing.assert_allclose(probabilities, study.probability_native, atol=1e-5)
     np.testing.assert_array_equal(mask, study.mask)

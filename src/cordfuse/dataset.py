@@ -9,13 +9,14 @@ image. Cohorts come from the ``cohort`` column of ``participants.tsv`` when pres
 Discovery only reads names; :mod:`cordfuse.check` opens the files.
 
 Example:
-    A dataset of one subject with two T2Sag slabs and a STIR (empty files: names suffice):
+    A dataset of one subject with two T2Sag slabs and a STIR (empty files: names suffice; STIR
+    may also be named ``_STIR``, as in older data):
 
     >>> import tempfile
     >>> with tempfile.TemporaryDirectory() as root:
     ...     anat = Path(root, "sub-01", "anat")
     ...     anat.mkdir(parents=True)
-    ...     for name in ("acq-sag_chunk-1_T2w", "acq-sag_chunk-2_T2w", "STIR"):
+    ...     for name in ("acq-sag_chunk-1_T2w", "acq-sag_chunk-2_T2w", "acq-stir_T2w"):
     ...         Path(anat, f"sub-01_{name}.nii.gz").touch()
     ...     ds = discover(root)
     >>> subject = ds.subjects[0]
@@ -73,6 +74,8 @@ class Subject:
     orphan_labels: list[Path] = field(default_factory=list)
     #: The generator's truth of a synthetic subject (``derivatives/synth/<id>_truth.json``).
     synth_truth: Path | None = None
+    #: The BIDS dataset it was found in; None for scans given as files (``predict --t2sag``).
+    dataset: Path | None = None
 
     @property
     def name(self) -> str:
@@ -191,7 +194,7 @@ def discover(root: str | Path, *, rules: dict[str, MatchRule] | None = None) -> 
     cohorts = read_cohorts(root)
     subjects = []
     for subject_id, session, anat in _anat_folders(root):
-        subject = Subject(subject_id, session, cohorts.get(subject_id))
+        subject = Subject(subject_id, session, cohorts.get(subject_id), dataset=root)
         truth = root / SYNTH_TRUTH / f"{subject_id}_truth.json"
         subject.synth_truth = truth if truth.is_file() else None
         label_dir = root / "derivatives" / "labels" / subject_id

@@ -28,8 +28,27 @@ from scipy import ndimage
 from cordfuse import __version__
 from cordfuse.checkpoint import Checkpoint, checkpoint_file
 from cordfuse.dataset import Subject
+from cordfuse.derivatives import (
+    DATASET_FILES,
+    bids_uri,
+    data_dictionary,
+    json_text,
+    prediction_files,
+    record_file,
+    tsv_text,
+    update_summary,
+    write_dataset_files,
+)
 from cordfuse.errors import CordfuseError
-from cordfuse.io import apply_affine, atomic_write_text, voxel_sizes
+from cordfuse.evaluation.burden import (
+    FACE_CONNECTIVITY,
+    LESION_COLUMNS,
+    SUMMARY_COLUMNS,
+    lesion_statistics,
+    subject_burden,
+)
+from cordfuse.io import atomic_write_text, voxel_sizes
+from cordfuse.models import ModelSource, resolve_models
 from cordfuse.nn.device import autocast_dtype
 from cordfuse.nn.networks import NetConfig
 from cordfuse.nn.sliding import predict_probabilities
@@ -45,8 +64,6 @@ from cordfuse.sequences import REFERENCE_SEQUENCE, SEQUENCES
 from cordfuse.threads import set_threads, threads_budget
 from cordfuse.training.config import ACCEPT_MISSING, TrainConfig
 from cordfuse.training.data import normalise
-
-FACE_CONNECTIVITY = ndimage.generate_binary_structure(3, 1)
 
 
 @dataclass
@@ -104,17 +121,19 @@ def load_models(paths, device: torch.device) -> list[LoadedModel]:
     """Models of an ensemble.
 
     Args:
-        paths: Training folders or checkpoint files.
+        paths: Training folders, checkpoint files, model zips or installed models' names
+            (:func:`cordfuse.models.resolve_model`); a packaged ensemble gives all its members.
         device: Where the models will run.
 
     Returns:
         The models, in the order given.
 
     Raises:
-        CordfuseError: A model cannot be loaded, or the models differ in pre-processing or
+        CordfuseError: A model cannot be loaded (a package that fails verification is refused
+            before any checkpoint is read), or the models differ in pre-processing or
             architecture.
     """
-    models = [load_model(p, device) for p in paths]
+    models = [load_model(p, device) for source in resolve_models(paths) for p in source.paths]
     first = models[0]
     for other in models[1:]:
         # each model reads its own input (with or without coverage masks): the rest must agree
@@ -176,7 +195,8 @@ class Prediction:
         affine: That grid's affine.
         probability_native: The probabilities on that grid.
         sequences: The sequences the networks read.
-        lesions: One row per predicted lesion (:func:`lesion_table`).
+        lesions: One row per predicted lesion
+            (:func:`cordfuse.evaluation.burden.lesion_statistics`).
         warnings: Pre-processing warnings (a dropped sequence, a centreline fallback).
     """
 
@@ -264,43 +284,24 @@ def remove_small_lesions(mask: np.ndarray, affine: np.ndarray, min_volume_mm3: f
     return keep[labels].astype(np.uint8)
 
 
-def lesion_table(mask: np.ndarray, affine: np.ndarray) -> list[dict]:
-    """One row per lesion (face-connected component): size, S-I extent, centroid in world mm.
+def t2sag_centreline(prepared: PreparedSubject) -> np.ndarray | None:
+    """The T2Sag cord centreline in world mm, ``(n, 3)`` from the top of its cord down, at the
+    crop's slices (None for a subject prepared before the cord's extent was recorded).
 
     Args:
-        mask: A binary mask.
-        affine: Its affine.
+        prepared: The prepared subject.
 
     Returns:
-        The rows (``label``, ``voxels``, ``volume_mm3``, ``si_min_mm``, ``si_max_mm`` and the
-        centroid), as ``<subject>_lesions.csv`` lists them.
-
-    Example:
-        >>> mask = np.zeros((4, 4, 6), np.uint8); mask[1, 1, 2:4] = 1
-        >>> row = lesion_table(mask, np.diag([1.0, 1.0, 2.0, 1.0]))[0]
-        >>> row["voxels"], row["volume_mm3"], row["si_min_mm"], row["si_max_mm"]
-        (2, 4.0, 4.0, 6.0)
+        The points, or None.
     """
-    labels, n = ndimage.label(mask, structure=FACE_CONNECTIVITY)
-    voxel = float(np.prod(voxel_sizes(affine)))
-    rows = []
-    for index, region in enumerate(ndimage.find_objects(labels), start=1):
-        voxels = np.argwhere(labels[region] == index) + [s.start for s in region]
-        world = apply_affine(affine, voxels)
-        centroid = world.mean(axis=0)
-        rows.append(
-            {
-                "label": index,
-                "voxels": len(voxels),
-                "volume_mm3": round(len(voxels) * voxel, 3),
-                "si_min_mm": round(float(world[:, 2].min()), 2),
-                "si_max_mm": round(float(world[:, 2].max()), 2),
-                "centroid_x_mm": round(float(centroid[0]), 2),
-                "centroid_y_mm": round(float(centroid[1]), 2),
-                "centroid_z_mm": round(float(centroid[2]), 2),
-            }
-        )
-    return rows
+    extent = prepared.t2sag.get("cord_z_mm")
+    centres = prepared.centres.get(REFERENCE_SEQUENCE)
+    if extent is None or centres is None:
+        return None
+    z = prepared.geometry.z
+    inside = (z >= extent[0]) & (z <= extent[1])
+    points = np.column_stack([centres[inside], z[inside]])
+    return points[::-1] if len(points) >= 2 else None
 
 
 def predict_subject(
@@ -469,7 +470,7 @@ def finish_prediction(
         affine,
         native,
         prepared.sequences,
-        lesion_table(mask, affine),
+        lesion_statistics(mask, affine, t2sag_centreline(prepared)),
         list(prepared.warnings),
     )
 
@@ -498,9 +499,16 @@ def slab_masks(prediction: Prediction, threshold: float) -> list[tuple[np.ndarra
 
 
 def prediction_targets(
-    prediction: Prediction, out: Path, *, per_slab: bool, save_probabilities: bool, qc: bool
+    prediction: Prediction,
+    out: Path,
+    *,
+    per_slab: bool,
+    save_probabilities: bool,
+    qc: bool,
+    bids: bool = False,
 ) -> dict[str, Path]:
-    """The files :func:`write_prediction` writes for these options, by kind.
+    """The files :func:`write_prediction` writes for these options, by kind
+    (:func:`cordfuse.derivatives.prediction_files`).
 
     Args:
         prediction: The prediction (its subject names the files).
@@ -508,21 +516,23 @@ def prediction_targets(
         per_slab: Also one mask per original T2Sag slab.
         save_probabilities: Also the probability map.
         qc: Also the QC picture.
+        bids: The BIDS derivative layout (BIDS input); else the simple one (explicit files).
 
     Returns:
-        ``mask``, ``csv`` and, with the options, ``prob``, ``qc``, ``slab<k>``: their paths.
+        ``mask``, ``table`` and, with the options, ``prob``, ``qc``, ``slab<k>`` (and in the
+        derivative layout each one's ``<kind>.json`` sidecar): their paths, the mask first.
     """
-    name = prediction.subject
-    targets = {"mask": out / f"{name}_lesion.nii.gz"}
-    if save_probabilities:
-        targets["prob"] = out / f"{name}_lesion_prob.nii.gz"
-    targets["csv"] = out / f"{name}_lesions.csv"
-    if qc:
-        targets["qc"] = out / f"{name}_qc.png"
-    if per_slab:  # named by the user's slab numbers (the BIDS chunk), as restore --slab takes
-        for k, number in enumerate(slab_numbers(prediction.prepared.t2sag)):
-            targets[f"slab{k}"] = out / f"{name}_slab-{number}_lesion.nii.gz"
-    return targets
+    t2sag = prediction.prepared.t2sag
+    files = prediction_files(
+        prediction.subject,
+        [slab["path"] for slab in t2sag["slabs"]],
+        slab_numbers(t2sag),
+        bids=bids,
+        per_slab=per_slab,
+        save_probabilities=save_probabilities,
+        qc=qc,
+    )
+    return {kind: out / path for kind, path in files.items()}
 
 
 def write_prediction(
@@ -534,17 +544,23 @@ def write_prediction(
     save_probabilities: bool,
     qc: bool,
     inputs: set[Path],
+    source: Path | None = None,
+    metadata: dict | None = None,
 ) -> list[Path]:
-    """Write ``<subject>_lesion.nii.gz``, its lesion table and the optional outputs.
+    """Write the subject's mask, its lesion table and the optional outputs
+    (:func:`prediction_targets`).
 
     Args:
         prediction: The prediction.
         out: The output folder.
         threshold: Probability above which a voxel is lesion (for the per-slab masks).
         per_slab: Also one mask per original T2Sag slab, on that slab's grid.
-        save_probabilities: Also ``<subject>_lesion_prob.nii.gz``.
-        qc: Also ``<subject>_qc.png``.
+        save_probabilities: Also the probability map.
+        qc: Also the QC picture.
         inputs: The subject's input files (resolved), which no output may replace.
+        source: The BIDS dataset the subject comes from: the derivative layout, every image's
+            sidecar naming its ``Sources`` in it; None: the simple layout.
+        metadata: What else every sidecar records (threshold, models).
 
     Returns:
         The files written.
@@ -562,7 +578,12 @@ def write_prediction(
     if len(slabs) == 1 and Path(slabs[0]["path"]).exists():
         like = load_nifti(slabs[0]["path"])  # keep the T2Sag header
     targets = prediction_targets(
-        prediction, out, per_slab=per_slab, save_probabilities=save_probabilities, qc=qc
+        prediction,
+        out,
+        per_slab=per_slab,
+        save_probabilities=save_probabilities,
+        qc=qc,
+        bids=source is not None,
     )
     clash = [p for p in targets.values() if p.resolve() in inputs]
     if clash:
@@ -575,28 +596,74 @@ def write_prediction(
             ),
             targets["prob"],
         )
-    if per_slab:
+    if "slab0" in targets:  # the derivative layout has none for a single slab (the mask is it)
         for k, (mask, affine) in enumerate(slab_masks(prediction, threshold)):
             slab_like = load_nifti(slabs[k]["path"]) if Path(slabs[k]["path"]).exists() else None
             save_nifti(make_nifti(mask, affine, like=slab_like), targets[f"slab{k}"])
-    buffer = io.StringIO()
-    columns = [
-        "label",
-        "voxels",
-        "volume_mm3",
-        "si_min_mm",
-        "si_max_mm",
-        "centroid_x_mm",
-        "centroid_y_mm",
-        "centroid_z_mm",
-    ]
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(prediction.lesions)
-    atomic_write_text(targets["csv"], buffer.getvalue())
+    if source is None:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(LESION_COLUMNS))
+        writer.writeheader()
+        writer.writerows(prediction.lesions)
+        atomic_write_text(targets["table"], buffer.getvalue())
+    else:
+        atomic_write_text(targets["table"], tsv_text(list(LESION_COLUMNS), prediction.lesions))
+        atomic_write_text(targets["table.json"], json_text(data_dictionary(LESION_COLUMNS)))
+        write_sidecars(prediction, targets, source, inputs, metadata or {})
     if qc:
         write_prediction_qc(prediction, targets["qc"])
     return list(targets.values())
+
+
+def write_sidecars(
+    prediction: Prediction,
+    targets: dict[str, Path],
+    source: Path,
+    inputs: set[Path],
+    metadata: dict,
+) -> None:
+    """The JSON sidecar of every image of the derivative layout: what it is, on which grid, its
+    raw inputs (``Sources``), the sequences the networks read and ``metadata``.
+
+    Args:
+        prediction: The prediction.
+        targets: Its files (:func:`prediction_targets`, derivative layout).
+        source: The raw BIDS dataset.
+        inputs: The subject's input files (resolved).
+        metadata: Threshold, models and what else every sidecar records.
+    """
+    slabs = [bids_uri(slab["path"], source) for slab in prediction.prepared.t2sag["slabs"]]
+    common = {
+        "Sources": [bids_uri(path, source) for path in sorted(inputs)],
+        "Sequences": prediction.sequences,
+        **metadata,
+    }
+    # one slab is its own fused grid; several are registered and fused onto a grid of their own
+    grid = (
+        "the fused T2Sag grid (the slabs registered and fused)"
+        if len(slabs) > 1
+        else "the T2Sag's grid"
+    )
+    reference = {"SpatialReference": slabs[0]} if len(slabs) == 1 else {}
+    sidecars = {
+        "mask": {
+            "Description": f"MS lesion mask (1: lesion) on {grid}",
+            "Type": "Lesion",
+            **reference,
+        },
+        "prob": {"Description": f"lesion probability (the models' mean) on {grid}", **reference},
+        **{
+            f"slab{k}": {
+                "Description": "MS lesion mask (1: lesion) on the grid of one T2Sag slab",
+                "Type": "Lesion",
+                "SpatialReference": slab,
+            }
+            for k, slab in enumerate(slabs)
+        },
+    }
+    for kind, sidecar in sidecars.items():
+        if f"{kind}.json" in targets:
+            atomic_write_text(targets[f"{kind}.json"], json_text({**sidecar, **common}))
 
 
 def write_prediction_qc(prediction: Prediction, path: Path) -> None:
@@ -680,6 +747,51 @@ def subjects_from_input(
 
 
 _MODEL_CACHE: dict[tuple, list[LoadedModel]] = {}
+
+
+def predict_options(**given) -> dict:
+    """The ``options`` of :func:`predict_dataset` (what ``predict`` records with each subject),
+    every one spelled out: :func:`predict_subject`'s defaults where not ``given``.
+
+    Args:
+        **given: ``sequences``, ``tta``, ``threshold``, ``min_volume``, ``device``,
+            ``batch_size``, ``amp``, ``per_slab``, ``save_probabilities``, ``qc``,
+            ``centerline``, ``overwrite``.
+
+    Returns:
+        The options.
+
+    Example:
+        >>> predict_options(qc=True)["threshold"], predict_options(qc=True)["qc"]
+        (0.5, True)
+    """
+    import inspect
+
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(predict_subject).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+    options = {
+        "sequences": None,
+        "tta": defaults["tta"],
+        "threshold": defaults["threshold"],
+        "min_volume": defaults["min_volume_mm3"],
+        "device": "cpu",
+        "batch_size": defaults["batch_size"],
+        "amp": defaults["amp"],
+        "per_slab": False,
+        "save_probabilities": False,
+        "qc": False,
+        "centerline": defaults["centerline"],
+        "overwrite": False,
+    }
+    unknown = set(given) - set(options)
+    if unknown:
+        raise TypeError(f"unknown predict options: {sorted(unknown)}")
+    return {**options, **given}
+
+
 #: The options that change what ``predict`` writes for a subject (a finished subject predicted
 #: with other values is predicted again).
 RESULT_OPTIONS = (
@@ -696,43 +808,51 @@ RESULT_OPTIONS = (
 
 
 def model_identity(paths) -> list[dict]:
-    """What makes a model the same model again: its checkpoint file, size and modification
-    time (a training folder's best checkpoint, else its latest, as :class:`Checkpoint` reads).
+    """What makes a model the same model again: a packaged model's name and SHA-256, else its
+    checkpoint file, size and modification time (a training folder's best checkpoint, else its
+    latest, as :class:`Checkpoint` reads).
 
     Args:
-        paths: Training folders or checkpoint files.
+        paths: Models as :func:`load_models` takes them.
 
     Returns:
-        One ``{checkpoint, bytes, modified_ns}`` per model.
+        One ``{model, sha256}`` per packaged model, one ``{checkpoint, bytes, modified_ns}`` per
+        other model.
     """
-    identity = []
-    for path in map(checkpoint_file, paths):
-        stat = path.stat()
-        identity.append(
-            {
-                "checkpoint": str(path.resolve()),
-                "bytes": stat.st_size,
-                "modified_ns": stat.st_mtime_ns,
-            }
-        )
+    identity: list[dict] = []
+    for source in resolve_models(paths):
+        if source.sha256 is not None:  # its manifest holds the SHA-256 of every file
+            identity.append({"model": source.name, "sha256": source.sha256})
+            continue
+        for path in map(checkpoint_file, source.paths):
+            stat = path.stat()
+            identity.append(
+                {
+                    "checkpoint": str(path.resolve()),
+                    "bytes": stat.st_size,
+                    "modified_ns": stat.st_mtime_ns,
+                }
+            )
     return identity
 
 
-def record_path(out: Path, subject: str) -> Path:
-    """``<subject>_prediction.json``: what a finished subject's prediction was made with and
-    the files it wrote; written last, so its presence marks the subject done.
+def record_path(out: Path, subject: str, *, bids: bool = False) -> Path:
+    """``[logs/]<subject>_prediction.json``: what a finished subject's prediction was made with
+    and the files it wrote; written last, so its presence marks the subject done
+    (:func:`cordfuse.derivatives.record_file`).
 
     Args:
         out: The output folder.
         subject: The subject (and session).
+        bids: The derivative layout (the record goes under ``logs/``).
 
     Returns:
         The record's path.
     """
-    return out / f"{subject}_prediction.json"
+    return out / record_file(subject, bids=bids)
 
 
-def finished(out: Path, subject: str, record: dict) -> bool:
+def finished(out: Path, subject: str, record: dict, *, bids: bool = False) -> bool:
     """Whether ``subject`` was predicted into ``out`` with the same models and options, and all
     its files are there (a subject interrupted mid-way is not).
 
@@ -740,12 +860,13 @@ def finished(out: Path, subject: str, record: dict) -> bool:
         out: The output folder.
         subject: The subject (and session).
         record: This run's ``models`` and ``options``.
+        bids: The derivative layout.
 
     Returns:
         True when the subject can be skipped.
     """
     try:
-        previous = json.loads(record_path(out, subject).read_text())
+        previous = json.loads(record_path(out, subject, bids=bids).read_text())
     except (OSError, ValueError):
         return False
     same = all(previous.get(k) == record[k] for k in ("models", "options"))
@@ -773,16 +894,18 @@ class SubjectPrediction:
 
 
 def predict_and_write(
-    subject: Subject, model_paths: tuple[str, ...], out: Path, options: dict
+    subject: Subject, model_paths: tuple[str | Path | ModelSource, ...], out: Path, options: dict
 ) -> SubjectPrediction:
     """Predict one subject and write its outputs, unless it was finished before with the same
     models and options (a failure is returned, never raised).
 
-    Models are loaded once per process (``--jobs`` runs subjects in worker processes).
+    Models are loaded once per process (``--jobs`` runs subjects in worker processes). A subject
+    of a BIDS dataset is written in the derivative layout, its row put in the dataset's
+    ``lesions.tsv`` before its record (so a finished subject always has its row).
 
     Args:
         subject: The subject's scans.
-        model_paths: Training folders or checkpoint files (one model or an ensemble).
+        model_paths: Models as :func:`load_models` takes them (one model or an ensemble).
         out: The output folder (claimed by ``predict``).
         options: ``predict``'s options: :data:`RESULT_OPTIONS`, ``device``, ``batch_size`` and
             ``overwrite``.
@@ -796,8 +919,10 @@ def predict_and_write(
         "models": model_identity(model_paths),
         "options": {k: options.get(k) for k in RESULT_OPTIONS},
     }
-    if not options.get("overwrite") and finished(out, subject.name, record):
-        files = json.loads(record_path(out, subject.name).read_text())["files"]
+    bids = subject.dataset is not None
+    record_at = record_path(out, subject.name, bids=bids)
+    if not options.get("overwrite") and finished(out, subject.name, record, bids=bids):
+        files = json.loads(record_at.read_text())["files"]
         return SubjectPrediction(subject.name, "skipped", files=[out / name for name in files])
     try:
         if key not in _MODEL_CACHE:
@@ -821,9 +946,10 @@ def predict_and_write(
             per_slab=options["per_slab"],
             save_probabilities=options["save_probabilities"],
             qc=options["qc"],
+            bids=bids,
         )
         OutputFolder(out, "predict").own(
-            *(path.name for path in targets.values()), record_path(out, subject.name).name
+            *(str(path.relative_to(out)) for path in (*targets.values(), record_at))
         )
         files = write_prediction(
             prediction,
@@ -833,17 +959,29 @@ def predict_and_write(
             save_probabilities=options["save_probabilities"],
             qc=options["qc"],
             inputs=inputs,
+            source=subject.dataset,
+            metadata={
+                "Threshold": options["threshold"],
+                "MinimumLesionVolume_mm3": options["min_volume"],
+                "Models": record["models"],
+            },
         )
     except CordfuseError as exc:
         return SubjectPrediction(subject.name, "failed", str(exc))
+    if bids:
+        update_summary(
+            out,
+            list(SUMMARY_COLUMNS),
+            subject_burden(subject.subject_id, subject.session, prediction.lesions),
+        )
     atomic_write_text(
-        record_path(out, subject.name),
+        record_at,
         json.dumps(
             {
                 **record,
                 "cordfuse_version": __version__,
                 "sequences": prediction.sequences,
-                "files": [path.name for path in files],
+                "files": [path.relative_to(out).as_posix() for path in files],
                 "warnings": prediction.warnings,
             },
             indent=1,
@@ -855,7 +993,7 @@ def predict_and_write(
 
 def predict_dataset(
     subjects: list[Subject],
-    model_paths: tuple[str, ...],
+    model_paths: tuple[str | Path | ModelSource, ...],
     out: str | Path,
     options: dict,
     *,
@@ -867,9 +1005,11 @@ def predict_dataset(
 
     Args:
         subjects: The subjects (raw scans).
-        model_paths: Training folders or checkpoints: one model or an ensemble.
+        model_paths: Training folders, checkpoints, model zips or installed models' names:
+            one model or an ensemble.
         out: A new or empty folder, or an earlier ``predict`` output (finished subjects with the
-            same models and options are skipped unless ``options["overwrite"]``).
+            same models and options are skipped unless ``options["overwrite"]``); for subjects
+            of a BIDS dataset, a BIDS derivative dataset (:mod:`cordfuse.derivatives`).
         options: ``sequences``, ``tta``, ``threshold``, ``min_volume``, ``device``,
             ``batch_size``, ``amp``, ``per_slab``, ``save_probabilities``, ``qc``,
             ``centerline``, ``overwrite`` (the ``predict`` options).
@@ -883,14 +1023,19 @@ def predict_dataset(
 
     Raises:
         CordfuseError: ``out`` holds files ``predict`` did not write, or a model is unreadable
-            (checked once, before any subject).
+            or a packaged one fails verification (checked once, before any subject).
     """
     from concurrent.futures import ProcessPoolExecutor
 
     threads = threads_budget(threads, processes=jobs)
-    load_models(model_paths, torch.device("cpu"))  # a bad model file fails once, up front
+    sources = resolve_models(model_paths)  # a packaged model is verified once, here
+    load_models(sources, torch.device("cpu"))  # a bad model file fails once, up front
     out = Path(out)
-    claim(out, "predict")
+    folder = claim(out, "predict")
+    source = next((s.dataset for s in subjects if s.dataset is not None), None)
+    if source is not None:  # BIDS input: a derivative dataset
+        folder.own(*DATASET_FILES)
+        write_dataset_files(out, source, model_identity(sources), SUMMARY_COLUMNS)
     results = []
     if jobs > 1:
         # spawn, not fork: forking a process whose torch thread pools are running deadlocks;
@@ -901,9 +1046,7 @@ def predict_dataset(
             initializer=set_threads,
             initargs=(threads,),
         ) as pool:
-            futures = [
-                pool.submit(predict_and_write, s, model_paths, out, options) for s in subjects
-            ]
+            futures = [pool.submit(predict_and_write, s, sources, out, options) for s in subjects]
             for future in futures:
                 results.append(future.result())
                 if progress:
@@ -913,7 +1056,7 @@ def predict_dataset(
     torch.set_num_threads(threads)
     try:
         for subject in subjects:
-            results.append(predict_and_write(subject, model_paths, out, options))
+            results.append(predict_and_write(subject, sources, out, options))
             if progress:
                 progress(subject.name)
     finally:

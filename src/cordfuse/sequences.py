@@ -2,8 +2,10 @@
 
 A BIDS file name such as ``sub-01_acq-sag_chunk-2_T2w.nii.gz`` is parsed into entities
 (``acq=sag``, ``chunk=2``) and a suffix (``T2w``). A :class:`MatchRule` names the suffixes and the
-entity values a sequence requires; the first sequence whose rule matches wins, and a file matched
-by two rules is reported as ambiguous by ``cordfuse check``.
+entity values a sequence requires, and may list alternative forms of the same sequence (any one
+matching is enough: STIR is ``acq-stir_T2w``, a name BIDS accepts, or the ``_STIR`` suffix of
+older data, which BIDS does not define). The first sequence whose rule matches wins, and a file
+matched by two rules is reported as ambiguous by ``cordfuse check``.
 
 Example:
     >>> from cordfuse.sequences import parse_bids_name, match_sequence, DEFAULT_RULES
@@ -12,6 +14,9 @@ Example:
     ('2', 'T2w')
     >>> match_sequence(name, DEFAULT_RULES)
     ['T2Sag']
+    >>> [match_sequence(parse_bids_name(f), DEFAULT_RULES) for f in
+    ...  ("sub-01_acq-stir_T2w.nii.gz", "sub-01_acq-sag_STIR.nii.gz")]
+    [['STIR'], ['STIR']]
 """
 
 from __future__ import annotations
@@ -49,13 +54,17 @@ class MatchRule:
     Attributes:
         suffixes: accepted BIDS suffixes (the last ``_``-separated part, e.g. ``T2w``).
         entities: entity values that must all be present (e.g. ``{"acq": "sag"}``).
+        alternatives: other forms of the same sequence's names (rules of their own, tried when
+            this one does not match).
     """
 
     suffixes: tuple[str, ...]
     entities: Mapping[str, str] = field(default_factory=dict)
+    alternatives: tuple[MatchRule, ...] = ()
 
     def matches(self, name: BidsName) -> bool:
-        """Whether a file name has one of the suffixes and every required entity value.
+        """Whether a file name has one of the suffixes and every required entity value, or
+        matches one of the alternatives.
 
         Args:
             name: A parsed BIDS file name.
@@ -70,6 +79,8 @@ class MatchRule:
             >>> rule.matches(parse_bids_name("sub-01_acq-ax_T2w.nii.gz"))
             False
         """
+        if any(rule.matches(name) for rule in self.alternatives):
+            return True
         if name.suffix not in self.suffixes:
             return False
         return all(name.entities.get(key) == value for key, value in self.entities.items())
@@ -77,7 +88,8 @@ class MatchRule:
 
 DEFAULT_RULES: dict[str, MatchRule] = {
     "T2Sag": MatchRule(("T2w",), {"acq": "sag"}),
-    "STIR": MatchRule(("STIR",)),
+    # a T2-weighted inversion-recovery scan: BIDS names it as a T2w; ``_STIR`` is the older name
+    "STIR": MatchRule(("T2w",), {"acq": "stir"}, alternatives=(MatchRule(("STIR",)),)),
     "T2starAx": MatchRule(("T2starw", "T2star"), {"acq": "ax"}),
     "T2Ax": MatchRule(("T2w",), {"acq": "ax"}),
     "T1Sag": MatchRule(("T1w",), {"acq": "sag"}),
@@ -165,11 +177,13 @@ def match_sequence(name: BidsName, rules: Mapping[str, MatchRule]) -> list[str]:
 def load_rules(path: str | Path | None) -> dict[str, MatchRule]:
     """Default rules, overridden per sequence by a JSON or YAML mapping file.
 
-    The file maps a sequence name to ``{"suffix": "T2w" | [...], "entities": {"acq": "sag"}}``;
-    sequences it does not name keep their default rule. Example (YAML)::
+    The file maps a sequence name to ``{"suffix": "T2w" | [...], "entities": {"acq": "sag"}}``,
+    or to a list of such rules (any one matching is enough); sequences it does not name keep
+    their default rule. Example (YAML)::
 
         T2Sag: {suffix: T2w, entities: {acq: sagittal}}
         T2starAx: {suffix: [T2star, T2starw]}
+        STIR: [{suffix: T2w, entities: {acq: stir}}, {suffix: STIR}]
 
     Args:
         path: The mapping file, or None for the default rules.
@@ -206,8 +220,13 @@ def load_rules(path: str | Path | None) -> dict[str, MatchRule]:
 
 
 def _rule_from_spec(path: Path, seq: str, spec: object) -> MatchRule:
+    if isinstance(spec, list) and spec:
+        first, *others = (_rule_from_spec(path, seq, one) for one in spec)
+        return MatchRule(first.suffixes, first.entities, alternatives=tuple(others))
     if not isinstance(spec, dict) or "suffix" not in spec:
-        raise CordfuseError(f"{path}: rule for {seq} needs a 'suffix' (string or list)")
+        raise CordfuseError(
+            f"{path}: rule for {seq} needs a 'suffix' (string or list), or a list of such rules"
+        )
     suffix = spec["suffix"]
     suffixes: Sequence[str] = [suffix] if isinstance(suffix, str) else suffix
     entities = spec.get("entities") or {}

@@ -27,7 +27,12 @@ def add_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description="Per-image Dice, lesion-wise sensitivity/precision/F1 exactly as Anima's "
         "animaSegPerfAnalyzer -l, then mean and median per cohort.",
     )
-    parser.add_argument("--pred", required=True, help="prediction file or folder")
+    parser.add_argument(
+        "--pred",
+        required=True,
+        help="prediction file, or a predict output folder (its BIDS derivative dataset, or "
+        "flat <subject>_lesion.nii.gz files)",
+    )
     parser.add_argument(
         "--gt",
         required=True,
@@ -40,7 +45,7 @@ def add_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "-o",
         "--output",
         help="per-image metrics CSV (and, unless --lesions "
-        "says otherwise, the per-lesion table as <name>_lesions.csv)",
+        "says otherwise, the per-lesion table beside it: metrics.csv -> metrics_lesions.csv)",
     )
     parser.add_argument(
         "--lesions",
@@ -54,12 +59,17 @@ def add_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument(
         "--min-volume", type=float, help="lesions <= this volume (mm^3) are removed"
     )
-    parser.add_argument("--connectivity", type=int, choices=CONNECTIVITIES)
+    parser.add_argument(
+        "--connectivity",
+        type=int,
+        choices=CONNECTIVITIES,
+        help="voxel neighbourhood of a lesion (6: faces)",
+    )
     parser.add_argument(
         "--per-slab",
         action="store_true",
         help="with a BIDS --gt of several T2Sag slabs: score each slab label "
-        "against <subject>_slab-N_lesion.nii.gz (predict --per-slab) "
+        "against the mask predict --per-slab wrote on that slab "
         "instead of the fused T2Sag grid",
     )
     return parser

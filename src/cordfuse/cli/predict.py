@@ -20,7 +20,6 @@ from cordfuse.cli._options import (
     add_threshold,
     comma_list,
     given,
-    keyword_defaults,
     progress_bar,
 )
 from cordfuse.errors import CordfuseError
@@ -42,9 +41,29 @@ def add_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description="Pre-processing on the fly, sliding window along S-I, ensemble of models, "
         "back to the native fused T2Sag grid.",
     )
-    parser.add_argument("model", nargs="+", help="training folder(s) or checkpoint(s)")
+    parser.add_argument(
+        "model",
+        nargs="*",
+        metavar="MODEL",
+        help="training folder(s) or checkpoint(s); several form an ensemble (as -m)",
+    )
+    parser.add_argument(
+        "-m",
+        "--model",
+        dest="models",
+        action="append",
+        default=[],
+        metavar="NAME|ZIP|RUN",
+        help="an installed model's name (cordfuse model list), a model zip (cordfuse "
+        "export-model) or a training folder; repeat for an ensemble",
+    )
     parser.add_argument("-i", "--input", help="BIDS dataset or one subject folder")
-    parser.add_argument("-o", "--output", required=True, help="output folder")
+    parser.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="output folder: a BIDS derivative dataset for BIDS input, flat for explicit files",
+    )
     add_sequence_files(parser)
     parser.add_argument("--sequences", help="use only these sequences, e.g. T2Sag,STIR")
     parser.add_argument("--tta", action="store_true", help="left-right mirroring")
@@ -82,12 +101,15 @@ def run(args: argparse.Namespace) -> int:
         The exit status: 0, or 1 when a subject failed (the others are predicted).
 
     Raises:
-        CordfuseError: no subject to predict, an unreadable model, or an output folder that
-            ``predict`` does not own.
+        CordfuseError: no model or no subject to predict, an unreadable model (or a packaged one
+            that fails verification), or an output folder that ``predict`` does not own.
     """
-    from cordfuse.inference import predict_dataset, predict_subject, subjects_from_input
+    from cordfuse.inference import predict_dataset, predict_options, subjects_from_input
     from cordfuse.nn.device import choose_device
 
+    models = [*args.model, *args.models]
+    if not models:
+        raise CordfuseError("no model: give -m NAME|ZIP|RUN (or training folders before -i)")
     files = {seq: getattr(args, seq.lower()) for seq in SEQUENCES if getattr(args, seq.lower())}
     subjects = subjects_from_input(
         args.input, files, mapping=args.mapping, participants=args.participant_label
@@ -95,33 +117,26 @@ def run(args: argparse.Namespace) -> int:
     if not subjects:
         raise CordfuseError(f"{args.input}: no subject to predict")
     # every option is recorded with the subject's outputs, so the API's defaults are spelled out
-    chosen = {
-        **keyword_defaults(predict_subject),
+    options = predict_options(
+        sequences=comma_list(args.sequences),
+        tta=args.tta,
+        device=str(choose_device(**given(requested=args.device))),
+        per_slab=args.per_slab,
+        save_probabilities=args.save_probabilities,
+        qc=args.qc,
+        centerline=args.centerline,
+        overwrite=args.overwrite,
         **given(
             threshold=args.threshold,
-            min_volume_mm3=args.min_volume,
+            min_volume=args.min_volume,
             batch_size=args.batch_size,
             amp=args.amp,
         ),
-    }
-    options = {
-        "sequences": comma_list(args.sequences),
-        "tta": args.tta,
-        "threshold": chosen["threshold"],
-        "min_volume": chosen["min_volume_mm3"],
-        "device": str(choose_device(**given(requested=args.device))),
-        "batch_size": chosen["batch_size"],
-        "amp": chosen["amp"],
-        "per_slab": args.per_slab,
-        "save_probabilities": args.save_probabilities,
-        "qc": args.qc,
-        "centerline": args.centerline,
-        "overwrite": args.overwrite,
-    }
+    )
     start = time.perf_counter()
     results = predict_dataset(
         subjects,
-        tuple(args.model),
+        tuple(models),
         args.output,
         options,
         threads=args.threads,

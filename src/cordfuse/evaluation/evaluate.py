@@ -1,10 +1,13 @@
 """``cordfuse evaluate``: per-image metrics of predictions against ground truth, then mean and
 median per cohort.
 
-Pairs are found four ways:
+A prediction folder is a ``predict`` output in either layout (:mod:`cordfuse.derivatives`): the
+BIDS derivative dataset (``sub-XX/[ses-YY/]anat/sub-XX_[ses-YY_]acq-sag_desc-lesion_mask.nii.gz``)
+or the flat folder of ``<subject>_lesion.nii.gz`` files (explicit files, earlier versions, a
+study's ``predictions/...`` folders). Pairs are found four ways:
 
 * two files;
-* two folders: each prediction ``<subject>_lesion.nii.gz`` (as ``predict`` writes it, or any
+* two folders: each prediction (a subject's mask in the derivative dataset, or a flat
   ``<subject>*.nii.gz``) is matched with the ground-truth file whose name starts with
   ``<subject>_``;
 * a prediction folder and a prepared folder (``cordfuse prepare`` output): the fused native ground
@@ -13,7 +16,8 @@ Pairs are found four ways:
 * a prediction folder and a BIDS dataset: the subject's lesion labels fused on the same fused
   T2Sag grid (slab labels registered and fused like their slabs, or the label given on the fused
   image). With ``per_slab=True`` (``--per-slab``), each slab label is instead compared with
-  ``<subject>_slab-N_lesion.nii.gz`` (``predict --per-slab``).
+  the mask ``predict --per-slab`` wrote on that slab (``<slab>_desc-lesion_mask.nii.gz``, or
+  ``<subject>_slab-N_lesion.nii.gz``).
 
 Cohorts come from the dataset's ``participants.tsv`` (or ``--participants``), or from the prepared
 subjects.
@@ -36,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cordfuse.derivatives import derivative_masks, find_prediction, find_slab_prediction
 from cordfuse.errors import CordfuseError
 from cordfuse.evaluation.lesions import LesionRow, SynthTruth, lesion_rows
 from cordfuse.evaluation.lesions import rows_to_csv as lesion_rows_to_csv
@@ -167,11 +172,13 @@ def find_pairs(
     if any(gt.glob("sub-*/")) and (gt / "derivatives").is_dir():
         return _bids_pairs(pred, gt, per_slab=per_slab)
     truths = sorted(gt.glob("*.nii*"))
+    masks = [
+        (_subject_of(path.name), path)
+        for path in sorted(pred.glob("*.nii*"))
+        if "_prob" not in path.name and "_slab-" not in path.name
+    ]
     pairs = []
-    for path in sorted(pred.glob("*.nii*")):
-        if "_prob" in path.name or "_slab-" in path.name:
-            continue
-        subject = _subject_of(path.name)
+    for subject, path in [*derivative_masks(pred).items(), *masks]:
         candidates = [
             t for t in truths if t.name.startswith(subject + "_") or t.name.split(".")[0] == subject
         ]
@@ -201,8 +208,8 @@ def _prepared_pairs(pred: Path, prepared: Path) -> list[tuple[str, Path, GroundT
     document, paths = load_prepared_dataset(prepared)
     pairs = []
     for entry, path in zip(document["subjects"], paths, strict=True):
-        match = pred / f"{entry['id']}_lesion.nii.gz"
-        if not entry.get("has_label") or not match.exists():
+        match = find_prediction(pred, entry["id"])
+        if not entry.get("has_label") or match is None:
             continue
         synth = SynthTruth.from_document(prepared_meta(path).get("synth_truth"))
         pairs.append(
@@ -218,24 +225,31 @@ def _prepared_pairs(pred: Path, prepared: Path) -> list[tuple[str, Path, GroundT
 def _bids_pairs(pred: Path, root: Path, *, per_slab: bool) -> list[tuple[str, Path, GroundTruth]]:
     """Predictions against a BIDS dataset's labels: fused like the T2Sag slabs, or per slab."""
     from cordfuse.dataset import discover, synth_truth_document
-    from cordfuse.preprocess.pipeline import PRESETS, native_lesion_label
+    from cordfuse.preprocess.pipeline import PRESETS, native_lesion_label, slab_numbers
 
     pairs = []
     for subject in discover(root).subjects:
         if not subject.has_lesion_labels:
             continue
         synth = SynthTruth.from_document(synth_truth_document(subject))
-        labels = [
-            s.lesion_label for s in subject.scans.get("T2Sag", []) if s.lesion_label is not None
-        ]
-        if per_slab and subject.fused_lesion_label is None and len(labels) > 1:
-            for k, label in enumerate(labels):
-                match = pred / f"{subject.name}_slab-{k + 1}_lesion.nii.gz"
-                if match.exists():
-                    pairs.append((f"{subject.name}_slab-{k + 1}", match, truth_file(label, synth)))
+        slabs = subject.scans.get("T2Sag", [])
+        labelled = [s for s in slabs if s.lesion_label is not None]
+        if per_slab and subject.fused_lesion_label is None and len(labelled) > 1:
+            # the slabs numbered as predict names their masks (their chunks, else from the top)
+            numbers = slab_numbers({"slabs": [{"path": str(s.path)} for s in slabs]})
+            for slab, number in zip(slabs, numbers, strict=True):
+                match = find_slab_prediction(pred, subject.name, slab.path, number)
+                if slab.lesion_label is not None and match is not None:
+                    pairs.append(
+                        (
+                            f"{subject.name}_slab-{number}",
+                            match,
+                            truth_file(slab.lesion_label, synth),
+                        )
+                    )
             continue
-        match = pred / f"{subject.name}_lesion.nii.gz"
-        if match.exists():
+        match = find_prediction(pred, subject.name)
+        if match is not None:
 
             def read(subject=subject):  # the fusion registers the slabs, as prepare does
                 return native_lesion_label(subject, PRESETS["paper"])
