@@ -65,6 +65,21 @@ def test_demo_runs_the_main_job_end_to_end(tiny_demo, tmp_path):
         assert stage in printed, stage
     assert "no problem found" in printed
     assert "OK: no problems found" in (out / "check.txt").read_text()
+    # handed on: the anchored model as one verified zip, the test subjects predicted with it
+    # into a BIDS derivative dataset
+    from cordfuse.models import verify_zip
+
+    assert "[export]" in printed and "[predict]" in printed
+    verify_zip(out / "cordfuse-demo-anchored.zip")
+    description = json.loads((out / "derivative" / "dataset_description.json").read_text())
+    assert description["DatasetType"] == "derivative"
+    assert description["GeneratedBy"][0]["Models"][0]["model"] == "cordfuse-demo-anchored"
+    test_masks = sorted((out / "derivative").glob("sub-*/anat/*_desc-lesion_mask.nii.gz"))
+    fold_test = json.loads((out / "fold.json").read_text())["test"]
+    assert sorted({m.name.split("_")[0] for m in test_masks}) == sorted(fold_test)
+    summary = (out / "derivative" / "lesions.tsv").read_text().splitlines()
+    assert summary[0].split("\t")[:2] == ["participant_id", "session_id"]
+    assert len(summary) == 1 + len(fold_test)
     assert f"Report: {(out / 'report.html').resolve()}" in printed
     fold = json.loads((out / "fold.json").read_text())
     assert len(fold["test"]) == 3 and not set(fold["test"]) & set(fold["train"])

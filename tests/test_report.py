@@ -13,7 +13,7 @@ from html.parser import HTMLParser
 import pytest
 
 from cordfuse.cli import main
-from cordfuse.report import SECTIONS
+from cordfuse.report import SECTIONS, build_report
 
 CHROMIUM = next(
     (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)),
@@ -59,6 +59,30 @@ def outline(html: str) -> Outline:
     return parser
 
 
+def test_results_come_first_and_the_subject_table_is_folded(tmp_path):
+    """A 90-subject study's report opens with its answer (Tables 1-2, what the extra sequences
+    add), not with a 90-row subject table, which is folded under the counts per cohort."""
+    run = tmp_path / "study"
+    (run / "prepared").mkdir(parents=True)
+    subjects = [
+        {"id": f"sub-{i:03d}", "cohort": "ABC"[i % 3], "sequences": ["T2Sag", "STIR"]}
+        for i in range(90)
+    ]
+    (run / "prepared" / "dataset.json").write_text(json.dumps({"subjects": subjects}))
+    ids = [s["id"] for s in subjects]
+    (run / "fold.json").write_text(json.dumps({"train": ids[:87], "val": ids[87:], "test": []}))
+    html = build_report(run)
+    sections = list(outline(html).sections)
+    assert sections == [key for key, _ in SECTIONS]
+    assert sections.index("tables") < sections.index("extra") < sections.index("availability")
+    assert sections.index("availability") < sections.index("qc")
+    dataset = html[html.index('<section id="availability">') :]
+    dataset = dataset[: dataset.index("</section>")]
+    assert dataset.index('class="counts"') < dataset.index("<details>")
+    folded = dataset[dataset.index("<details>") : dataset.index("</details>")]
+    assert "(90 subjects)</summary>" in folded and folded.count("<td>sub-") == 90
+
+
 def test_demo_report_has_every_section_with_content(tiny_demo):
     out = tiny_demo["out"]
     html = (out / "report.html").read_text()
@@ -70,6 +94,9 @@ def test_demo_report_has_every_section_with_content(tiny_demo):
     assert page.sections["qc"]["figures"] == len(fold["test"]) == 3
     assert page.sections["curves"]["figures"] == 2  # baseline and the anchored model
     assert page.sections["boxplots"]["images"] == 3  # one per cohort
+    # the report opens the model zip and the derivative dataset the demo predicted into
+    assert 'href="cordfuse-demo-anchored.zip"' in html and 'href="derivative/"' in html
+    assert "<th>participant_id</th>" in html
     assert any(t.startswith("Table 1") for t in page.tables)
     assert any(t.startswith("Table 2") for t in page.tables)
     # self-contained: every picture is an embedded PNG, nothing is fetched

@@ -7,9 +7,10 @@ baseline frozen, plus a correction from every sequence: the model whose extra se
 alone, docs/multisequence.md) trained with one seed, each test subject predicted with T2Sag only
 and (anchored model) with all its sequences.
 :func:`run_demo` runs it through the study runner (:func:`cordfuse.study.run_stages`: check,
-prepare, train, predict, evaluate image by image and lesion by lesion), then writes
-``results.md`` (Tables 1 and 2, the anchored model with every sequence against the best
-T2Sag-only answer, what the extra sequences add) and ``report.html``.
+prepare, train, predict, evaluate image by image and lesion by lesion), exports the anchored
+model as one zip and predicts the test subjects with it into a BIDS derivative dataset
+(:func:`hand_on`), then writes ``results.md`` (Tables 1 and 2, the anchored model with every
+sequence against the best T2Sag-only answer, what the extra sequences add) and ``report.html``.
 
 OUT is a study folder (see :mod:`cordfuse.study.runner`), plus ``results.md``; its
 ``config.json`` is the configuration, a study config ``cordfuse study`` runs as it is.
@@ -54,10 +55,21 @@ class DemoSettings:
 #: multi-sequence model, anchored on it. The paper's Mean Imputation is the study's.
 EXPERIMENTS = ("baseline", "anchored")
 
+#: The recommended model handed on as one file (``cordfuse export-model``; the anchored model's
+#: checkpoint holds its baseline), and the test subjects it predicts as a BIDS derivative.
+MODEL_ZIP = "cordfuse-demo-anchored.zip"
+DERIVATIVE = "derivative"
+
 #: What the demo writes in its folder (its ownership manifest lists them, so ``--overwrite``
-#: removes them and nothing else): a study's outputs, one box plot per synthetic cohort, and
-#: ``results.md``.
-ENTRIES = (*OUTPUTS, *(f"boxplot_{cohort}.png" for cohort in COHORTS), "results.md")
+#: removes them and nothing else): a study's outputs, one box plot per synthetic cohort,
+#: ``results.md``, the model zip and the derivative dataset.
+ENTRIES = (
+    *OUTPUTS,
+    *(f"boxplot_{cohort}.png" for cohort in COHORTS),
+    "results.md",
+    MODEL_ZIP,
+    DERIVATIVE,
+)
 
 
 def demo_config(settings: DemoSettings) -> StudyConfig:
@@ -124,6 +136,7 @@ def run_demo(
         "each)"
     )
     run = run_stages(study, out, log=log)
+    hand_on(out, settings, run.data.root, log)
     table = results_table(run.tables)
     atomic_write_text(out / "results.md", table)
     log("")
@@ -143,21 +156,56 @@ def run_demo(
     }
 
 
+def hand_on(out: Path, settings: DemoSettings, data: Path, log: Callable[[str], None]) -> None:
+    """What a user does next with the demo's model: export the anchored model as one zip
+    (:data:`MODEL_ZIP`), and predict the test subjects with that zip, as ``cordfuse predict -m
+    ZIP -i DATA`` does, into a BIDS derivative dataset (:data:`DERIVATIVE`) the report opens.
+
+    Args:
+        out: The demo folder (trained runs, ``prepared/`` and ``fold.json`` in it).
+        settings: The demo's settings (the seed names the run).
+        data: The synthetic BIDS dataset.
+        log: Where progress lines go.
+    """
+    import json
+
+    from cordfuse.dataset import discover
+    from cordfuse.inference import predict_dataset, predict_options
+    from cordfuse.models import export_model
+
+    run = out / "runs" / "anchored" / f"seed-{settings.seed}"
+    log(f"[export] {MODEL_ZIP}: the anchored model (its baseline inside) as one file")
+    package = export_model(
+        [run], out / MODEL_ZIP, name="cordfuse-demo-anchored", prepared=out / "prepared"
+    )
+    test = set(json.loads((out / "fold.json").read_text())["test"])
+    subjects = [s for s in discover(data).subjects if s.subject_id in test]
+    log(f"[predict] {len(subjects)} test subjects with the zip -> {DERIVATIVE}/ (BIDS derivative)")
+    options = predict_options(device="cpu", per_slab=True, qc=True)
+    failed = [
+        r.name
+        for r in predict_dataset(subjects, (str(package.path),), out / DERIVATIVE, options)
+        if r.status == "failed"
+    ]
+    if failed:
+        log(f"warning: not predicted: {', '.join(failed)}")
+
+
 def results_table(tables: dict[str, Path]) -> str:
     """``results.md``: Tables 1 and 2 of the demo's test subjects, the multi-sequence model
     against the best T2Sag-only answer, and what the extra sequences add, from the tables the
     study wrote.
 
     Args:
-        tables: The study's files by name (``table1.md``, ``table2.md``, ``product.md``,
-            ``extra_sequences.md``).
+        tables: The study's files by name (``table1.md``, ``table2.md``,
+            ``extra_sequences.md``, which opens with the product comparison).
 
     Returns:
         The Markdown text.
     """
     parts = [
         tables[name].read_text()
-        for name in ("table1.md", "table2.md", "product.md", "extra_sequences.md")
+        for name in ("table1.md", "table2.md", "extra_sequences.md")
         if name in tables
     ]
     body = "\n".join(parts) if parts else "No test subject was evaluated.\n"
