@@ -78,5 +78,5 @@ def test_the_four_rules():
             assert not any(n == "torch" or n.startswith("torch.") for n in names), module
         if module.startswith("cordfuse.nn"):
             assert not names & {"cordfuse.io", "nibabel"}, module
-        if module in ("cordfuse.checkpoint", "cordfuse.inference"):
+        if module in ("cordfuse.checkpoint", "cordfuse.inference", "cordfuse.models"):
             assert "cordfuse.training.trainer" not in names, module

@@ -205,6 +205,41 @@ class TestCheckpointsAndVariants:
             Checkpoint.load(tmp_path / "junk.pt")
 
 
+def test_each_preset_has_its_schedule_and_the_study_agrees():
+    """``train --preset small`` trains the study's CPU budget, not the paper's 1000 x 250."""
+    from cordfuse.nn.networks import NET_PRESETS
+    from cordfuse.study.config import PRESET_SCHEDULES
+    from cordfuse.training.config import SCHEDULES
+
+    assert list(SCHEDULES) == list(NET_PRESETS) == list(PRESET_SCHEDULES)
+    assert {k: (v["epochs"], v["iterations"]) for k, v in PRESET_SCHEDULES.items()} == SCHEDULES
+    assert (TrainConfig().epochs, TrainConfig().iterations) == (1000, 250)
+    small = TrainConfig(preset="small")
+    assert (small.epochs, small.iterations) == (100, 25)
+    assert TrainConfig(preset="small", epochs=3).schedule == (3, 25)  # overrides kept
+    assert TrainConfig.from_dict(small.to_dict()) == small
+    with pytest.raises(CordfuseError):
+        TrainConfig(preset="small", iterations=0)
+
+
+def test_train_preset_small_left_alone_trains_the_small_schedule(monkeypatch, tmp_path, capsys):
+    """``cordfuse train --preset small`` without ``--epochs`` hands the trainer 100 x 25."""
+    configs = []
+
+    def fake_train(prepared, out, config, **options):
+        configs.append(config)
+        return {"best_val_dice": 0.5, "seconds": 1.0}
+
+    monkeypatch.setattr("cordfuse.training.trainer.train", fake_train)
+    assert main(["train", str(tmp_path), str(tmp_path / "run"), "--preset", "small"]) == 0
+    assert "for 100 epochs" in capsys.readouterr().out
+    assert (
+        main(["train", str(tmp_path), str(tmp_path / "r2"), "--preset", "small", "--epochs", "7"])
+        == 0
+    )
+    assert [c.schedule for c in configs] == [(100, 25), (7, 25)]
+
+
 def test_sequence_dropout_hides_other_sequences_never_t2sag(prepared_small):
     from cordfuse.training.data import PatchDataset
 

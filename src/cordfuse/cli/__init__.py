@@ -24,6 +24,8 @@ from cordfuse.cli import (
     demo,
     diagnose,
     evaluate,
+    export_model,
+    model,
     predict,
     prepare,
     report,
@@ -32,7 +34,7 @@ from cordfuse.cli import (
     synth,
     train,
 )
-from cordfuse.cli._options import add_threads
+from cordfuse.cli._options import DefaultsHelpFormatter, add_threads
 from cordfuse.errors import CordfuseError
 from cordfuse.threads import limited_threads, passive_openmp, threads_budget
 
@@ -44,6 +46,8 @@ VERBS = (
     centerline,
     restore,
     train,
+    export_model,
+    model,
     predict,
     evaluate,
     demo,
@@ -68,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for verb in VERBS:
         sub = verb.add_parser(verbs)
+        sub.formatter_class = DefaultsHelpFormatter  # each option's default, from the API
         add_threads(sub)
         sub.set_defaults(run=verb.run)
     return parser

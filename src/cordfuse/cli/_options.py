@@ -2,7 +2,9 @@
 
 An option whose default belongs to the API (a ``TrainConfig`` field, a metric constant, a
 function's keyword default) defaults to None here, and a verb passes it on only when it was given
-(:func:`given`): the API's own default applies, so the CLI cannot drift from it.
+(:func:`given`): the API's own default applies, so the CLI cannot drift from it. ``--help`` shows
+that default, read from the API when the help is printed (:data:`API_DEFAULTS`,
+:class:`DefaultsHelpFormatter`): no default is typed twice.
 
 The vocabularies (``choices``) are spelled here, not imported, because the modules that define
 them import torch or scipy and ``cordfuse --help`` builds every verb's parser;
@@ -12,6 +14,8 @@ tests/test_cli_options.py checks they equal the API's.
 from __future__ import annotations
 
 import argparse
+import copy
+import importlib
 import inspect
 import sys
 from collections.abc import Callable
@@ -26,6 +30,164 @@ CENTERLINE_METHODS = ("auto", "mask", "sct")
 #: ``--preset``: the names of ``cordfuse.preprocess.pipeline.PRESETS`` (prepare) and
 #: ``cordfuse.nn.networks.NET_PRESETS`` (train).
 PRESET_NAMES = ("paper", "small")
+
+
+def _schedule(part: int) -> str:
+    from cordfuse.training.config import SCHEDULES
+
+    return "the preset's: " + ", ".join(
+        f"{schedule[part]} for {preset}" for preset, schedule in SCHEDULES.items()
+    )
+
+
+def _prep_setting(name: str) -> str:
+    from cordfuse.preprocess.pipeline import PRESETS
+
+    values = {preset: getattr(config, name) for preset, config in PRESETS.items()}
+    if len(set(values.values())) == 1:
+        return f"{next(iter(values.values())):g}"
+    return "the preset's: " + ", ".join(f"{v:g} for {preset}" for preset, v in values.items())
+
+
+def _feature_noise() -> str:
+    from cordfuse.nn.networks import FeatureNoise
+
+    noise = FeatureNoise()
+    return (
+        f"the paper's: weight {noise.weight:g}, logistic scale {noise.logistic_scale:g}, "
+        f"normal sigma {noise.normal_sigma:g}"
+    )
+
+
+_TRAIN = "cordfuse.training.config:TrainConfig."
+_PREDICT = "cordfuse.inference:predict_subject"
+_METRICS = "cordfuse.evaluation.metrics:lesion_detection"
+_DEMO = "cordfuse.demo:DemoSettings."
+
+#: Where the default of each option left as None lives in the API, by ``(verb, option)``:
+#: ``"module:Class.field"`` (a dataclass field), ``"module:function(keyword)"`` (a keyword
+#: default) or a function that returns the text. ``--help`` reads it when it is printed.
+API_DEFAULTS: dict[tuple[str, str], str | Callable[[], str]] = {
+    ("synth", "--cohorts"): "cordfuse.synth:write_cohort(cohorts)",
+    ("prepare", "--preset"): "cordfuse.preprocess.pipeline:preset_config(preset)",
+    ("prepare", "--spacing"): lambda: _prep_setting("spacing"),
+    ("prepare", "--crop-size"): lambda: _prep_setting("crop_size"),
+    ("prepare", "--margin"): lambda: _prep_setting("margin_mm"),
+    ("prepare", "--centerline"): "cordfuse.preprocess.pipeline:PrepConfig.centerline",
+    ("prepare", "--jobs"): "cordfuse.preprocess.batch:prepare_dataset(jobs)",
+    ("centerline", "--method"): "cordfuse.preprocess.pipeline:write_centerline(method)",
+    ("centerline", "--contrast"): "cordfuse.preprocess.pipeline:write_centerline(contrast)",
+    ("restore", "--threshold"): "cordfuse.preprocess.pipeline:restore_to_file(threshold)",
+    ("train", "--model"): _TRAIN + "model",
+    ("train", "--noise-params"): _feature_noise,
+    ("train", "--fusion"): _TRAIN + "fusion",
+    ("train", "--sequence-dropout"): _TRAIN + "sequence_dropout",
+    ("train", "--reference-dropout"): _TRAIN + "reference_dropout",
+    ("train", "--correction"): _TRAIN + "correction",
+    ("train", "--sequence-supervision"): _TRAIN + "sequence_supervision",
+    ("train", "--preset"): _TRAIN + "preset",
+    ("train", "--epochs"): lambda: _schedule(0),
+    ("train", "--iterations"): lambda: _schedule(1),
+    ("train", "--batch-size"): _TRAIN + "batch_size",
+    ("train", "--seed"): _TRAIN + "seed",
+    ("train", "--val-fraction"): _TRAIN + "val_fraction",
+    ("train", "--device"): "cordfuse.training.trainer:train(device)",
+    ("train", "--amp"): _TRAIN + "amp",
+    ("train", "--val-every"): _TRAIN + "val_every",
+    ("predict", "--threshold"): _PREDICT + "(threshold)",
+    ("predict", "--min-volume"): _PREDICT + "(min_volume_mm3)",
+    ("predict", "--batch-size"): _PREDICT + "(batch_size)",
+    ("predict", "--amp"): _PREDICT + "(amp)",
+    ("predict", "--device"): "cordfuse.nn.device:choose_device(requested)",
+    ("predict", "--jobs"): "cordfuse.inference:predict_dataset(jobs)",
+    ("export-model", "--licence"): "cordfuse.models:export_model(licence)",
+    ("evaluate", "--alpha"): _METRICS + "(alpha)",
+    ("evaluate", "--beta"): _METRICS + "(beta)",
+    ("evaluate", "--gamma"): _METRICS + "(gamma)",
+    ("evaluate", "--min-volume"): _METRICS + "(min_volume_mm3)",
+    ("evaluate", "--connectivity"): _METRICS + "(connectivity)",
+    ("demo", "--subjects"): _DEMO + "subjects",
+    ("demo", "--seed"): _DEMO + "seed",
+    ("demo", "--epochs"): _DEMO + "epochs",
+    ("demo", "--iterations"): _DEMO + "iterations",
+    ("demo", "--test-per-cohort"): _DEMO + "test_per_cohort",
+    ("analyze-features", "--max-values"): "cordfuse.features:analyze_features(max_values)",
+    ("analyze-features", "--seed"): "cordfuse.features:analyze_features(seed)",
+    ("analyze-features", "--device"): "cordfuse.features:analyze_features(device)",
+    ("diagnose", "--device"): "cordfuse.diagnostics:diagnose_study(device)",
+}
+
+
+def api_default(spec: str | Callable[[], str]) -> Any:
+    """The value an :data:`API_DEFAULTS` entry points at, read from the API (imported here).
+
+    Args:
+        spec: ``"module:Class.field"``, ``"module:function(keyword)"`` or a function.
+
+    Returns:
+        The default.
+
+    Example:
+        >>> api_default("cordfuse.synth:write_cohort(cohorts)")
+        ('A', 'B', 'C')
+    """
+    if callable(spec):
+        return spec()
+    module, _, path = spec.partition(":")
+    if path.endswith(")"):
+        function, _, keyword = path[:-1].partition("(")
+        return keyword_defaults(getattr(importlib.import_module(module), function))[keyword]
+    value: Any = importlib.import_module(module)
+    for name in path.split("."):
+        value = getattr(value, name)
+    return value
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """``--help`` that ends each option's text with its default: the API's
+    (:data:`API_DEFAULTS`, imported only when the help is printed, so that building the parser
+    stays light) or the option's own, unless its text already says what leaving it out does."""
+
+    def default_text(self, action: argparse.Action) -> str | None:
+        """The default ``--help`` shows for an option.
+
+        Args:
+            action: The option.
+
+        Returns:
+            The text, or None for an option without a default to show.
+        """
+        verb = self._prog.split(" ", 1)[-1]
+        spec = next((API_DEFAULTS.get((verb, o)) for o in action.option_strings), None)
+        if spec is not None:
+            try:
+                return _shown(api_default(spec))
+            except ImportError:  # a part of the API this install lacks (torch): say nothing
+                return None
+        if action.nargs == 0 or action.default is None or action.default is argparse.SUPPRESS:
+            return None  # a flag, or an option left out means "not used"
+        if action.default == []:
+            return None
+        if "default" in (action.help or ""):
+            return None
+        return _shown(action.default)
+
+    def _format_action(self, action: argparse.Action) -> str:
+        # here rather than in _get_help_string, which argparse skips for an option without help
+        text = self.default_text(action)
+        if text is not None:
+            action = copy.copy(action)
+            shown = f"(default: {text})".replace("%", "%%")
+            action.help = f"{action.help} {shown}" if action.help else shown
+        return super()._format_action(action)
 
 
 def given(**values: Any) -> dict[str, Any]:
@@ -92,18 +254,20 @@ def progress_bar(total: int, desc: str) -> Callable[[str], None]:
     return update
 
 
-def add_participant_label(parser: argparse.ArgumentParser) -> None:
+def add_participant_label(parser: argparse.ArgumentParser, *, writes: bool = True) -> None:
     """``--participant-label LABEL...``: the BIDS-App selection of participants.
 
     Args:
         parser: The verb's parser.
+        writes: Whether the verb writes an output folder (one job per participant may then
+            write into the same one).
     """
     parser.add_argument(
         "--participant-label",
         nargs="+",
         metavar="LABEL",
-        help="only these participants (01 or sub-01), as a BIDS App: one job per "
-        "participant may write into the same output folder at once",
+        help="only these participants (01 or sub-01), as a BIDS App"
+        + (": one job per participant may write into the same output folder at once" * writes),
     )
 
 
@@ -145,7 +309,11 @@ def add_preset(parser: argparse.ArgumentParser, help: str | None = None) -> None
     parser.add_argument("--preset", choices=PRESET_NAMES, help=help)
 
 
-def add_centerline(parser: argparse.ArgumentParser, help: str | None = None) -> None:
+def add_centerline(
+    parser: argparse.ArgumentParser,
+    help: str = "the cord centreline: auto (the built-in detector), mask (the cord masks in "
+    "derivatives/labels) or sct (Spinal Cord Toolbox, when installed)",
+) -> None:
     """``--centerline {auto,mask,sct}``; the API's default when left out.
 
     Args:
@@ -165,7 +333,9 @@ def add_amp(parser: argparse.ArgumentParser, help: str) -> None:
     parser.add_argument("--amp", choices=AMP_MODES, help=help)
 
 
-def add_device(parser: argparse.ArgumentParser, help: str | None = None) -> None:
+def add_device(
+    parser: argparse.ArgumentParser, help: str = "auto (CUDA when present), cpu or cuda:N"
+) -> None:
     """``--device``: ``auto``, ``cpu`` or ``cuda:N``; the API's default when left out.
 
     Args:
@@ -181,7 +351,7 @@ def add_seed(parser: argparse.ArgumentParser) -> None:
     Args:
         parser: The verb's parser.
     """
-    parser.add_argument("--seed", type=int)
+    parser.add_argument("--seed", type=int, help="random seed")
 
 
 def add_threshold(parser: argparse.ArgumentParser) -> None:
@@ -191,7 +361,7 @@ def add_threshold(parser: argparse.ArgumentParser) -> None:
     Args:
         parser: The verb's parser.
     """
-    parser.add_argument("--threshold", type=float)
+    parser.add_argument("--threshold", type=float, help="probability above which a voxel is lesion")
 
 
 def add_jobs(parser: argparse.ArgumentParser) -> None:

@@ -27,9 +27,7 @@ def add_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("model", help="training folder or checkpoint of a Mean Imputation model")
     parser.add_argument("prepared", help="prepared dataset folder")
     parser.add_argument("-o", "--out", default="features", help="output folder")
-    parser.add_argument(
-        "--max-values", type=int, help="subsample of differences to fit (default 2e6)"
-    )
+    parser.add_argument("--max-values", type=int, help="subsample of differences to fit")
     add_seed(parser)
     add_device(parser)
     return parser

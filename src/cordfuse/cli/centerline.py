@@ -23,7 +23,12 @@ def add_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = verbs.add_parser("centerline", help="cord centreline of one image (CSV)")
     parser.add_argument("image")
     parser.add_argument("-o", "--output", required=True, help="CSV: x,y,z world RAS mm")
-    parser.add_argument("--method", choices=CENTERLINE_METHODS)
+    parser.add_argument(
+        "--method",
+        choices=CENTERLINE_METHODS,
+        help="auto (the built-in detector), mask (--mask) or sct (Spinal Cord Toolbox, when "
+        "installed)",
+    )
     parser.add_argument("--mask", help="cord mask for --method mask")
     parser.add_argument(
         "--contrast",

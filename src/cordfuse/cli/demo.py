@@ -19,11 +19,11 @@ def add_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """
     parser = verbs.add_parser("demo", help="run the whole pipeline on a small synthetic cohort")
     parser.add_argument("out", nargs="?", default="cordfuse-demo", help="output folder")
-    parser.add_argument("--subjects", type=int, help="subjects (default 24)")
+    parser.add_argument("--subjects", type=int, help="subjects of the synthetic cohort")
     add_seed(parser)
     parser.add_argument("--epochs", type=int, help="training epochs per model")
     parser.add_argument("--iterations", type=int, help="iterations per epoch")
-    parser.add_argument("--test-per-cohort", type=int, help="held-out test subjects")
+    parser.add_argument("--test-per-cohort", type=int, help="held-out test subjects per cohort")
     add_overwrite(parser, help="replace an earlier demo in OUT (only what the demo wrote there)")
     return parser
 

@@ -36,9 +36,13 @@ def add_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     parser.add_argument("dataset", help="BIDS dataset folder (read only)")
     parser.add_argument("out", help="output folder (one prepared subject per folder)")
-    add_preset(parser, help="paper: 0.5 mm, 48x48 (default); small: 1 mm, 24x24 for CPU work")
-    parser.add_argument("--spacing", type=float, help="grid spacing in mm (overrides preset)")
-    parser.add_argument("--crop-size", type=int, help="crop size in voxels (overrides preset)")
+    add_preset(
+        parser,
+        help="the grid and crops: paper (the paper's) or small (CPU work); train with the "
+        "same preset",
+    )
+    parser.add_argument("--spacing", type=float, help="grid spacing in mm (overrides the preset)")
+    parser.add_argument("--crop-size", type=int, help="crop size in voxels (overrides the preset)")
     parser.add_argument("--margin", type=float, help="S-I margin beyond the cord, mm")
     add_centerline(parser)
     parser.add_argument(

@@ -47,8 +47,8 @@ def add_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument(
         "--model",
         choices=MODELS,
-        help="baseline (T2Sag only), specific (--sequences), mean-imputation (the paper's, "
-        "default), early-fusion (one U-Net over the stacked sequences), anchored (a frozen "
+        help="baseline (T2Sag only), specific (--sequences), mean-imputation (the paper's), "
+        "early-fusion (one U-Net over the stacked sequences), anchored (a frozen "
         "T2Sag-only --anchor plus a correction from every sequence; T2Sag alone gives the "
         "anchor's answer)",
     )
@@ -59,13 +59,18 @@ def add_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "keeps; copied into the new model's checkpoint",
     )
     parser.add_argument("--sequences", help="comma-separated, for --model specific")
-    parser.add_argument("--variant", choices=VARIANTS)
+    parser.add_argument(
+        "--variant",
+        choices=VARIANTS,
+        help="frozen-encoder (--frozen-from) and distillation: of specific or mean-imputation; "
+        "feature-aug: of the baseline (section 2.4)",
+    )
     parser.add_argument("--frozen-from", help="baseline checkpoint for --variant frozen-encoder")
     parser.add_argument("--noise-params", help="JSON of the feature-aug mixture (analyze-features)")
     parser.add_argument(
         "--fusion",
         choices=FUSIONS,
-        help="where the sequences meet: the paper's bottleneck (default), or "
+        help="where the sequences meet: the paper's bottleneck, or "
         "every encoder level, Mean Imputation per level (beyond the paper)",
     )
     parser.add_argument(
@@ -73,7 +78,7 @@ def add_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
         type=float,
         metavar="P",
         help="mean-imputation, early-fusion, anchored: hide each available non-T2Sag "
-        "sequence of a training sample with probability P (default 0, the paper's recipe)",
+        "sequence of a training sample with probability P (0: the paper's recipe)",
     )
     parser.add_argument(
         "--reference-dropout",
@@ -81,13 +86,13 @@ def add_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
         metavar="P",
         help="with --fusion all-levels: hide T2Sag itself with probability P in "
         "training samples whose other sequences cover the patch, so that "
-        "they learn to find lesions on their own (default 0)",
+        "they learn to find lesions on their own",
     )
     parser.add_argument(
         "--correction",
         choices=CORRECTIONS,
         help="--model anchored: the correction network, early fusion of the stacked "
-        "sequences with the anchor's probability (default) or one encoder per sequence with "
+        "sequences with the anchor's probability, or one encoder per sequence with "
         "all-level fusion",
     )
     parser.add_argument(
@@ -95,17 +100,27 @@ def add_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
         type=float,
         metavar="W",
         help="mean-imputation: weight of an auxiliary loss segmenting lesions from one other "
-        "sequence's features alone each step, so that no encoder stays idle (default 0)",
+        "sequence's features alone each step, so that no encoder stays idle",
     )
-    add_preset(parser)
-    parser.add_argument("--epochs", type=int)
+    add_preset(
+        parser,
+        help="the network and its schedule: paper (the paper's networks, GPU work) or small "
+        "(CPU work); the same preset as prepare's (train refuses crops of another size)",
+    )
+    parser.add_argument("--epochs", type=int, help="training epochs")
     parser.add_argument("--iterations", type=int, help="iterations per epoch")
-    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--batch-size", type=int, help="patches per iteration")
     add_seed(parser)
-    parser.add_argument("--val-fraction", type=float)
+    parser.add_argument(
+        "--val-fraction", type=float, help="share of the subjects that validate (no --fold-file)"
+    )
     parser.add_argument("--fold-file", help='JSON {"train": [ids], "val": [ids]}')
-    add_device(parser, help="auto (CUDA when present), cpu, cuda:N")
-    add_amp(parser, help="autocast: auto = bf16/fp16 on CUDA, none on CPU")
+    add_device(parser)
+    add_amp(
+        parser,
+        help="autocast: auto = bf16 on CUDA (fp16 where bf16 is missing), fp32 on a CPU "
+        "(unlike predict's auto; bf16 on a CPU only when asked)",
+    )
     parser.add_argument(
         "--workers",
         type=int,
@@ -116,15 +131,15 @@ def add_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--val-every",
         type=int,
         metavar="N",
-        help="validate every N epochs and after the last (default 1)",
+        help="validate every N epochs and after the last",
     )
     parser.add_argument(
         "--compile",
         action="store_true",
-        help="compile the training step with torch.compile (CUDA: about 1.9x "
-        "faster steps after a one-off compile)",
+        help="compile the training step with torch.compile (one H200: Mean Imputation "
+        "1.7x faster, the baseline not faster; a one-off compile of about a minute)",
     )
-    parser.add_argument("--no-augment", action="store_true")
+    parser.add_argument("--no-augment", action="store_true", help="no data augmentation")
     parser.add_argument(
         "--deterministic",
         action="store_true",
@@ -204,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"Trained {config.model}"
             + (f" ({config.variant})" if config.variant else "")
-            + f" for {config.epochs} epochs in {summary['seconds']:.0f} s: "
+            + f" for {config.schedule[0]} epochs in {summary['seconds']:.0f} s: "
             f"{describe_validation(summary)} -> {args.out}"
         )
         if "ranks_in_sync" in summary:

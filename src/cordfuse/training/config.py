@@ -1,5 +1,8 @@
 """Training configuration: a typed dataclass with the paper's recipe and a small CPU preset.
 
+Each preset has its own schedule (:data:`SCHEDULES`): the paper's 1000 x 250 iterations for the
+full networks (GPU work), 100 x 25 for ``small`` (minutes on a CPU, the study's CPU budget).
+
 Every checkpoint stores the whole configuration (``asdict``), so a result can always be traced
 back to the settings that made it.
 """
@@ -16,6 +19,10 @@ MODELS = ("baseline", "specific", "mean-imputation", "early-fusion", "anchored")
 #: The models that take any subset of their sequences containing T2Sag.
 ACCEPT_MISSING = ("mean-imputation", "early-fusion", "anchored")
 VARIANTS = ("frozen-encoder", "distillation", "feature-aug")
+#: Each preset's default ``(epochs, iterations per epoch)``: the paper's schedule for the paper's
+#: networks, and the budget of ``cordfuse study`` on a CPU for ``small`` (its
+#: ``cordfuse.study.config.PRESET_SCHEDULES``, which a test keeps equal).
+SCHEDULES: dict[str, tuple[int, int]] = {"paper": (1000, 250), "small": (100, 25)}
 
 
 @dataclass(frozen=True)
@@ -26,8 +33,9 @@ class TrainConfig:
     sequences: tuple[str, ...] = SEQUENCES
     variant: str | None = None
     preset: str = "paper"
-    epochs: int = 1000
-    iterations: int = 250
+    #: Epochs and iterations per epoch; None (left out): the preset's :data:`SCHEDULES`.
+    epochs: int | None = None
+    iterations: int | None = None
     batch_size: int = 2
     learning_rate: float = 0.01
     momentum: float = 0.99
@@ -70,14 +78,18 @@ class TrainConfig:
     sequence_supervision: float = 0.0
 
     def __post_init__(self):
+        if self.preset not in NET_PRESETS:
+            raise CordfuseError(f"unknown preset {self.preset!r}")
+        # the preset's schedule fills in what was left out, once, here (the class is frozen)
+        epochs, iterations = self.schedule
+        object.__setattr__(self, "epochs", epochs)
+        object.__setattr__(self, "iterations", iterations)
         if self.val_every < 1 or (self.num_workers is not None and self.num_workers < 0):
             raise CordfuseError("--val-every must be >= 1 and --workers >= 0")
         if self.model not in MODELS:
             raise CordfuseError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
         if self.variant is not None and self.variant not in VARIANTS:
             raise CordfuseError(f"unknown variant {self.variant!r}; one of {', '.join(VARIANTS)}")
-        if self.preset not in NET_PRESETS:
-            raise CordfuseError(f"unknown preset {self.preset!r}")
         unknown = [s for s in self.sequences if s not in SEQUENCES]
         if unknown:
             raise CordfuseError(f"unknown sequence(s) {', '.join(unknown)}")
@@ -127,8 +139,26 @@ class TrainConfig:
                 "--reference-dropout needs Mean Imputation with --fusion "
                 "all-levels (the paper's decoder takes its skips from T2Sag)"
             )
-        if self.epochs < 1 or self.iterations < 1 or self.batch_size < 1:
+        if min(*self.schedule, self.batch_size) < 1:
             raise CordfuseError("epochs, iterations and batch size must be at least 1")
+
+    @property
+    def schedule(self) -> tuple[int, int]:
+        """``(epochs, iterations per epoch)``: those given, else the preset's.
+
+        Example:
+            >>> TrainConfig(preset="small").schedule
+            (100, 25)
+            >>> TrainConfig(preset="small", epochs=2).schedule
+            (2, 25)
+            >>> TrainConfig().schedule
+            (1000, 250)
+        """
+        epochs, iterations = SCHEDULES[self.preset]
+        return (
+            epochs if self.epochs is None else self.epochs,
+            iterations if self.iterations is None else self.iterations,
+        )
 
     @property
     def model_sequences(self) -> list[str]:

@@ -391,8 +391,9 @@ def train(
         nesterov=True,
         weight_decay=config.weight_decay,
     )
+    epochs, iterations = config.schedule
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda epoch: (1 - epoch / config.epochs) ** config.poly_exponent
+        optimizer, lambda epoch: (1 - epoch / epochs) ** config.poly_exponent
     )
     dtype = autocast_dtype(config.amp, dev)
     scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
@@ -446,16 +447,16 @@ def train(
         world_size=world,
         augmentation=PRESET_AUGMENTATION[config.preset],
     )
-    per_epoch = config.iterations * config.batch_size
+    per_epoch = iterations * config.batch_size
     started = time.perf_counter()
-    step = start_epoch * config.iterations
+    step = start_epoch * iterations
     workers = data_workers(config, dev)
     # One loader for the whole run: its workers live across epochs and prefetch ahead. Sample n
     # depends on (seed, n) only, so any worker count draws the same patches.
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=config.batch_size,
-        sampler=range(start_epoch * per_epoch, config.epochs * per_epoch),
+        sampler=range(start_epoch * per_epoch, epochs * per_epoch),
         num_workers=workers,
         persistent_workers=workers > 0,
         pin_memory=dev.type == "cuda",
@@ -467,10 +468,10 @@ def train(
     batches = iter(loader)
     from tqdm import tqdm
 
-    for epoch in range(start_epoch, config.epochs):
+    for epoch in range(start_epoch, epochs):
         bar = tqdm(
-            range(config.iterations),
-            desc=f"epoch {epoch + 1}/{config.epochs}",
+            range(iterations),
+            desc=f"epoch {epoch + 1}/{epochs}",
             disable=None if (progress and rank == 0) else True,
             leave=False,
         )
@@ -514,7 +515,7 @@ def train(
         # Validation (a sliding window over whole crops) every val_every epochs and at the end,
         # so that at 1000 epochs it stays a bounded share of the run.
         validated = bool(val_subjects) and (
-            (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs
+            (epoch + 1) % config.val_every == 0 or epoch + 1 == epochs
         )
         val_dice = validate(model, val_subjects, config, dev, dtype) if validated else math.nan
         record = {
@@ -561,7 +562,7 @@ def train(
             atomic_write_text(out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in history))
             _plot(history, out / "curves.png")
     summary = {
-        "epochs": config.epochs,
+        "epochs": epochs,
         "best_val_dice": best if math.isfinite(best) else None,  # None: no validation
         "last_val_dice": history[-1]["val_dice"] if history else float("nan"),
         "seconds": round(time.perf_counter() - started, 2),
