@@ -38,8 +38,9 @@ class Segmentation:
     Attributes:
         mask: The lesion mask (uint8: 1 lesion, 0 not).
         probabilities: The lesion probability of each voxel (float32).
-        lesions: One row per predicted lesion (label, voxels, volume in mm^3, S-I extent and
-            centroid in world mm), as ``predict``'s ``<subject>_lesions.csv``.
+        lesions: One row per predicted lesion, the statistics ``predict`` writes in its lesion
+            table (:data:`cordfuse.evaluation.burden.LESION_COLUMNS`: volume, S-I length,
+            largest axial area, position along the cord, centroid).
         sequences: The sequences the networks read.
         warnings: Pre-processing warnings (a dropped sequence, a centreline fallback).
     """
