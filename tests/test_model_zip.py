@@ -299,6 +299,17 @@ def tampered(package: Path, tmp_path: Path, how: str) -> tuple[Path, str]:
     if how == "zip-byte":  # the checkpoint is stored: the middle of the zip is its weights
         bad.write_bytes(flipped(package.read_bytes()))
         return bad, f"{CHECKPOINT} is damaged"
+    if how == "manifest-byte":  # the manifest's compressed bytes damaged: a bad CRC
+        data = bytearray(package.read_bytes())
+        with zipfile.ZipFile(package) as archive:
+            start = archive.getinfo("manifest.json").header_offset
+        names, extra = (
+            int.from_bytes(data[start + 26 : start + 28], "little"),
+            int.from_bytes(data[start + 28 : start + 30], "little"),
+        )
+        data[start + 30 + names + extra + 4] ^= 0xFF
+        bad.write_bytes(bytes(data))
+        return bad, "manifest.json is damaged"
     if how == "extra-file":
         write_zip(bad, {**files, "run_me.py": b"print('hello')"})
         return bad, "unexpected file run_me.py"
@@ -332,6 +343,7 @@ def tampered(package: Path, tmp_path: Path, how: str) -> tuple[Path, str]:
 TAMPERING = (
     "weight-byte",
     "zip-byte",
+    "manifest-byte",
     "extra-file",
     "extra-file-in-manifest",
     "path-out",

@@ -99,17 +99,25 @@ def test_every_verb_runs_within_its_threads_and_restores_them(tmp_path, monkeypa
     import cordfuse.cli.check
 
     seen = []
-    monkeypatch.setattr(
-        cordfuse.cli.check, "run", lambda args: seen.append(torch.get_num_threads()) or 0
-    )
+
+    def run(args):
+        # the API calls a verb makes (a study's prepare_dataset, the demo's predict_dataset)
+        # share its budget: --threads holds for them too
+        seen.append((torch.get_num_threads(), threads_budget(), threads_budget(processes=2)))
+        return 0
+
+    monkeypatch.setattr(cordfuse.cli.check, "run", run)
+    monkeypatch.setattr("cordfuse.threads.usable_cores", lambda: 8)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     before = torch.get_num_threads()
     monkeypatch.setenv(THREADS_ENV, "1")
     assert main(["check", str(tmp_path)]) == 0
     monkeypatch.delenv(THREADS_ENV)
     assert main(["check", str(tmp_path), "--threads", "3"]) == 0
-    assert seen == [1, 3]
+    assert seen == [(1, 1, 1), (3, 3, 1)]
     assert torch.get_num_threads() == before  # an in-process caller keeps its own
     assert os.environ.get("OMP_NUM_THREADS") != "3"
+    assert THREADS_ENV not in os.environ and "OMP_WAIT_POLICY" not in os.environ
 
 
 def test_bad_threads_are_a_one_line_error(tmp_path, monkeypatch, capsys):

@@ -319,7 +319,7 @@ def _read_zip(path: Path, into: Path | None) -> PackagedModel:
         for name in (MANIFEST, CARD_JSON):
             if name in files_found and archive.getinfo(name).file_size > MAX_METADATA_BYTES:
                 _refuse(where, f"{name} is too large")
-        manifest_bytes = archive.read(MANIFEST)
+        manifest_bytes = _read_member(archive, MANIFEST, where)
         files = _manifest_files(manifest_bytes, where)
         _check_names(files_found, files, where)
         for relative, expected in files.items():
@@ -336,8 +336,18 @@ def _read_zip(path: Path, into: Path | None) -> PackagedModel:
             _check_hash(where, relative, actual, expected)
         if into is not None:
             (into / MANIFEST).write_bytes(manifest_bytes)
-        card = _card(archive.read(CARD_JSON), files, where)
+        card = _card(_read_member(archive, CARD_JSON, where), files, where)
     return PackagedModel(str(card["name"]), path, _digest(manifest_bytes), card)
+
+
+def _read_member(archive: zipfile.ZipFile, name: str, where: str) -> bytes:
+    """A small member (the manifest, the card) read whole; a damaged one is refused."""
+    try:
+        return archive.read(name)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
+        _refuse(where, f"{name} is damaged: {exc}")
+    except RuntimeError as exc:  # zipfile's word for an encrypted entry
+        _refuse(where, f"{name}: {exc}")
 
 
 def _refuse(where: str, reason: str) -> NoReturn:

@@ -137,7 +137,9 @@ def passive_openmp(environ: MutableMapping[str, str] | None = None) -> None:
 
 def set_threads(threads: int) -> None:
     """Run this process's torch, OpenMP, BLAS and SimpleITK thread pools with ``threads``
-    threads, and start child processes (``--jobs`` workers) with the same limit.
+    threads, and start child processes (``--jobs`` workers) with the same limit; the API calls
+    made from here on (a study's ``prepare_dataset``, the demo's ``predict_dataset``) share the
+    same budget (:data:`THREADS_ENV`), so that ``--threads`` holds for them too.
 
     Args:
         threads: At least 1.
@@ -149,7 +151,7 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
     threadpool_limits(threads)  # numpy's BLAS and any other OpenMP runtime in the process
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
-    for name in THREAD_VARIABLES:
+    for name in (*THREAD_VARIABLES, THREADS_ENV):
         os.environ[name] = str(threads)
 
 
@@ -167,7 +169,7 @@ def limited_threads(threads: int) -> Iterator[None]:
 
     before = torch.get_num_threads()
     sitk_before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    variables = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+    variables = {name: os.environ.get(name) for name in (*THREAD_VARIABLES, THREADS_ENV)}
     with threadpool_limits(threads):  # restores the BLAS/OpenMP pools on the way out
         set_threads(threads)
         try:

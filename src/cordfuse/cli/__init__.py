@@ -89,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         interrupted.
     """
     args = build_parser().parse_args(argv)
+    policy = os.environ.get("OMP_WAIT_POLICY")
     try:
         # before the verb imports torch: OpenMP reads its wait policy once, when it starts
         passive_openmp()
@@ -102,3 +103,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cordfuse: interrupted", file=sys.stderr)
         return 130
+    finally:  # an in-process caller's later child processes get its own policy back
+        if policy is None:
+            os.environ.pop("OMP_WAIT_POLICY", None)

@@ -3,8 +3,9 @@ per lesion its volume, S-I length, largest axial area and position along the cor
 the count and total volume.
 
 A lesion is a face-connected component of the mask (the rule ``predict`` removes small lesions
-with). Pure functions on arrays and affines; ``predict`` writes their rows
-(``<subject>_lesions.csv``, and ``lesions.tsv`` per dataset).
+with). Pure functions on arrays and affines; ``predict`` writes their rows (in a BIDS
+derivative ``*_desc-lesion_stats.tsv`` per subject and ``lesions.tsv`` per dataset; for explicit
+files ``<subject>_lesions.csv``).
 """
 
 from __future__ import annotations
