@@ -84,6 +84,9 @@ def test_passive_openmp_keeps_the_users_choice():
     environ = {"OMP_WAIT_POLICY": "ACTIVE"}
     passive_openmp(environ)
     assert environ == {"OMP_WAIT_POLICY": "ACTIVE"}
+    environ = {"GOMP_SPINCOUNT": "10000"}  # a spin count chosen: the policy is left to it
+    passive_openmp(environ)
+    assert environ == {"GOMP_SPINCOUNT": "10000"}
 
 
 def test_set_threads_limits_torch_blas_and_child_processes(restore_threads):

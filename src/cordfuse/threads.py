@@ -123,7 +123,8 @@ def threads_budget(
 
 
 def passive_openmp(environ: MutableMapping[str, str] | None = None) -> None:
-    """Make OpenMP threads sleep, not spin, while they wait, unless the user chose a policy.
+    """Make OpenMP threads sleep, not spin, while they wait, unless the user chose how they wait
+    (``OMP_WAIT_POLICY``, or libgomp's ``GOMP_SPINCOUNT``).
 
     Effective only before the OpenMP runtime starts (before torch is imported), which the CLI
     ensures: its verbs import torch inside ``run``. Spinning gains little on a free machine and
@@ -132,7 +133,9 @@ def passive_openmp(environ: MutableMapping[str, str] | None = None) -> None:
     Args:
         environ: The environment to set (default: ``os.environ``).
     """
-    (os.environ if environ is None else environ).setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    environ = os.environ if environ is None else environ
+    if "GOMP_SPINCOUNT" not in environ:
+        environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def set_threads(threads: int) -> None:
