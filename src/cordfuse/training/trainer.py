@@ -42,6 +42,7 @@ from cordfuse.nn.sliding import predict_probabilities
 from cordfuse.ownership import claim
 from cordfuse.preprocess.batch import load_prepared_dataset
 from cordfuse.preprocess.pipeline import PrepConfig
+from cordfuse.threads import usable_cores
 from cordfuse.training.config import TrainConfig
 from cordfuse.training.data import (
     NORMALISATION,
@@ -231,8 +232,7 @@ def data_workers(config: TrainConfig, device: torch.device) -> int:
         return config.num_workers
     if device.type != "cuda":
         return 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(8, (cores or 2) - 1))
+    return max(1, min(8, usable_cores() - 1))
 
 
 def weights_digest(model: torch.nn.Module) -> str:
