@@ -38,9 +38,10 @@ def test_choices_are_the_apis():
     from cordfuse.nn.networks import CORRECTIONS, FUSIONS, NET_PRESETS
     from cordfuse.preprocess.centerline import POLARITY_SIGNS
     from cordfuse.preprocess.pipeline import PRESETS, PrepConfig
-    from cordfuse.training.config import MODELS, VARIANTS
+    from cordfuse.training.config import MODELS, OPTIMIZERS, VARIANTS
 
     assert option("train", "--model").choices == MODELS
+    assert list(option("train", "--optimizer").choices) == list(OPTIMIZERS)
     assert option("train", "--variant").choices == VARIANTS
     assert option("train", "--fusion").choices == FUSIONS
     assert option("train", "--correction").choices == CORRECTIONS

@@ -222,6 +222,36 @@ def test_each_preset_has_its_schedule_and_the_study_agrees():
         TrainConfig(preset="small", iterations=0)
 
 
+def test_each_preset_has_its_optimizer_and_old_checkpoints_stay_sgd():
+    """The paper's networks train with nnU-Net's SGD, the small preset with AdamW; a learning
+    rate left out is the chosen optimizer's; a configuration stored before the optimizer was a
+    setting was trained with SGD, and reads back so."""
+    import torch
+
+    from cordfuse.training.trainer import build_optimizer
+
+    assert (TrainConfig().optimizer, TrainConfig().learning_rate) == ("sgd", 0.01)
+    small = TrainConfig(preset="small")
+    assert (small.optimizer, small.learning_rate) == ("adamw", 3e-3)
+    assert TrainConfig(preset="small", optimizer="sgd").learning_rate == 0.01
+    assert TrainConfig(preset="small", learning_rate=1e-4).learning_rate == 1e-4
+    old = small.to_dict()
+    del old["optimizer"]
+    old["learning_rate"] = 0.01
+    assert TrainConfig.from_dict(old).optimizer == "sgd"
+    assert TrainConfig.from_dict(small.to_dict()) == small
+    with pytest.raises(CordfuseError, match="unknown optimizer"):
+        TrainConfig(optimizer="adam")
+    with pytest.raises(CordfuseError, match="learning rate must be positive"):
+        TrainConfig(learning_rate=0.0)
+    weights = [torch.nn.Parameter(torch.zeros(2))]
+    adamw = build_optimizer(weights, small)
+    assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["lr"] == 3e-3
+    sgd = build_optimizer(weights, TrainConfig())
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["nesterov"]
+    assert sgd.defaults["momentum"] == 0.99
+
+
 def test_train_preset_small_left_alone_trains_the_small_schedule(monkeypatch, tmp_path, capsys):
     """``cordfuse train --preset small`` without ``--epochs`` hands the trainer 100 x 25."""
     configs = []
@@ -238,6 +268,10 @@ def test_train_preset_small_left_alone_trains_the_small_schedule(monkeypatch, tm
         == 0
     )
     assert [c.schedule for c in configs] == [(100, 25), (7, 25)]
+    assert [c.optimizer for c in configs] == ["adamw", "adamw"]
+    args = ["train", str(tmp_path), str(tmp_path / "r3"), "--optimizer", "sgd"]
+    assert main([*args, "--learning-rate", "0.02"]) == 0
+    assert (configs[-1].optimizer, configs[-1].learning_rate) == ("sgd", 0.02)
 
 
 def test_sequence_dropout_hides_other_sequences_never_t2sag(prepared_small):

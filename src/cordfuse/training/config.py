@@ -1,7 +1,9 @@
 """Training configuration: a typed dataclass with the paper's recipe and a small CPU preset.
 
 Each preset has its own schedule (:data:`SCHEDULES`): the paper's 1000 x 250 iterations for the
-full networks (GPU work), 100 x 25 for ``small`` (minutes on a CPU, the study's CPU budget).
+full networks (GPU work), 100 x 25 for ``small`` (minutes on a CPU, the study's CPU budget);
+and its optimizer (:data:`PRESET_OPTIMIZERS`): nnU-Net's SGD for the paper's networks, AdamW for
+``small``, which leaves the all-background plateau within the CPU budget.
 
 Every checkpoint stores the whole configuration (``asdict``), so a result can always be traced
 back to the settings that made it.
@@ -23,6 +25,13 @@ VARIANTS = ("frozen-encoder", "distillation", "feature-aug")
 #: networks, and the budget of ``cordfuse study`` on a CPU for ``small`` (its
 #: ``cordfuse.study.config.PRESET_SCHEDULES``, which a test keeps equal).
 SCHEDULES: dict[str, tuple[int, int]] = {"paper": (1000, 250), "small": (100, 25)}
+#: Each optimizer's default learning rate: nnU-Net's SGD (Nesterov) 0.01, AdamW 3e-3.
+OPTIMIZERS: dict[str, float] = {"sgd": 0.01, "adamw": 3e-3}
+#: Each preset's default optimizer. The paper's networks keep nnU-Net's SGD. The small preset's
+#: CPU budget is too short for it: SGD sat on the all-background plateau for ~750 of its 2,500
+#: iterations and was still climbing at the end, where AdamW left the plateau within ~100 and
+#: ended higher (docs/training.md, ``benchmarks/bench_convergence.py``).
+PRESET_OPTIMIZERS: dict[str, str] = {"paper": "sgd", "small": "adamw"}
 
 
 @dataclass(frozen=True)
@@ -37,7 +46,10 @@ class TrainConfig:
     epochs: int | None = None
     iterations: int | None = None
     batch_size: int = 2
-    learning_rate: float = 0.01
+    #: ``sgd`` (Nesterov, ``momentum``) or ``adamw``; None (left out): the preset's
+    #: (:data:`PRESET_OPTIMIZERS`). The learning rate, left out: the optimizer's default.
+    optimizer: str | None = None
+    learning_rate: float | None = None
     momentum: float = 0.99
     weight_decay: float = 3e-5
     poly_exponent: float = 0.9
@@ -84,6 +96,14 @@ class TrainConfig:
         epochs, iterations = self.schedule
         object.__setattr__(self, "epochs", epochs)
         object.__setattr__(self, "iterations", iterations)
+        if self.optimizer is None:
+            object.__setattr__(self, "optimizer", PRESET_OPTIMIZERS[self.preset])
+        if self.optimizer not in OPTIMIZERS:
+            raise CordfuseError(f"unknown optimizer {self.optimizer!r}; one of sgd, adamw")
+        if self.learning_rate is None:
+            object.__setattr__(self, "learning_rate", OPTIMIZERS[self.optimizer])
+        if not self.learning_rate > 0:
+            raise CordfuseError("the learning rate must be positive")
         if self.val_every < 1 or (self.num_workers is not None and self.num_workers < 0):
             raise CordfuseError("--val-every must be >= 1 and --workers >= 0")
         if self.model not in MODELS:
@@ -204,6 +224,8 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         values["sequences"] = tuple(values.get("sequences", SEQUENCES))
+        # Stored before the optimizer was a setting: every run then used SGD.
+        values.setdefault("optimizer", "sgd")
         if isinstance(values.get("feature_noise"), dict):
             values["feature_noise"] = FeatureNoise(**values["feature_noise"])
         return cls(**values)

@@ -1,4 +1,5 @@
-"""The trainer: nnU-Net's recipe in a small, readable loop (SGD Nesterov, poly LR, CE + Dice).
+"""The trainer: nnU-Net's recipe in a small, readable loop (SGD Nesterov, or AdamW for the small
+preset; poly LR, CE + Dice).
 
 ``train(prepared_dir, out_dir, config)`` writes into ``out_dir``:
 
@@ -177,6 +178,22 @@ def anchor_checkpoint(config: TrainConfig, prep: PrepConfig | None = None) -> Ch
             f"{anchor.path}: the anchor was trained on data prepared with other settings"
         )
     return anchor
+
+
+def build_optimizer(parameters, config: TrainConfig) -> torch.optim.Optimizer:
+    """nnU-Net's SGD (Nesterov momentum) or AdamW, with the configuration's learning rate and
+    weight decay (the poly schedule is the same for both)."""
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(
+            parameters, lr=config.learning_rate, weight_decay=config.weight_decay
+        )
+    return torch.optim.SGD(
+        parameters,
+        lr=config.learning_rate,
+        momentum=config.momentum,
+        nesterov=True,
+        weight_decay=config.weight_decay,
+    )
 
 
 def resume_conflicts(
@@ -384,13 +401,7 @@ def train(
 
     model = build_model(config, PrepConfig(**document["config"])).to(dev)
     parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(
-        parameters,
-        lr=config.learning_rate,
-        momentum=config.momentum,
-        nesterov=True,
-        weight_decay=config.weight_decay,
-    )
+    optimizer = build_optimizer(parameters, config)
     epochs, iterations = config.schedule
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda epoch: (1 - epoch / epochs) ** config.poly_exponent
