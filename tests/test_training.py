@@ -239,6 +239,7 @@ def test_each_preset_has_its_optimizer_and_old_checkpoints_stay_sgd():
     del old["optimizer"]
     old["learning_rate"] = 0.01
     assert TrainConfig.from_dict(old).optimizer == "sgd"
+    assert TrainConfig.from_dict({"preset": "small"}).optimizer == "adamw"  # a study's
     assert TrainConfig.from_dict(small.to_dict()) == small
     with pytest.raises(CordfuseError, match="unknown optimizer"):
         TrainConfig(optimizer="adam")

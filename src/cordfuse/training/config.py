@@ -224,8 +224,11 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         values["sequences"] = tuple(values.get("sequences", SEQUENCES))
-        # Stored before the optimizer was a setting: every run then used SGD.
-        values.setdefault("optimizer", "sgd")
+        # A stored configuration holds every setting; one with a learning rate but no optimizer
+        # was stored before the optimizer was a setting, when every run used SGD. A partial one
+        # (a study's) takes the preset's optimizer like any setting it leaves out.
+        if "learning_rate" in values:
+            values.setdefault("optimizer", "sgd")
         if isinstance(values.get("feature_noise"), dict):
             values["feature_noise"] = FeatureNoise(**values["feature_noise"])
         return cls(**values)
