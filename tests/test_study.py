@@ -203,6 +203,17 @@ def test_study_config_parsing_and_errors(tmp_path):
     assert config.schedule == (100, 25) and config.synthetic_subjects == 120
     paper = StudyConfig.from_mapping({"preset": "paper", "seeds": 3}, tmp_path)
     assert paper.schedule == (1000, 250) and paper.seeds == (0, 1, 2)
+    # the trainings get the study's validation interval and the preset's optimizer
+    from cordfuse.demo import DemoSettings, demo_config
+    from cordfuse.study.runner import _train_config
+    from cordfuse.training.config import TrainConfig
+
+    sparse = StudyConfig.from_mapping({"val_every": 3, "experiments": ["baseline"]}, tmp_path)
+    trained = TrainConfig.from_dict(
+        _train_config(sparse, EXPERIMENTS["baseline"], 0, tmp_path, None)
+    )
+    assert (trained.val_every, trained.optimizer) == (3, "adamw")
+    assert config.val_every == 1 and demo_config(DemoSettings()).val_every == 5
     assert StudyConfig.from_mapping({"dataset": "bids"}, tmp_path).dataset == str(
         (tmp_path / "bids").resolve()
     )

@@ -149,6 +149,7 @@ experiments: [baseline, specific-stir, specific-t2s-t1, specific-t2s-t2ax, mi, m
 feature_noise: paper   # paper | fit (analyze the MI model of the same seed) | a JSON file
 # device: auto         # auto | cpu | cuda
 # jobs: 2              # pre-processing processes
+# val_every: 1         # validate every N epochs (and after the last)
 """
 
 
@@ -178,6 +179,7 @@ class StudyConfig:
         device: ``auto``, ``cpu`` or ``cuda``.
         amp: Autocast in training and inference (``auto``, ``bf16``, ``fp16``, ``none``).
         augment: Data augmentation in training.
+        val_every: Validate every this many epochs (and after the last one).
 
     Raises:
         CordfuseError: An unknown preset or experiment, an experiment without the one it needs,
@@ -203,6 +205,7 @@ class StudyConfig:
     device: str = "auto"
     amp: str = "auto"
     augment: bool = True
+    val_every: int = 1
 
     def __post_init__(self):
         if self.preset not in PRESET_SCHEDULES:

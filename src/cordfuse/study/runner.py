@@ -441,6 +441,7 @@ def _train_config(study: StudyConfig, experiment: Experiment, seed: int, out: Pa
         "fold_file": str(out / "fold.json"),
         "amp": study.amp,
         "augment": study.augment,
+        "val_every": study.val_every,
         "fusion": experiment.fusion,
         "sequence_dropout": experiment.sequence_dropout,
         "reference_dropout": experiment.reference_dropout,
