@@ -31,7 +31,7 @@ def main() -> None:
     from cordfuse.training.config import TrainConfig
     from cordfuse.training.data import PatchDataset, load_subjects
     from cordfuse.training.losses import deep_supervision_loss
-    from cordfuse.training.trainer import build_model
+    from cordfuse.training.trainer import build_model, build_optimizer
 
     device = choose_device("auto")
     rows = []
@@ -55,9 +55,7 @@ def main() -> None:
             x, y, available = network_batch(config, device)
             for dtype_name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
                 model = build_model(config).to(device)
-                optimiser = torch.optim.SGD(
-                    model.parameters(), lr=0.01, momentum=0.99, nesterov=True, weight_decay=3e-5
-                )
+                optimiser = build_optimizer(list(model.parameters()), config)  # the preset's
                 times = []
                 for step in range(args.steps + 1):
                     start = time.perf_counter()
