@@ -96,13 +96,12 @@ class TrainConfig:
         epochs, iterations = self.schedule
         object.__setattr__(self, "epochs", epochs)
         object.__setattr__(self, "iterations", iterations)
-        if self.optimizer is None:
-            object.__setattr__(self, "optimizer", PRESET_OPTIMIZERS[self.preset])
-        if self.optimizer not in OPTIMIZERS:
+        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
             raise CordfuseError(f"unknown optimizer {self.optimizer!r}; one of sgd, adamw")
-        if self.learning_rate is None:
-            object.__setattr__(self, "learning_rate", OPTIMIZERS[self.optimizer])
-        if not self.learning_rate > 0:
+        optimizer, learning_rate = self.recipe
+        object.__setattr__(self, "optimizer", optimizer)
+        object.__setattr__(self, "learning_rate", learning_rate)
+        if not learning_rate > 0:
             raise CordfuseError("the learning rate must be positive")
         if self.val_every < 1 or (self.num_workers is not None and self.num_workers < 0):
             raise CordfuseError("--val-every must be >= 1 and --workers >= 0")
@@ -161,6 +160,22 @@ class TrainConfig:
             )
         if min(*self.schedule, self.batch_size) < 1:
             raise CordfuseError("epochs, iterations and batch size must be at least 1")
+
+    @property
+    def recipe(self) -> tuple[str, float]:
+        """``(optimizer, learning rate)``: those given, else the preset's optimizer and its
+        default learning rate.
+
+        Example:
+            >>> TrainConfig(preset="small").recipe
+            ('adamw', 0.003)
+            >>> TrainConfig(optimizer="sgd", learning_rate=0.02).recipe
+            ('sgd', 0.02)
+        """
+        optimizer = self.optimizer or PRESET_OPTIMIZERS[self.preset]
+        if self.learning_rate is None:
+            return optimizer, OPTIMIZERS[optimizer]
+        return optimizer, self.learning_rate
 
     @property
     def schedule(self) -> tuple[int, int]:

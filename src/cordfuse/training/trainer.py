@@ -183,13 +183,12 @@ def anchor_checkpoint(config: TrainConfig, prep: PrepConfig | None = None) -> Ch
 def build_optimizer(parameters, config: TrainConfig) -> torch.optim.Optimizer:
     """nnU-Net's SGD (Nesterov momentum) or AdamW, with the configuration's learning rate and
     weight decay (the poly schedule is the same for both)."""
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(
-            parameters, lr=config.learning_rate, weight_decay=config.weight_decay
-        )
+    optimizer, learning_rate = config.recipe
+    if optimizer == "adamw":
+        return torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=config.weight_decay)
     return torch.optim.SGD(
         parameters,
-        lr=config.learning_rate,
+        lr=learning_rate,
         momentum=config.momentum,
         nesterov=True,
         weight_decay=config.weight_decay,
