@@ -182,7 +182,15 @@ def anchor_checkpoint(config: TrainConfig, prep: PrepConfig | None = None) -> Ch
 
 def build_optimizer(parameters, config: TrainConfig) -> torch.optim.Optimizer:
     """nnU-Net's SGD (Nesterov momentum) or AdamW, with the configuration's learning rate and
-    weight decay (the poly schedule is the same for both)."""
+    weight decay (the poly schedule is the same for both).
+
+    Args:
+        parameters: The weights to train.
+        config: The training configuration (its :attr:`TrainConfig.recipe`).
+
+    Returns:
+        The optimizer.
+    """
     optimizer, learning_rate = config.recipe
     if optimizer == "adamw":
         return torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=config.weight_decay)
