@@ -40,6 +40,20 @@ def _schedule(part: int) -> str:
     )
 
 
+def _optimizer() -> str:
+    from cordfuse.training.config import PRESET_OPTIMIZERS
+
+    return "the preset's: " + ", ".join(
+        f"{optimizer} for {preset}" for preset, optimizer in PRESET_OPTIMIZERS.items()
+    )
+
+
+def _learning_rate() -> str:
+    from cordfuse.training.config import OPTIMIZERS
+
+    return "the optimizer's: " + ", ".join(f"{lr:g} for {name}" for name, lr in OPTIMIZERS.items())
+
+
 def _prep_setting(name: str) -> str:
     from cordfuse.preprocess.pipeline import PRESETS
 
@@ -89,6 +103,8 @@ API_DEFAULTS: dict[tuple[str, str], str | Callable[[], str]] = {
     ("train", "--epochs"): lambda: _schedule(0),
     ("train", "--iterations"): lambda: _schedule(1),
     ("train", "--batch-size"): _TRAIN + "batch_size",
+    ("train", "--optimizer"): _optimizer,
+    ("train", "--learning-rate"): _learning_rate,
     ("train", "--seed"): _TRAIN + "seed",
     ("train", "--val-fraction"): _TRAIN + "val_fraction",
     ("train", "--device"): "cordfuse.training.trainer:train(device)",

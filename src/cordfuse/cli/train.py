@@ -38,8 +38,8 @@ def add_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = verbs.add_parser(
         "train",
         help="train a model on a prepared dataset",
-        description="nnU-Net's recipe: SGD Nesterov 0.99, lr 0.01 poly (AdamW 3e-3 for the "
-        "small preset), CE + Dice with deep supervision. Several GPUs: launch "
+        description="nnU-Net's recipe: SGD Nesterov 0.99, lr 0.01 poly (AdamW for the small "
+        "preset), CE + Dice with deep supervision. Several GPUs: launch "
         "with torchrun --nproc_per_node N -m cordfuse train ...",
     )
     parser.add_argument("prepared", help="output folder of cordfuse prepare")
@@ -113,15 +113,14 @@ def add_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument(
         "--optimizer",
         choices=("sgd", "adamw"),
-        help="sgd (nnU-Net's: Nesterov momentum 0.99) or adamw (default: the preset's: sgd for "
-        "paper, adamw for small, which leaves the all-background plateau within a CPU budget)",
+        help="sgd (nnU-Net's: Nesterov momentum 0.99) or adamw (leaves the all-background "
+        "plateau within a CPU budget)",
     )
     parser.add_argument(
         "--learning-rate",
         type=float,
         metavar="LR",
-        help="initial learning rate, decayed by the poly schedule (default: the optimizer's: "
-        "0.01 for sgd, 0.003 for adamw)",
+        help="initial learning rate, decayed by the poly schedule",
     )
     add_seed(parser)
     parser.add_argument(

@@ -97,7 +97,9 @@ class TrainConfig:
         object.__setattr__(self, "epochs", epochs)
         object.__setattr__(self, "iterations", iterations)
         if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
-            raise CordfuseError(f"unknown optimizer {self.optimizer!r}; one of sgd, adamw")
+            raise CordfuseError(
+                f"unknown optimizer {self.optimizer!r}; one of {', '.join(OPTIMIZERS)}"
+            )
         optimizer, learning_rate = self.recipe
         object.__setattr__(self, "optimizer", optimizer)
         object.__setattr__(self, "learning_rate", learning_rate)
