@@ -395,3 +395,41 @@ class TestSequenceSupervision:
     def test_needs_mean_imputation(self):
         with pytest.raises(ValueError, match="sequence supervision needs"):
             CordNet(SMALL, list(SEQUENCES), sequence_supervision=True)
+
+
+def _conv_kernels(model, x, available) -> set[str]:
+    """The convolution kernels a forward pass of ``model`` runs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        model(x, available)
+    return {
+        e.key
+        for e in prof.key_averages()
+        if e.key.startswith(("aten::mkldnn_conv", "aten::slow_conv3d"))
+    }
+
+
+def test_onednn_convolutions_replace_the_slow_kernel_and_give_the_same_logits():
+    """One window of the small preset alone: PyTorch gives its deep levels to the slow im2col
+    kernel; after use_onednn_convolutions every convolution is oneDNN's, with the same logits."""
+    from cordfuse.nn.device import OneDNNConv3d, use_onednn_convolutions
+
+    torch.manual_seed(0)
+    net = CordNet(SMALL, ["T2Sag", "STIR"], mean_imputation=True).eval()
+    x = torch.randn(1, 2 * (1 + SMALL.coverage_input), *SMALL.patch_size)
+    available = torch.ones(1, 2, dtype=torch.bool)
+    with torch.no_grad():
+        before = net(x, available).logits[0]
+        assert "aten::slow_conv3d_forward" in _conv_kernels(net, x, available)
+        use_onednn_convolutions(net)
+        after = net(x, available).logits[0]
+        kernels = _conv_kernels(net, x, available)
+    assert "aten::slow_conv3d_forward" not in kernels and "aten::mkldnn_convolution" in kernels
+    assert all(type(m) is not torch.nn.Conv3d for m in net.modules())
+    assert any(isinstance(m, OneDNNConv3d) for m in net.modules())
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
+    # with gradients (training) PyTorch chooses again: a backward pass still works
+    net.train()
+    net(x, available).logits[0].sum().backward()
+    assert all(p.grad is not None for p in net.encoders["T2Sag"].parameters())

@@ -133,7 +133,7 @@ def segment(
     tta: bool = False,
     device: str = "auto",
     amp: str = "auto",
-    batch_size: int = 2,
+    batch_size: int = 1,
     centerline: str | None = None,
     details: bool = False,
 ) -> nib.Nifti1Image | Segmentation:

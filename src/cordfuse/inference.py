@@ -49,7 +49,7 @@ from cordfuse.evaluation.burden import (
 )
 from cordfuse.io import atomic_write_text, voxel_sizes
 from cordfuse.models import ModelSource, resolve_models
-from cordfuse.nn.device import autocast_dtype
+from cordfuse.nn.device import autocast_dtype, use_onednn_convolutions
 from cordfuse.nn.networks import NetConfig
 from cordfuse.nn.sliding import predict_probabilities
 from cordfuse.ownership import OutputFolder, claim
@@ -112,6 +112,8 @@ def load_model(path: str | Path, device: torch.device) -> LoadedModel:
     """
     checkpoint = Checkpoint.load(path)
     model = checkpoint.build_network().to(device).eval()
+    if device.type == "cpu":
+        use_onednn_convolutions(model)
     return LoadedModel(
         Path(path), model, checkpoint.config, checkpoint.net, checkpoint.sequences, checkpoint.prep
     )
@@ -313,7 +315,7 @@ def predict_subject(
     threshold: float = 0.5,
     min_volume_mm3: float = 0.0,
     device: torch.device | None = None,
-    batch_size: int = 2,
+    batch_size: int = 1,
     amp: str = "auto",
     centerline: str | None = None,
 ) -> Prediction:
@@ -395,7 +397,7 @@ def predict_prepared(
     threshold: float = 0.5,
     min_volume_mm3: float = 0.0,
     device: torch.device | None = None,
-    batch_size: int = 2,
+    batch_size: int = 1,
     amp: str = "auto",
 ) -> Prediction:
     """Predict a prepared subject with one model or an ensemble (mean of probabilities), back on

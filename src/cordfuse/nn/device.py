@@ -64,3 +64,45 @@ def autocast_dtype(
     if amp == "bf16" or device.type == "cpu":
         return torch.bfloat16
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+class OneDNNConv3d(torch.nn.Conv3d):
+    """A 3D convolution that always takes oneDNN's kernel for float32 CPU inference.
+
+    PyTorch gives a float32 CPU convolution of one sample to its slow im2col kernel whenever the
+    input's batch, channel and first two spatial sizes multiply to at most 20,480: every deep
+    level of a U-Net when a window is predicted alone. oneDNN's kernel computes the same
+    convolution (to float32 rounding) faster: a paper-size window 12 % faster for the
+    baseline, 17 % for Mean Imputation's six encoders (docs/inference.md). Training (gradients),
+    autocast and other devices keep PyTorch's choice.
+    """
+
+    def _conv_forward(self, input, weight, bias):
+        if (
+            input.device.type == "cpu"
+            and input.dtype == weight.dtype == torch.float32
+            and self.padding_mode == "zeros"
+            and not torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu")
+            and torch.backends.mkldnn.is_available()
+        ):
+            return torch.mkldnn_convolution(
+                input, weight, bias, self.padding, self.stride, self.dilation, self.groups
+            )
+        return super()._conv_forward(input, weight, bias)
+
+
+def use_onednn_convolutions(model: torch.nn.Module) -> torch.nn.Module:
+    """Make every 3D convolution of ``model`` an :class:`OneDNNConv3d` (same weights, same
+    results to float32 rounding), for prediction on a CPU.
+
+    Args:
+        model: A network.
+
+    Returns:
+        The same network, changed in place.
+    """
+    for module in model.modules():
+        if type(module) is torch.nn.Conv3d:
+            module.__class__ = OneDNNConv3d
+    return model

@@ -66,7 +66,7 @@ def predict_probabilities(
     *,
     patch_z: int,
     overlap: float = 0.5,
-    batch_size: int = 2,
+    batch_size: int = 1,
     device: torch.device | str = "cpu",
     autocast_dtype: torch.dtype | None = None,
     mirror: bool = False,
