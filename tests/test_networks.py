@@ -414,6 +414,7 @@ def test_onednn_convolutions_replace_the_slow_kernel_and_give_the_same_logits():
     """One window of the small preset alone: PyTorch gives its deep levels to the slow im2col
     kernel; after use_onednn_convolutions every convolution is oneDNN's, with the same logits."""
     from cordfuse.nn.device import OneDNNConv3d, use_onednn_convolutions
+    from cordfuse.nn.sliding import predict_probabilities
 
     torch.manual_seed(0)
     net = CordNet(SMALL, ["T2Sag", "STIR"], mean_imputation=True).eval()
@@ -429,6 +430,10 @@ def test_onednn_convolutions_replace_the_slow_kernel_and_give_the_same_logits():
     assert all(type(m) is not torch.nn.Conv3d for m in net.modules())
     assert any(isinstance(m, OneDNNConv3d) for m in net.modules())
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
+    # the sliding window makes a CPU model's convolutions oneDNN's (validation in training too)
+    fresh = CordNet(SMALL, ["T2Sag", "STIR"], mean_imputation=True).eval()
+    predict_probabilities(fresh, x[0].numpy(), np.ones(2, bool), patch_z=SMALL.patch_size[2])
+    assert all(type(m) is not torch.nn.Conv3d for m in fresh.modules())
     # with gradients (training) PyTorch chooses again: a backward pass still works
     net.train()
     net(x, available).logits[0].sum().backward()

@@ -49,7 +49,7 @@ from cordfuse.evaluation.burden import (
 )
 from cordfuse.io import atomic_write_text, voxel_sizes
 from cordfuse.models import ModelSource, resolve_models
-from cordfuse.nn.device import autocast_dtype, use_onednn_convolutions
+from cordfuse.nn.device import autocast_dtype
 from cordfuse.nn.networks import NetConfig
 from cordfuse.nn.sliding import predict_probabilities
 from cordfuse.ownership import OutputFolder, claim
@@ -112,8 +112,6 @@ def load_model(path: str | Path, device: torch.device) -> LoadedModel:
     """
     checkpoint = Checkpoint.load(path)
     model = checkpoint.build_network().to(device).eval()
-    if device.type == "cpu":
-        use_onednn_convolutions(model)
     return LoadedModel(
         Path(path), model, checkpoint.config, checkpoint.net, checkpoint.sequences, checkpoint.prep
     )

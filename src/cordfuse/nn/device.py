@@ -82,6 +82,7 @@ class OneDNNConv3d(torch.nn.Conv3d):
             input.device.type == "cpu"
             and input.dtype == weight.dtype == torch.float32
             and self.padding_mode == "zeros"
+            and isinstance(self.padding, tuple)  # not "same"/"valid"
             and not torch.is_grad_enabled()
             and not torch.is_autocast_enabled("cpu")
             and torch.backends.mkldnn.is_available()

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from cordfuse.nn.device import use_onednn_convolutions
+
 
 def window_starts(length: int, patch: int, overlap: float) -> list[int]:
     """Start indices covering ``[0, length)`` with windows of ``patch`` (last one flush).
@@ -74,7 +76,9 @@ def predict_probabilities(
     """Lesion probability ``(X, Y, Z)`` for one subject's network input ``(C, X, Y, Z)``: its K
     normalised crops, then their K coverage masks for a network that reads them.
 
-    With ``mirror``, each window is also predicted left-right flipped and the two averaged.
+    With ``mirror``, each window is also predicted left-right flipped and the two averaged. On a
+    CPU the model's convolutions become :class:`~cordfuse.nn.device.OneDNNConv3d` (in place; a
+    training step is unchanged by it), so that a window alone never takes PyTorch's slow kernel.
 
     Args:
         model: A :class:`~cordfuse.nn.networks.CordNet` in eval mode.
@@ -91,6 +95,8 @@ def predict_probabilities(
     Returns:
         ``(X, Y, Z)`` float32 probabilities of lesion.
     """
+    if torch.device(device).type == "cpu":
+        use_onednn_convolutions(model)
     k, x, y, nz = images.shape
     length = max(nz, patch_z)
     padded = np.zeros((k, x, y, length), np.float32)
