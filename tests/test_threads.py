@@ -11,10 +11,11 @@ import torch
 from cordfuse.cli import main
 from cordfuse.errors import CordfuseError
 from cordfuse.threads import (
+    OPENMP_WAIT_VARIABLES,
     THREADS_ENV,
     cgroup_cpu_limit,
-    passive_openmp,
     set_threads,
+    short_spin_openmp,
     threads_budget,
     usable_cores,
 )
@@ -77,16 +78,18 @@ def test_a_bad_threads_variable_is_one_clear_error(value):
         threads_budget(0, {})
 
 
-def test_passive_openmp_keeps_the_users_choice():
+def test_openmp_threads_spin_briefly_unless_the_user_chose():
     environ: dict[str, str] = {}
-    passive_openmp(environ)
-    assert environ == {"OMP_WAIT_POLICY": "PASSIVE"}
-    environ = {"OMP_WAIT_POLICY": "ACTIVE"}
-    passive_openmp(environ)
-    assert environ == {"OMP_WAIT_POLICY": "ACTIVE"}
-    environ = {"GOMP_SPINCOUNT": "10000"}  # a spin count chosen: the policy is left to it
-    passive_openmp(environ)
-    assert environ == {"GOMP_SPINCOUNT": "10000"}
+    short_spin_openmp(environ)
+    assert environ == {"GOMP_SPINCOUNT": "1000", "KMP_BLOCKTIME": "0"}
+    for chosen in (
+        {"OMP_WAIT_POLICY": "ACTIVE"},
+        {"GOMP_SPINCOUNT": "10000"},
+        {"KMP_BLOCKTIME": "50"},
+    ):
+        environ = dict(chosen)
+        short_spin_openmp(environ)
+        assert environ == chosen
 
 
 def test_set_threads_limits_torch_blas_and_child_processes(restore_threads):
@@ -111,7 +114,8 @@ def test_every_verb_runs_within_its_threads_and_restores_them(tmp_path, monkeypa
 
     monkeypatch.setattr(cordfuse.cli.check, "run", run)
     monkeypatch.setattr("cordfuse.threads.usable_cores", lambda: 8)
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    for name in OPENMP_WAIT_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
     before = torch.get_num_threads()
     monkeypatch.setenv(THREADS_ENV, "1")
     assert main(["check", str(tmp_path)]) == 0
@@ -120,7 +124,8 @@ def test_every_verb_runs_within_its_threads_and_restores_them(tmp_path, monkeypa
     assert seen == [(1, 1, 1), (3, 3, 1)]
     assert torch.get_num_threads() == before  # an in-process caller keeps its own
     assert os.environ.get("OMP_NUM_THREADS") != "3"
-    assert THREADS_ENV not in os.environ and "OMP_WAIT_POLICY" not in os.environ
+    assert THREADS_ENV not in os.environ
+    assert not any(name in os.environ for name in OPENMP_WAIT_VARIABLES)
 
 
 def test_bad_threads_are_a_one_line_error(tmp_path, monkeypatch, capsys):

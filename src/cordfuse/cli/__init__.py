@@ -36,7 +36,12 @@ from cordfuse.cli import (
 )
 from cordfuse.cli._options import DefaultsHelpFormatter, add_threads
 from cordfuse.errors import CordfuseError
-from cordfuse.threads import limited_threads, passive_openmp, threads_budget
+from cordfuse.threads import (
+    OPENMP_WAIT_VARIABLES,
+    limited_threads,
+    short_spin_openmp,
+    threads_budget,
+)
 
 #: The verbs, in the order ``cordfuse --help`` lists them.
 VERBS = (
@@ -89,10 +94,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         interrupted.
     """
     args = build_parser().parse_args(argv)
-    policy = os.environ.get("OMP_WAIT_POLICY")
+    policy = {name: os.environ.get(name) for name in OPENMP_WAIT_VARIABLES}
     try:
         # before the verb imports torch: OpenMP reads its wait policy once, when it starts
-        passive_openmp()
+        short_spin_openmp()
         # DDP ranks started by torchrun on one node share its cores
         ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         with limited_threads(threads_budget(args.threads, processes=ranks)):
@@ -104,5 +109,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("cordfuse: interrupted", file=sys.stderr)
         return 130
     finally:  # an in-process caller's later child processes get its own policy back
-        if policy is None:
-            os.environ.pop("OMP_WAIT_POLICY", None)
+        for name, value in policy.items():
+            if value is None:
+                os.environ.pop(name, None)
