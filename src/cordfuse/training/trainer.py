@@ -193,7 +193,10 @@ def build_optimizer(parameters, config: TrainConfig) -> torch.optim.Optimizer:
     """
     optimizer, learning_rate = config.recipe
     if optimizer == "adamw":
-        return torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=config.weight_decay)
+        # fused: one kernel for every weight instead of a loop over them (5 % of a small step)
+        return torch.optim.AdamW(
+            parameters, lr=learning_rate, weight_decay=config.weight_decay, fused=True
+        )
     return torch.optim.SGD(
         parameters,
         lr=learning_rate,
@@ -406,7 +409,11 @@ def train(
             f"needs {patch[0]}x{patch[1]}: prepare with --preset {config.preset}"
         )
 
-    model = build_model(config, PrepConfig(**document["config"])).to(dev)
+    # oneDNN trains 3D convolutions on channels-last tensors 22-30 % faster on a CPU (a small
+    # preset step: baseline 168 -> 125 ms, early fusion 177 -> 124, Mean Imputation 481 -> 374;
+    # docs/training.md); CUDA keeps PyTorch's default layout.
+    layout = torch.channels_last_3d if dev.type == "cpu" else torch.contiguous_format
+    model = build_model(config, PrepConfig(**document["config"])).to(dev, memory_format=layout)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(parameters, config)
     epochs, iterations = config.schedule
@@ -497,7 +504,7 @@ def train(
         epoch_start = time.perf_counter()
         for _ in bar:
             images, labels, available = next(batches)
-            images = images.to(dev, non_blocking=True)
+            images = images.to(dev, non_blocking=True, memory_format=layout)
             labels = labels.to(dev, non_blocking=True)
             available = available.to(dev, non_blocking=True)
             with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
