@@ -413,7 +413,8 @@ def train(
     # preset step: baseline 168 -> 125 ms, early fusion 177 -> 124, Mean Imputation 481 -> 374;
     # docs/training.md); CUDA keeps PyTorch's default layout.
     layout = torch.channels_last_3d if dev.type == "cpu" else torch.contiguous_format
-    model = build_model(config, PrepConfig(**document["config"])).to(dev, memory_format=layout)
+    model = build_model(config, PrepConfig(**document["config"])).to(dev)
+    model.to(memory_format=layout)  # type: ignore[call-overload]  # (torch's stubs lack it)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(parameters, config)
     epochs, iterations = config.schedule
