@@ -53,8 +53,12 @@ def main() -> None:
                 dataset[n]
             data_time = (time.perf_counter() - start) / n_batches
             x, y, available = network_batch(config, device)
+            # the trainer's layout: channels-last on a CPU (cordfuse.training.trainer.train)
+            layout = torch.channels_last_3d if device.type == "cpu" else torch.contiguous_format
+            x = x.to(memory_format=layout)
             for dtype_name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
                 model = build_model(config).to(device)
+                model.to(memory_format=layout)
                 optimiser = build_optimizer(list(model.parameters()), config)  # the preset's
                 times = []
                 for step in range(args.steps + 1):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -653,3 +654,40 @@ def test_validation_dice_is_pooled_so_predicting_nothing_scores_zero():
     head.bias.data = torch.tensor([-10.0, 10.0])  # lesion everywhere
     expected = 2 * lesion.sum() / (2 * lesion.size + lesion.sum())
     assert validate(net, subjects, config, "cpu", None) == pytest.approx(expected)
+
+
+def test_resumed_adamw_moments_follow_their_weights_layout():
+    """A run's contiguous AdamW state (a GPU run) resumed into channels-last weights (a CPU run):
+    the fused kernel must get each moment in its weight's layout, or it updates the weights with
+    each other's moments without an error."""
+    from cordfuse.training.trainer import match_state_layout
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 6, 6, 6)
+
+    def steps(conv, optimizer, n):
+        for _ in range(n):
+            optimizer.zero_grad()
+            (conv(x) ** 2).mean().backward()
+            optimizer.step()
+
+    first = torch.nn.Conv3d(3, 4, 3)
+    optimizer = torch.optim.AdamW(first.parameters(), lr=0.01, fused=True)
+    steps(first, optimizer, 3)
+    saved_weights = copy.deepcopy(first.state_dict())
+    saved_state = copy.deepcopy(optimizer.state_dict())
+    steps(first, optimizer, 2)  # the run without interruption
+
+    results = {}
+    for matched in (False, True):
+        resumed = torch.nn.Conv3d(3, 4, 3)
+        resumed.load_state_dict(saved_weights)
+        resumed.to(memory_format=torch.channels_last_3d)
+        again = torch.optim.AdamW(resumed.parameters(), lr=0.01, fused=True)
+        again.load_state_dict(copy.deepcopy(saved_state))  # loading may alias the tensors
+        if matched:
+            match_state_layout(again)
+        steps(resumed, again, 2)
+        results[matched] = (resumed.weight - first.weight).abs().max().item()
+    assert results[True] < 1e-6
+    assert results[False] > 1e-4  # what the resumed run did before

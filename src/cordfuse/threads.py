@@ -128,13 +128,14 @@ def threads_budget(
 #: cores (docs/performance.md): 10-16 % faster than sleeping at once for a job alone, and two jobs
 #: side by side each 1.7x their time alone (libgomp's default spin, 300,000 rounds: 30x).
 OPENMP_WAIT = {"GOMP_SPINCOUNT": "1000", "KMP_BLOCKTIME": "0"}
-#: The variables by which a user chooses how OpenMP threads wait (any one set: none is touched).
+#: The variables by which a user chooses how OpenMP threads wait.
 OPENMP_WAIT_VARIABLES = ("OMP_WAIT_POLICY", *OPENMP_WAIT)
 
 
 def short_spin_openmp(environ: MutableMapping[str, str] | None = None) -> None:
     """Make waiting OpenMP threads spin briefly and then sleep (:data:`OPENMP_WAIT`), unless the
-    user chose how they wait (any of :data:`OPENMP_WAIT_VARIABLES`).
+    user chose how they wait: ``OMP_WAIT_POLICY`` leaves both runtimes' variables alone, a
+    runtime's own variable (``GOMP_SPINCOUNT``, ``KMP_BLOCKTIME``) leaves that one alone.
 
     Effective only before the OpenMP runtime starts (before torch is imported), which the CLI
     ensures: its verbs import torch inside ``run``. A long spin gains little on a free machine
@@ -145,8 +146,11 @@ def short_spin_openmp(environ: MutableMapping[str, str] | None = None) -> None:
         environ: The environment to set (default: ``os.environ``).
     """
     environ = os.environ if environ is None else environ
-    if not any(name in environ for name in OPENMP_WAIT_VARIABLES):
-        environ.update(OPENMP_WAIT)
+    for name, value in OPENMP_WAIT.items():
+        # each runtime reads OMP_WAIT_POLICY and its own variable: an Intel setup script's
+        # KMP_BLOCKTIME must not leave libgomp at its 300,000-round default spin
+        if "OMP_WAIT_POLICY" not in environ and name not in environ:
+            environ[name] = value
 
 
 def set_threads(threads: int) -> None:

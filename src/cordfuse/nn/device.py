@@ -85,7 +85,9 @@ class OneDNNConv3d(torch.nn.Conv3d):
             and isinstance(self.padding, tuple)  # not "same"/"valid"
             and not torch.is_grad_enabled()
             and not torch.is_autocast_enabled("cpu")
+            and input.dim() == 5
             and torch.backends.mkldnn.is_available()
+            and torch.backends.mkldnn.enabled
         ):
             return torch.mkldnn_convolution(
                 input, weight, bias, self.padding, self.stride, self.dilation, self.groups

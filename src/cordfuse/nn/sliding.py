@@ -77,8 +77,9 @@ def predict_probabilities(
     normalised crops, then their K coverage masks for a network that reads them.
 
     With ``mirror``, each window is also predicted left-right flipped and the two averaged. On a
-    CPU the model's convolutions become :class:`~cordfuse.nn.device.OneDNNConv3d` (in place; a
-    training step is unchanged by it), so that a window alone never takes PyTorch's slow kernel.
+    CPU the model's convolutions become :class:`~cordfuse.nn.device.OneDNNConv3d` (in place;
+    the trainer makes them so before its first step), so that a window alone never takes
+    PyTorch's slow kernel.
 
     Args:
         model: A :class:`~cordfuse.nn.networks.CordNet` in eval mode.

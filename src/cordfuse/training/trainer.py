@@ -37,7 +37,7 @@ from cordfuse.checkpoint import BEST, LATEST, Checkpoint, initial_network
 from cordfuse.errors import CordfuseError
 from cordfuse.evaluation.metrics import dice
 from cordfuse.io import atomic_write_bytes, atomic_write_text
-from cordfuse.nn.device import autocast_dtype, choose_device
+from cordfuse.nn.device import autocast_dtype, choose_device, use_onednn_convolutions
 from cordfuse.nn.networks import AnchoredNet, CordNet, NetOutput, Network, distillation_loss
 from cordfuse.nn.sliding import predict_probabilities
 from cordfuse.ownership import claim
@@ -204,6 +204,30 @@ def build_optimizer(parameters, config: TrainConfig) -> torch.optim.Optimizer:
         nesterov=True,
         weight_decay=config.weight_decay,
     )
+
+
+def match_state_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give each per-weight state tensor of ``optimizer`` (AdamW's moments) its weight's memory
+    layout, in place.
+
+    A checkpoint's optimizer state keeps the layout it was saved in (contiguous from a GPU run,
+    channels-last from a CPU one), and the fused AdamW kernel pairs moments with weights by
+    memory, not by index: a run resumed on another device would update each weight with
+    another's moments, silently.
+
+    Args:
+        optimizer: An optimizer whose state was just loaded.
+    """
+    for group in optimizer.param_groups:
+        for weight in group["params"]:
+            state = optimizer.state.get(weight, {})
+            for key, value in state.items():
+                if (
+                    torch.is_tensor(value)
+                    and value.shape == weight.shape
+                    and value.stride() != weight.stride()
+                ):
+                    state[key] = torch.empty_like(weight).copy_(value)
 
 
 def resume_conflicts(
@@ -415,6 +439,8 @@ def train(
     layout = torch.channels_last_3d if dev.type == "cpu" else torch.contiguous_format
     model = build_model(config, PrepConfig(**document["config"])).to(dev)
     model.to(memory_format=layout)  # type: ignore[call-overload]  # (torch's stubs lack it)
+    if dev.type == "cpu":  # as validation would make them: the same kernels from the first step
+        use_onednn_convolutions(model)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(parameters, config)
     epochs, iterations = config.schedule
@@ -444,6 +470,7 @@ def train(
             )
         model.load_state_dict(checkpoint.model)
         optimizer.load_state_dict(checkpoint.optimizer)
+        match_state_layout(optimizer)
         scheduler.load_state_dict(checkpoint.scheduler)
         scaler.load_state_dict(checkpoint.scaler)
         torch.set_rng_state(checkpoint.rng["torch"])
