@@ -25,7 +25,7 @@ def main() -> None:
     import torch
 
     from cordfuse.cli import main as cli
-    from cordfuse.nn.device import choose_device
+    from cordfuse.nn.device import choose_device, training_layout
     from cordfuse.preprocess.batch import load_prepared_dataset
     from cordfuse.synth.cohort import write_cohort
     from cordfuse.training.config import TrainConfig
@@ -53,8 +53,7 @@ def main() -> None:
                 dataset[n]
             data_time = (time.perf_counter() - start) / n_batches
             x, y, available = network_batch(config, device)
-            # the trainer's layout: channels-last on a CPU (cordfuse.training.trainer.train)
-            layout = torch.channels_last_3d if device.type == "cpu" else torch.contiguous_format
+            layout = training_layout(device)  # the trainer's
             x = x.to(memory_format=layout)
             for dtype_name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
                 model = build_model(config).to(device)

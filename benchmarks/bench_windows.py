@@ -33,7 +33,7 @@ def main() -> None:
 
     import torch
 
-    from cordfuse.evaluation.metrics import evaluate_masks
+    from cordfuse.evaluation.metrics import LesionDetection, evaluate_masks
     from cordfuse.inference import load_model, restrict_prepared
     from cordfuse.nn.sliding import predict_probabilities, window_starts
     from cordfuse.preprocess.pipeline import PreparedSubject
@@ -92,13 +92,12 @@ def main() -> None:
     header = ("windows", "seconds", "pooled F1", "mean F1", "Dice", "found", "false")
     print(f"  {'way':22s} " + " ".join(f"{h:>9s}" for h in header) + "  voxels as today (worst)")
     for way, total in totals.items():
-        n_gt, found, n_pred, true = total["counts"]
-        sensitivity, precision = found / n_gt, true / max(n_pred, 1)
-        pooled = 2 * sensitivity * precision / (sensitivity + precision)
+        n_gt, found, n_pred, true = (int(c) for c in total["counts"])
+        pooled = LesionDetection(n_gt, n_pred, found, true).f1  # the Anima rules' F1, pooled
         print(
             f"  {way:22s} {total['windows']:9d} {total['seconds']:9.1f} {pooled:9.4f} "
             f"{np.nanmean(total['f1']):9.4f} {np.nanmean(total['dice']):9.4f} "
-            f"{f'{int(found)}/{int(n_gt)}':>9s} {int(n_pred - true):9d}  {min(total['agree']):.5f}"
+            f"{f'{found}/{n_gt}':>9s} {n_pred - true:9d}  {min(total['agree']):.5f}"
         )
 
 

@@ -66,6 +66,22 @@ def autocast_dtype(
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+def training_layout(device: torch.device) -> torch.memory_format:
+    """The memory layout a network and its batches train in on ``device``.
+
+    oneDNN trains 3D convolutions on channels-last tensors 22-30 % faster on a CPU (a small
+    preset step: baseline 168 -> 125 ms, early fusion 177 -> 124, Mean Imputation 481 -> 374;
+    docs/training.md); CUDA keeps PyTorch's default layout.
+
+    Args:
+        device: Where the network trains.
+
+    Returns:
+        ``torch.channels_last_3d`` on a CPU, else ``torch.contiguous_format``.
+    """
+    return torch.channels_last_3d if device.type == "cpu" else torch.contiguous_format
+
+
 class OneDNNConv3d(torch.nn.Conv3d):
     """A 3D convolution that always takes oneDNN's kernel for float32 CPU inference.
 

@@ -37,7 +37,12 @@ from cordfuse.checkpoint import BEST, LATEST, Checkpoint, initial_network
 from cordfuse.errors import CordfuseError
 from cordfuse.evaluation.metrics import dice
 from cordfuse.io import atomic_write_bytes, atomic_write_text
-from cordfuse.nn.device import autocast_dtype, choose_device, use_onednn_convolutions
+from cordfuse.nn.device import (
+    autocast_dtype,
+    choose_device,
+    training_layout,
+    use_onednn_convolutions,
+)
 from cordfuse.nn.networks import AnchoredNet, CordNet, NetOutput, Network, distillation_loss
 from cordfuse.nn.sliding import predict_probabilities
 from cordfuse.ownership import claim
@@ -433,10 +438,7 @@ def train(
             f"needs {patch[0]}x{patch[1]}: prepare with --preset {config.preset}"
         )
 
-    # oneDNN trains 3D convolutions on channels-last tensors 22-30 % faster on a CPU (a small
-    # preset step: baseline 168 -> 125 ms, early fusion 177 -> 124, Mean Imputation 481 -> 374;
-    # docs/training.md); CUDA keeps PyTorch's default layout.
-    layout = torch.channels_last_3d if dev.type == "cpu" else torch.contiguous_format
+    layout = training_layout(dev)
     model = build_model(config, PrepConfig(**document["config"])).to(dev)
     model.to(memory_format=layout)  # type: ignore[call-overload]  # (torch's stubs lack it)
     if dev.type == "cpu":  # as validation would make them: the same kernels from the first step
