@@ -19,13 +19,17 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/cordfuse demo --overwrite $(DEMO_ARGS)
 
+# One pytest worker per core (at most 4), each on its share of the cores (tests/conftest.py); the
+# tests that share a trained model or a prepared cohort run in one worker, which makes it once.
+PARALLEL ?= -n auto --maxprocesses 4 --dist loadgroup
+
 # Everything CI checks: format, lint, types, then every test tier and every docstring example.
 test: check
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(PARALLEL) $(PYTEST_ARGS)
 
 # The edit-test loop: the unit tier only (no pre-processing of cohorts, no training), < 1 min.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not slow" $(PARALLEL) $(PYTEST_ARGS)
 
 check: $(STAMP)
 	$(BIN)/ruff format --check src tests benchmarks

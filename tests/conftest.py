@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -29,12 +30,43 @@ SLOW_FIXTURES = frozenset(
 )
 
 
+#: Fixtures made once per worker process; the tests that share one run in the same worker of
+#: ``pytest -n`` (``--dist loadgroup``), so that each is made once in the whole run.
+SHARED_FIXTURES = (
+    "learned",
+    "tiny_demo",
+    "tiny_study",
+    "tiny_models",
+    "tiny_baseline",
+    "prepared_small",
+    "prepared_root",
+    "prepared",
+)
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (``make test`` runs one worker per core) each worker computes on its
+    share of the cores, and so do the processes it starts: two workers with every core each would
+    fight over them (measured: 1.7x slower each, docs/performance.md)."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        from cordfuse.threads import set_threads, usable_cores
+
+        set_threads(max(1, usable_cores() // int(workers)))
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     """Put every test that needs a slow fixture in the ``slow`` tier (the others are marked by
-    hand with ``@pytest.mark.slow``)."""
+    hand with ``@pytest.mark.slow``), and the tests that share an expensive fixture in one
+    pytest-xdist group."""
     for item in items:
-        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        names = getattr(item, "fixturenames", ())
+        if SLOW_FIXTURES.intersection(names):
             item.add_marker(pytest.mark.slow)
+        shared = next((name for name in SHARED_FIXTURES if name in names), None)
+        if shared is not None:
+            item.add_marker(pytest.mark.xdist_group(shared))
 
 
 def generator_truth(faint: bool) -> dict:
@@ -95,7 +127,7 @@ def synth_subjects():
 
 @pytest.fixture(scope="session")
 def learned(tmp_path_factory):
-    """A small-preset T2Sag baseline trained for ~1.5 min on a 10-subject synthetic cohort."""
+    """A small-preset T2Sag baseline trained for ~40 s on a 10-subject synthetic cohort."""
     from cordfuse.cli import main
     from cordfuse.training.config import TrainConfig
     from cordfuse.training.trainer import train
@@ -105,13 +137,13 @@ def learned(tmp_path_factory):
     prepared = root / "prepared"
     assert main(["prepare", str(bids), str(prepared), "--preset", "small", "--jobs", "2"]) == 0
     # Validated every 5 epochs: the tests need the best of the run, not every epoch's Dice. The
-    # small preset's recipe (AdamW) reaches pooled validation Dice 0.26 by epoch 5 and 0.47 by
-    # epoch 25 (87 s, measured); nnU-Net's SGD needed 80 epochs and lesion-centred patches for
-    # 0.53 (240 s).
+    # small preset's recipe (AdamW) reaches pooled validation Dice 0.22, 0.30 and 0.45 at epochs
+    # 5, 10 and 15 (41 s on 2 cores, measured; the tests ask for 0.15 over an untrained net);
+    # nnU-Net's SGD needed 80 epochs and lesion-centred patches for 0.53 (240 s).
     config = TrainConfig(
         model="baseline",
         preset="small",
-        epochs=30,
+        epochs=15,
         iterations=25,
         seed=0,
         val_every=5,

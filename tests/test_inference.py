@@ -311,7 +311,7 @@ class TestCommandLine:
 
 
 def test_trained_model_beats_chance(learned, tmp_path):
-    """The ~4-minute small model finds lesions on held-out subjects far better than chance."""
+    """The briefly trained small model finds lesions on held-out subjects far better than chance."""
     val = learned["summary"]["val"]
     models = load_models([learned["run"]], CPU)
     subjects = [s for s in discover(learned["bids"]).subjects if s.subject_id in val]
