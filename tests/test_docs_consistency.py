@@ -29,6 +29,8 @@ FOREIGN = {
     "--rdzv_backend": "torchrun",
     "--rdzv_endpoint": "torchrun",
     "--verify_dataset_integrity": "nnUNetv2_plan_and_preprocess",
+    "--maxprocesses": "pytest-xdist",
+    "--dist": "pytest-xdist",
 }
 
 
