@@ -14,25 +14,12 @@ REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "re
 COHORT_SEED = 11
 COHORT_SUBJECTS = 4
 
-#: Fixtures that pre-process a cohort, train a model or run a pipeline end to end. A test that
-#: uses one is in the ``slow`` tier, which ``make test-fast`` leaves out (``make test`` runs all).
-SLOW_FIXTURES = frozenset(
-    {
-        "learned",
-        "tiny_demo",
-        "tiny_study",
-        "prepared_small",
-        "tiny_baseline",
-        "tiny_models",
-        "prepared_root",
-        "prepared",
-    }
-)
-
-
-#: Fixtures made once per worker process; the tests that share one run in the same worker of
-#: ``pytest -n`` (``--dist loadgroup``), so that each is made once in the whole run.
-SHARED_FIXTURES = (
+#: Fixtures that pre-process a cohort, train a model or run a pipeline end to end, each made once
+#: per worker process. A test that uses one is in the ``slow`` tier, which ``make test-fast``
+#: leaves out (``make test`` runs all); the tests that share one run in the same worker of
+#: ``pytest -n`` (``--dist loadgroup``, grouped by the first they use), so that each is made once
+#: in the whole run.
+SLOW_FIXTURES = (
     "learned",
     "tiny_demo",
     "tiny_study",
@@ -62,10 +49,9 @@ def pytest_collection_modifyitems(config, items):
     pytest-xdist group."""
     for item in items:
         names = getattr(item, "fixturenames", ())
-        if SLOW_FIXTURES.intersection(names):
-            item.add_marker(pytest.mark.slow)
-        shared = next((name for name in SHARED_FIXTURES if name in names), None)
+        shared = next((name for name in SLOW_FIXTURES if name in names), None)
         if shared is not None:
+            item.add_marker(pytest.mark.slow)
             item.add_marker(pytest.mark.xdist_group(shared))
 
 
