@@ -1,0 +1,134 @@
+"""Scores of the real-scan bench (``benchmarks/bench_real.py``, issue 22): lesions painted into
+real healthy scans, one at a time, and the same scans unpainted.
+
+Each painted scan is scored with the Anima rules of :mod:`cordfuse.evaluation.metrics`: the
+painted lesion is *found* when it is detected, its Dice is the mask's against the painted truth,
+and every predicted lesion that is not a true positive is a *false lesion beside it*. A lesion
+whose truth has no voxel on the grid the model saw (a thin lesion re-acquired on 3 mm slices,
+where no voxel holds half of it) is *not visible*: nothing could find it, so it is counted apart
+and left out of the sensitivity and the Dice, instead of counting as missed. On an unpainted
+healthy scan every predicted lesion is false.
+
+Example:
+    A painted lesion found, with one false lesion elsewhere:
+
+    >>> truth = np.zeros((12, 12, 12), bool)
+    >>> truth[2:5, 2:5, 2:5] = True
+    >>> predicted = truth.copy()
+    >>> predicted[8:10, 8:10, 8:10] = True
+    >>> score = score_painted(predicted, truth, contrast=2.0, voxel_volume_mm3=1.0)
+    >>> score.found, round(score.dice, 3), score.false_lesions
+    (True, 0.871, 1)
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from cordfuse.evaluation.metrics import dice, lesion_detection, lesions
+
+
+@dataclass(frozen=True)
+class PaintedScore:
+    """One painted scan, scored.
+
+    Attributes:
+        contrast: The painted contrast (multiple of the local cord signal).
+        visible: Whether the truth has a voxel on the grid the model saw.
+        found: Whether the painted lesion is detected (False when not visible).
+        dice: The predicted mask's Dice against the truth (NaN when not visible).
+        false_lesions: Predicted lesions that are not true positives.
+    """
+
+    contrast: float
+    visible: bool
+    found: bool
+    dice: float
+    false_lesions: int
+
+
+@dataclass(frozen=True)
+class ContrastSummary:
+    """The painted scans of one contrast.
+
+    Attributes:
+        contrast: The painted contrast.
+        painted: Lesions painted.
+        visible: Of them, those with a truth voxel on the model's grid.
+        sensitivity: Found / visible (NaN when none is visible).
+        median_dice: Median Dice over the visible ones (NaN when none is).
+        false_lesions: False lesions beside the painted ones, all scans of this contrast.
+    """
+
+    contrast: float
+    painted: int
+    visible: int
+    sensitivity: float
+    median_dice: float
+    false_lesions: int
+
+
+def score_painted(
+    predicted: np.ndarray, truth: np.ndarray, *, contrast: float, voxel_volume_mm3: float
+) -> PaintedScore:
+    """Score one painted scan's prediction against its painted truth.
+
+    Args:
+        predicted: The predicted mask (nonzero is lesion).
+        truth: The painted lesion's mask on the same grid.
+        contrast: The painted contrast, carried to the score.
+        voxel_volume_mm3: The grid's voxel volume.
+
+    Returns:
+        The score.
+    """
+    truth = np.asarray(truth) > 0
+    predicted = np.asarray(predicted) > 0
+    counts = lesion_detection(predicted, truth, voxel_volume_mm3=voxel_volume_mm3)
+    false = counts.n_pred - counts.pred_true_positive
+    if not truth.any():
+        return PaintedScore(contrast, False, False, float("nan"), false)
+    return PaintedScore(contrast, True, counts.gt_detected > 0, dice(predicted, truth), false)
+
+
+def false_lesions_unpainted(predicted: np.ndarray, *, voxel_volume_mm3: float) -> int:
+    """Lesions predicted on an unpainted healthy scan (each one is false), by the same rules
+    (components of at most 3 mm^3 dropped)."""
+    return lesions(np.asarray(predicted) > 0, voxel_volume_mm3=voxel_volume_mm3)[1]
+
+
+def summarise_painted(scores: Iterable[PaintedScore]) -> list[ContrastSummary]:
+    """The scores grouped by contrast, in increasing contrast.
+
+    Args:
+        scores: Any number of scores.
+
+    Returns:
+        One summary per contrast present.
+    """
+    by_contrast: dict[float, list[PaintedScore]] = {}
+    for score in scores:
+        by_contrast.setdefault(score.contrast, []).append(score)
+    summaries = []
+    for contrast in sorted(by_contrast):
+        group = by_contrast[contrast]
+        visible = [s for s in group if s.visible]
+        summaries.append(
+            ContrastSummary(
+                contrast=contrast,
+                painted=len(group),
+                visible=len(visible),
+                sensitivity=(
+                    sum(s.found for s in visible) / len(visible) if visible else float("nan")
+                ),
+                median_dice=(
+                    statistics.median(s.dice for s in visible) if visible else float("nan")
+                ),
+                false_lesions=sum(s.false_lesions for s in group),
+            )
+        )
+    return summaries

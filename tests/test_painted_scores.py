@@ -1,0 +1,87 @@
+"""The real-scan bench's counts (cordfuse.evaluation.painted) on hand-made masks: a painted lesion
+found or missed by the Anima rules, false lesions beside it and on unpainted scans, a lesion the
+grid cannot show kept out of the sensitivity, and the per-contrast summary."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from cordfuse.evaluation.painted import (
+    PaintedScore,
+    false_lesions_unpainted,
+    score_painted,
+    summarise_painted,
+)
+
+
+def _box(shape, *slices):
+    mask = np.zeros(shape, bool)
+    mask[slices] = True
+    return mask
+
+
+SHAPE = (20, 20, 20)
+TRUTH = _box(SHAPE, slice(2, 6), slice(2, 6), slice(2, 6))  # 64 voxels
+
+
+def test_a_lesion_found_with_false_lesions_beside_it():
+    predicted = TRUTH | _box(SHAPE, slice(10, 12), slice(10, 12), slice(10, 12))
+    predicted |= _box(SHAPE, slice(15, 17), slice(2, 4), slice(15, 17))
+    score = score_painted(predicted, TRUTH, contrast=2.0, voxel_volume_mm3=1.0)
+    assert score.visible and score.found
+    assert score.false_lesions == 2
+    assert score.dice == pytest.approx(2 * 64 / (64 + 64 + 16))
+
+
+def test_a_lesion_touched_by_one_voxel_is_missed_and_the_touch_is_false():
+    # 1 of 64 voxels covered is under the 10 % the rules ask; the predicted blob is mostly outside
+    predicted = _box(SHAPE, slice(5, 9), slice(5, 9), slice(5, 9))
+    score = score_painted(predicted, TRUTH, contrast=1.5, voxel_volume_mm3=1.0)
+    assert score.visible and not score.found
+    assert score.false_lesions == 1
+    assert 0 < score.dice < 0.05
+
+
+def test_components_of_at_most_3_mm3_are_not_lesions():
+    speck = _box(SHAPE, slice(10, 11), slice(10, 11), slice(10, 13))  # 3 voxels of 1 mm^3
+    score = score_painted(TRUTH | speck, TRUTH, contrast=2.0, voxel_volume_mm3=1.0)
+    assert score.false_lesions == 0
+    assert false_lesions_unpainted(speck, voxel_volume_mm3=1.0) == 0
+    # the same speck on a grid of 1.5 mm^3 voxels is 4.5 mm^3: a lesion
+    assert false_lesions_unpainted(speck, voxel_volume_mm3=1.5) == 1
+
+
+def test_every_lesion_on_an_unpainted_scan_is_false():
+    predicted = TRUTH | _box(SHAPE, slice(10, 13), slice(10, 13), slice(10, 13))
+    assert false_lesions_unpainted(predicted, voxel_volume_mm3=1.0) == 2
+    assert false_lesions_unpainted(np.zeros(SHAPE, bool), voxel_volume_mm3=1.0) == 0
+
+
+def test_a_lesion_with_no_truth_on_the_grid_is_not_visible_rather_than_missed():
+    predicted = _box(SHAPE, slice(10, 13), slice(10, 13), slice(10, 13))
+    score = score_painted(predicted, np.zeros(SHAPE, bool), contrast=3.0, voxel_volume_mm3=1.0)
+    assert not score.visible and not score.found and math.isnan(score.dice)
+    assert score.false_lesions == 1
+
+
+def test_the_summary_per_contrast_leaves_the_invisible_out_of_sensitivity_and_dice():
+    scores = [
+        PaintedScore(2.0, True, True, 0.8, 0),
+        PaintedScore(1.5, True, False, 0.1, 2),
+        PaintedScore(2.0, True, False, 0.0, 1),
+        PaintedScore(2.0, False, False, float("nan"), 3),
+        PaintedScore(1.5, True, True, 0.6, 0),
+        PaintedScore(2.0, True, True, 0.5, 0),
+    ]
+    low, high = summarise_painted(scores)
+    assert (low.contrast, low.painted, low.visible) == (1.5, 2, 2)
+    assert low.sensitivity == 0.5 and low.median_dice == pytest.approx(0.35)
+    assert low.false_lesions == 2
+    assert (high.contrast, high.painted, high.visible) == (2.0, 4, 3)
+    assert high.sensitivity == pytest.approx(2 / 3) and high.median_dice == 0.5
+    assert high.false_lesions == 4, "false lesions count on every scan, visible or not"
+    (none,) = summarise_painted([PaintedScore(3.0, False, False, float("nan"), 0)])
+    assert none.visible == 0 and math.isnan(none.sensitivity) and math.isnan(none.median_dice)
