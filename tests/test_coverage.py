@@ -14,6 +14,7 @@ from cordfuse.preprocess.fusion import FusedSequence, Slab
 from cordfuse.preprocess.pipeline import (
     PreparedSubject,
     PrepConfig,
+    intensity_stats,
     is_prepared_with,
     sample_crop,
 )
@@ -46,6 +47,28 @@ def test_coverage_of_a_partial_field_of_view():
     k5 = int(np.flatnonzero(z == 5.0)[0])
     assert (crop[2:, :, k5] == 0).all() and coverage[2:, :, k5].all()
     assert (crop[~coverage] == 0).all()
+
+
+def test_intensity_statistics_count_only_covered_voxels():
+    # The partial slab covers slices z = 0 ... 19 mm, and in them not the core's row i = 1
+    # (x = 22.5 mm): those voxels are zero in the crop but are not cord signal.
+    crop, coverage = sample_crop(FusedSequence([partial_slab()]), GEOMETRY, CENTRES)
+    ii, jj = np.meshgrid(np.arange(8), np.arange(8), indexing="ij")
+    disk = np.hypot(ii - 3.5, jj - 3.5) <= 3.0
+    assert not coverage[1][disk[1]].any() and coverage[2:, :, 10:30].all()
+    stats = intensity_stats(crop, coverage, GEOMETRY)
+    covered_core = crop[disk[:, :, None] & coverage]
+    assert stats["mean"] == pytest.approx(float(covered_core.mean()), rel=1e-6)
+    assert stats["std"] == pytest.approx(float(covered_core.std()), rel=1e-6)
+    assert stats["covered_slices"] == 20
+    # the core of every slice with a non-zero voxel, as layout 2 took it: its uncovered zeros
+    # pull the mean down and spread the values
+    slices = np.abs(crop).sum(axis=(0, 1)) > 0
+    with_zeros = crop[disk][:, slices]
+    assert with_zeros.mean() < 0.95 * stats["mean"] and with_zeros.std() > 1.2 * stats["std"]
+    # a crop no slab covers has no statistics to give: zeros (normalise then keeps a unit scale)
+    none = intensity_stats(np.zeros_like(crop), np.zeros_like(coverage), GEOMETRY)
+    assert none["mean"] == 0.0 and none["std"] == 0.0 and none["covered_slices"] == 0
 
 
 def hand_made_subject() -> PreparedSubject:
@@ -142,3 +165,9 @@ def test_old_prepared_subjects_are_refused_in_one_line(tmp_path):
     with pytest.raises(CordfuseError, match="coverage masks.*prepare again") as error:
         PreparedSubject.load(path)
     assert "\n" not in str(error.value) and str(path) in str(error.value)
+    # layout 2 had coverage masks but statistics over uncovered voxels too
+    meta["format"] = 2
+    old["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez_compressed(path, **old)
+    with pytest.raises(CordfuseError, match="outside the field of view.*prepare again"):
+        PreparedSubject.load(path)

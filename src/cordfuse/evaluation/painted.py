@@ -97,7 +97,15 @@ def score_painted(
 
 def false_lesions_unpainted(predicted: np.ndarray, *, voxel_volume_mm3: float) -> int:
     """Lesions predicted on an unpainted healthy scan (each one is false), by the same rules
-    (components of at most 3 mm^3 dropped)."""
+    (components of at most 3 mm^3 dropped).
+
+    Args:
+        predicted: The predicted mask (nonzero is lesion).
+        voxel_volume_mm3: The grid's voxel volume.
+
+    Returns:
+        The number of predicted lesions.
+    """
     return lesions(np.asarray(predicted) > 0, voxel_volume_mm3=voxel_volume_mm3)[1]
 
 
