@@ -1,7 +1,7 @@
 """Does a model trained on synthetic cohorts find a lesion in a real scan? (issue 22)
 
-On the real healthy sagittal T2 scans of ``../shared/data/real`` (SCT errsm30, spine-generic
-unf01), each with its human cord mask:
+On the real healthy T2 scans of ``../shared/data/real`` (SCT errsm30: sagittal, 1 mm, 55 mm
+along S-I; spine-generic unf01: a 1 mm grid 16 mm along S-I), each with its human cord mask:
 
 - *false positives*: the scan predicted as it is; every predicted lesion is false;
 - *painted lesions*: one lesion at a time painted into the cord (:mod:`cordfuse.synth.paint`:
@@ -28,7 +28,7 @@ from pathlib import Path
 from _common import print_table
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
-#: The healthy sagittal T2 scans and their human cord masks.
+#: The healthy T2 scans and their human cord masks.
 SCANS = (
     ("SCT errsm30 T2", "sct-errsm30/t2.nii.gz", "sct-errsm30/t2_seg-manual.nii.gz"),
     (
