@@ -79,7 +79,7 @@ def main() -> None:
         return new, new_affine, truth
 
     rng = np.random.default_rng(args.seed)
-    false_rows, scores = [], []
+    false_rows, scores, per_scan = [], [], {}
     for name, image_path, cord_path in SCANS:
         img = nib.load(REAL / image_path)
         image = img.get_fdata(dtype=np.float32)
@@ -93,14 +93,11 @@ def main() -> None:
         ):
             painted, truth = paint_lesion(image, img.affine, cord, lesion)
             painted, affine, truth = acquired(painted, img.affine, truth)
-            scores.append(
-                score_painted(
-                    predict(painted, affine),
-                    truth,
-                    contrast=lesion.contrast,
-                    voxel_volume_mm3=voxel,
-                )
+            score = score_painted(
+                predict(painted, affine), truth, contrast=lesion.contrast, voxel_volume_mm3=voxel
             )
+            scores.append(score)
+            per_scan.setdefault(name, []).append(score)
     rows = []
     for summary in summarise_painted(scores):
         label = f"contrast {summary.contrast:g}x cord"
@@ -117,6 +114,13 @@ def main() -> None:
             (f"{label}: median Dice", f"{summary.median_dice:.2f}", ""),
             (f"{label}: false lesions beside it", str(summary.false_lesions), ""),
         ]
+    for name, own in per_scan.items():  # where the lesions were found, scan by scan
+        found = [
+            f"{sum(x.found for x in own if x.contrast == c)}/"
+            f"{sum(x.visible for x in own if x.contrast == c)}"
+            for c in CONTRASTS
+        ]
+        rows.append((f"{name}: found / visible at each contrast", " ".join(found), ""))
     geometry = thick.label if thick else "as acquired"
     print_table(
         f"Real healthy T2 scans ({geometry}), model {' + '.join(args.model)}, positions seed "
