@@ -61,6 +61,10 @@ def test_intensity_statistics_count_only_covered_voxels():
     assert stats["mean"] == pytest.approx(float(covered_core.mean()), rel=1e-6)
     assert stats["std"] == pytest.approx(float(covered_core.std()), rel=1e-6)
     assert stats["covered_slices"] == 20
+    # the percentiles are those of every covered voxel, the covered zero-signal slice included
+    assert stats["p005"] == pytest.approx(float(np.percentile(crop[coverage], 0.5)))
+    assert stats["p995"] == pytest.approx(float(np.percentile(crop[coverage], 99.5)))
+    assert stats["p005"] == 0.0, "the covered slice of zero signal is signal"
     # the core of every slice with a non-zero voxel, as layout 2 took it: its uncovered zeros
     # pull the mean down and spread the values
     slices = np.abs(crop).sum(axis=(0, 1)) > 0
@@ -171,3 +175,35 @@ def test_old_prepared_subjects_are_refused_in_one_line(tmp_path):
     np.savez_compressed(path, **old)
     with pytest.raises(CordfuseError, match="outside the field of view.*prepare again"):
         PreparedSubject.load(path)
+    # a layout from a newer cordfuse is not called older
+    meta["format"] = 99
+    old["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez_compressed(path, **old)
+    with pytest.raises(CordfuseError, match="layout 99, which this cordfuse does not know"):
+        PreparedSubject.load(path)
+
+
+def test_a_model_trained_on_crops_normalised_otherwise_is_flagged(tmp_path):
+    import torch
+
+    from cordfuse.checkpoint import Checkpoint, initial_network
+    from cordfuse.inference import load_model
+    from cordfuse.nn.networks import NET_PRESETS
+    from cordfuse.training.config import TrainConfig
+    from cordfuse.training.data import NORMALISATION
+
+    config = TrainConfig(model="baseline", preset="small")
+    weights = initial_network(config, config.net, ["T2Sag"]).state_dict()
+    layout_2 = "z-score per sequence on the cord core (disk of 3 mm around the centreline)"
+    for name, normalisation in (("now", NORMALISATION), ("before", layout_2)):
+        Checkpoint(
+            weights,
+            config,
+            NET_PRESETS["small"],
+            ["T2Sag"],
+            PrepConfig(),
+            normalisation=normalisation,
+        ).save(tmp_path / name / "checkpoint_best.pt")
+    assert load_model(tmp_path / "now", torch.device("cpu")).warnings == []
+    (warning,) = load_model(tmp_path / "before", torch.device("cpu")).warnings
+    assert "normalised otherwise" in warning and "retrain" in warning and "\n" not in warning

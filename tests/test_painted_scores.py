@@ -67,6 +67,15 @@ def test_a_lesion_with_no_truth_on_the_grid_is_not_visible_rather_than_missed():
     assert score.false_lesions == 1
 
 
+def test_a_lesion_the_rules_drop_on_its_grid_is_not_visible():
+    # 2 voxels of 1 mm^3 are a component of at most 3 mm^3: the rules drop it, nothing can find it
+    tiny = _box(SHAPE, slice(2, 3), slice(2, 3), slice(2, 4))
+    score = score_painted(tiny, tiny, contrast=2.0, voxel_volume_mm3=1.0)
+    assert not score.visible and not score.found and math.isnan(score.dice)
+    # the same two voxels of 1.6 mm^3 each are a lesion, and found
+    assert score_painted(tiny, tiny, contrast=2.0, voxel_volume_mm3=1.6).found
+
+
 def test_the_summary_per_contrast_leaves_the_invisible_out_of_sensitivity_and_dice():
     scores = [
         PaintedScore(2.0, True, True, 0.8, 0),

@@ -63,7 +63,7 @@ from cordfuse.preprocess.pipeline import (
 from cordfuse.sequences import REFERENCE_SEQUENCE, SEQUENCES
 from cordfuse.threads import set_threads, threads_budget
 from cordfuse.training.config import ACCEPT_MISSING, TrainConfig
-from cordfuse.training.data import normalise
+from cordfuse.training.data import NORMALISATION, normalise
 
 
 @dataclass
@@ -77,6 +77,8 @@ class LoadedModel:
         net: Its architecture, as stored in the checkpoint (its patch size is the window's).
         sequences: Its encoders, in channel order (T2Sag first).
         prep: The pre-processing to repeat on the input.
+        warnings: What a prediction with it should say (a model trained on crops normalised
+            otherwise than this cordfuse normalises them).
     """
 
     path: Path
@@ -85,6 +87,7 @@ class LoadedModel:
     net: NetConfig
     sequences: list[str]
     prep: PrepConfig
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def accepts_missing(self) -> bool:
@@ -112,8 +115,22 @@ def load_model(path: str | Path, device: torch.device) -> LoadedModel:
     """
     checkpoint = Checkpoint.load(path)
     model = checkpoint.build_network().to(device).eval()
+    warnings = []
+    if checkpoint.normalisation != NORMALISATION:
+        # e.g. trained before the statistics left uncovered voxels out: it runs, but its inputs
+        # are scaled otherwise than in its training, so its accuracy is not the one measured
+        warnings.append(
+            f"model {path} was trained on crops normalised otherwise ({checkpoint.normalisation}"
+            f"; now: {NORMALISATION}): retrain it for its measured accuracy"
+        )
     return LoadedModel(
-        Path(path), model, checkpoint.config, checkpoint.net, checkpoint.sequences, checkpoint.prep
+        Path(path),
+        model,
+        checkpoint.config,
+        checkpoint.net,
+        checkpoint.sequences,
+        checkpoint.prep,
+        warnings,
     )
 
 
@@ -440,9 +457,11 @@ def predict_prepared(
         ],
         axis=0,
     )
-    return finish_prediction(
+    prediction = finish_prediction(
         subset, probabilities, threshold=threshold, min_volume_mm3=min_volume_mm3
     )
+    prediction.warnings += [w for m in models for w in m.warnings]
+    return prediction
 
 
 def finish_prediction(

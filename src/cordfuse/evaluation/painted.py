@@ -4,8 +4,9 @@ real healthy scans, one at a time, and the same scans unpainted.
 Each painted scan is scored with the Anima rules of :mod:`cordfuse.evaluation.metrics`: the
 painted lesion is *found* when it is detected, its Dice is the mask's against the painted truth,
 and every predicted lesion that is not a true positive is a *false lesion beside it*. A lesion
-whose truth has no voxel on the grid the model saw (a thin lesion re-acquired on 3 mm slices,
-where no voxel holds half of it) is *not visible*: nothing could find it, so it is counted apart
+whose truth has no lesion left on the grid the model saw (a thin lesion re-acquired on 3 mm
+slices, where no voxel holds half of it, or keeps only 3 mm^3 or less, which the rules drop) is
+*not visible*: nothing could find it, so it is counted apart
 and left out of the sensitivity and the Dice, instead of counting as missed. On an unpainted
 healthy scan every predicted lesion is false.
 
@@ -38,7 +39,7 @@ class PaintedScore:
 
     Attributes:
         contrast: The painted contrast (multiple of the local cord signal).
-        visible: Whether the truth has a voxel on the grid the model saw.
+        visible: Whether the truth keeps a lesion on the grid the model saw (more than 3 mm^3).
         found: Whether the painted lesion is detected (False when not visible).
         dice: The predicted mask's Dice against the truth (NaN when not visible).
         false_lesions: Predicted lesions that are not true positives.
@@ -90,7 +91,7 @@ def score_painted(
     predicted = np.asarray(predicted) > 0
     counts = lesion_detection(predicted, truth, voxel_volume_mm3=voxel_volume_mm3)
     false = counts.n_pred - counts.pred_true_positive
-    if not truth.any():
+    if counts.n_gt == 0:  # nothing of it left under the rules: no voxel, or 3 mm^3 at most
         return PaintedScore(contrast, False, False, float("nan"), false)
     return PaintedScore(contrast, True, counts.gt_detected > 0, dice(predicted, truth), false)
 

@@ -319,8 +319,14 @@ def _check_version(path: Path, meta: dict) -> None:
         )
     format_ = meta.get("format", 1)
     if format_ != PREPARED_FORMAT:
-        what = OLDER_FORMATS.get(format_, f"in an unknown layout ({format_})")
-        raise CordfuseError(f"{path}: prepared {what} (an older cordfuse); prepare again")
+        if format_ in OLDER_FORMATS:
+            raise CordfuseError(
+                f"{path}: prepared {OLDER_FORMATS[format_]} (an older cordfuse); prepare again"
+            )
+        raise CordfuseError(
+            f"{path}: prepared in layout {format_}, which this cordfuse does not know "
+            f"(it reads {PREPARED_FORMAT}); prepare again or update cordfuse"
+        )
 
 
 def prepared_meta(path: str | Path) -> dict:

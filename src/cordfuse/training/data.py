@@ -36,7 +36,10 @@ import torch
 
 from cordfuse.preprocess.pipeline import PreparedSubject
 
-NORMALISATION = "z-score per sequence on the cord core (disk of 3 mm around the centreline)"
+NORMALISATION = (
+    "z-score per sequence on the cord core (the covered voxels of a disk of 3 mm around the "
+    "centreline; prepared layout 3)"
+)
 #: Share of a patch the other sequences must cover before T2Sag may be hidden (reference dropout).
 REFERENCE_DROP_COVER = 0.8
 
