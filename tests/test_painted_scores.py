@@ -86,11 +86,16 @@ def test_the_summary_per_contrast_leaves_the_invisible_out_of_sensitivity_and_di
         PaintedScore(2.0, True, True, 0.5, 0),
     ]
     low, high = summarise_painted(scores)
-    assert (low.contrast, low.painted, low.visible) == (1.5, 2, 2)
+    assert (low.contrast, low.painted, low.visible, low.found) == (1.5, 2, 2, 1)
     assert low.sensitivity == 0.5 and low.median_dice == pytest.approx(0.35)
     assert low.false_lesions == 2
-    assert (high.contrast, high.painted, high.visible) == (2.0, 4, 3)
+    assert (high.contrast, high.painted, high.visible, high.found) == (2.0, 4, 3, 2)
     assert high.sensitivity == pytest.approx(2 / 3) and high.median_dice == 0.5
     assert high.false_lesions == 4, "false lesions count on every scan, visible or not"
     (none,) = summarise_painted([PaintedScore(3.0, False, False, float("nan"), 0)])
-    assert none.visible == 0 and math.isnan(none.sensitivity) and math.isnan(none.median_dice)
+    assert (
+        none.visible == 0
+        and none.found == 0
+        and math.isnan(none.sensitivity)
+        and math.isnan(none.median_dice)
+    )

@@ -6,9 +6,9 @@ painted lesion is *found* when it is detected, its Dice is the mask's against th
 and every predicted lesion that is not a true positive is a *false lesion beside it*. A lesion
 whose truth has no lesion left on the grid the model saw (a thin lesion re-acquired on 3 mm
 slices, where no voxel holds half of it, or keeps only 3 mm^3 or less, which the rules drop) is
-*not visible*: nothing could find it, so it is counted apart
-and left out of the sensitivity and the Dice, instead of counting as missed. On an unpainted
-healthy scan every predicted lesion is false.
+*not visible*: nothing could find it, so it is counted apart and left out of the sensitivity and
+the Dice, instead of counting as missed. On an unpainted healthy scan every predicted lesion is
+false.
 
 Example:
     A painted lesion found, with one false lesion elsewhere:
@@ -59,7 +59,8 @@ class ContrastSummary:
     Attributes:
         contrast: The painted contrast.
         painted: Lesions painted.
-        visible: Of them, those with a truth voxel on the model's grid.
+        visible: Of them, those whose truth keeps a lesion on the model's grid.
+        found: Of the visible ones, those detected.
         sensitivity: Found / visible (NaN when none is visible).
         median_dice: Median Dice over the visible ones (NaN when none is).
         false_lesions: False lesions beside the painted ones, all scans of this contrast.
@@ -68,6 +69,7 @@ class ContrastSummary:
     contrast: float
     painted: int
     visible: int
+    found: int
     sensitivity: float
     median_dice: float
     false_lesions: int
@@ -126,14 +128,14 @@ def summarise_painted(scores: Iterable[PaintedScore]) -> list[ContrastSummary]:
     for contrast in sorted(by_contrast):
         group = by_contrast[contrast]
         visible = [s for s in group if s.visible]
+        found = sum(s.found for s in visible)
         summaries.append(
             ContrastSummary(
                 contrast=contrast,
                 painted=len(group),
                 visible=len(visible),
-                sensitivity=(
-                    sum(s.found for s in visible) / len(visible) if visible else float("nan")
-                ),
+                found=found,
+                sensitivity=found / len(visible) if visible else float("nan"),
                 median_dice=(
                     statistics.median(s.dice for s in visible) if visible else float("nan")
                 ),
