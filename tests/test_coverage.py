@@ -207,3 +207,17 @@ def test_a_model_trained_on_crops_normalised_otherwise_is_flagged(tmp_path):
     assert load_model(tmp_path / "now", torch.device("cpu")).warnings == []
     (warning,) = load_model(tmp_path / "before", torch.device("cpu")).warnings
     assert "normalised otherwise" in warning and "retrain" in warning and "\n" not in warning
+
+
+def test_diagnose_counts_uncovered_voxels_from_the_stored_coverage():
+    from cordfuse.diagnostics import coverage
+
+    prepared = hand_made_subject()
+    stir = prepared.coverage["STIR"]
+    result = coverage([prepared])
+    assert result["STIR"]["subjects"] == 1
+    # the covered slice of zero signal is not "outside the field of view"
+    assert result["STIR"]["mean_uncovered_share"] == pytest.approx(1.0 - stir.mean())
+    assert (prepared.images["STIR"] == 0).mean() > 1.0 - stir.mean() + 0.01
+    assert result["T2Sag"]["mean_uncovered_share"] == 0.0
+    assert result["T1Sag"] == {"subjects": 0, "mean_uncovered_share": None}

@@ -110,6 +110,28 @@ class TestSequences:
             predict_subject(no_t2, baseline, device=CPU)
 
 
+def test_a_model_normalised_otherwise_warns_in_each_prediction(synth_root, tiny_models, tmp_path):
+    """A model trained on crops of an older layout still predicts, and says so every time."""
+    from dataclasses import replace
+
+    from cordfuse.checkpoint import checkpoint_file
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_models["baseline"], old)
+    path = checkpoint_file(old)
+    replace(Checkpoint.load(path), normalisation="z-score on the cord core, zeros counted").save(
+        path
+    )
+    subject = discover(synth_root).subjects[0]
+    current = predict_subject(subject, load_models([tiny_models["baseline"]], CPU), device=CPU)
+    assert not any("normalised otherwise" in w for w in current.warnings)
+    ensemble = load_models([tiny_models["baseline"], old], CPU)
+    prediction = predict_subject(subject, ensemble, device=CPU)
+    flagged = [w for w in prediction.warnings if "normalised otherwise" in w]
+    assert len(flagged) == 1, "one warning per model trained otherwise, not per model"
+    np.testing.assert_array_equal(prediction.probabilities, current.probabilities)
+
+
 class TestEnsembleAndTta:
     def test_ensemble_is_the_mean_of_the_models(self, synth_root, tiny_models):
         subject = discover(synth_root).subjects[0]

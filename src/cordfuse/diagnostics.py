@@ -236,7 +236,7 @@ def lesion_alignment(prepared_subjects, *, search: int = 3, margin: int = 8) -> 
             slices = np.nonzero(mask.any(axis=(0, 1)))[0]
             lo, hi = max(slices[0] - margin, 0), slices[-1] + margin + 1
             for seq in prepared.sequences:
-                if (z[seq][mask] == 0).mean() > 0.1:
+                if prepared.coverage[seq][mask].mean() < 0.9:
                     continue  # this sequence does not cover the lesion
                 shift = (
                     (0, 0)
@@ -363,8 +363,8 @@ def _shift_x(images: np.ndarray, voxels: int) -> np.ndarray:
 
 
 def coverage(prepared_subjects) -> dict:
-    """Per sequence: subjects that have it and the mean share of their crop voxels it leaves
-    uncovered (zeros).
+    """Per sequence: subjects that have it and the mean share of their crop voxels outside its
+    field of view (the coverage ``prepare`` stored, not zeros: a covered voxel may be 0).
 
     Args:
         prepared_subjects: Prepared subjects.
@@ -374,7 +374,7 @@ def coverage(prepared_subjects) -> dict:
     """
     out = {}
     for seq in SEQUENCES:
-        shares = [float((p.images[seq] == 0).mean()) for p in prepared_subjects if seq in p.images]
+        shares = [1.0 - float(p.coverage[seq].mean()) for p in prepared_subjects if seq in p.images]
         out[seq] = {
             "subjects": len(shares),
             "mean_uncovered_share": float(np.mean(shares)) if shares else None,
