@@ -507,6 +507,55 @@ class TestAugmentation:
             assert (noisy[:, outside][[0, 1, 3]] == 0).all() and (noisy[2] == 0).all()
             assert (noisy[0][~outside] != 0).mean() > 0.99
 
+    def test_lesion_contrast_scales_the_lesion_over_the_cord_and_nothing_far_away(self):
+        from dataclasses import replace
+
+        from cordfuse.training.data import LIGHT, augment_patch
+
+        image, label, available = self.patch()
+        only = replace(
+            LIGHT,
+            p_rotation=0,
+            p_scaling=0,
+            mirror_axes=(),
+            p_noise=0,
+            p_blur=0,
+            p_brightness=0,
+            p_contrast=0,
+            p_gamma=0,
+            p_lesion_contrast=1.0,
+        )
+        lesion = label > 0
+        far = np.ones_like(lesion)
+        far[9:23, 10:21, 13:29] = False  # three voxels or more from the lesion
+        factors = []
+        for n in range(30):
+            drawn = {}
+            out, lab = augment_patch(image, label, available, only, np.random.default_rng(n), drawn)
+            np.testing.assert_array_equal(lab, label)
+            for i in (0, 1, 3):  # each sequence its own factor, the lesion's z-score times it
+                factor = drawn[i]["lesion_contrast"]
+                np.testing.assert_allclose(out[i][lesion], image[i][lesion] * factor, rtol=1e-5)
+                np.testing.assert_array_equal(out[i][far], image[i][far])
+                factors.append(factor)
+            assert 2 not in drawn and (out[2] == 0).all()
+        assert 0.5 <= min(factors) < 0.7 and 2.4 < max(factors) <= 3.0
+        assert len(set(factors)) == len(factors)
+        # without a lesion in the patch, or at the presets' probability 0, nothing is drawn
+        drawn = {}
+        augment_patch(image, np.zeros_like(label), available, only, np.random.default_rng(0), drawn)
+        assert not any("lesion_contrast" in drawn.get(i, {}) for i in (0, 1, 3))
+        assert LIGHT.p_lesion_contrast == 0.0
+        a = augment_patch(image, label, available, LIGHT, np.random.default_rng(3))[0]
+        b = augment_patch(
+            image,
+            label,
+            available,
+            replace(LIGHT, lesion_contrast=(9, 9)),
+            np.random.default_rng(3),
+        )[0]
+        np.testing.assert_array_equal(a, b)
+
 
 class TestDataPath:
     def test_workers_persist_and_draw_the_same_patches(self, prepared_small, tmp_path):

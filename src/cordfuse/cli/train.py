@@ -102,6 +102,14 @@ def add_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="mean-imputation: weight of an auxiliary loss segmenting lesions from one other "
         "sequence's features alone each step, so that no encoder stays idle",
     )
+    parser.add_argument(
+        "--lesion-contrast",
+        type=float,
+        metavar="P",
+        help="scale the lesions' contrast over the cord by 0.5-3x in training, with "
+        "probability P per sequence of a sample (real lesions range from just above the "
+        "cord to beyond CSF, the default cohorts' stay below CSF)",
+    )
     add_preset(
         parser,
         help="the network and its schedule: paper (the paper's networks, GPU work) or small "
@@ -218,6 +226,7 @@ def run(args: argparse.Namespace) -> int:
             anchor=args.anchor,
             correction=args.correction,
             sequence_supervision=args.sequence_supervision,
+            lesion_contrast=args.lesion_contrast,
         ),
     )
     summary = train(

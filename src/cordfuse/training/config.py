@@ -88,6 +88,10 @@ class TrainConfig:
     #: Weight of the auxiliary loss that segments lesions from one other sequence's features
     #: alone each step (Mean Imputation only); 0 is the paper's recipe.
     sequence_supervision: float = 0.0
+    #: Probability of scaling a training sample's lesion contrast, per available sequence
+    #: (:class:`~cordfuse.training.data.Augmentation`'s ``lesion_contrast``); 0 leaves the
+    #: preset's augmentation as it is.
+    lesion_contrast: float = 0.0
 
     def __post_init__(self):
         if self.preset not in NET_PRESETS:
@@ -132,6 +136,8 @@ class TrainConfig:
             raise CordfuseError(f"unknown fusion {self.fusion!r}; one of {', '.join(FUSIONS)}")
         if self.fusion != "bottleneck" and len(self.model_sequences) < 2:
             raise CordfuseError(f"--fusion {self.fusion} needs a multi-sequence model")
+        if not 0.0 <= self.lesion_contrast <= 1.0:
+            raise CordfuseError("--lesion-contrast is a probability in [0, 1]")
         if not 0.0 <= self.sequence_dropout < 1.0:
             raise CordfuseError("--sequence-dropout is a probability in [0, 1)")
         if self.sequence_dropout and self.model not in ACCEPT_MISSING:

@@ -280,6 +280,13 @@ class Augmentation:
         gamma: range of the gamma exponent (on the channel rescaled to [0, 1], stats kept).
         p_gamma: probability of gamma, per available sequence.
         p_gamma_inverted: probability of a gamma on the inverted image, per available sequence.
+        lesion_contrast: range (log-uniform) of the factor applied to the lesions' contrast over
+            the cord: each labelled voxel's z-score (0 is the cord's mean) is multiplied by it,
+            with a soft edge. The default cohorts' lesions stay between the cord and CSF (T2Sag:
+            at most 2x the cord's signal), real ones range from just above the cord to beyond
+            CSF; 0.5-3 turns a 2x lesion into a 1.5-4x one.
+        p_lesion_contrast: probability, drawn per available sequence of a sample with a lesion;
+            0 (the presets) draws nothing, so the other transforms keep their random numbers.
     """
 
     rotation_deg: tuple[float, float, float] = (15.0, 15.0, 30.0)
@@ -302,6 +309,8 @@ class Augmentation:
     gamma: tuple[float, float] = (0.7, 1.5)
     p_gamma: float = 0.3
     p_gamma_inverted: float = 0.1
+    lesion_contrast: tuple[float, float] = (0.5, 3.0)
+    p_lesion_contrast: float = 0.0
 
 
 NNUNET = Augmentation()
@@ -341,6 +350,8 @@ def augment_patch(image, label, available, params: Augmentation, rng, drawn: dic
     drawn = {} if drawn is None else drawn
     image, label = _spatial(image, label, params, rng, drawn)
     images, covered, has_coverage = split_coverage(image, len(available))
+    if params.p_lesion_contrast and label.any():
+        images = _lesion_contrast(images, label, available, params, rng, drawn)
     out = np.zeros_like(image)
     for i in np.flatnonzero(available):
         out[i] = _intensity(images[i], covered[i], params, rng, drawn.setdefault(i, {}))
@@ -385,6 +396,27 @@ def _spatial(image, label, params: Augmentation, rng, drawn):
         image = np.flip(image, axis=axis + 1)
         label = np.flip(label, axis=axis)
     return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(label)
+
+
+def _lesion_contrast(images, label, available, params: Augmentation, rng, drawn) -> np.ndarray:
+    """The lesions' contrast over the cord scaled per sequence, before the scanner-like
+    transforms (noise, blur, gamma) act on the result as they would on a real lesion. The weight
+    fades over about a voxel around the label, so a scaled lesion keeps a soft, partial-volume
+    edge instead of a step."""
+    from scipy import ndimage
+
+    weight = None
+    out = images.copy()
+    low, high = np.log(params.lesion_contrast)
+    for i in np.flatnonzero(available):
+        if rng.random() >= params.p_lesion_contrast:
+            continue
+        if weight is None:
+            lesion = label.astype(np.float32)
+            weight = np.maximum(lesion, ndimage.gaussian_filter(lesion, 0.75))
+        drawn.setdefault(i, {})["lesion_contrast"] = factor = float(np.exp(rng.uniform(low, high)))
+        out[i] = images[i] * (1.0 + (factor - 1.0) * weight)
+    return out
 
 
 def _intensity(channel, covered, params: Augmentation, rng, drawn) -> np.ndarray:

@@ -27,7 +27,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -500,7 +500,9 @@ def train(
         reference_dropout=config.reference_dropout,
         rank=rank,
         world_size=world,
-        augmentation=PRESET_AUGMENTATION[config.preset],
+        augmentation=replace(
+            PRESET_AUGMENTATION[config.preset], p_lesion_contrast=config.lesion_contrast
+        ),
     )
     per_epoch = iterations * config.batch_size
     started = time.perf_counter()
