@@ -507,13 +507,13 @@ class TestAugmentation:
             assert (noisy[:, outside][[0, 1, 3]] == 0).all() and (noisy[2] == 0).all()
             assert (noisy[0][~outside] != 0).mean() > 0.99
 
-    def test_lesion_contrast_scales_the_lesion_over_the_cord_and_nothing_far_away(self):
+    @staticmethod
+    def lesion_contrast_only(**changes):
         from dataclasses import replace
 
-        from cordfuse.training.data import LIGHT, augment_patch
+        from cordfuse.training.data import LIGHT
 
-        image, label, available = self.patch()
-        only = replace(
+        return replace(
             LIGHT,
             p_rotation=0,
             p_scaling=0,
@@ -524,37 +524,89 @@ class TestAugmentation:
             p_contrast=0,
             p_gamma=0,
             p_lesion_contrast=1.0,
+            **changes,
         )
-        lesion = label > 0
-        far = np.ones_like(lesion)
-        far[9:23, 10:21, 13:29] = False  # three voxels or more from the lesion
+
+    def test_lesion_contrast_scales_each_lesion_over_the_cord_and_nothing_else(self):
+        from scipy import ndimage
+
+        from cordfuse.training.data import augment_patch
+
+        image, label, available = self.patch()
+        label[3:6, 3:6, 30:33] = 1  # a second lesion, brighter on sequence 0
+        image[0][3:6, 3:6, 30:33] += 4.0
+        lesions = [ndimage.label(label)[0] == c for c in (1, 2)]
+        shell = ndimage.binary_dilation(label > 0) & (label == 0)
+        far = ~ndimage.binary_dilation(label > 0, iterations=4)
         factors = []
         for n in range(30):
             drawn = {}
-            out, lab = augment_patch(image, label, available, only, np.random.default_rng(n), drawn)
+            out, lab = augment_patch(
+                image,
+                label,
+                available,
+                self.lesion_contrast_only(),
+                np.random.default_rng(n),
+                drawn,
+            )
             np.testing.assert_array_equal(lab, label)
-            for i in (0, 1, 3):  # each sequence its own factor, the lesion's z-score times it
+            for i in (0, 1, 3):  # each sequence its own factor
                 factor = drawn[i]["lesion_contrast"]
-                np.testing.assert_allclose(out[i][lesion], image[i][lesion] * factor, rtol=1e-5)
+                for lesion in lesions:
+                    # the lesion's mean over the cord (0) scaled; its texture and noise kept
+                    mean = image[i][lesion].mean()
+                    added = out[i][lesion] - image[i][lesion]
+                    np.testing.assert_allclose(added, (factor - 1) * mean, rtol=1e-4)
+                    assert out[i][lesion].mean() == pytest.approx(factor * mean, rel=1e-4)
+                # a soft edge: the shell gets part of what its lesion got, never more
+                brightest = max(image[i][lesion].mean() for lesion in lesions)
+                edge = (out[i][shell] - image[i][shell]) * np.sign(factor - 1)
+                assert (edge > 0).all() and (edge < abs(factor - 1) * brightest).all()
                 np.testing.assert_array_equal(out[i][far], image[i][far])
                 factors.append(factor)
             assert 2 not in drawn and (out[2] == 0).all()
         assert 0.5 <= min(factors) < 0.7 and 2.4 < max(factors) <= 3.0
         assert len(set(factors)) == len(factors)
-        # without a lesion in the patch, or at the presets' probability 0, nothing is drawn
+
+    def test_lesion_contrast_keeps_coverage_and_draws_nothing_when_off(self, monkeypatch):
+        from cordfuse.training import data
+        from cordfuse.training.config import TrainConfig
+        from cordfuse.training.data import LIGHT, augment_patch
+
+        image, label, available = self.patch()
+        label[12:20, 13:18, 2:10] = 1  # a lesion half outside the field of view (z < 6)
+        covered = (image != 0).astype(np.float32)
+        with_coverage = np.concatenate([image, covered])
         drawn = {}
-        augment_patch(image, np.zeros_like(label), available, only, np.random.default_rng(0), drawn)
-        assert not any("lesion_contrast" in drawn.get(i, {}) for i in (0, 1, 3))
-        assert LIGHT.p_lesion_contrast == 0.0
-        a = augment_patch(image, label, available, LIGHT, np.random.default_rng(3))[0]
-        b = augment_patch(
-            image,
+        out, _ = augment_patch(
+            with_coverage,
             label,
             available,
-            replace(LIGHT, lesion_contrast=(9, 9)),
-            np.random.default_rng(3),
-        )[0]
-        np.testing.assert_array_equal(a, b)
+            self.lesion_contrast_only(),
+            np.random.default_rng(0),
+            drawn,
+        )
+        np.testing.assert_array_equal(out[4:], covered)  # the coverage channels untouched
+        assert (out[:4][covered == 0] == 0).all()  # nothing added where nothing was seen
+        # the lesion's mean is taken over covered voxels: the uncovered zeros do not dilute it
+        inside = (label > 0) & (covered[0] > 0)
+        factor = drawn[0]["lesion_contrast"]
+        assert out[0][inside].mean() == pytest.approx(factor * image[0][inside].mean(), rel=1e-4)
+
+        def drawn_from(*args):
+            raise AssertionError("lesion contrast drawn")
+
+        monkeypatch.setattr(data, "_lesion_contrast", drawn_from)
+        assert LIGHT.p_lesion_contrast == 0.0  # the presets: off, their random numbers unchanged
+        augment_patch(image, label, available, LIGHT, np.random.default_rng(0))
+        no_lesion = np.zeros_like(label)
+        augment_patch(
+            image, no_lesion, available, self.lesion_contrast_only(), np.random.default_rng(0)
+        )
+        with pytest.raises(CordfuseError, match="not with --no-augment"):
+            TrainConfig(preset="small", lesion_contrast=0.5, augment=False)
+        with pytest.raises(CordfuseError, match="probability"):
+            TrainConfig(preset="small", lesion_contrast=1.5)
 
 
 class TestDataPath:

@@ -138,6 +138,8 @@ class TrainConfig:
             raise CordfuseError(f"--fusion {self.fusion} needs a multi-sequence model")
         if not 0.0 <= self.lesion_contrast <= 1.0:
             raise CordfuseError("--lesion-contrast is a probability in [0, 1]")
+        if self.lesion_contrast and not self.augment:
+            raise CordfuseError("--lesion-contrast is an augmentation: not with --no-augment")
         if not 0.0 <= self.sequence_dropout < 1.0:
             raise CordfuseError("--sequence-dropout is a probability in [0, 1)")
         if self.sequence_dropout and self.model not in ACCEPT_MISSING:

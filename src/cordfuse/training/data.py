@@ -281,8 +281,8 @@ class Augmentation:
         p_gamma: probability of gamma, per available sequence.
         p_gamma_inverted: probability of a gamma on the inverted image, per available sequence.
         lesion_contrast: range (log-uniform) of the factor applied to the lesions' contrast over
-            the cord: each labelled voxel's z-score (0 is the cord's mean) is multiplied by it,
-            with a soft edge. The default cohorts' lesions stay between the cord and CSF (T2Sag:
+            the cord: each lesion's mean z-score (0 is the cord's mean) is multiplied by it, with
+            a soft edge. The default cohorts' lesions stay between the cord and CSF (T2Sag:
             at most 2x the cord's signal), real ones range from just above the cord to beyond
             CSF; 0.5-3 turns a 2x lesion into a 1.5-4x one.
         p_lesion_contrast: probability, drawn per available sequence of a sample with a lesion;
@@ -351,7 +351,7 @@ def augment_patch(image, label, available, params: Augmentation, rng, drawn: dic
     image, label = _spatial(image, label, params, rng, drawn)
     images, covered, has_coverage = split_coverage(image, len(available))
     if params.p_lesion_contrast and label.any():
-        images = _lesion_contrast(images, label, available, params, rng, drawn)
+        images = _lesion_contrast(images, covered, label, available, params, rng, drawn)
     out = np.zeros_like(image)
     for i in np.flatnonzero(available):
         out[i] = _intensity(images[i], covered[i], params, rng, drawn.setdefault(i, {}))
@@ -398,24 +398,41 @@ def _spatial(image, label, params: Augmentation, rng, drawn):
     return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(label)
 
 
-def _lesion_contrast(images, label, available, params: Augmentation, rng, drawn) -> np.ndarray:
+def _lesion_contrast(
+    images, covered, label, available, params: Augmentation, rng, drawn
+) -> np.ndarray:
     """The lesions' contrast over the cord scaled per sequence, before the scanner-like
-    transforms (noise, blur, gamma) act on the result as they would on a real lesion. The weight
-    fades over about a voxel around the label, so a scaled lesion keeps a soft, partial-volume
-    edge instead of a step."""
+    transforms (noise, blur, gamma) act on the result as they would on a real lesion.
+
+    Each lesion's mean z-score ``m`` (0 is the cord's mean) becomes ``k * m``: ``(k - 1) * m`` is
+    added to its voxels, so its texture and noise stay as they were. The added signal fades over
+    about a voxel outside the label (a partial-volume edge instead of a step); it is added, not
+    multiplied, so the CSF or cord next to a lesion keeps its own signal.
+    """
     from scipy import ndimage
 
-    weight = None
     out = images.copy()
+    components, n = ndimage.label(label > 0)
+    lesion = (components > 0).astype(np.float32)
+    spread = ndimage.gaussian_filter(lesion, 0.75)
+    weight = np.maximum(lesion, spread)
+    index = np.arange(1, n + 1)
     low, high = np.log(params.lesion_contrast)
     for i in np.flatnonzero(available):
         if rng.random() >= params.p_lesion_contrast:
             continue
-        if weight is None:
-            lesion = label.astype(np.float32)
-            weight = np.maximum(lesion, ndimage.gaussian_filter(lesion, 0.75))
         drawn.setdefault(i, {})["lesion_contrast"] = factor = float(np.exp(rng.uniform(low, high)))
-        out[i] = images[i] * (1.0 + (factor - 1.0) * weight)
+        means = np.zeros(n + 1, np.float32)
+        # over the voxels this sequence covers: its zeros elsewhere are not signal
+        seen = components * covered[i]
+        counts = np.bincount(seen.ravel(), minlength=n + 1)[1:]
+        sums = ndimage.sum_labels(images[i], seen, index)
+        means[1:] = sums / np.maximum(counts, 1)
+        inside = means[components]
+        # outside the label: the mean of the lesions nearby, as their blurred labels weigh them
+        near = ndimage.gaussian_filter(inside, 0.75) / np.maximum(spread, 1e-6)
+        signal = np.where(components > 0, inside, np.where(spread > 1e-3, near, 0.0))
+        out[i] = images[i] + (factor - 1.0) * weight * signal
     return out
 
 
