@@ -79,7 +79,7 @@ def main() -> None:
         return new, new_affine, truth
 
     rng = np.random.default_rng(args.seed)
-    false_rows, scores, per_scan = [], [], {}
+    false_rows, per_scan = [], {}
     for name, image_path, cord_path in SCANS:
         img = nib.load(REAL / image_path)
         image = img.get_fdata(dtype=np.float32)
@@ -93,13 +93,16 @@ def main() -> None:
         ):
             painted, truth = paint_lesion(image, img.affine, cord, lesion)
             painted, affine, truth = acquired(painted, img.affine, truth)
-            score = score_painted(
-                predict(painted, affine), truth, contrast=lesion.contrast, voxel_volume_mm3=voxel
+            per_scan.setdefault(name, []).append(
+                score_painted(
+                    predict(painted, affine),
+                    truth,
+                    contrast=lesion.contrast,
+                    voxel_volume_mm3=voxel,
+                )
             )
-            scores.append(score)
-            per_scan.setdefault(name, []).append(score)
     rows = []
-    for summary in summarise_painted(scores):
+    for summary in summarise_painted(s for own in per_scan.values() for s in own):
         label = f"contrast {summary.contrast:g}x cord"
         target = ">= 0.9, Dice >= 0.5" if summary.contrast >= 1.5 else ""
         hidden = summary.painted - summary.visible

@@ -416,18 +416,17 @@ def _lesion_contrast(
     lesion = (components > 0).astype(np.float32)
     spread = ndimage.gaussian_filter(lesion, 0.75)
     weight = np.maximum(lesion, spread)
-    index = np.arange(1, n + 1)
     low, high = np.log(params.lesion_contrast)
     for i in np.flatnonzero(available):
         if rng.random() >= params.p_lesion_contrast:
             continue
         drawn.setdefault(i, {})["lesion_contrast"] = factor = float(np.exp(rng.uniform(low, high)))
-        means = np.zeros(n + 1, np.float32)
-        # over the voxels this sequence covers: its zeros elsewhere are not signal
-        seen = components * covered[i]
-        counts = np.bincount(seen.ravel(), minlength=n + 1)[1:]
-        sums = ndimage.sum_labels(images[i], seen, index)
-        means[1:] = sums / np.maximum(counts, 1)
+        # each lesion's mean over the voxels this sequence covers: its zeros elsewhere are not
+        # signal (bin 0 gathers the rest and is set to 0)
+        seen = (components * covered[i]).ravel()
+        sums = np.bincount(seen, weights=images[i].ravel(), minlength=n + 1)
+        means = (sums / np.maximum(np.bincount(seen, minlength=n + 1), 1)).astype(np.float32)
+        means[0] = 0.0
         inside = means[components]
         # outside the label: the mean of the lesions nearby, as their blurred labels weigh them
         near = ndimage.gaussian_filter(inside, 0.75) / np.maximum(spread, 1e-6)
