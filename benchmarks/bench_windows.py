@@ -38,7 +38,6 @@ def main() -> None:
     from cordfuse.nn.sliding import predict_probabilities, window_starts
     from cordfuse.preprocess.pipeline import PreparedSubject
     from cordfuse.threads import set_threads, threads_budget
-    from cordfuse.training.data import normalise
 
     set_threads(threads_budget(None))
     model = load_model(args.run, torch.device("cpu"))
@@ -61,7 +60,7 @@ def main() -> None:
             continue
         if args.sequences:
             prepared = restrict_prepared(prepared, args.sequences.split(","))
-        images, available = normalise(prepared, model.sequences, coverage=model.net.coverage_input)
+        images, available = model.inputs(prepared)
         length = images.shape[-1]
         today = None
         for way, overlap in ways.items():

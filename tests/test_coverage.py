@@ -221,3 +221,57 @@ def test_diagnose_counts_uncovered_voxels_from_the_stored_coverage():
     assert (prepared.images["STIR"] == 0).mean() > 1.0 - stir.mean() + 0.01
     assert result["T2Sag"]["mean_uncovered_share"] == 0.0
     assert result["T1Sag"] == {"subjects": 0, "mean_uncovered_share": None}
+
+
+def test_cord_ratio_reads_signal_against_the_core_mean_whatever_the_noise():
+    from cordfuse.training.data import CORD_RATIO_UNIT
+
+    prepared = hand_made_subject()
+    stir = prepared.coverage["STIR"]
+    images, available = normalise(prepared, list(SEQUENCES), normalisation="cord-ratio")
+    assert available.tolist() == [True, True, False, False, False, False]
+    ratio = prepared.images["T2Sag"] / 100.0  # its core's mean is 100
+    np.testing.assert_allclose(images[0], (ratio - 1.0) / CORD_RATIO_UNIT, rtol=1e-5, atol=1e-5)
+    # STIR's core spreads more (25 against T2Sag's 20) and has the same mean: z-scores divide
+    # it by its spread, cord-ratio reads it on T2Sag's scale
+    stir_ratio = prepared.images["STIR"][stir] / 100.0
+    np.testing.assert_allclose(
+        images[1][stir], (stir_ratio - 1.0) / CORD_RATIO_UNIT, rtol=1e-5, atol=1e-5
+    )
+    z_scores, _ = normalise(prepared, list(SEQUENCES))
+    np.testing.assert_allclose(
+        z_scores[1][stir], (stir_ratio - 1.0) * 100.0 / 25.0, rtol=1e-5, atol=1e-5
+    )
+    assert (images[1][~stir] == 0).all() and not images[2:].any()
+    with pytest.raises(ValueError, match="unknown normalisation"):
+        normalise(prepared, list(SEQUENCES), normalisation="min-max")
+
+
+def test_a_model_predicts_on_its_own_normalisation(tmp_path):
+    import torch
+
+    from cordfuse.checkpoint import Checkpoint, initial_network
+    from cordfuse.inference import load_model
+    from cordfuse.nn.networks import NET_PRESETS
+    from cordfuse.training.config import TrainConfig
+    from cordfuse.training.data import NORMALISATIONS
+
+    prepared = hand_made_subject()
+    for name in NORMALISATIONS:
+        config = TrainConfig(model="baseline", preset="small", normalisation=name)
+        weights = initial_network(config, config.net, ["T2Sag"]).state_dict()
+        Checkpoint(
+            weights,
+            config,
+            NET_PRESETS["small"],
+            ["T2Sag"],
+            PrepConfig(),
+            normalisation=NORMALISATIONS[name],
+        ).save(tmp_path / name / "checkpoint_best.pt")
+        model = load_model(tmp_path / name, torch.device("cpu"))
+        assert model.warnings == []
+        images, _ = model.inputs(prepared)
+        expected, _ = normalise(prepared, ["T2Sag"], coverage=True, normalisation=name)
+        np.testing.assert_array_equal(images, expected)
+    with pytest.raises(CordfuseError, match="unknown normalisation"):
+        TrainConfig(normalisation="min-max")

@@ -158,6 +158,27 @@ class TestCheckpointsAndVariants:
         assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
         assert (out / "checkpoint_best.pt").exists()
 
+    def test_cord_ratio_model_trains_and_records_its_normalisation(
+        self, prepared_small, tmp_path, monkeypatch
+    ):
+        from cordfuse.training import trainer
+        from cordfuse.training.data import NORMALISATIONS
+
+        loaded = []
+
+        def load_subjects(paths, sequences, **kwargs):
+            loaded.append(kwargs["normalisation"])
+            return original(paths, sequences, **kwargs)
+
+        original = trainer.load_subjects
+        monkeypatch.setattr(trainer, "load_subjects", load_subjects)
+        out = tmp_path / "ratio"
+        train(prepared_small, out, tiny(epochs=1, normalisation="cord-ratio"), progress=False)
+        assert loaded == ["cord-ratio", "cord-ratio"], "training and validation subjects"
+        checkpoint = torch.load(out / "checkpoint_best.pt", weights_only=True)
+        assert checkpoint["normalisation"] == NORMALISATIONS["cord-ratio"]
+        assert TrainConfig.from_dict(checkpoint["config"]).normalisation == "cord-ratio"
+
     def test_frozen_encoder_keeps_the_baseline_t2sag_encoder(self, prepared_small, tmp_path):
         train(prepared_small, tmp_path / "base", tiny(epochs=1), progress=False)
         frozen = tiny(

@@ -190,7 +190,6 @@ def feature_differences(
 
     from cordfuse.nn.sliding import window_starts
     from cordfuse.preprocess.pipeline import PreparedSubject
-    from cordfuse.training.data import normalise
 
     net = model.model
     sequences = model.sequences
@@ -211,7 +210,7 @@ def feature_differences(
             prepared_paths, desc="features", unit="subject", disable=None if progress else True
         ):
             prepared = PreparedSubject.load(path)
-            images, available = normalise(prepared, sequences, coverage=coverage)
+            images, available = model.inputs(prepared)
             if available.sum() < 2:
                 continue
             nz = images.shape[-1]

@@ -51,7 +51,7 @@ from cordfuse.preprocess.pipeline import PrepConfig
 from cordfuse.threads import usable_cores
 from cordfuse.training.config import TrainConfig
 from cordfuse.training.data import (
-    NORMALISATION,
+    NORMALISATIONS,
     PRESET_AUGMENTATION,
     PatchDataset,
     load_subjects,
@@ -428,8 +428,15 @@ def train(
     by_id = {p.parent.name: p for p in paths}
     sequences = config.model_sequences
     coverage = config.net.coverage_input
-    train_subjects = load_subjects([by_id[i] for i in train_ids], sequences, coverage=coverage)
-    val_subjects = load_subjects([by_id[i] for i in val_ids], sequences, coverage=coverage)
+    train_subjects, val_subjects = (
+        load_subjects(
+            [by_id[i] for i in ids],
+            sequences,
+            coverage=coverage,
+            normalisation=config.normalisation,
+        )
+        for ids in (train_ids, val_ids)
+    )
     patch = config.net.patch_size
     size = document["crop_size"]
     if (size, size) != tuple(patch[:2]):
@@ -593,7 +600,7 @@ def train(
                 net=config.net,
                 sequences=sequences,
                 prep=PrepConfig(**document["config"]),
-                normalisation=NORMALISATION,
+                normalisation=NORMALISATIONS[config.normalisation],
                 split=split,
                 optimizer=optimizer.state_dict(),
                 scheduler=scheduler.state_dict(),
