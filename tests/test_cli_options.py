@@ -179,6 +179,8 @@ def test_help_states_the_api_defaults():
         "--reference-dropout",
         "--correction",
         "--sequence-supervision",
+        "--lesion-contrast",
+        "--normalisation",
         "--preset",
         "--batch-size",
         "--seed",

@@ -232,16 +232,21 @@ def test_cord_ratio_reads_signal_against_the_core_mean_whatever_the_noise():
     assert available.tolist() == [True, True, False, False, False, False]
     ratio = prepared.images["T2Sag"] / 100.0  # its core's mean is 100
     np.testing.assert_allclose(images[0], (ratio - 1.0) / CORD_RATIO_UNIT, rtol=1e-5, atol=1e-5)
-    # STIR's core spreads more (25 against T2Sag's 20) and has the same mean: z-scores divide
-    # it by its spread, cord-ratio reads it on T2Sag's scale
-    stir_ratio = prepared.images["STIR"][stir] / 100.0
+    # each sequence against its own core mean (STIR's 80), not against its spread
+    prepared.stats["STIR"] = {"mean": 80.0, "std": 25.0}
+    images, _ = normalise(prepared, list(SEQUENCES), normalisation="cord-ratio")
+    stir_ratio = prepared.images["STIR"][stir] / 80.0
     np.testing.assert_allclose(
         images[1][stir], (stir_ratio - 1.0) / CORD_RATIO_UNIT, rtol=1e-5, atol=1e-5
     )
     z_scores, _ = normalise(prepared, list(SEQUENCES))
     np.testing.assert_allclose(
-        z_scores[1][stir], (stir_ratio - 1.0) * 100.0 / 25.0, rtol=1e-5, atol=1e-5
+        z_scores[1][stir], (stir_ratio - 1.0) * 80.0 / 25.0, rtol=1e-5, atol=1e-5
     )
+    # a signed image (core mean not positive) has no ratio: it keeps its z-score
+    prepared.stats["STIR"] = {"mean": -5.0, "std": 25.0}
+    signed, _ = normalise(prepared, list(SEQUENCES), normalisation="cord-ratio")
+    np.testing.assert_allclose(signed[1][stir], (prepared.images["STIR"][stir] + 5.0) / 25.0)
     assert (images[1][~stir] == 0).all() and not images[2:].any()
     with pytest.raises(ValueError, match="unknown normalisation"):
         normalise(prepared, list(SEQUENCES), normalisation="min-max")

@@ -115,9 +115,9 @@ def add_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument(
         "--normalisation",
         choices=NORMALISATION_NAMES,
-        help="the input's scale: z-score (the cord core's mean and standard deviation; the "
-        "default) or cord-ratio (signal against the core's mean: a lesion 1.5x the cord reads "
-        "the same on a quiet scan and a noisy one)",
+        help="the input's scale: z-score (the cord core's mean and standard deviation) or "
+        "cord-ratio (signal against the core's mean: a lesion 1.5x the cord reads the same on "
+        "a quiet scan and a noisy one)",
     )
     add_preset(
         parser,

@@ -90,7 +90,8 @@ def normalise(
             ``NetConfig.coverage_input`` read them.
         normalisation: A name of :data:`NORMALISATIONS`: ``z-score`` (the cord core's mean and
             standard deviation) or ``cord-ratio`` (``(signal / core mean - 1) /``
-            :data:`CORD_RATIO_UNIT`).
+            :data:`CORD_RATIO_UNIT`; a sequence whose core mean is not positive, a signed image,
+            has no ratio to give and keeps its z-score, in training as in prediction).
 
     Returns:
         ``(images, available)``: ``(K or 2K, X, Y, Z)`` float32 channels and ``(K,)`` booleans.

@@ -124,8 +124,9 @@ def build_model(config: TrainConfig, prep: PrepConfig | None = None) -> Network:
         The network.
 
     Raises:
-        CordfuseError: The ``frozen_from`` checkpoint cannot be read or its T2Sag encoder does
-            not fit this preset, or the anchor does not fit (:func:`anchor_checkpoint`).
+        CordfuseError: The ``frozen_from`` checkpoint cannot be read, was trained on crops
+            normalised otherwise or its T2Sag encoder does not fit this preset, or the anchor
+            does not fit (:func:`anchor_checkpoint`).
     """
     model = initial_network(config, config.net, config.model_sequences)
     if isinstance(model, AnchoredNet):
@@ -134,6 +135,7 @@ def build_model(config: TrainConfig, prep: PrepConfig | None = None) -> Network:
         if not config.frozen_from:
             raise CordfuseError("--variant frozen-encoder needs --frozen-from BASELINE_CHECKPOINT")
         baseline = Checkpoint.load(config.frozen_from)
+        _same_normalisation(baseline, config)
         prefix = "encoders.T2Sag."
         weights = {k[len(prefix) :]: v for k, v in baseline.model.items() if k.startswith(prefix)}
         if not weights:
@@ -161,8 +163,8 @@ def anchor_checkpoint(config: TrainConfig, prep: PrepConfig | None = None) -> Ch
         The anchor's checkpoint.
 
     Raises:
-        CordfuseError: In one line: unreadable, not a T2Sag-only model, or another architecture
-            or pre-processing.
+        CordfuseError: In one line: unreadable, not a T2Sag-only model, or another architecture,
+            pre-processing or normalisation.
     """
     if not config.anchor:
         raise CordfuseError("--model anchored needs --anchor RUN (a T2Sag-only model)")
@@ -182,7 +184,18 @@ def anchor_checkpoint(config: TrainConfig, prep: PrepConfig | None = None) -> Ch
         raise CordfuseError(
             f"{anchor.path}: the anchor was trained on data prepared with other settings"
         )
+    _same_normalisation(anchor, config)
     return anchor
+
+
+def _same_normalisation(donor: Checkpoint, config: TrainConfig) -> None:
+    """Refuse a frozen part (anchor, encoder) trained on inputs scaled otherwise: it would read
+    this model's input on another scale, silently."""
+    if donor.normalisation != NORMALISATIONS[config.normalisation]:
+        raise CordfuseError(
+            f"{donor.path}: trained on crops normalised otherwise ({donor.normalisation}); "
+            f"this model's: {NORMALISATIONS[config.normalisation]} (--normalisation)"
+        )
 
 
 def build_optimizer(parameters, config: TrainConfig) -> torch.optim.Optimizer:
