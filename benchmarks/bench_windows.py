@@ -38,6 +38,7 @@ def main() -> None:
     from cordfuse.nn.sliding import predict_probabilities, window_starts
     from cordfuse.preprocess.pipeline import PreparedSubject
     from cordfuse.threads import set_threads, threads_budget
+    from cordfuse.training.data import normalise
 
     set_threads(threads_budget(None))
     model = load_model(args.run, torch.device("cpu"))
@@ -60,7 +61,7 @@ def main() -> None:
             continue
         if args.sequences:
             prepared = restrict_prepared(prepared, args.sequences.split(","))
-        images, available = model.inputs(prepared)
+        images, available = normalise(prepared, model.sequences, coverage=model.net.coverage_input)
         length = images.shape[-1]
         today = None
         for way, overlap in ways.items():

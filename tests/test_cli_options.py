@@ -38,16 +38,13 @@ def test_choices_are_the_apis():
     from cordfuse.nn.networks import CORRECTIONS, FUSIONS, NET_PRESETS
     from cordfuse.preprocess.centerline import POLARITY_SIGNS
     from cordfuse.preprocess.pipeline import PRESETS, PrepConfig
-    from cordfuse.training.config import MODELS, NORMALISATION_NAMES, OPTIMIZERS, VARIANTS
-    from cordfuse.training.data import NORMALISATIONS
+    from cordfuse.training.config import MODELS, OPTIMIZERS, VARIANTS
 
     assert option("train", "--model").choices == MODELS
     assert list(option("train", "--optimizer").choices) == list(OPTIMIZERS)
     assert option("train", "--variant").choices == VARIANTS
     assert option("train", "--fusion").choices == FUSIONS
     assert option("train", "--correction").choices == CORRECTIONS
-    assert option("train", "--normalisation").choices == NORMALISATION_NAMES
-    assert tuple(NORMALISATIONS) == NORMALISATION_NAMES
     assert list(option("train", "--preset").choices) == list(NET_PRESETS)
     assert list(option("prepare", "--preset").choices) == list(PRESETS)
     assert sorted(option("centerline", "--contrast").choices) == sorted(POLARITY_SIGNS)
@@ -180,7 +177,6 @@ def test_help_states_the_api_defaults():
         "--correction",
         "--sequence-supervision",
         "--lesion-contrast",
-        "--normalisation",
         "--preset",
         "--batch-size",
         "--seed",

@@ -158,36 +158,6 @@ class TestCheckpointsAndVariants:
         assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
         assert (out / "checkpoint_best.pt").exists()
 
-    def test_cord_ratio_model_trains_and_records_its_normalisation(
-        self, prepared_small, tmp_path, monkeypatch
-    ):
-        from cordfuse.inference import load_model
-        from cordfuse.training import trainer
-        from cordfuse.training.data import NORMALISATIONS
-
-        loaded = []
-
-        def load_subjects(paths, sequences, **kwargs):
-            loaded.append(kwargs["normalisation"])
-            return original(paths, sequences, **kwargs)
-
-        original = trainer.load_subjects
-        monkeypatch.setattr(trainer, "load_subjects", load_subjects)
-        out = tmp_path / "ratio"
-        train(prepared_small, out, tiny(epochs=1, normalisation="cord-ratio"), progress=False)
-        assert loaded == ["cord-ratio", "cord-ratio"], "training and validation subjects"
-        checkpoint = torch.load(out / "checkpoint_best.pt", weights_only=True)
-        assert checkpoint["normalisation"] == NORMALISATIONS["cord-ratio"]
-        assert TrainConfig.from_dict(checkpoint["config"]).normalisation == "cord-ratio"
-        assert load_model(out, torch.device("cpu")).warnings == []
-        # a frozen part trained on z-scores would read this scale silently: refused, both ways
-        for config in (
-            tiny(model="anchored", anchor=str(out)),
-            tiny(model="mean-imputation", variant="frozen-encoder", frozen_from=str(out)),
-        ):
-            with pytest.raises(CordfuseError, match="normalised otherwise"):
-                train(prepared_small, tmp_path / "refused", config, progress=False)
-
     def test_frozen_encoder_keeps_the_baseline_t2sag_encoder(self, prepared_small, tmp_path):
         train(prepared_small, tmp_path / "base", tiny(epochs=1), progress=False)
         frozen = tiny(
@@ -697,6 +667,7 @@ class TestMultiSequenceModels:
         from cordfuse.inference import load_model
         from cordfuse.nn.sliding import predict_probabilities
         from cordfuse.preprocess.pipeline import PreparedSubject
+        from cordfuse.training.data import normalise
 
         train(prepared_small, tmp_path / "anchor", tiny(epochs=1), progress=False)
         config = tiny(
@@ -725,7 +696,7 @@ class TestMultiSequenceModels:
         # With T2Sag alone its probabilities are the anchor's, bit for bit.
         _, paths = load_prepared_dataset(prepared_small)
         prepared = PreparedSubject.load(paths[0])
-        images, available = model.inputs(prepared)
+        images, available = normalise(prepared, model.sequences, coverage=True)
         only = available.copy()
         only[1:] = False
         alone = predict_probabilities(model.model, images, only, patch_z=64)

@@ -43,7 +43,7 @@ from cordfuse.io import atomic_write_bytes
 from cordfuse.nn.networks import AnchoredNet, CordNet, EarlyFusionNet, NetConfig, Network
 from cordfuse.preprocess.pipeline import PrepConfig
 from cordfuse.training.config import TrainConfig
-from cordfuse.training.data import NORMALISATION, NORMALISATIONS
+from cordfuse.training.data import NORMALISATION
 
 #: The checkpoint of the last finished epoch and the one of the best validation Dice.
 LATEST, BEST = "checkpoint_latest.pt", "checkpoint_best.pt"
@@ -105,8 +105,7 @@ class Checkpoint:
         net: The architecture the weights belong to (the preset's at training time).
         sequences: The model's encoders, in channel order (T2Sag first).
         prep: The pre-processing of the training data, which prediction repeats.
-        normalisation: How the crops were normalised (a description; default: that of the
-            configuration's ``normalisation``).
+        normalisation: How the crops were normalised (a description).
         split: Training and validation subject ids (``{"train": [...], "val": [...]}``).
         optimizer: The optimiser's state, to resume.
         scheduler: The learning rate scheduler's state, to resume.
@@ -124,7 +123,7 @@ class Checkpoint:
     net: NetConfig
     sequences: list[str]
     prep: PrepConfig
-    normalisation: str | None = None
+    normalisation: str = NORMALISATION
     split: dict[str, list[str]] | None = None
     optimizer: dict | None = None
     scheduler: dict | None = None
@@ -135,10 +134,6 @@ class Checkpoint:
     rng: dict[str, torch.Tensor] | None = None
     cordfuse_version: str = __version__
     path: Path | None = None
-
-    def __post_init__(self):
-        if self.normalisation is None:
-            self.normalisation = NORMALISATIONS[self.config.normalisation]
 
     @classmethod
     def load(cls, path: str | Path) -> Checkpoint:

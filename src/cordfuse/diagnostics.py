@@ -90,6 +90,7 @@ def sequence_effect(model, prepared_subjects, *, device="cpu") -> dict:
         One row per subject and the medians of each measure.
     """
     from cordfuse.nn.sliding import predict_probabilities
+    from cordfuse.training.data import normalise
 
     net = model.model
     patch_z = model.net.patch_size[2]
@@ -97,7 +98,7 @@ def sequence_effect(model, prepared_subjects, *, device="cpu") -> dict:
     for prepared in prepared_subjects:
         if len(prepared.sequences) < 2 or prepared.label is None:
             continue
-        images, available = model.inputs(prepared)
+        images, available = normalise(prepared, model.sequences, coverage=model.net.coverage_input)
         only = available.copy()
         only[1:] = False
         fused = [
@@ -293,6 +294,7 @@ def misalignment_cost(
         every sequence and the lesions found only with more sequences.
     """
     from cordfuse.nn.sliding import predict_probabilities
+    from cordfuse.training.data import normalise
 
     net = model.model
     patch_z = model.net.patch_size[2]
@@ -301,7 +303,7 @@ def misalignment_cost(
     for prepared in prepared_subjects:
         if len(prepared.sequences) < 2 or prepared.label is None or not prepared.label.any():
             continue
-        images, available = model.inputs(prepared)
+        images, available = normalise(prepared, model.sequences, coverage=model.net.coverage_input)
         only = available.copy()
         only[1:] = False
         spacing = prepared.geometry.spacing

@@ -190,6 +190,7 @@ def feature_differences(
 
     from cordfuse.nn.sliding import window_starts
     from cordfuse.preprocess.pipeline import PreparedSubject
+    from cordfuse.training.data import normalise
 
     net = model.model
     sequences = model.sequences
@@ -210,7 +211,7 @@ def feature_differences(
             prepared_paths, desc="features", unit="subject", disable=None if progress else True
         ):
             prepared = PreparedSubject.load(path)
-            images, available = model.inputs(prepared)
+            images, available = normalise(prepared, sequences, coverage=coverage)
             if available.sum() < 2:
                 continue
             nz = images.shape[-1]

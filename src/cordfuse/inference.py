@@ -63,7 +63,7 @@ from cordfuse.preprocess.pipeline import (
 from cordfuse.sequences import REFERENCE_SEQUENCE, SEQUENCES
 from cordfuse.threads import set_threads, threads_budget
 from cordfuse.training.config import ACCEPT_MISSING, TrainConfig
-from cordfuse.training.data import NORMALISATIONS, normalise
+from cordfuse.training.data import NORMALISATION, normalise
 
 
 @dataclass
@@ -95,16 +95,6 @@ class LoadedModel:
         anchored)."""
         return self.config.model in ACCEPT_MISSING
 
-    def inputs(self, prepared: PreparedSubject) -> tuple[np.ndarray, np.ndarray]:
-        """The network's input for a subject: its crops normalised as in this model's training
-        (and their coverage masks when it reads them), and which sequences it has."""
-        return normalise(
-            prepared,
-            self.sequences,
-            coverage=self.net.coverage_input,
-            normalisation=self.config.normalisation,
-        )
-
 
 def load_model(path: str | Path, device: torch.device) -> LoadedModel:
     """A trained model ready to predict, from a training folder or a checkpoint file.
@@ -126,13 +116,12 @@ def load_model(path: str | Path, device: torch.device) -> LoadedModel:
     checkpoint = Checkpoint.load(path)
     model = checkpoint.build_network().to(device).eval()
     warnings = []
-    now = NORMALISATIONS[checkpoint.config.normalisation]
-    if checkpoint.normalisation != now:
+    if checkpoint.normalisation != NORMALISATION:
         # e.g. trained before the statistics left uncovered voxels out: it runs, but its inputs
         # are scaled otherwise than in its training, so its accuracy is not the one measured
         warnings.append(
             f"model {path} was trained on crops normalised otherwise ({checkpoint.normalisation}"
-            f"; now: {now}): retrain it for its measured accuracy"
+            f"; now: {NORMALISATION}): retrain it for its measured accuracy"
         )
     return LoadedModel(
         Path(path),
@@ -265,7 +254,7 @@ def model_probabilities(
     Raises:
         CordfuseError: The input lacks T2Sag, or a sequence that the model cannot do without.
     """
-    images, available = model.inputs(prepared)
+    images, available = normalise(prepared, model.sequences, coverage=model.net.coverage_input)
     if not available[0]:
         raise CordfuseError(f"{model.path}: needs {REFERENCE_SEQUENCE}")
     if not model.accepts_missing and not available.all():

@@ -17,15 +17,13 @@ from cordfuse.cli._options import (
 )
 from cordfuse.errors import CordfuseError
 
-#: ``--model``, ``--variant``, ``--normalisation``, ``--fusion`` and ``--correction``:
-#: ``cordfuse.training.config.MODELS``, ``VARIANTS`` and ``NORMALISATION_NAMES``, and
-#: ``cordfuse.nn.networks.FUSIONS`` and ``CORRECTIONS`` (the parser imports neither, so that
-#: ``--help`` stays fast).
+#: ``--model``, ``--variant``, ``--fusion`` and ``--correction``:
+#: ``cordfuse.training.config.MODELS`` and ``VARIANTS``, and ``cordfuse.nn.networks.FUSIONS``
+#: and ``CORRECTIONS`` (the parser imports neither, so that ``--help`` stays fast).
 MODELS = ("baseline", "specific", "mean-imputation", "early-fusion", "anchored")
 VARIANTS = ("frozen-encoder", "distillation", "feature-aug")
 FUSIONS = ("bottleneck", "all-levels")
 CORRECTIONS = ("early-fusion", "all-levels")
-NORMALISATION_NAMES = ("z-score", "cord-ratio")
 
 
 def add_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -111,13 +109,6 @@ def add_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="scale the lesions' contrast over the cord by 0.5-3x in training, with "
         "probability P per sequence of a sample (real lesions range from just above the "
         "cord to beyond CSF, the default cohorts' stay below CSF)",
-    )
-    parser.add_argument(
-        "--normalisation",
-        choices=NORMALISATION_NAMES,
-        help="the input's scale: z-score (the cord core's mean and standard deviation) or "
-        "cord-ratio (signal against the core's mean: a lesion 1.5x the cord reads the same on "
-        "a quiet scan and a noisy one)",
     )
     add_preset(
         parser,
@@ -236,7 +227,6 @@ def run(args: argparse.Namespace) -> int:
             correction=args.correction,
             sequence_supervision=args.sequence_supervision,
             lesion_contrast=args.lesion_contrast,
-            normalisation=args.normalisation,
         ),
     )
     summary = train(

@@ -32,9 +32,6 @@ OPTIMIZERS: dict[str, float] = {"sgd": 0.01, "adamw": 3e-3}
 #: iterations and was still climbing at the end, where AdamW left the plateau within ~100 and
 #: ended higher (docs/training.md, ``benchmarks/bench_convergence.py``).
 PRESET_OPTIMIZERS: dict[str, str] = {"paper": "sgd", "small": "adamw"}
-#: The input normalisations ``--normalisation`` takes (``cordfuse.training.data.NORMALISATIONS``
-#: describes each).
-NORMALISATION_NAMES = ("z-score", "cord-ratio")
 
 
 @dataclass(frozen=True)
@@ -95,9 +92,6 @@ class TrainConfig:
     #: (:class:`~cordfuse.training.data.Augmentation`'s ``lesion_contrast``); 0 leaves the
     #: preset's augmentation as it is.
     lesion_contrast: float = 0.0
-    #: How the input crops are scaled (``cordfuse.training.data.NORMALISATIONS``): ``z-score``
-    #: on the cord core, or ``cord-ratio`` (signal against the core's mean, whatever the noise).
-    normalisation: str = "z-score"
 
     def __post_init__(self):
         if self.preset not in NET_PRESETS:
@@ -142,11 +136,6 @@ class TrainConfig:
             raise CordfuseError(f"unknown fusion {self.fusion!r}; one of {', '.join(FUSIONS)}")
         if self.fusion != "bottleneck" and len(self.model_sequences) < 2:
             raise CordfuseError(f"--fusion {self.fusion} needs a multi-sequence model")
-        if self.normalisation not in NORMALISATION_NAMES:
-            raise CordfuseError(
-                f"unknown normalisation {self.normalisation!r}; one of "
-                f"{', '.join(NORMALISATION_NAMES)}"
-            )
         if not 0.0 <= self.lesion_contrast <= 1.0:
             raise CordfuseError("--lesion-contrast is a probability in [0, 1]")
         if self.lesion_contrast and not self.augment:

@@ -1,11 +1,10 @@
 """Training data: prepared subjects in memory, deterministic patches, augmentation.
 
 * **Normalisation**: per sequence, z-score with the mean/std of the cord core (stored by
-  ``prepare``), or with ``cord-ratio`` the signal against the core's mean
-  (:data:`NORMALISATIONS`); voxels outside a scan's coverage stay exactly zero, and missing
-  sequences are zero and flagged unavailable. Networks with coverage input also get each
-  sequence's coverage mask as a channel after the K images, so an uncovered voxel (0, 0) never
-  reads as an average cord voxel (0, 1).
+  ``prepare``); voxels outside a scan's coverage stay exactly zero, and missing sequences are
+  zero and flagged unavailable. Networks with coverage input also get each sequence's coverage
+  mask as a channel after the K images, so an uncovered voxel (0, 0) never reads as an average
+  cord voxel (0, 1).
 * **Patches**: the full in-plane crop, a random window along S-I (padded when the cord is
   shorter); a third of patches are centred on a lesion voxel (nnU-Net's foreground
   oversampling).
@@ -41,21 +40,6 @@ NORMALISATION = (
     "z-score per sequence on the cord core (the covered voxels of a disk of 3 mm around the "
     "centreline; prepared layout 3)"
 )
-#: One unit of the ``cord-ratio`` input: this share of the cord core's mean signal (about the
-#: core's spread over its mean in the default synthetic cohorts, so both inputs have like scales).
-CORD_RATIO_UNIT = 0.15
-#: How a network's input crops are scaled, by the name ``cordfuse train --normalisation`` takes,
-#: and the description its checkpoint records. The core's spread is mostly noise and partial
-#: volume, which differ between scanners by 2-3x; ``cord-ratio`` measures signal against the
-#: core's mean instead, so a lesion 1.5x the cord is the same input on a quiet or a noisy scan.
-NORMALISATIONS = {
-    "z-score": NORMALISATION,
-    "cord-ratio": (
-        "signal over the cord core's mean per sequence, minus 1, in units of "
-        f"{CORD_RATIO_UNIT:g} of that mean (the covered voxels of a disk of 3 mm around the "
-        "centreline; prepared layout 3)"
-    ),
-}
 #: Share of a patch the other sequences must cover before T2Sag may be hidden (reference dropout).
 REFERENCE_DROP_COVER = 0.8
 
@@ -73,13 +57,9 @@ class SubjectArrays:
 
 
 def normalise(
-    prepared: PreparedSubject,
-    sequences: list[str],
-    *,
-    coverage: bool = False,
-    normalisation: str = "z-score",
+    prepared: PreparedSubject, sequences: list[str], *, coverage: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Normalised crops of ``sequences`` (zeros for missing ones and outside each scan's field of
+    """Z-scored crops of ``sequences`` (zeros for missing ones and outside each scan's field of
     view), then their coverage masks when asked: the input a network reads.
 
     Args:
@@ -88,19 +68,10 @@ def normalise(
         coverage: Append each sequence's coverage mask (1 inside its field of view, 0 outside
             and for a missing sequence) after the K images, as networks with
             ``NetConfig.coverage_input`` read them.
-        normalisation: A name of :data:`NORMALISATIONS`: ``z-score`` (the cord core's mean and
-            standard deviation) or ``cord-ratio`` (``(signal / core mean - 1) /``
-            :data:`CORD_RATIO_UNIT`; a sequence whose core mean is not positive, a signed image,
-            has no ratio to give and keeps its z-score, in training as in prediction).
 
     Returns:
         ``(images, available)``: ``(K or 2K, X, Y, Z)`` float32 channels and ``(K,)`` booleans.
-
-    Raises:
-        ValueError: An unknown normalisation.
     """
-    if normalisation not in NORMALISATIONS:
-        raise ValueError(f"unknown normalisation {normalisation!r}")
     g = prepared.geometry
     k = len(sequences)
     images = np.zeros(((2 if coverage else 1) * k, g.size, g.size, g.nz), np.float32)
@@ -111,11 +82,9 @@ def normalise(
         crop = prepared.images[seq]
         covered = prepared.coverage[seq]
         stats = prepared.stats[seq]
-        if normalisation == "cord-ratio" and stats["mean"] > 0:
-            scale = CORD_RATIO_UNIT * stats["mean"]
-        else:  # relative, not an absolute floor: scanners store intensities on any scale
-            scale = stats["std"] if stats["std"] > 0 else 1.0
-        scaled = (crop - stats["mean"]) / scale
+        # relative, not an absolute floor: scanners store intensities on any scale (1e-6..1e6)
+        std = stats["std"] if stats["std"] > 0 else 1.0
+        scaled = (crop - stats["mean"]) / std
         images[i] = np.where(covered, scaled, 0.0)
         if coverage:
             images[k + i] = covered
@@ -141,11 +110,7 @@ def split_coverage(image: np.ndarray, sequences: int) -> tuple[np.ndarray, np.nd
 
 
 def load_subjects(
-    paths: list[Path],
-    sequences: list[str],
-    *,
-    coverage: bool = False,
-    normalisation: str = "z-score",
+    paths: list[Path], sequences: list[str], *, coverage: bool = False
 ) -> list[SubjectArrays]:
     """Read prepared subjects into the arrays training samples from.
 
@@ -153,7 +118,6 @@ def load_subjects(
         paths: Prepared subject files.
         sequences: The model's sequences, in channel order.
         coverage: Hold the coverage masks as channels after the images (:func:`normalise`).
-        normalisation: A name of :data:`NORMALISATIONS`.
 
     Returns:
         One entry per file (an empty label for a subject without one).
@@ -161,9 +125,7 @@ def load_subjects(
     subjects = []
     for path in paths:
         prepared = PreparedSubject.load(path)
-        images, available = normalise(
-            prepared, sequences, coverage=coverage, normalisation=normalisation
-        )
+        images, available = normalise(prepared, sequences, coverage=coverage)
         label = prepared.label
         if label is None:
             label = np.zeros(images.shape[1:], np.uint8)

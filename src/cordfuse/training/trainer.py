@@ -51,7 +51,7 @@ from cordfuse.preprocess.pipeline import PrepConfig
 from cordfuse.threads import usable_cores
 from cordfuse.training.config import TrainConfig
 from cordfuse.training.data import (
-    NORMALISATIONS,
+    NORMALISATION,
     PRESET_AUGMENTATION,
     PatchDataset,
     load_subjects,
@@ -124,9 +124,8 @@ def build_model(config: TrainConfig, prep: PrepConfig | None = None) -> Network:
         The network.
 
     Raises:
-        CordfuseError: The ``frozen_from`` checkpoint cannot be read, was trained on crops
-            normalised otherwise or its T2Sag encoder does not fit this preset, or the anchor
-            does not fit (:func:`anchor_checkpoint`).
+        CordfuseError: The ``frozen_from`` checkpoint cannot be read or its T2Sag encoder does
+            not fit this preset, or the anchor does not fit (:func:`anchor_checkpoint`).
     """
     model = initial_network(config, config.net, config.model_sequences)
     if isinstance(model, AnchoredNet):
@@ -135,7 +134,6 @@ def build_model(config: TrainConfig, prep: PrepConfig | None = None) -> Network:
         if not config.frozen_from:
             raise CordfuseError("--variant frozen-encoder needs --frozen-from BASELINE_CHECKPOINT")
         baseline = Checkpoint.load(config.frozen_from)
-        _same_normalisation(baseline, config)
         prefix = "encoders.T2Sag."
         weights = {k[len(prefix) :]: v for k, v in baseline.model.items() if k.startswith(prefix)}
         if not weights:
@@ -163,8 +161,8 @@ def anchor_checkpoint(config: TrainConfig, prep: PrepConfig | None = None) -> Ch
         The anchor's checkpoint.
 
     Raises:
-        CordfuseError: In one line: unreadable, not a T2Sag-only model, or another architecture,
-            pre-processing or normalisation.
+        CordfuseError: In one line: unreadable, not a T2Sag-only model, or another architecture
+            or pre-processing.
     """
     if not config.anchor:
         raise CordfuseError("--model anchored needs --anchor RUN (a T2Sag-only model)")
@@ -184,18 +182,7 @@ def anchor_checkpoint(config: TrainConfig, prep: PrepConfig | None = None) -> Ch
         raise CordfuseError(
             f"{anchor.path}: the anchor was trained on data prepared with other settings"
         )
-    _same_normalisation(anchor, config)
     return anchor
-
-
-def _same_normalisation(donor: Checkpoint, config: TrainConfig) -> None:
-    """Refuse a frozen part (anchor, encoder) trained on inputs scaled otherwise: it would read
-    this model's input on another scale, silently."""
-    if donor.normalisation != NORMALISATIONS[config.normalisation]:
-        raise CordfuseError(
-            f"{donor.path}: trained on crops normalised otherwise ({donor.normalisation}); "
-            f"this model's: {NORMALISATIONS[config.normalisation]} (--normalisation)"
-        )
 
 
 def build_optimizer(parameters, config: TrainConfig) -> torch.optim.Optimizer:
@@ -441,15 +428,8 @@ def train(
     by_id = {p.parent.name: p for p in paths}
     sequences = config.model_sequences
     coverage = config.net.coverage_input
-    train_subjects, val_subjects = (
-        load_subjects(
-            [by_id[i] for i in ids],
-            sequences,
-            coverage=coverage,
-            normalisation=config.normalisation,
-        )
-        for ids in (train_ids, val_ids)
-    )
+    train_subjects = load_subjects([by_id[i] for i in train_ids], sequences, coverage=coverage)
+    val_subjects = load_subjects([by_id[i] for i in val_ids], sequences, coverage=coverage)
     patch = config.net.patch_size
     size = document["crop_size"]
     if (size, size) != tuple(patch[:2]):
@@ -613,7 +593,7 @@ def train(
                 net=config.net,
                 sequences=sequences,
                 prep=PrepConfig(**document["config"]),
-                normalisation=NORMALISATIONS[config.normalisation],
+                normalisation=NORMALISATION,
                 split=split,
                 optimizer=optimizer.state_dict(),
                 scheduler=scheduler.state_dict(),
