@@ -177,6 +177,7 @@ def test_help_states_the_api_defaults():
         "--correction",
         "--sequence-supervision",
         "--lesion-contrast",
+        "--fov-truncation",
         "--preset",
         "--batch-size",
         "--seed",

@@ -523,8 +523,7 @@ class TestAugmentation:
             p_brightness=0,
             p_contrast=0,
             p_gamma=0,
-            p_lesion_contrast=1.0,
-            **changes,
+            **({"p_lesion_contrast": 1.0} | changes),
         )
 
     def test_lesion_contrast_scales_each_lesion_over_the_cord_and_nothing_else(self):
@@ -607,6 +606,44 @@ class TestAugmentation:
             TrainConfig(preset="small", lesion_contrast=0.5, augment=False)
         with pytest.raises(CordfuseError, match="probability"):
             TrainConfig(preset="small", lesion_contrast=1.5)
+
+    def test_fov_truncation_clears_one_end_of_every_channel_and_the_label(self, monkeypatch):
+        from cordfuse.training import data
+        from cordfuse.training.config import TrainConfig
+        from cordfuse.training.data import LIGHT, augment_patch
+
+        image, label, available = self.patch()
+        label[12:20, 13:18, 30:38] = 1  # a second lesion near the superior end
+        covered = (image != 0).astype(np.float32)
+        with_coverage = np.concatenate([image, covered])
+        truncating = self.lesion_contrast_only(p_lesion_contrast=0.0, p_fov_truncation=1.0)
+        ends = set()
+        for seed in range(12):
+            drawn = {}
+            out, out_label = augment_patch(
+                with_coverage, label, available, truncating, np.random.default_rng(seed), drawn
+            )
+            cut, end = drawn["fov_truncation"]["slices"], drawn["fov_truncation"]["end"]
+            ends.add(end)
+            assert 2 <= cut <= 20, "5-50 % of the 40 slices"
+            gone = np.s_[..., :cut] if end == "inferior" else np.s_[..., 40 - cut :]
+            kept = np.s_[..., cut:] if end == "inferior" else np.s_[..., : 40 - cut]
+            # images, coverage masks and label: nothing past the cut, the rest as it was
+            assert not out[gone].any() and not out_label[gone].any()
+            np.testing.assert_array_equal(out[kept], with_coverage[kept])
+            np.testing.assert_array_equal(out_label[kept], label[kept])
+        assert ends == {"inferior", "superior"}
+
+        def drawn_from(*args):
+            raise AssertionError("truncation drawn")
+
+        monkeypatch.setattr(data, "_truncate_fov", drawn_from)
+        assert LIGHT.p_fov_truncation == 0.0  # the presets: off, their random numbers unchanged
+        augment_patch(image, label, available, LIGHT, np.random.default_rng(0))
+        with pytest.raises(CordfuseError, match="not with --no-augment"):
+            TrainConfig(preset="small", fov_truncation=0.3, augment=False)
+        with pytest.raises(CordfuseError, match="probability"):
+            TrainConfig(preset="small", fov_truncation=-0.1)
 
 
 class TestDataPath:

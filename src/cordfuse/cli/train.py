@@ -110,6 +110,13 @@ def add_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "probability P per sequence of a sample (real lesions range from just above the "
         "cord to beyond CSF, the default cohorts' stay below CSF)",
     )
+    parser.add_argument(
+        "--fov-truncation",
+        type=float,
+        metavar="P",
+        help="with probability P, end a training sample's field of view inside the patch (5-50 "
+        "%% of it cleared at one end), as a short real slab ends in the middle of the cord",
+    )
     add_preset(
         parser,
         help="the network and its schedule: paper (the paper's networks, GPU work) or small "
@@ -227,6 +234,7 @@ def run(args: argparse.Namespace) -> int:
             correction=args.correction,
             sequence_supervision=args.sequence_supervision,
             lesion_contrast=args.lesion_contrast,
+            fov_truncation=args.fov_truncation,
         ),
     )
     summary = train(

@@ -92,6 +92,10 @@ class TrainConfig:
     #: (:class:`~cordfuse.training.data.Augmentation`'s ``lesion_contrast``); 0 leaves the
     #: preset's augmentation as it is.
     lesion_contrast: float = 0.0
+    #: Probability of a training sample whose field of view ends inside the patch
+    #: (:class:`~cordfuse.training.data.Augmentation`'s ``fov_truncation``); 0 leaves the
+    #: preset's augmentation as it is.
+    fov_truncation: float = 0.0
 
     def __post_init__(self):
         if self.preset not in NET_PRESETS:
@@ -140,6 +144,10 @@ class TrainConfig:
             raise CordfuseError("--lesion-contrast is a probability in [0, 1]")
         if self.lesion_contrast and not self.augment:
             raise CordfuseError("--lesion-contrast is an augmentation: not with --no-augment")
+        if not 0.0 <= self.fov_truncation <= 1.0:
+            raise CordfuseError("--fov-truncation is a probability in [0, 1]")
+        if self.fov_truncation and not self.augment:
+            raise CordfuseError("--fov-truncation is an augmentation: not with --no-augment")
         if not 0.0 <= self.sequence_dropout < 1.0:
             raise CordfuseError("--sequence-dropout is a probability in [0, 1)")
         if self.sequence_dropout and self.model not in ACCEPT_MISSING:

@@ -287,6 +287,12 @@ class Augmentation:
             CSF; 0.5-3 turns a 2x lesion into a 1.5-4x one.
         p_lesion_contrast: probability, drawn per available sequence of a sample with a lesion;
             0 (the presets) draws nothing, so the other transforms keep their random numbers.
+        fov_truncation: range of the share of the patch, along S-I, that a truncated field of
+            view leaves uncovered at one end (the end drawn at random).
+        p_fov_truncation: probability of a truncated field of view per sample: every sequence,
+            its coverage and the label are cleared past a slice, as where a short real slab ends
+            in the middle of the cord (the default cohorts' scans mostly end below the conus);
+            0 (the presets) draws nothing.
     """
 
     rotation_deg: tuple[float, float, float] = (15.0, 15.0, 30.0)
@@ -311,6 +317,8 @@ class Augmentation:
     p_gamma_inverted: float = 0.1
     lesion_contrast: tuple[float, float] = (0.5, 3.0)
     p_lesion_contrast: float = 0.0
+    fov_truncation: tuple[float, float] = (0.05, 0.5)
+    p_fov_truncation: float = 0.0
 
 
 NNUNET = Augmentation()
@@ -349,6 +357,8 @@ def augment_patch(image, label, available, params: Augmentation, rng, drawn: dic
     """
     drawn = {} if drawn is None else drawn
     image, label = _spatial(image, label, params, rng, drawn)
+    if params.p_fov_truncation and rng.random() < params.p_fov_truncation:
+        image, label = _truncate_fov(image, label, params, rng, drawn)
     images, covered, has_coverage = split_coverage(image, len(available))
     if params.p_lesion_contrast and label.any():
         images = _lesion_contrast(images, covered, label, available, params, rng, drawn)
@@ -396,6 +406,21 @@ def _spatial(image, label, params: Augmentation, rng, drawn):
         image = np.flip(image, axis=axis + 1)
         label = np.flip(label, axis=axis)
     return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(label)
+
+
+def _truncate_fov(image, label, params: Augmentation, rng, drawn):
+    """The field of view ends inside the patch: past a slice drawn at one end, every channel
+    (images and coverage masks) and the label are 0, as outside a real scan's coverage; the
+    intensity transforms that follow then see only what is left covered."""
+    nz = label.shape[-1]
+    cut = max(1, round(rng.uniform(*params.fov_truncation) * nz))
+    inferior = bool(rng.random() < 0.5)
+    drawn["fov_truncation"] = {"slices": cut, "end": "inferior" if inferior else "superior"}
+    image, label = image.copy(), label.copy()
+    cleared = np.s_[..., :cut] if inferior else np.s_[..., nz - cut :]
+    image[cleared] = 0.0
+    label[cleared] = 0
+    return image, label
 
 
 def _lesion_contrast(

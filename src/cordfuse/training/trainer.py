@@ -501,7 +501,9 @@ def train(
         rank=rank,
         world_size=world,
         augmentation=replace(
-            PRESET_AUGMENTATION[config.preset], p_lesion_contrast=config.lesion_contrast
+            PRESET_AUGMENTATION[config.preset],
+            p_lesion_contrast=config.lesion_contrast,
+            p_fov_truncation=config.fov_truncation,
         ),
     )
     per_epoch = iterations * config.batch_size
