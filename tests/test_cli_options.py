@@ -178,7 +178,6 @@ def test_help_states_the_api_defaults():
         "--sequence-supervision",
         "--lesion-contrast",
         "--fov-truncation",
-        "--cord-drift",
         "--preset",
         "--batch-size",
         "--seed",

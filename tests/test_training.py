@@ -645,42 +645,6 @@ class TestAugmentation:
         with pytest.raises(CordfuseError, match="probability"):
             TrainConfig(preset="small", fov_truncation=-0.1)
 
-    def test_cord_drift_is_broad_centred_and_only_where_seen(self, monkeypatch):
-        from cordfuse.training import data
-        from cordfuse.training.data import LIGHT, augment_patch
-
-        image, label, available = self.patch()
-        covered = (image != 0).astype(np.float32)
-        with_coverage = np.concatenate([image, covered])
-        drifting = self.lesion_contrast_only(p_lesion_contrast=0.0, p_cord_drift=1.0)
-        drawn = {}
-        out, out_label = augment_patch(
-            with_coverage, label, available, drifting, np.random.default_rng(3), drawn
-        )
-        np.testing.assert_array_equal(out[4:], covered)  # coverage channels untouched
-        np.testing.assert_array_equal(out_label, label)
-        assert not out[2].any(), "a missing sequence stays empty"
-        for i in (0, 1, 3):
-            change = out[i] - image[i]
-            amplitude = drawn[i]["cord_drift"]
-            assert 0.0 <= amplitude <= 1.0
-            assert (change[covered[i] == 0] == 0).all(), "nothing added where nothing was seen"
-            # at the crop's centre the largest change is the amplitude (voxels 15-16 straddle
-            # the centre of 32: the Gaussian is 0.99 there), and it is one smooth profile
-            centre = change[15:17, 15:17, 6:].mean(axis=(0, 1))
-            assert np.abs(centre).max() == pytest.approx(amplitude, rel=0.03)
-            assert np.abs(np.diff(centre)).max() < 0.25 * amplitude, "smooth along S-I"
-            # 3 mm wide: a corner of the crop, 20 voxels from the centre, is left alone
-            assert np.abs(change[:3, :3]).max() < 1e-3 * amplitude
-        assert drawn[0]["cord_drift"] != drawn[1]["cord_drift"], "drawn per sequence"
-
-        def drawn_from(*args):
-            raise AssertionError("cord drift drawn")
-
-        monkeypatch.setattr(data, "_cord_drift", drawn_from)
-        assert LIGHT.p_cord_drift == 0.0  # the presets: off, their random numbers unchanged
-        augment_patch(image, label, available, LIGHT, np.random.default_rng(0))
-
 
 class TestDataPath:
     def test_workers_persist_and_draw_the_same_patches(self, prepared_small, tmp_path):

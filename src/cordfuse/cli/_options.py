@@ -101,7 +101,6 @@ API_DEFAULTS: dict[tuple[str, str], str | Callable[[], str]] = {
     ("train", "--sequence-supervision"): _TRAIN + "sequence_supervision",
     ("train", "--lesion-contrast"): _TRAIN + "lesion_contrast",
     ("train", "--fov-truncation"): _TRAIN + "fov_truncation",
-    ("train", "--cord-drift"): _TRAIN + "cord_drift",
     ("train", "--preset"): _TRAIN + "preset",
     ("train", "--epochs"): lambda: _schedule(0),
     ("train", "--iterations"): lambda: _schedule(1),

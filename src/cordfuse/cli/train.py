@@ -117,13 +117,6 @@ def add_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="with probability P, end a training sample's field of view inside the patch (5-50 "
         "%% of it cleared at one end), as a short real slab ends in the middle of the cord",
     )
-    parser.add_argument(
-        "--cord-drift",
-        type=float,
-        metavar="P",
-        help="with probability P per sequence, let the cord's own signal drift smoothly along "
-        "S-I in training (up to its core's spread), as a real cord's does",
-    )
     add_preset(
         parser,
         help="the network and its schedule: paper (the paper's networks, GPU work) or small "
@@ -242,7 +235,6 @@ def run(args: argparse.Namespace) -> int:
             sequence_supervision=args.sequence_supervision,
             lesion_contrast=args.lesion_contrast,
             fov_truncation=args.fov_truncation,
-            cord_drift=args.cord_drift,
         ),
     )
     summary = train(

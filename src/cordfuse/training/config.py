@@ -96,10 +96,6 @@ class TrainConfig:
     #: (:class:`~cordfuse.training.data.Augmentation`'s ``fov_truncation``); 0 leaves the
     #: preset's augmentation as it is.
     fov_truncation: float = 0.0
-    #: Probability of a drift of the cord's own signal along S-I, per available sequence of a
-    #: training sample (:class:`~cordfuse.training.data.Augmentation`'s ``cord_drift``); 0
-    #: leaves the preset's augmentation as it is.
-    cord_drift: float = 0.0
 
     def __post_init__(self):
         if self.preset not in NET_PRESETS:
@@ -152,10 +148,6 @@ class TrainConfig:
             raise CordfuseError("--fov-truncation is a probability in [0, 1]")
         if self.fov_truncation and not self.augment:
             raise CordfuseError("--fov-truncation is an augmentation: not with --no-augment")
-        if not 0.0 <= self.cord_drift <= 1.0:
-            raise CordfuseError("--cord-drift is a probability in [0, 1]")
-        if self.cord_drift and not self.augment:
-            raise CordfuseError("--cord-drift is an augmentation: not with --no-augment")
         if not 0.0 <= self.sequence_dropout < 1.0:
             raise CordfuseError("--sequence-dropout is a probability in [0, 1)")
         if self.sequence_dropout and self.model not in ACCEPT_MISSING:

@@ -293,14 +293,6 @@ class Augmentation:
             its coverage and the label are cleared past a slice, as where a short real slab ends
             in the middle of the cord (the default cohorts' scans mostly end below the conus);
             0 (the presets) draws nothing.
-        cord_drift: range of the largest change a drift adds to the cord, in units of the cord
-            core's spread (the z-score's unit).
-        p_cord_drift: probability of a drift of the cord's own signal along S-I, per available
-            sequence: a smooth profile over tens of slices, added around the crop's centre
-            (where the straightened cord lies; Gaussian of 3 mm) and nowhere else, as a real
-            cord's signal wanders along its length (errsm30: 0.84-1.08x its median, with its
-            CSF not following) where the default cohorts' cord is flat; 0 (the presets) draws
-            nothing.
     """
 
     rotation_deg: tuple[float, float, float] = (15.0, 15.0, 30.0)
@@ -327,8 +319,6 @@ class Augmentation:
     p_lesion_contrast: float = 0.0
     fov_truncation: tuple[float, float] = (0.05, 0.5)
     p_fov_truncation: float = 0.0
-    cord_drift: tuple[float, float] = (0.0, 1.0)
-    p_cord_drift: float = 0.0
 
 
 NNUNET = Augmentation()
@@ -372,8 +362,6 @@ def augment_patch(image, label, available, params: Augmentation, rng, drawn: dic
     images, covered, has_coverage = split_coverage(image, len(available))
     if params.p_lesion_contrast and label.any():
         images = _lesion_contrast(images, covered, label, available, params, rng, drawn)
-    if params.p_cord_drift:
-        images = _cord_drift(images, covered, available, params, rng, drawn)
     out = np.zeros_like(image)
     for i in np.flatnonzero(available):
         out[i] = _intensity(images[i], covered[i], params, rng, drawn.setdefault(i, {}))
@@ -433,36 +421,6 @@ def _truncate_fov(image, label, params: Augmentation, rng, drawn):
     image[cleared] = 0.0
     label[cleared] = 0
     return image, label
-
-
-#: Smoothness of a cord drift's S-I profile (Gaussian sigma, slices) and the width of the cord it
-#: changes (Gaussian sigma, in crop widths: 3 mm on both presets' crops).
-DRIFT_SMOOTHING = 8.0
-DRIFT_WIDTH = 1 / 8
-
-
-def _cord_drift(images, covered, available, params: Augmentation, rng, drawn) -> np.ndarray:
-    """The cord's own signal drifts along S-I: a smooth random profile (white noise smoothed over
-    :data:`DRIFT_SMOOTHING` slices, its largest absolute value set to the drawn amplitude) times
-    a Gaussian around the crop's centre, added to the covered voxels. Broad and centred, it is
-    unlike a lesion, which is focal (3-15 mm), so a model learns to look past it."""
-    from scipy import ndimage
-
-    out = images.copy()
-    _, x, y, nz = images.shape
-    u, v = np.meshgrid(np.arange(x) - (x - 1) / 2, np.arange(y) - (y - 1) / 2, indexing="ij")
-    width = DRIFT_WIDTH * x
-    around_cord = np.exp(-(u**2 + v**2) / (2 * width**2)).astype(np.float32)
-    for i in np.flatnonzero(available):
-        if rng.random() >= params.p_cord_drift:
-            continue
-        amplitude = float(rng.uniform(*params.cord_drift))
-        profile = ndimage.gaussian_filter1d(rng.normal(size=nz), DRIFT_SMOOTHING, mode="reflect")
-        profile *= amplitude / max(float(np.abs(profile).max()), 1e-8)
-        drawn.setdefault(i, {})["cord_drift"] = amplitude
-        change = around_cord[..., None] * profile[None, None].astype(np.float32)
-        out[i] = np.where(covered[i], images[i] + change, images[i])
-    return out
 
 
 def _lesion_contrast(

@@ -504,7 +504,6 @@ def train(
             PRESET_AUGMENTATION[config.preset],
             p_lesion_contrast=config.lesion_contrast,
             p_fov_truncation=config.fov_truncation,
-            p_cord_drift=config.cord_drift,
         ),
     )
     per_epoch = iterations * config.batch_size
