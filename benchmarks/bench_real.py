@@ -17,7 +17,9 @@ building the bench, later seeds are held out). Targets (issue 22): contrast >= 1
 sensitivity >= 0.9 and median Dice >= 0.5; no predicted lesion on an unpainted scan.
 
 Run: ``.venv/bin/python benchmarks/bench_real.py MODEL [MODEL ...] [--per-contrast 5]
-[--seed 1] [--thick]`` (MODEL: a training folder or checkpoint, as ``predict`` takes).
+[--seed 1] [--thick] [--paired]`` (MODEL: a training folder or checkpoint, as ``predict`` takes;
+several form an ensemble, or with ``--paired`` two models are each scored on the same painted
+lesions and compared lesion by lesion: found only by one, only by the other, exact McNemar).
 """
 
 from __future__ import annotations
@@ -46,15 +48,22 @@ def main() -> None:
     parser.add_argument("--per-contrast", type=int, default=5, help="positions per contrast")
     parser.add_argument("--seed", type=int, default=1, help="the positions (0 was looked at)")
     parser.add_argument("--thick", action="store_true", help="re-acquire at sagittal 3 mm")
+    parser.add_argument(
+        "--paired", action="store_true", help="two models, each on its own, compared per lesion"
+    )
     args = parser.parse_args()
+    if args.paired and len(args.model) != 2:
+        parser.error("--paired compares two models")
+    # one ensemble of every MODEL, or with --paired each model on its own
+    runs = [[m] for m in args.model] if args.paired else [args.model]
     import nibabel as nib
     import numpy as np
 
     import cordfuse
     from cordfuse.evaluation.painted import (
+        compare_painted,
         false_lesions_unpainted,
         score_painted,
-        summarise_painted,
     )
     from cordfuse.synth.clinical import ClinicalGeometry, reacquire
     from cordfuse.synth.paint import draw_lesions, paint_lesion
@@ -63,9 +72,9 @@ def main() -> None:
         raise SystemExit(f"{REAL}: the real scans are not here")
     thick = ClinicalGeometry("sagittal", 3.0, 0.7) if args.thick else None
 
-    def predict(image: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    def predict(image: np.ndarray, affine: np.ndarray, model: list[str]) -> np.ndarray:
         """The mask on the scan's own grid (one T2Sag slab: the fused grid is the scan's)."""
-        mask = cordfuse.segment({"T2Sag": nib.Nifti1Image(image, affine)}, args.model, device="cpu")
+        mask = cordfuse.segment({"T2Sag": nib.Nifti1Image(image, affine)}, model, device="cpu")
         predicted = np.asarray(mask.dataobj) > 0
         assert predicted.shape == image.shape and np.allclose(mask.affine, affine, atol=1e-4)
         return predicted
@@ -79,28 +88,71 @@ def main() -> None:
         return new, new_affine, truth
 
     rng = np.random.default_rng(args.seed)
-    false_rows, per_scan = [], {}
+    false_rows: list[list] = [[] for _ in runs]
+    per_scan: list[dict] = [{} for _ in runs]
     for name, image_path, cord_path in SCANS:
         img = nib.load(REAL / image_path)
         image = img.get_fdata(dtype=np.float32)
         cord = np.asarray(nib.load(REAL / cord_path).dataobj) > 0
         plain, plain_affine, _ = acquired(image, img.affine)
         voxel = float(abs(np.linalg.det(plain_affine[:3, :3])))
-        count = false_lesions_unpainted(predict(plain, plain_affine), voxel_volume_mm3=voxel)
-        false_rows.append((f"{name}: lesions predicted unpainted", str(count), "0"))
+        for run, model in enumerate(runs):
+            count = false_lesions_unpainted(
+                predict(plain, plain_affine, model), voxel_volume_mm3=voxel
+            )
+            false_rows[run].append((f"{name}: lesions predicted unpainted", str(count), "0"))
         for lesion in draw_lesions(
             img.affine, cord, CONTRASTS, rng, per_contrast=args.per_contrast
         ):
             painted, truth = paint_lesion(image, img.affine, cord, lesion)
             painted, affine, truth = acquired(painted, img.affine, truth)
-            per_scan.setdefault(name, []).append(
-                score_painted(
-                    predict(painted, affine),
-                    truth,
-                    contrast=lesion.contrast,
-                    voxel_volume_mm3=voxel,
+            for run, model in enumerate(runs):
+                per_scan[run].setdefault(name, []).append(
+                    score_painted(
+                        predict(painted, affine, model),
+                        truth,
+                        contrast=lesion.contrast,
+                        voxel_volume_mm3=voxel,
+                    )
                 )
-            )
+    geometry = thick.label if thick else "as acquired"
+    for run, model in enumerate(runs):
+        report(
+            per_scan[run],
+            false_rows[run],
+            f"Real healthy T2 scans ({geometry}), model {' + '.join(model)}, positions seed "
+            f"{args.seed}",
+        )
+    if args.paired:
+        a, b = ([s for own in scans.values() for s in own] for scans in per_scan)
+        rows = []
+        for label, lowest in (("every contrast", 0.0), ("from 1.5x", 1.5)):
+            paired = compare_painted(a, b, min_contrast=lowest)
+            rows += [
+                (
+                    f"{label}: lesions found ({paired.lesions} visible)",
+                    f"{paired.found_a} / {paired.found_b}",
+                    "",
+                ),
+                (
+                    f"{label}: found only by one / only by the other",
+                    f"{paired.only_a} / {paired.only_b}",
+                    "",
+                ),
+                (f"{label}: exact McNemar p", f"{paired.p_value:.3f}", ""),
+            ]
+        print_table(
+            f"Paired per painted lesion ({geometry}): {args.model[0]} / {args.model[1]}, "
+            f"positions seed {args.seed}",
+            rows,
+        )
+
+
+def report(per_scan: dict, false_rows: list, title: str) -> None:
+    """One model's table: false lesions on the unpainted scans, then per contrast the painted
+    lesions' sensitivity, median Dice and false lesions beside them, and per scan the counts."""
+    from cordfuse.evaluation.painted import summarise_painted
+
     rows = []
     for summary in summarise_painted(s for own in per_scan.values() for s in own):
         label = f"contrast {summary.contrast:g}x cord"
@@ -120,12 +172,7 @@ def main() -> None:
     for name, own in per_scan.items():  # where the lesions were found, scan by scan
         found = " ".join(f"{x.found}/{x.visible}" for x in summarise_painted(own))
         rows.append((f"{name}: found / visible at each contrast", found, ""))
-    geometry = thick.label if thick else "as acquired"
-    print_table(
-        f"Real healthy T2 scans ({geometry}), model {' + '.join(args.model)}, positions seed "
-        f"{args.seed}",
-        false_rows + rows,
-    )
+    print_table(title, false_rows + rows)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import pytest
 
 from cordfuse.evaluation.painted import (
     PaintedScore,
+    compare_painted,
     false_lesions_unpainted,
     score_painted,
     summarise_painted,
@@ -99,3 +100,29 @@ def test_the_summary_per_contrast_leaves_the_invisible_out_of_sensitivity_and_di
         and math.isnan(none.sensitivity)
         and math.isnan(none.median_dice)
     )
+
+
+def test_two_models_compared_lesion_by_lesion():
+    def scores(found, contrasts=(1.25, 1.5, 2.0, 3.0, 3.0, 2.0)):
+        # the fifth lesion is not visible on the grid: neither model could find it
+        return [
+            PaintedScore(c, i != 4, f and i != 4, 0.5 if f else 0.0, 0)
+            for i, (c, f) in enumerate(zip(contrasts, found, strict=True))
+        ]
+
+    a = scores([True, True, False, False, True, True])
+    b = scores([False, True, True, True, True, True])
+    paired = compare_painted(a, b)
+    assert (paired.lesions, paired.found_a, paired.found_b) == (5, 3, 4)
+    assert (paired.only_a, paired.only_b) == (1, 2)
+    assert paired.p_value == pytest.approx(1.0)  # 1 against 2 is no evidence either way
+    from_15 = compare_painted(a, b, min_contrast=1.5)
+    assert (from_15.lesions, from_15.only_a, from_15.only_b) == (4, 0, 2)
+    # every visible lesion (5) found by the first model only: p = 2 / 2^5
+    many = compare_painted(scores([True] * 6), scores([False] * 6))
+    assert (many.only_a, many.only_b) == (5, 0)
+    assert many.p_value == pytest.approx(2 / 2**5)
+    with pytest.raises(ValueError, match="same painted lesions"):
+        compare_painted(a, b[:-1])
+    with pytest.raises(ValueError, match="same painted lesions"):
+        compare_painted(a, scores([True] * 6, contrasts=(1.5,) * 6))

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cordfuse.evaluation.metrics import dice, lesion_detection, lesions
+from cordfuse.evaluation.stats import mcnemar_exact
 
 
 @dataclass(frozen=True)
@@ -143,3 +144,61 @@ def summarise_painted(scores: Iterable[PaintedScore]) -> list[ContrastSummary]:
             )
         )
     return summaries
+
+
+@dataclass(frozen=True)
+class PairedPainted:
+    """Two models on the same painted lesions (those visible to both, from a contrast on).
+
+    Attributes:
+        lesions: The lesions compared.
+        found_a: Found by the first model.
+        found_b: Found by the second.
+        only_a: Found by the first and missed by the second.
+        only_b: Found by the second and missed by the first.
+        p_value: Two-sided exact McNemar test of the discordant pairs.
+    """
+
+    lesions: int
+    found_a: int
+    found_b: int
+    only_a: int
+    only_b: int
+    p_value: float
+
+
+def compare_painted(
+    a: Iterable[PaintedScore], b: Iterable[PaintedScore], *, min_contrast: float = 0.0
+) -> PairedPainted:
+    """Two models' scores of the same painted lesions, paired lesion by lesion (the evidence the
+    bench's counts alone cannot give: which lesions one model finds and the other misses).
+
+    Args:
+        a: The first model's scores, one per painted lesion.
+        b: The second model's, in the same order.
+        min_contrast: Compare only lesions of at least this contrast.
+
+    Returns:
+        The paired counts and McNemar's p.
+
+    Raises:
+        ValueError: The two lists are not of the same lesions (length or contrasts differ).
+    """
+    a, b = list(a), list(b)
+    if len(a) != len(b) or any(x.contrast != y.contrast for x, y in zip(a, b, strict=True)):
+        raise ValueError("the two models were not scored on the same painted lesions")
+    pairs = [
+        (x.found, y.found)
+        for x, y in zip(a, b, strict=True)
+        if x.visible and y.visible and x.contrast >= min_contrast
+    ]
+    only_a = sum(x and not y for x, y in pairs)
+    only_b = sum(y and not x for x, y in pairs)
+    return PairedPainted(
+        lesions=len(pairs),
+        found_a=sum(x for x, _ in pairs),
+        found_b=sum(y for _, y in pairs),
+        only_a=only_a,
+        only_b=only_b,
+        p_value=mcnemar_exact(only_a, only_b),
+    )
