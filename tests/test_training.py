@@ -645,6 +645,77 @@ class TestAugmentation:
         with pytest.raises(CordfuseError, match="probability"):
             TrainConfig(preset="small", fov_truncation=-0.1)
 
+    def test_painted_lesion_is_small_inside_the_cord_and_as_bright_as_drawn(self, monkeypatch):
+        """One lesion in the cord (near the crop's centre), in the label and in every available
+        sequence, brighter by the drawn multiple of the cord's signal where lesions are
+        hyperintense and darker by it where they are hypointense; nothing else changes."""
+        from cordfuse.training import data
+        from cordfuse.training.config import TrainConfig
+        from cordfuse.training.data import LIGHT, augment_patch, lesion_signs
+
+        sequences = ["T2Sag", "STIR", "T2starAx", "MP2RAGE"]
+        available = np.array([True, True, False, True])
+        image = np.zeros((8, 24, 24, 40), np.float32)  # the cord's mean everywhere (z = 0)
+        image[4:][available] = 1.0
+        image[4:, :, :, :6] = 0.0  # outside the field of view at the bottom of the patch
+        label = np.zeros((24, 24, 40), np.uint8)
+        signal = np.array([5.0, 4.0, 0.0, 6.0], np.float32)  # mean over spread of each core
+        painting = self.lesion_contrast_only(
+            p_lesion_contrast=0.0, p_paint=1.0, lesion_signs=lesion_signs(sequences)
+        )
+        assert painting.lesion_signs == (1, 1, 1, -1)
+        for seed in range(10):
+            drawn = {}
+            out, out_label = augment_patch(
+                image, label, available, painting, np.random.default_rng(seed), drawn, signal=signal
+            )
+            paint = drawn["paint"]
+            assert 2.0 <= paint["length_mm"] <= 8.0 and 1.5 <= paint["width_mm"] <= 3.5
+            lesion = np.argwhere(out_label > 0)
+            assert 0 < len(lesion) <= 60, "a small lesion"
+            # within 1 mm of the centreline plus its half-width (1 mm voxels), all covered
+            assert (np.abs(lesion[:, :2] - 11.5) <= 1.0 + paint["width_mm"] / 2 + 0.5).all()
+            assert lesion[:, 2].min() >= 6
+            assert abs(lesion[:, 2].mean() - paint["slice"]) <= 1.0
+            assert set(paint["contrast"]) == {0, 1, 3}  # the available sequences
+            fractions = []
+            for i, factor in paint["contrast"].items():
+                hyper = painting.lesion_signs[i] > 0
+                assert 1.25 <= (factor if hyper else 1 / factor) <= 3.0
+                # the signal over the cord's is 1 + (factor - 1) x each voxel's lesion fraction
+                ratio = (out[i] + signal[i]) / signal[i]
+                fractions.append((ratio - 1) / (factor - 1))
+                assert not out[i][..., :6].any(), "nothing outside the field of view"
+            for fraction in fractions:  # the same lesion in every sequence
+                np.testing.assert_allclose(fraction, fractions[0], atol=1e-5)
+            assert fractions[0].min() >= -1e-5 and fractions[0].max() <= 1 + 1e-5
+            np.testing.assert_array_equal(out_label > 0, fractions[0] >= 0.5 - 1e-5)
+            assert not out[2].any(), "a missing sequence stays empty"
+            np.testing.assert_array_equal(out[4:], image[4:])  # the coverage masks
+            far = np.ones(label.shape, bool)
+            far[
+                np.ix_(
+                    *[
+                        np.arange(max(lo - 3, 0), hi + 4)
+                        for lo, hi in zip(lesion.min(0), lesion.max(0), strict=True)
+                    ]
+                )
+            ] = False
+            np.testing.assert_array_equal(out[:, far], image[:, far])
+        with pytest.raises(ValueError, match="cord signal and polarity"):
+            augment_patch(image, label, available, painting, np.random.default_rng(0))
+
+        def drawn_from(*args):
+            raise AssertionError("painting drawn")
+
+        monkeypatch.setattr(data, "_paint", drawn_from)
+        assert LIGHT.p_paint == 0.0  # the presets: off, their random numbers unchanged
+        augment_patch(image, label, available, LIGHT, np.random.default_rng(0))
+        with pytest.raises(CordfuseError, match="not with --no-augment"):
+            TrainConfig(preset="small", paint_lesions=0.3, augment=False)
+        with pytest.raises(CordfuseError, match="probability"):
+            TrainConfig(preset="small", paint_lesions=1.5)
+
 
 class TestDataPath:
     def test_workers_persist_and_draw_the_same_patches(self, prepared_small, tmp_path):

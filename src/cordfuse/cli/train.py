@@ -117,6 +117,13 @@ def add_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="with probability P, end a training sample's field of view inside the patch (5-50 "
         "%% of it cleared at one end), as a short real slab ends in the middle of the cord",
     )
+    parser.add_argument(
+        "--paint-lesions",
+        type=float,
+        metavar="P",
+        help="with probability P, paint one small lesion (2-8 mm long, 1.5-3.5 mm wide, "
+        "1.25-3x the local cord signal) into a training sample's cord and its label",
+    )
     add_preset(
         parser,
         help="the network and its schedule: paper (the paper's networks, GPU work) or small "
@@ -235,6 +242,7 @@ def run(args: argparse.Namespace) -> int:
             sequence_supervision=args.sequence_supervision,
             lesion_contrast=args.lesion_contrast,
             fov_truncation=args.fov_truncation,
+            paint_lesions=args.paint_lesions,
         ),
     )
     summary = train(

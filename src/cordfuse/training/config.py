@@ -96,6 +96,10 @@ class TrainConfig:
     #: (:class:`~cordfuse.training.data.Augmentation`'s ``fov_truncation``); 0 leaves the
     #: preset's augmentation as it is.
     fov_truncation: float = 0.0
+    #: Probability of a small lesion painted into a training sample's cord and label
+    #: (:class:`~cordfuse.training.data.Augmentation`'s ``p_paint``); 0 leaves the preset's
+    #: augmentation as it is.
+    paint_lesions: float = 0.0
 
     def __post_init__(self):
         if self.preset not in NET_PRESETS:
@@ -148,6 +152,10 @@ class TrainConfig:
             raise CordfuseError("--fov-truncation is a probability in [0, 1]")
         if self.fov_truncation and not self.augment:
             raise CordfuseError("--fov-truncation is an augmentation: not with --no-augment")
+        if not 0.0 <= self.paint_lesions <= 1.0:
+            raise CordfuseError("--paint-lesions is a probability in [0, 1]")
+        if self.paint_lesions and not self.augment:
+            raise CordfuseError("--paint-lesions is an augmentation: not with --no-augment")
         if not 0.0 <= self.sequence_dropout < 1.0:
             raise CordfuseError("--sequence-dropout is a probability in [0, 1)")
         if self.sequence_dropout and self.model not in ACCEPT_MISSING:

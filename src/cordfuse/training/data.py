@@ -46,7 +46,10 @@ REFERENCE_DROP_COVER = 0.8
 
 @dataclass
 class SubjectArrays:
-    """One subject ready for training: ``images`` (K, X, Y, Z), ``available`` (K,), ``label``."""
+    """One subject ready for training: ``images`` (K, X, Y, Z), ``available`` (K,), ``label``;
+    ``signal`` (K,) is each sequence's cord-core mean over its standard deviation (0 where
+    missing): the cord's signal in the z-scored units of ``images``, which painted lesions are
+    measured against (:class:`Augmentation`'s ``paint_contrast``)."""
 
     name: str
     cohort: str | None
@@ -54,6 +57,7 @@ class SubjectArrays:
     available: np.ndarray
     label: np.ndarray
     lesion_voxels: np.ndarray
+    signal: np.ndarray | None = None
 
 
 def normalise(
@@ -137,9 +141,48 @@ def load_subjects(
                 available,
                 label.astype(np.uint8),
                 np.argwhere(label > 0),
+                cord_signal(prepared, sequences),
             )
         )
     return subjects
+
+
+def lesion_signs(sequences: list[str]) -> tuple[int, ...]:
+    """+1 for each sequence where MS lesions are hyperintense (T2-weighted, STIR, T2*), -1
+    where hypointense (T1Sag, MP2RAGE), in channel order.
+
+    Args:
+        sequences: The model's sequences, in channel order.
+
+    Returns:
+        One sign per sequence.
+
+    Example:
+        >>> lesion_signs(["T2Sag", "STIR", "MP2RAGE"])
+        (1, 1, -1)
+    """
+    from cordfuse.synth.protocol import LESION_SIGN
+
+    return tuple(LESION_SIGN[seq] for seq in sequences)
+
+
+def cord_signal(prepared: PreparedSubject, sequences: list[str]) -> np.ndarray:
+    """Each sequence's cord-core mean over its standard deviation (0 for a missing one): where
+    the cord's own signal lies in the z-scored crop, whose 0 is the cord's mean.
+
+    Args:
+        prepared: A prepared subject.
+        sequences: The model's sequences, in channel order.
+
+    Returns:
+        ``(K,)`` float32.
+    """
+    signal = np.zeros(len(sequences), np.float32)
+    for i, seq in enumerate(sequences):
+        stats = prepared.stats.get(seq)
+        if seq in prepared.images and stats and stats["std"] > 0:
+            signal[i] = stats["mean"] / stats["std"]
+    return signal
 
 
 class PatchDataset(torch.utils.data.Dataset):
@@ -207,7 +250,9 @@ class PatchDataset(torch.utils.data.Dataset):
                 available[0] = False
                 image[np.arange(channels) * k] = 0.0  # its image and its coverage mask
         if self.augmentation is not None:
-            image, label = augment_patch(image, label, available, self.augmentation, rng)
+            image, label = augment_patch(
+                image, label, available, self.augmentation, rng, signal=subject.signal
+            )
         return (
             torch.from_numpy(np.ascontiguousarray(image)),
             torch.from_numpy(np.ascontiguousarray(label)).long(),
@@ -294,6 +339,19 @@ class Augmentation:
             in the middle of the cord (in the default cohorts a scan's end lies about the S-I
             margin from the crop's end, in 8 % of random patches); 0 (the presets) draws
             nothing.
+        paint_length_mm: range of a painted lesion's length along S-I (mm).
+        paint_width_mm: range of its diameter in the axial plane (mm).
+        paint_contrast: range of its signal as a multiple of the local cord signal, drawn per
+            sequence: that multiple where lesions are hyperintense, its inverse where they are
+            hypointense (:data:`cordfuse.synth.protocol.LESION_SIGN`).
+        p_paint: probability of one lesion painted into a sample's cord and its label (the
+            smooth-edged ellipsoid of :mod:`cordfuse.synth.paint`, centred within
+            :data:`PAINT_OFFSET_MM` of the centreline): small, clearly visible lesions, which the
+            default cohorts' 3 mm sagittal slices seldom show and the models miss in domain as on
+            real scans; 0 (the presets) draws nothing.
+        spacing_mm: the crops' voxel size, which painted lesions are drawn in.
+        lesion_signs: per channel of the model's sequences, +1 where lesions are hyperintense
+            and -1 where hypointense (:func:`lesion_signs`), which painting needs.
     """
 
     rotation_deg: tuple[float, float, float] = (15.0, 15.0, 30.0)
@@ -320,6 +378,12 @@ class Augmentation:
     p_lesion_contrast: float = 0.0
     fov_truncation: tuple[float, float] = (0.05, 0.5)
     p_fov_truncation: float = 0.0
+    paint_length_mm: tuple[float, float] = (2.0, 8.0)
+    paint_width_mm: tuple[float, float] = (1.5, 3.5)
+    paint_contrast: tuple[float, float] = (1.25, 3.0)
+    p_paint: float = 0.0
+    spacing_mm: float = 1.0
+    lesion_signs: tuple[int, ...] = ()
 
 
 NNUNET = Augmentation()
@@ -341,7 +405,16 @@ LIGHT = Augmentation(
 PRESET_AUGMENTATION = {"paper": NNUNET, "small": LIGHT}
 
 
-def augment_patch(image, label, available, params: Augmentation, rng, drawn: dict | None = None):
+def augment_patch(
+    image,
+    label,
+    available,
+    params: Augmentation,
+    rng,
+    drawn: dict | None = None,
+    *,
+    signal: np.ndarray | None = None,
+):
     """One augmented sample: the same spatial transform for every sequence and the label, then
     intensity transforms per available sequence, only inside each sequence's coverage (its
     coverage channel moved with it, or without one the non-zero voxels after the spatial
@@ -355,12 +428,21 @@ def augment_patch(image, label, available, params: Augmentation, rng, drawn: dic
         params: the recipe.
         rng: NumPy generator of this sample (the augmentation is a function of it).
         drawn: if given, filled with the parameters drawn (for tests and curiosity).
+        signal: ``(K,)`` the cord's signal in z-scored units (:attr:`SubjectArrays.signal`),
+            which painted lesions need.
+
+    Raises:
+        ValueError: painting without ``signal``.
     """
     drawn = {} if drawn is None else drawn
     image, label = _spatial(image, label, params, rng, drawn)
     if params.p_fov_truncation and rng.random() < params.p_fov_truncation:
         image, label = _truncate_fov(image, label, params, rng, drawn)
     images, covered, has_coverage = split_coverage(image, len(available))
+    if params.p_paint and rng.random() < params.p_paint:
+        if signal is None or len(params.lesion_signs) != len(available):
+            raise ValueError("painting a lesion needs each sequence's cord signal and polarity")
+        images, label = _paint(images, covered, label, available, signal, params, rng, drawn)
     if params.p_lesion_contrast and label.any():
         images = _lesion_contrast(images, covered, label, available, params, rng, drawn)
     out = np.zeros_like(image)
@@ -422,6 +504,63 @@ def _truncate_fov(image, label, params: Augmentation, rng, drawn):
     image[cleared] = 0.0
     label[cleared] = 0
     return image, label
+
+
+#: How far from the centreline (the crop's in-plane centre) a painted lesion's centre may lie
+#: (mm): with a 3.5 mm wide lesion it stays inside a cord 7 mm across, as the cervical cord's
+#: antero-posterior diameter is.
+PAINT_OFFSET_MM = 1.0
+#: The local cord signal a painted lesion is measured against: the median of the covered voxels
+#: within this radius of the centreline (mm) ...
+CORE_RADIUS_MM = 2.0
+#: ... and this far along S-I either side of the lesion's centre (mm), as the bench measures
+#: it (:data:`cordfuse.synth.paint.LOCAL_SIGNAL_MM`).
+LOCAL_SPAN_MM = 10.0
+
+
+def _paint(images, covered, label, available, signal, params: Augmentation, rng, drawn):
+    """One lesion painted into the cord of every available sequence and into the label: the
+    smooth-edged ellipsoid of :func:`cordfuse.synth.paint.lesion_fraction`, along S-I where
+    T2Sag (whose grid the label is on) covers the centreline, its signal ``contrast`` times the
+    local cord signal blended by each voxel's fraction, as the real-scan bench paints, before
+    the scanner-like transforms act on it. Nothing is painted in a sample without T2Sag."""
+    from cordfuse.synth.paint import PaintedLesion, lesion_fraction
+
+    _, x, y, nz = images.shape
+    spacing = params.spacing_mm
+    length = float(rng.uniform(*params.paint_length_mm))
+    width = float(rng.uniform(*params.paint_width_mm))
+    angle, offset = rng.uniform(0, 2 * np.pi), PAINT_OFFSET_MM * np.sqrt(rng.random())
+    contrasts = rng.uniform(*params.paint_contrast, len(available))
+    centre = np.array([(x - 1) / 2, (y - 1) / 2]) + offset / spacing * np.array(
+        [np.cos(angle), np.sin(angle)]
+    )
+    column = covered[0][int(round(centre[0])), int(round(centre[1]))]
+    half = length / 2 / spacing
+    slices = np.flatnonzero(column)
+    if not available[0] or not slices.size or slices[-1] - slices[0] < 2 * half:
+        return images, label
+    z = float(rng.uniform(slices[0] + half, slices[-1] - half))
+    where = (float(centre[0]) * spacing, float(centre[1]) * spacing, z * spacing)
+    lesion = PaintedLesion(where, length, width, contrast=1.0)  # the contrast is per sequence
+    fraction = lesion_fraction(label.shape, np.diag([spacing] * 3 + [1.0]), lesion)
+    ii, jj = np.ogrid[:x, :y]
+    core = (ii - (x - 1) / 2) ** 2 + (jj - (y - 1) / 2) ** 2 <= (CORE_RADIUS_MM / spacing) ** 2
+    near = np.abs(np.arange(nz) - z) <= LOCAL_SPAN_MM / spacing
+    out = images.copy()
+    contrast = {}
+    for i in np.flatnonzero(available):
+        local = covered[i] & core[..., None] & near & (label == 0)
+        if not local.any():
+            continue
+        # the cord's signal, in units of the core's spread, measured from 0 signal
+        cord = signal[i] + float(np.median(images[i][local]))
+        contrast[int(i)] = factor = float(contrasts[i]) ** params.lesion_signs[i]
+        weight = fraction * covered[i]
+        out[i] = images[i] * (1 - weight) + (factor * cord - signal[i]) * weight
+    label = np.where((fraction >= 0.5) & covered[0], 1, label).astype(label.dtype)
+    drawn["paint"] = {"length_mm": length, "width_mm": width, "slice": z, "contrast": contrast}
+    return out, label
 
 
 def _lesion_contrast(

@@ -54,6 +54,7 @@ from cordfuse.training.data import (
     NORMALISATION,
     PRESET_AUGMENTATION,
     PatchDataset,
+    lesion_signs,
     load_subjects,
 )
 from cordfuse.training.losses import deep_supervision_loss
@@ -504,6 +505,9 @@ def train(
             PRESET_AUGMENTATION[config.preset],
             p_lesion_contrast=config.lesion_contrast,
             p_fov_truncation=config.fov_truncation,
+            p_paint=config.paint_lesions,
+            spacing_mm=float(document["config"]["spacing"]),
+            lesion_signs=lesion_signs(sequences),
         ),
     )
     per_epoch = iterations * config.batch_size
