@@ -649,15 +649,27 @@ class TestAugmentation:
         """One lesion in the cord (near the crop's centre), in the label and in every available
         sequence, brighter by the drawn multiple of the cord's signal where lesions are
         hyperintense and darker by it where they are hypointense; nothing else changes."""
+        from dataclasses import replace
+
         from cordfuse.training import data
         from cordfuse.training.config import TrainConfig
         from cordfuse.training.data import LIGHT, augment_patch, lesion_signs
 
         sequences = ["T2Sag", "STIR", "T2starAx", "MP2RAGE"]
         available = np.array([True, True, False, True])
-        image = np.zeros((8, 24, 24, 40), np.float32)  # the cord's mean everywhere (z = 0)
-        image[4:][available] = 1.0
+        ii, jj = np.ogrid[:24, :24]
+        cord = np.broadcast_to(
+            (((ii - 11.5) ** 2 + (jj - 11.5) ** 2) <= 3.5**2)[..., None], (24, 24, 40)
+        )
+        levels = np.array([0.3, -0.2, 0.0, 0.5], np.float32)  # each cord's z-score
+        image = np.zeros((8, 24, 24, 40), np.float32)
+        for i in np.flatnonzero(available):
+            image[i] = np.where(cord, levels[i], 8.0)  # a cord in bright CSF
+            image[4 + i] = 1.0
         image[4:, :, :, :6] = 0.0  # outside the field of view at the bottom of the patch
+        image[:4, :, :, :6] = 0.0
+        seen = cord.copy()  # the cord where the sequences cover it
+        seen[..., :6] = False
         label = np.zeros((24, 24, 40), np.uint8)
         signal = np.array([5.0, 4.0, 0.0, 6.0], np.float32)  # mean over spread of each core
         painting = self.lesion_contrast_only(
@@ -673,24 +685,22 @@ class TestAugmentation:
             assert 2.0 <= paint["length_mm"] <= 8.0 and 1.5 <= paint["width_mm"] <= 3.5
             lesion = np.argwhere(out_label > 0)
             assert 0 < len(lesion) <= 60, "a small lesion"
-            # within 1 mm of the centreline plus its half-width (1 mm voxels), all covered
+            assert seen[out_label > 0].all(), "inside the cord, where T2Sag covers it"
             assert (np.abs(lesion[:, :2] - 11.5) <= 1.0 + paint["width_mm"] / 2 + 0.5).all()
-            assert lesion[:, 2].min() >= 6
             assert abs(lesion[:, 2].mean() - paint["slice"]) <= 1.0
             assert set(paint["contrast"]) == {0, 1, 3}  # the available sequences
             fractions = []
             for i, factor in paint["contrast"].items():
                 hyper = painting.lesion_signs[i] > 0
                 assert 1.25 <= (factor if hyper else 1 / factor) <= 3.0
-                # the signal over the cord's is 1 + (factor - 1) x each voxel's lesion fraction
-                ratio = (out[i] + signal[i]) / signal[i]
+                # in the cord, the signal over the cord's own is 1 + (factor - 1) x each
+                # voxel's lesion fraction (the cord's signal: its mean plus its z-score)
+                ratio = (out[i][seen] + signal[i]) / (signal[i] + levels[i])
                 fractions.append((ratio - 1) / (factor - 1))
-                assert not out[i][..., :6].any(), "nothing outside the field of view"
             for fraction in fractions:  # the same lesion in every sequence
                 np.testing.assert_allclose(fraction, fractions[0], atol=1e-5)
             assert fractions[0].min() >= -1e-5 and fractions[0].max() <= 1 + 1e-5
-            np.testing.assert_array_equal(out_label > 0, fractions[0] >= 0.5 - 1e-5)
-            assert not out[2].any(), "a missing sequence stays empty"
+            np.testing.assert_array_equal(out_label[seen] > 0, fractions[0] >= 0.5 - 1e-5)
             np.testing.assert_array_equal(out[4:], image[4:])  # the coverage masks
             far = np.ones(label.shape, bool)
             far[
@@ -702,6 +712,18 @@ class TestAugmentation:
                 )
             ] = False
             np.testing.assert_array_equal(out[:, far], image[:, far])
+        # A tilted sample: painted on the straight patch, the lesion turns with the cord (here
+        # STIR's coverage is the cord, so the spatial transform moves it as it moves the cord).
+        tilted = image.copy()
+        tilted[5] = cord
+        turning = replace(painting, rotation_deg=(15.0, 15.0, 0.0), p_rotation=1.0)
+        inside = []
+        for seed in range(20):
+            out, out_label = augment_patch(
+                tilted, label, available, turning, np.random.default_rng(seed), signal=signal
+            )
+            inside.append(out[5][out_label > 0].mean())
+        assert min(inside) >= 0.9, inside
         with pytest.raises(ValueError, match="cord signal and polarity"):
             augment_patch(image, label, available, painting, np.random.default_rng(0))
 
@@ -715,6 +737,8 @@ class TestAugmentation:
             TrainConfig(preset="small", paint_lesions=0.3, augment=False)
         with pytest.raises(CordfuseError, match="probability"):
             TrainConfig(preset="small", paint_lesions=1.5)
+        with pytest.raises(CordfuseError, match="a second time"):
+            TrainConfig(preset="small", paint_lesions=0.3, lesion_contrast=0.5)
 
 
 class TestDataPath:

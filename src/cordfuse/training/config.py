@@ -156,6 +156,11 @@ class TrainConfig:
             raise CordfuseError("--paint-lesions is a probability in [0, 1]")
         if self.paint_lesions and not self.augment:
             raise CordfuseError("--paint-lesions is an augmentation: not with --no-augment")
+        if self.paint_lesions and self.lesion_contrast:
+            raise CordfuseError(
+                "--paint-lesions with --lesion-contrast would scale the painted lesions' contrast "
+                "a second time (a 1/3x lesion to below zero): use one of them"
+            )
         if not 0.0 <= self.sequence_dropout < 1.0:
             raise CordfuseError("--sequence-dropout is a probability in [0, 1)")
         if self.sequence_dropout and self.model not in ACCEPT_MISSING:

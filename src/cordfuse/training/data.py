@@ -435,14 +435,19 @@ def augment_patch(
         ValueError: painting without ``signal``.
     """
     drawn = {} if drawn is None else drawn
+    k = len(available)
+    if params.p_paint and rng.random() < params.p_paint:
+        if signal is None or len(params.lesion_signs) != k:
+            raise ValueError("painting a lesion needs each sequence's cord signal and polarity")
+        # on the straightened patch, where the centreline is the crop's centre at every slice;
+        # the spatial transform then moves the lesion with the cord
+        images, covered, _ = split_coverage(image, k)
+        painted, label = _paint(images, covered, label, available, signal, params, rng, drawn)
+        image = np.concatenate([painted, image[k:]])
     image, label = _spatial(image, label, params, rng, drawn)
     if params.p_fov_truncation and rng.random() < params.p_fov_truncation:
         image, label = _truncate_fov(image, label, params, rng, drawn)
-    images, covered, has_coverage = split_coverage(image, len(available))
-    if params.p_paint and rng.random() < params.p_paint:
-        if signal is None or len(params.lesion_signs) != len(available):
-            raise ValueError("painting a lesion needs each sequence's cord signal and polarity")
-        images, label = _paint(images, covered, label, available, signal, params, rng, drawn)
+    images, covered, has_coverage = split_coverage(image, k)
     if params.p_lesion_contrast and label.any():
         images = _lesion_contrast(images, covered, label, available, params, rng, drawn)
     out = np.zeros_like(image)
@@ -520,10 +525,11 @@ LOCAL_SPAN_MM = 10.0
 
 def _paint(images, covered, label, available, signal, params: Augmentation, rng, drawn):
     """One lesion painted into the cord of every available sequence and into the label: the
-    smooth-edged ellipsoid of :func:`cordfuse.synth.paint.lesion_fraction`, along S-I where
-    T2Sag (whose grid the label is on) covers the centreline, its signal ``contrast`` times the
-    local cord signal blended by each voxel's fraction, as the real-scan bench paints, before
-    the scanner-like transforms act on it. Nothing is painted in a sample without T2Sag."""
+    smooth-edged ellipsoid of :func:`cordfuse.synth.paint.lesion_fraction`, where T2Sag (whose
+    grid the label is on) covers the centreline over its whole length, its signal ``contrast``
+    times the local cord signal blended by each voxel's fraction, as the real-scan bench paints,
+    before the spatial and scanner-like transforms act on it. Nothing is painted in a sample
+    without T2Sag."""
     from cordfuse.synth.paint import PaintedLesion, lesion_fraction
 
     _, x, y, nz = images.shape
@@ -535,12 +541,14 @@ def _paint(images, covered, label, available, signal, params: Augmentation, rng,
     centre = np.array([(x - 1) / 2, (y - 1) / 2]) + offset / spacing * np.array(
         [np.cos(angle), np.sin(angle)]
     )
+    # a centre whose whole length T2Sag covers (not across a gap between two slabs)
     column = covered[0][int(round(centre[0])), int(round(centre[1]))]
-    half = length / 2 / spacing
-    slices = np.flatnonzero(column)
-    if not available[0] or not slices.size or slices[-1] - slices[0] < 2 * half:
+    reach = int(np.ceil(length / 2 / spacing))
+    runs = np.convolve(column, np.ones(2 * reach + 1), mode="same") >= 2 * reach + 1
+    places = np.flatnonzero(runs)
+    if not available[0] or not places.size:
         return images, label
-    z = float(rng.uniform(slices[0] + half, slices[-1] - half))
+    z = float(rng.choice(places))
     where = (float(centre[0]) * spacing, float(centre[1]) * spacing, z * spacing)
     lesion = PaintedLesion(where, length, width, contrast=1.0)  # the contrast is per sequence
     fraction = lesion_fraction(label.shape, np.diag([spacing] * 3 + [1.0]), lesion)
@@ -551,10 +559,9 @@ def _paint(images, covered, label, available, signal, params: Augmentation, rng,
     contrast = {}
     for i in np.flatnonzero(available):
         local = covered[i] & core[..., None] & near & (label == 0)
-        if not local.any():
-            continue
-        # the cord's signal, in units of the core's spread, measured from 0 signal
-        cord = signal[i] + float(np.median(images[i][local]))
+        # the cord's signal in units of the core's spread, from 0 signal (the core's mean where
+        # lesions fill the core nearby)
+        cord = signal[i] + (float(np.median(images[i][local])) if local.any() else 0.0)
         contrast[int(i)] = factor = float(contrasts[i]) ** params.lesion_signs[i]
         weight = fraction * covered[i]
         out[i] = images[i] * (1 - weight) + (factor * cord - signal[i]) * weight
