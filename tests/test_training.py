@@ -526,6 +526,27 @@ class TestAugmentation:
             **({"p_lesion_contrast": 1.0} | changes),
         )
 
+    @staticmethod
+    def assert_off_in_presets_and_refused(
+        monkeypatch, sample, transform: str, option: str, bad: float, field: str = ""
+    ):
+        """An optional transform: the presets never draw it (so their random numbers stay as
+        they were), and its option is refused without augmentation and outside [0, 1]."""
+        from cordfuse.training import data
+        from cordfuse.training.config import TrainConfig
+
+        def drawn_from(*args):
+            raise AssertionError(f"{transform} drawn")
+
+        monkeypatch.setattr(data, transform, drawn_from)
+        for preset in data.PRESET_AUGMENTATION.values():
+            assert getattr(preset, field or f"p_{option}") == 0.0
+            data.augment_patch(*sample, preset, np.random.default_rng(0))
+        with pytest.raises(CordfuseError, match="not with --no-augment"):
+            TrainConfig(preset="small", augment=False, **{option: 0.3})
+        with pytest.raises(CordfuseError, match="probability"):
+            TrainConfig(preset="small", **{option: bad})
+
     def test_lesion_contrast_scales_each_lesion_over_the_cord_and_nothing_else(self):
         from scipy import ndimage
 
@@ -568,9 +589,7 @@ class TestAugmentation:
         assert len(set(factors)) == len(factors)
 
     def test_lesion_contrast_keeps_coverage_and_draws_nothing_when_off(self, monkeypatch):
-        from cordfuse.training import data
-        from cordfuse.training.config import TrainConfig
-        from cordfuse.training.data import LIGHT, augment_patch
+        from cordfuse.training.data import augment_patch
 
         image, label, available = self.patch()
         label[12:20, 13:18, 2:10] = 1  # a lesion half outside the field of view (z < 6)
@@ -592,25 +611,16 @@ class TestAugmentation:
         factor = drawn[0]["lesion_contrast"]
         assert out[0][inside].mean() == pytest.approx(factor * image[0][inside].mean(), rel=1e-4)
 
-        def drawn_from(*args):
-            raise AssertionError("lesion contrast drawn")
-
-        monkeypatch.setattr(data, "_lesion_contrast", drawn_from)
-        assert LIGHT.p_lesion_contrast == 0.0  # the presets: off, their random numbers unchanged
-        augment_patch(image, label, available, LIGHT, np.random.default_rng(0))
-        no_lesion = np.zeros_like(label)
+        self.assert_off_in_presets_and_refused(
+            monkeypatch, (image, label, available), "_lesion_contrast", "lesion_contrast", 1.5
+        )
+        no_lesion = np.zeros_like(label)  # nothing to scale: not drawn either
         augment_patch(
             image, no_lesion, available, self.lesion_contrast_only(), np.random.default_rng(0)
         )
-        with pytest.raises(CordfuseError, match="not with --no-augment"):
-            TrainConfig(preset="small", lesion_contrast=0.5, augment=False)
-        with pytest.raises(CordfuseError, match="probability"):
-            TrainConfig(preset="small", lesion_contrast=1.5)
 
     def test_fov_truncation_clears_one_end_of_every_channel_and_the_label(self, monkeypatch):
-        from cordfuse.training import data
-        from cordfuse.training.config import TrainConfig
-        from cordfuse.training.data import LIGHT, augment_patch
+        from cordfuse.training.data import augment_patch
 
         image, label, available = self.patch()
         label[12:20, 13:18, 30:38] = 1  # a second lesion near the superior end
@@ -634,16 +644,9 @@ class TestAugmentation:
             np.testing.assert_array_equal(out_label[kept], label[kept])
         assert ends == {"inferior", "superior"}
 
-        def drawn_from(*args):
-            raise AssertionError("truncation drawn")
-
-        monkeypatch.setattr(data, "_truncate_fov", drawn_from)
-        assert LIGHT.p_fov_truncation == 0.0  # the presets: off, their random numbers unchanged
-        augment_patch(image, label, available, LIGHT, np.random.default_rng(0))
-        with pytest.raises(CordfuseError, match="not with --no-augment"):
-            TrainConfig(preset="small", fov_truncation=0.3, augment=False)
-        with pytest.raises(CordfuseError, match="probability"):
-            TrainConfig(preset="small", fov_truncation=-0.1)
+        self.assert_off_in_presets_and_refused(
+            monkeypatch, (image, label, available), "_truncate_fov", "fov_truncation", -0.1
+        )
 
     def test_painted_lesion_is_small_inside_the_cord_and_as_bright_as_drawn(self, monkeypatch):
         """One lesion in the cord (near the crop's centre), in the label and in every available
@@ -651,9 +654,8 @@ class TestAugmentation:
         hyperintense and darker by it where they are hypointense; nothing else changes."""
         from dataclasses import replace
 
-        from cordfuse.training import data
         from cordfuse.training.config import TrainConfig
-        from cordfuse.training.data import LIGHT, augment_patch, lesion_signs
+        from cordfuse.training.data import augment_patch, lesion_signs
 
         sequences = ["T2Sag", "STIR", "T2starAx", "MP2RAGE"]
         available = np.array([True, True, False, True])
@@ -727,16 +729,9 @@ class TestAugmentation:
         with pytest.raises(ValueError, match="cord signal and polarity"):
             augment_patch(image, label, available, painting, np.random.default_rng(0))
 
-        def drawn_from(*args):
-            raise AssertionError("painting drawn")
-
-        monkeypatch.setattr(data, "_paint", drawn_from)
-        assert LIGHT.p_paint == 0.0  # the presets: off, their random numbers unchanged
-        augment_patch(image, label, available, LIGHT, np.random.default_rng(0))
-        with pytest.raises(CordfuseError, match="not with --no-augment"):
-            TrainConfig(preset="small", paint_lesions=0.3, augment=False)
-        with pytest.raises(CordfuseError, match="probability"):
-            TrainConfig(preset="small", paint_lesions=1.5)
+        self.assert_off_in_presets_and_refused(
+            monkeypatch, (image, label, available), "_paint", "paint_lesions", 1.5, "p_paint"
+        )
         with pytest.raises(CordfuseError, match="a second time"):
             TrainConfig(preset="small", paint_lesions=0.3, lesion_contrast=0.5)
 
