@@ -515,12 +515,10 @@ def _truncate_fov(image, label, params: Augmentation, rng, drawn):
 #: (mm): with a 3.5 mm wide lesion it stays inside a cord 7 mm across, as the cervical cord's
 #: antero-posterior diameter is.
 PAINT_OFFSET_MM = 1.0
-#: The local cord signal a painted lesion is measured against: the median of the covered voxels
-#: within this radius of the centreline (mm) ...
+#: The cord a painted lesion's local signal is measured on (as the bench measures it,
+#: :func:`cordfuse.synth.paint.local_cord_signal`): the covered voxels within this radius of the
+#: centreline (mm).
 CORE_RADIUS_MM = 2.0
-#: ... and this far along S-I either side of the lesion's centre (mm), as the bench measures
-#: it (:data:`cordfuse.synth.paint.LOCAL_SIGNAL_MM`).
-LOCAL_SPAN_MM = 10.0
 
 
 def _paint(images, covered, label, available, signal, params: Augmentation, rng, drawn):
@@ -530,9 +528,9 @@ def _paint(images, covered, label, available, signal, params: Augmentation, rng,
     times the local cord signal blended by each voxel's fraction, as the real-scan bench paints,
     before the spatial and scanner-like transforms act on it. Nothing is painted in a sample
     without T2Sag."""
-    from cordfuse.synth.paint import PaintedLesion, lesion_fraction
+    from cordfuse.synth.paint import PaintedLesion, lesion_fraction, local_cord_signal
 
-    _, x, y, nz = images.shape
+    _, x, y, _ = images.shape
     spacing = params.spacing_mm
     length = float(rng.uniform(*params.paint_length_mm))
     width = float(rng.uniform(*params.paint_width_mm))
@@ -551,17 +549,18 @@ def _paint(images, covered, label, available, signal, params: Augmentation, rng,
     z = float(rng.choice(places))
     where = (float(centre[0]) * spacing, float(centre[1]) * spacing, z * spacing)
     lesion = PaintedLesion(where, length, width, contrast=1.0)  # the contrast is per sequence
-    fraction = lesion_fraction(label.shape, np.diag([spacing] * 3 + [1.0]), lesion)
+    affine = np.diag([spacing] * 3 + [1.0])
+    fraction = lesion_fraction(label.shape, affine, lesion)
     ii, jj = np.ogrid[:x, :y]
     core = (ii - (x - 1) / 2) ** 2 + (jj - (y - 1) / 2) ** 2 <= (CORE_RADIUS_MM / spacing) ** 2
-    near = np.abs(np.arange(nz) - z) <= LOCAL_SPAN_MM / spacing
     out = images.copy()
     contrast = {}
     for i in np.flatnonzero(available):
-        local = covered[i] & core[..., None] & near & (label == 0)
+        cord_core = covered[i] & core[..., None] & (label == 0)
         # the cord's signal in units of the core's spread, from 0 signal (the core's mean where
-        # lesions fill the core nearby)
-        cord = signal[i] + (float(np.median(images[i][local])) if local.any() else 0.0)
+        # lesions fill the whole core)
+        local = local_cord_signal(images[i], affine, cord_core, where[2]) if cord_core.any() else 0
+        cord = signal[i] + local
         contrast[int(i)] = factor = float(contrasts[i]) ** params.lesion_signs[i]
         weight = fraction * covered[i]
         out[i] = images[i] * (1 - weight) + (factor * cord - signal[i]) * weight
