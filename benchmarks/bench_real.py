@@ -16,10 +16,18 @@ Positions come from ``--seed``; the report says which seeds were used (seed 0 wa
 building the bench, later seeds are held out). Targets (issue 22): contrast >= 1.5 found with
 sensitivity >= 0.9 and median Dice >= 0.5; no predicted lesion on an unpainted scan.
 
+Each model's (or ensemble's) lesion probabilities are computed once per scan and thresholded at
+every ``--thresholds`` value (the operating points of docs/training.md), and the lesions found at
+1.5x or more are also counted by their volume (small lesions are where sensitivity is lost).
+``--lesion-model irregular`` paints the lesions larger (length x1.2, width x1.3), with frayed
+edges and a textured interior (:func:`cordfuse.synth.paint.paint_lesion`'s ``ragged`` and
+``texture``): a lesion model that ``cordfuse train --paint-lesions`` never shows a network.
+
 Run: ``.venv/bin/python benchmarks/bench_real.py MODEL [MODEL ...] [--per-contrast 5]
-[--seed 1] [--thick] [--paired]`` (MODEL: a training folder or checkpoint, as ``predict`` takes;
-several form an ensemble, or with ``--paired`` two models are each scored on the same painted
-lesions and compared lesion by lesion: found only by one, only by the other, exact McNemar).
+[--seed 1] [--contrasts 1.25,1.5,2,3] [--thresholds 0.5] [--lesion-model ellipsoid]
+[--thick] [--paired]`` (MODEL: a training folder or checkpoint, as ``predict`` takes; several
+form an ensemble, or with ``--paired`` two models are each scored on the same painted lesions and
+compared lesion by lesion: found only by one, only by the other, exact McNemar).
 """
 
 from __future__ import annotations
@@ -39,7 +47,13 @@ SCANS = (
         "spinegeneric-unf01/sub-unf01_T2w_seg-manual.nii.gz",
     ),
 )
-CONTRASTS = (1.25, 1.5, 2.0, 3.0)
+CONTRASTS = "1.25,1.5,2,3"
+#: ``--lesion-model irregular``: how much larger than drawn, and how frayed and textured.
+IRREGULAR = {"length": 1.2, "width": 1.3, "ragged": 0.6, "texture": 0.15}
+
+
+def floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",")]
 
 
 def main() -> None:
@@ -47,6 +61,9 @@ def main() -> None:
     parser.add_argument("model", nargs="+")
     parser.add_argument("--per-contrast", type=int, default=5, help="positions per contrast")
     parser.add_argument("--seed", type=int, default=1, help="the positions (0 was looked at)")
+    parser.add_argument("--contrasts", type=floats, default=floats(CONTRASTS))
+    parser.add_argument("--thresholds", type=floats, default=[0.5], help="e.g. 0.5,0.7")
+    parser.add_argument("--lesion-model", choices=("ellipsoid", "irregular"), default="ellipsoid")
     parser.add_argument("--thick", action="store_true", help="re-acquire at sagittal 3 mm")
     parser.add_argument(
         "--paired", action="store_true", help="two models, each on its own, compared per lesion"
@@ -60,24 +77,23 @@ def main() -> None:
     import numpy as np
 
     import cordfuse
-    from cordfuse.evaluation.painted import (
-        compare_painted,
-        false_lesions_unpainted,
-        score_painted,
-    )
+    from cordfuse.evaluation.painted import false_lesions_unpainted, score_painted
     from cordfuse.synth.clinical import ClinicalGeometry, reacquire
-    from cordfuse.synth.paint import draw_lesions, paint_lesion
+    from cordfuse.synth.paint import PaintedLesion, draw_lesions, paint_lesion
 
     if not REAL.exists():
         raise SystemExit(f"{REAL}: the real scans are not here")
     thick = ClinicalGeometry("sagittal", 3.0, 0.7) if args.thick else None
 
-    def predict(image: np.ndarray, affine: np.ndarray, model: list[str]) -> np.ndarray:
-        """The mask on the scan's own grid (one T2Sag slab: the fused grid is the scan's)."""
-        mask = cordfuse.segment({"T2Sag": nib.Nifti1Image(image, affine)}, model, device="cpu")
-        predicted = np.asarray(mask.dataobj) > 0
-        assert predicted.shape == image.shape and np.allclose(mask.affine, affine, atol=1e-4)
-        return predicted
+    def probabilities(image: np.ndarray, affine: np.ndarray, model: list[str]) -> np.ndarray:
+        """The lesion probabilities on the scan's own grid (one T2Sag slab: the fused grid is
+        the scan's); ``predict``'s mask is where they exceed its threshold."""
+        result = cordfuse.segment(
+            {"T2Sag": nib.Nifti1Image(image, affine)}, model, device="cpu", details=True
+        )
+        p = np.asarray(result.probabilities.dataobj, np.float32)
+        assert p.shape == image.shape and np.allclose(result.mask.affine, affine, atol=1e-4)
+        return p
 
     def acquired(image, affine, mask=None):
         """The image (and truth) as the model sees them: as they are, or thick."""
@@ -87,74 +103,105 @@ def main() -> None:
         truth = None if mask is None else reacquire(mask, affine, thick, mask=True)[0]
         return new, new_affine, truth
 
+    def paint(image, affine, cord, lesion, rng):
+        if args.lesion_model == "ellipsoid":
+            return paint_lesion(image, affine, cord, lesion)
+        larger = PaintedLesion(
+            lesion.centre_mm,
+            lesion.length_mm * IRREGULAR["length"],
+            lesion.width_mm * IRREGULAR["width"],
+            lesion.contrast,
+        )
+        return paint_lesion(
+            image,
+            affine,
+            cord,
+            larger,
+            ragged=IRREGULAR["ragged"],
+            texture=IRREGULAR["texture"],
+            rng=rng,
+        )
+
     rng = np.random.default_rng(args.seed)
-    false_rows: list[list] = [[] for _ in runs]
-    per_scan: list[dict] = [{} for _ in runs]
+    # every scan as the models saw it: (scan, voxel volume, truth or None, maps, contrast)
+    cases = []
     for name, image_path, cord_path in SCANS:
         img = nib.load(REAL / image_path)
         image = img.get_fdata(dtype=np.float32)
         cord = np.asarray(nib.load(REAL / cord_path).dataobj) > 0
         plain, plain_affine, _ = acquired(image, img.affine)
         voxel = float(abs(np.linalg.det(plain_affine[:3, :3])))
-        for run, model in enumerate(runs):
-            count = false_lesions_unpainted(
-                predict(plain, plain_affine, model), voxel_volume_mm3=voxel
-            )
-            false_rows[run].append((f"{name}: lesions predicted unpainted", str(count), "0"))
+        maps = [probabilities(plain, plain_affine, model) for model in runs]
+        cases.append((name, voxel, None, maps, 0.0))
         for lesion in draw_lesions(
-            img.affine, cord, CONTRASTS, rng, per_contrast=args.per_contrast
+            img.affine, cord, args.contrasts, rng, per_contrast=args.per_contrast
         ):
-            painted, truth = paint_lesion(image, img.affine, cord, lesion)
+            painted, truth = paint(image, img.affine, cord, lesion, rng)
             painted, affine, truth = acquired(painted, img.affine, truth)
-            for run, model in enumerate(runs):
-                per_scan[run].setdefault(name, []).append(
-                    score_painted(
-                        predict(painted, affine, model),
-                        truth,
-                        contrast=lesion.contrast,
-                        voxel_volume_mm3=voxel,
-                    )
-                )
+            maps = [probabilities(painted, affine, model) for model in runs]
+            cases.append((name, voxel, truth, maps, lesion.contrast))
     geometry = thick.label if thick else "as acquired"
-    for run, model in enumerate(runs):
-        report(
-            per_scan[run],
-            false_rows[run],
-            f"Real healthy T2 scans ({geometry}), model {' + '.join(model)}, positions seed "
-            f"{args.seed}",
+    for threshold in args.thresholds:
+        false_rows: list[list] = [[] for _ in runs]
+        per_scan: list[dict] = [{} for _ in runs]
+        for name, voxel, truth, maps, contrast in cases:
+            for run, p in enumerate(maps):
+                if truth is None:
+                    count = false_lesions_unpainted(p > threshold, voxel_volume_mm3=voxel)
+                    false_rows[run].append(
+                        (f"{name}: lesions predicted unpainted", str(count), "0")
+                    )
+                    continue
+                per_scan[run].setdefault(name, []).append(
+                    score_painted(p > threshold, truth, contrast=contrast, voxel_volume_mm3=voxel)
+                )
+        setting = (
+            f"{geometry}, {args.lesion_model} lesions, positions seed {args.seed}, "
+            f"threshold {threshold:g}"
         )
-    if args.paired:
-        a, b = ([s for own in scans.values() for s in own] for scans in per_scan)
-        rows = []
-        for label, lowest in (("every contrast", 0.0), ("from 1.5x", 1.5)):
-            paired = compare_painted(a, b, min_contrast=lowest)
-            rows += [
-                (
-                    f"{label}: lesions found ({paired.lesions} visible)",
-                    f"{paired.found_a} / {paired.found_b}",
-                    "",
-                ),
-                (
-                    f"{label}: found only by one / only by the other",
-                    f"{paired.only_a} / {paired.only_b}",
-                    "",
-                ),
-                (f"{label}: exact McNemar p", f"{paired.p_value:.3f}", ""),
-            ]
-        print_table(
-            f"Paired per painted lesion ({geometry}): {args.model[0]} / {args.model[1]}, "
-            f"positions seed {args.seed}",
-            rows,
-        )
+        for run, model in enumerate(runs):
+            report(
+                per_scan[run],
+                false_rows[run],
+                f"Real healthy T2 scans ({setting}), model {' + '.join(model)}",
+            )
+        if args.paired:
+            paired_report(per_scan, args.model, setting)
+
+
+def paired_report(per_scan: list[dict], models: list[str], setting: str) -> None:
+    """The two models compared on the same painted lesions: found by each, found only by one or
+    the other, and the exact McNemar p of those discordant pairs."""
+    from cordfuse.evaluation.painted import compare_painted
+
+    a, b = ([s for own in scans.values() for s in own] for scans in per_scan)
+    rows = []
+    for label, lowest in (("every contrast", 0.0), ("from 1.5x", 1.5)):
+        paired = compare_painted(a, b, min_contrast=lowest)
+        rows += [
+            (
+                f"{label}: lesions found ({paired.lesions} visible)",
+                f"{paired.found_a} / {paired.found_b}",
+                "",
+            ),
+            (
+                f"{label}: found only by one / only by the other",
+                f"{paired.only_a} / {paired.only_b}",
+                "",
+            ),
+            (f"{label}: exact McNemar p", f"{paired.p_value:.3f}", ""),
+        ]
+    print_table(f"Paired per painted lesion ({setting}): {models[0]} / {models[1]}", rows)
 
 
 def report(per_scan: dict, false_rows: list, title: str) -> None:
     """One model's table: false lesions on the unpainted scans, then per contrast the painted
     lesions' sensitivity, median Dice and false lesions beside them, and per scan the counts."""
-    from cordfuse.evaluation.painted import summarise_painted
+    from cordfuse.evaluation.painted import found_by_volume, summarise_painted
 
+    everything = [s for own in per_scan.values() for s in own]
     rows = []
-    for summary in summarise_painted(s for own in per_scan.values() for s in own):
+    for summary in summarise_painted(everything):
         label = f"contrast {summary.contrast:g}x cord"
         target = ">= 0.9, Dice >= 0.5" if summary.contrast >= 1.5 else ""
         hidden = summary.painted - summary.visible
@@ -169,9 +216,11 @@ def report(per_scan: dict, false_rows: list, title: str) -> None:
             (f"{label}: median Dice", f"{summary.median_dice:.2f}", ""),
             (f"{label}: false lesions beside it", str(summary.false_lesions), ""),
         ]
+    for band, found, visible in found_by_volume(everything, min_contrast=1.5):
+        rows.append((f"from 1.5x, truth {band}: found / visible", f"{found}/{visible}", ""))
     for name, own in per_scan.items():  # where the lesions were found, scan by scan
-        found = " ".join(f"{x.found}/{x.visible}" for x in summarise_painted(own))
-        rows.append((f"{name}: found / visible at each contrast", found, ""))
+        counts = " ".join(f"{x.found}/{x.visible}" for x in summarise_painted(own))
+        rows.append((f"{name}: found / visible at each contrast", counts, ""))
     print_table(title, false_rows + rows)
 
 

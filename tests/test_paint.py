@@ -79,3 +79,36 @@ def test_a_painted_lesion_survives_a_thick_clinical_reacquisition(real_t2):
     assert thick_mask.any()
     # the lesion is still brighter than the same place unpainted, averaged over the slice
     assert thick[thick_mask > 0].mean() > 1.2 * plain[thick_mask > 0].mean()
+
+
+def test_an_irregular_lesion_is_frayed_and_textured_yet_only_in_the_cord():
+    """The bench's lesion model a painting-trained model never saw: a frayed edge and a
+    heterogeneous interior around the asked contrast, drawn from the seed, inside the cord."""
+    shape, affine = (40, 40, 80), np.diag([0.5, 0.5, 0.5, 1.0])
+    ii, jj = np.ogrid[:40, :40]
+    cord = np.broadcast_to(((ii - 20) ** 2 + (jj - 20) ** 2 <= 49)[..., None], shape)
+    image = np.full(shape, 100.0, np.float32)
+    lesion = PaintedLesion((10.0, 10.0, 20.0), length_mm=14.0, width_mm=6.0, contrast=2.0)
+    smooth, smooth_mask = paint_lesion(image, affine, cord, lesion)
+
+    def irregular(seed, ragged=0.6, texture=0.15):
+        rng = np.random.default_rng(seed)
+        return paint_lesion(image, affine, cord, lesion, ragged=ragged, texture=texture, rng=rng)
+
+    painted, mask = irregular(0)
+    np.testing.assert_array_equal(painted, irregular(0)[0])
+    assert not np.array_equal(painted, irregular(1)[0])
+    assert not ((painted != image) & ~cord).any() and not (mask & ~cord).any()
+    # the edge moved both ways: voxels of the smooth lesion lost, voxels outside it gained
+    _, frayed = irregular(0, texture=0.0)
+    lost, gained = (smooth_mask > frayed).sum(), (frayed > smooth_mask).sum()
+    assert lost > 0 and gained > 0 and frayed.sum() > 0.5 * smooth_mask.sum()
+    # where the smooth lesion fills the voxel, the textured signal spreads around twice the cord's
+    full = lesion_fraction(shape, affine, lesion) >= 0.99
+    textured, textured_mask = irregular(0, ragged=0.0)
+    np.testing.assert_array_equal(textured_mask, smooth_mask)
+    inside = textured[full] / 200.0
+    assert abs(np.median(inside) - 1.0) < 0.06 and 0.08 < inside.std() < 0.22
+    assert np.ptp(smooth[full]) < 0.01 * 200
+    with pytest.raises(ValueError, match="needs rng"):
+        paint_lesion(image, affine, cord, lesion, ragged=0.6)

@@ -24,8 +24,9 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import statistics
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,6 +45,7 @@ class PaintedScore:
         found: Whether the painted lesion is detected (False when not visible).
         dice: The predicted mask's Dice against the truth (NaN when not visible).
         false_lesions: Predicted lesions that are not true positives.
+        volume_mm3: The painted truth's volume on the grid the model saw.
     """
 
     contrast: float
@@ -51,6 +53,7 @@ class PaintedScore:
     found: bool
     dice: float
     false_lesions: int
+    volume_mm3: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -94,9 +97,11 @@ def score_painted(
     predicted = np.asarray(predicted) > 0
     counts = lesion_detection(predicted, truth, voxel_volume_mm3=voxel_volume_mm3)
     false = counts.n_pred - counts.pred_true_positive
+    volume = float(truth.sum()) * voxel_volume_mm3
     if counts.n_gt == 0:  # nothing of it left under the rules: no voxel, or 3 mm^3 at most
-        return PaintedScore(contrast, False, False, float("nan"), false)
-    return PaintedScore(contrast, True, counts.gt_detected > 0, dice(predicted, truth), false)
+        return PaintedScore(contrast, False, False, float("nan"), false, volume)
+    found = counts.gt_detected > 0
+    return PaintedScore(contrast, True, found, dice(predicted, truth), false, volume)
 
 
 def false_lesions_unpainted(predicted: np.ndarray, *, voxel_volume_mm3: float) -> int:
@@ -144,6 +149,42 @@ def summarise_painted(scores: Iterable[PaintedScore]) -> list[ContrastSummary]:
             )
         )
     return summaries
+
+
+def found_by_volume(
+    scores: Iterable[PaintedScore],
+    edges_mm3: Sequence[float] = (20.0, 50.0),
+    *,
+    min_contrast: float = 0.0,
+) -> list[tuple[str, int, int]]:
+    """The visible painted lesions found, by the truth's volume: small lesions are where
+    sensitivity is lost (docs/training.md), and a bench whose lesions are smaller than a
+    cohort's would otherwise read as a worse model.
+
+    Args:
+        scores: Any number of scores.
+        edges_mm3: The bands' upper edges (the last band is open).
+        min_contrast: Count only lesions of at least this contrast.
+
+    Returns:
+        ``(band, found, visible)`` for each band, smallest first.
+
+    Example:
+        >>> scores = [PaintedScore(2.0, True, v > 30, 0.5, 0, v) for v in (10.0, 40.0, 90.0)]
+        >>> found_by_volume(scores)
+        [('<= 20 mm3', 0, 1), ('20-50 mm3', 1, 1), ('> 50 mm3', 1, 1)]
+    """
+    edges = [0.0, *edges_mm3, float("inf")]
+    visible = [s for s in scores if s.visible and s.contrast >= min_contrast]
+    bands = []
+    for lo, hi in itertools.pairwise(edges):
+        if lo == 0:
+            label = f"<= {hi:g} mm3"
+        else:
+            label = f"> {lo:g} mm3" if hi == np.inf else f"{lo:g}-{hi:g} mm3"
+        band = [s for s in visible if lo < s.volume_mm3 <= hi]
+        bands.append((label, sum(s.found for s in band), len(band)))
+    return bands
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,26 @@ def reference_geometry(
     return CropGeometry(spacing=spacing, size=size, z0=lo, nz=nz)
 
 
+def core_disk(size: int, spacing: float, radius_mm: float) -> np.ndarray:
+    """The in-plane voxels of a crop within ``radius_mm`` of its centreline: the cord's core,
+    where the cord's own signal is measured (pre-processing's statistics, painted lesions).
+
+    Args:
+        size: The crop's in-plane size (voxels).
+        spacing: The crop's spacing (mm).
+        radius_mm: The disk's radius (mm).
+
+    Returns:
+        ``(size, size)`` booleans.
+
+    Example:
+        >>> core_disk(5, 1.0, 1.0).astype(int).tolist()
+        [[0, 0, 0, 0, 0], [0, 0, 1, 0, 0], [0, 1, 1, 1, 0], [0, 0, 1, 0, 0], [0, 0, 0, 0, 0]]
+    """
+    offsets = (np.arange(size) - (size - 1) / 2) * spacing
+    return np.hypot(offsets[:, None], offsets[None, :]) <= radius_mm
+
+
 def crop_points(geometry: CropGeometry, centres: np.ndarray) -> np.ndarray:
     """World points ``(size, size, nz, 3)`` of a crop whose slice ``k`` is centred on
     ``centres[k] = (x, y)``.

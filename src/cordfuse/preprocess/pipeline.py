@@ -47,6 +47,7 @@ from cordfuse.preprocess.centerline import (
 )
 from cordfuse.preprocess.crop import (
     CropGeometry,
+    core_disk,
     crop_points,
     crop_to_world_grid,
     reference_geometry,
@@ -785,9 +786,7 @@ def intensity_stats(
         ``mean``, ``std`` (covered cord core), ``p005``, ``p995`` (covered voxels) and the number
         of ``covered_slices`` (slices whose core is covered).
     """
-    c, s = geometry.centre_index, geometry.spacing
-    ii, jj = np.meshgrid(np.arange(geometry.size), np.arange(geometry.size), indexing="ij")
-    core = (np.hypot(ii - c, jj - c) * s <= CORD_CORE_MM)[:, :, None] & coverage
+    core = core_disk(geometry.size, geometry.spacing, CORD_CORE_MM)[:, :, None] & coverage
     values = crop[core]
     if values.size == 0:
         values = np.zeros(1, np.float32)

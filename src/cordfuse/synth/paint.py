@@ -110,25 +110,62 @@ def local_cord_signal(
 
 
 def paint_lesion(
-    image: np.ndarray, affine: np.ndarray, cord: np.ndarray, lesion: PaintedLesion
+    image: np.ndarray,
+    affine: np.ndarray,
+    cord: np.ndarray,
+    lesion: PaintedLesion,
+    *,
+    ragged: float = 0.0,
+    texture: float = 0.0,
+    rng: np.random.Generator | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Paint one lesion into a scan.
+
+    By default the lesion is the smooth ellipsoid of :func:`lesion_fraction` with a uniform
+    signal. ``ragged`` and ``texture`` make it irregular, as real lesions are and as a model
+    trained on smooth ellipsoids (``cordfuse train --paint-lesions``) never saw: smooth noise of
+    unit spread (Gaussian-filtered over one voxel) multiplies each voxel's fraction by
+    ``1 + ragged * noise`` (clipped to [0, 1]: a frayed edge, holes and buds), and a second such
+    field multiplies the lesion's signal by ``1 + texture * noise`` (a heterogeneous interior).
 
     Args:
         image: The scan (float).
         affine: Its affine.
         cord: Its cord mask.
         lesion: The lesion (its centre should lie inside the cord: :func:`draw_lesions`).
+        ragged: How much the edge is frayed (0: the smooth ellipsoid).
+        texture: The relative spread of the lesion's signal (0: uniform).
+        rng: Draws the two noise fields (needed when ``ragged`` or ``texture`` is not 0).
 
     Returns:
         ``(painted image, lesion mask)``: the mask is the voxels at least half inside the lesion,
         within the cord.
+
+    Raises:
+        ValueError: ``ragged`` or ``texture`` without ``rng``.
     """
     cord = np.asarray(cord) > 0
-    fraction = lesion_fraction(image.shape, affine, lesion) * cord
-    target = lesion.contrast * local_cord_signal(image, affine, cord, lesion.centre_mm[2])
+    fraction = lesion_fraction(image.shape, affine, lesion)
+    target: float | np.ndarray = lesion.contrast * local_cord_signal(
+        image, affine, cord, lesion.centre_mm[2]
+    )
+    if ragged or texture:
+        if rng is None:
+            raise ValueError("an irregular lesion (ragged or texture) needs rng")
+        fraying, variation = (_smooth_noise(image.shape, rng) for _ in range(2))
+        fraction = np.clip(fraction * (1 + ragged * fraying), 0.0, 1.0)
+        target = target * (1 + texture * variation)
+    fraction = fraction * cord
     painted = image * (1 - fraction) + target * fraction
     return painted.astype(np.float32), (fraction >= 0.5).astype(np.uint8)
+
+
+def _smooth_noise(shape, rng: np.random.Generator) -> np.ndarray:
+    """Gaussian noise smoothed over one voxel, scaled back to unit spread."""
+    from scipy import ndimage
+
+    field = ndimage.gaussian_filter(rng.normal(size=shape), 1.0)
+    return field / field.std()
 
 
 def draw_lesions(

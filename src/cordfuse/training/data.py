@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cordfuse.preprocess.crop import core_disk
 from cordfuse.preprocess.pipeline import PreparedSubject
 
 NORMALISATION = (
@@ -551,8 +552,7 @@ def _paint(images, covered, label, available, signal, params: Augmentation, rng,
     lesion = PaintedLesion(where, length, width, contrast=1.0)  # the contrast is per sequence
     affine = np.diag([spacing] * 3 + [1.0])
     fraction = lesion_fraction(label.shape, affine, lesion)
-    ii, jj = np.ogrid[:x, :y]
-    core = (ii - (x - 1) / 2) ** 2 + (jj - (y - 1) / 2) ** 2 <= (CORE_RADIUS_MM / spacing) ** 2
+    core = core_disk(x, spacing, CORE_RADIUS_MM)
     out = images.copy()
     contrast = {}
     for i in np.flatnonzero(available):
