@@ -113,7 +113,7 @@ def synth_subjects():
 
 @pytest.fixture(scope="session")
 def learned(tmp_path_factory):
-    """A small-preset T2Sag baseline trained for ~40 s on a 10-subject synthetic cohort."""
+    """A small-preset T2Sag baseline trained for 250 steps on a 10-subject synthetic cohort."""
     from cordfuse.cli import main
     from cordfuse.training.config import TrainConfig
     from cordfuse.training.trainer import train
@@ -123,13 +123,14 @@ def learned(tmp_path_factory):
     prepared = root / "prepared"
     assert main(["prepare", str(bids), str(prepared), "--preset", "small", "--jobs", "2"]) == 0
     # Validated every 5 epochs: the tests need the best of the run, not every epoch's Dice. The
-    # small preset's recipe (AdamW) reaches pooled validation Dice 0.22, 0.30 and 0.45 at epochs
-    # 5, 10 and 15 (41 s on 2 cores, measured; the tests ask for 0.15 over an untrained net);
-    # nnU-Net's SGD needed 80 epochs and lesion-centred patches for 0.53 (240 s).
+    # small preset's recipe (AdamW) reaches pooled validation Dice 0.19 and 0.39 at epochs 5 and
+    # 10 (measured at 81bf9a4; the tests ask for 0.15 over an untrained net, which scores under
+    # 0.05); 15 epochs reached 0.45, which no test needs, for 50 % more of the suite's longest
+    # training. nnU-Net's SGD needed 80 epochs and lesion-centred patches for 0.53.
     config = TrainConfig(
         model="baseline",
         preset="small",
-        epochs=15,
+        epochs=10,
         iterations=25,
         seed=0,
         val_every=5,
