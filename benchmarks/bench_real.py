@@ -19,15 +19,18 @@ sensitivity >= 0.9 and median Dice >= 0.5; no predicted lesion on an unpainted s
 Each model's (or ensemble's) lesion probabilities are computed once per scan and thresholded at
 every ``--thresholds`` value (the operating points of docs/training.md), and the lesions found at
 1.5x or more are also counted by their volume (small lesions are where sensitivity is lost).
-``--lesion-model irregular`` paints the lesions larger (length x1.2, width x1.3), with frayed
-edges and a textured interior (:func:`cordfuse.synth.paint.paint_lesion`'s ``ragged`` and
-``texture``): a lesion model that ``cordfuse train --paint-lesions`` never shows a network.
+``--lesion-model irregular`` paints the same positions as lesions of
+:func:`cordfuse.synth.paint.paint_irregular_lesion` (larger, with frayed edges and a textured
+interior, drawn from a noise stream of their own): a lesion model that ``cordfuse train
+--paint-lesions`` never shows a network.
 
 Run: ``.venv/bin/python benchmarks/bench_real.py MODEL [MODEL ...] [--per-contrast 5]
 [--seed 1] [--contrasts 1.25,1.5,2,3] [--thresholds 0.5] [--lesion-model ellipsoid]
-[--thick] [--paired]`` (MODEL: a training folder or checkpoint, as ``predict`` takes; several
-form an ensemble, or with ``--paired`` two models are each scored on the same painted lesions and
-compared lesion by lesion: found only by one, only by the other, exact McNemar).
+[--thick] [--tta] [--paired]``. MODEL is a training folder or checkpoint, as ``predict`` takes,
+and ``A,B,C`` the ensemble of A, B and C. The MODELs form one ensemble; with ``--paired`` two
+are each scored on the same painted lesions and compared lesion by lesion (found only by one,
+only by the other, exact McNemar), each at every ``--thresholds`` value or, written
+``MODEL@T``, at its own threshold T (two operating points compared).
 """
 
 from __future__ import annotations
@@ -48,8 +51,6 @@ SCANS = (
     ),
 )
 CONTRASTS = "1.25,1.5,2,3"
-#: ``--lesion-model irregular``: how much larger than drawn, and how frayed and textured.
-IRREGULAR = {"length": 1.2, "width": 1.3, "ragged": 0.6, "texture": 0.15}
 
 
 def floats(text: str) -> list[float]:
@@ -65,21 +66,29 @@ def main() -> None:
     parser.add_argument("--thresholds", type=floats, default=[0.5], help="e.g. 0.5,0.7")
     parser.add_argument("--lesion-model", choices=("ellipsoid", "irregular"), default="ellipsoid")
     parser.add_argument("--thick", action="store_true", help="re-acquire at sagittal 3 mm")
+    parser.add_argument("--tta", action="store_true", help="also predict left-right mirrored")
     parser.add_argument(
         "--paired", action="store_true", help="two models, each on its own, compared per lesion"
     )
     args = parser.parse_args()
     if args.paired and len(args.model) != 2:
         parser.error("--paired compares two models")
-    # one ensemble of every MODEL, or with --paired each model on its own
-    runs = [[m] for m in args.model] if args.paired else [args.model]
+    # A,B,C is the ensemble of A, B and C; one ensemble of every MODEL, or with --paired each
+    # MODEL on its own, at its own threshold when it ends in @T
+    specs = [spec.partition("@") for spec in args.model]
+    if not args.paired and any(at for _, at, _ in specs):
+        parser.error("MODEL@T sets the threshold of one side of --paired")
+    runs = [m.split(",") for m, _, _ in specs]
+    fixed = [float(t) if at else None for _, at, t in specs]
+    if not args.paired:
+        runs, fixed = [[m for run in runs for m in run]], [None]
     import nibabel as nib
     import numpy as np
 
     import cordfuse
     from cordfuse.evaluation.painted import false_lesions_unpainted, score_painted
     from cordfuse.synth.clinical import ClinicalGeometry, reacquire
-    from cordfuse.synth.paint import PaintedLesion, draw_lesions, paint_lesion
+    from cordfuse.synth.paint import draw_lesions, paint_irregular_lesion, paint_lesion
 
     if not REAL.exists():
         raise SystemExit(f"{REAL}: the real scans are not here")
@@ -89,7 +98,11 @@ def main() -> None:
         """The lesion probabilities on the scan's own grid (one T2Sag slab: the fused grid is
         the scan's); ``predict``'s mask is where they exceed its threshold."""
         result = cordfuse.segment(
-            {"T2Sag": nib.Nifti1Image(image, affine)}, model, device="cpu", details=True
+            {"T2Sag": nib.Nifti1Image(image, affine)},
+            model,
+            device="cpu",
+            tta=args.tta,
+            details=True,
         )
         p = np.asarray(result.probabilities.dataobj, np.float32)
         assert p.shape == image.shape and np.allclose(result.mask.affine, affine, atol=1e-4)
@@ -103,26 +116,14 @@ def main() -> None:
         truth = None if mask is None else reacquire(mask, affine, thick, mask=True)[0]
         return new, new_affine, truth
 
-    def paint(image, affine, cord, lesion, rng):
+    def paint(image, affine, cord, lesion):
         if args.lesion_model == "ellipsoid":
             return paint_lesion(image, affine, cord, lesion)
-        larger = PaintedLesion(
-            lesion.centre_mm,
-            lesion.length_mm * IRREGULAR["length"],
-            lesion.width_mm * IRREGULAR["width"],
-            lesion.contrast,
-        )
-        return paint_lesion(
-            image,
-            affine,
-            cord,
-            larger,
-            ragged=IRREGULAR["ragged"],
-            texture=IRREGULAR["texture"],
-            rng=rng,
-        )
+        return paint_irregular_lesion(image, affine, cord, lesion, noise)
 
     rng = np.random.default_rng(args.seed)
+    # the irregular lesions' noise from a stream of its own: the same positions as the ellipsoids
+    noise = np.random.default_rng([args.seed, 1])
     # every scan as the models saw it: (scan, voxel volume, truth or None, maps, contrast)
     cases = []
     for name, image_path, cord_path in SCANS:
@@ -136,37 +137,40 @@ def main() -> None:
         for lesion in draw_lesions(
             img.affine, cord, args.contrasts, rng, per_contrast=args.per_contrast
         ):
-            painted, truth = paint(image, img.affine, cord, lesion, rng)
+            painted, truth = paint(image, img.affine, cord, lesion)
             painted, affine, truth = acquired(painted, img.affine, truth)
             maps = [probabilities(painted, affine, model) for model in runs]
             cases.append((name, voxel, truth, maps, lesion.contrast))
     geometry = thick.label if thick else "as acquired"
-    for threshold in args.thresholds:
+    setting = (
+        f"{geometry}, {args.lesion_model} lesions, positions seed {args.seed}"
+        f"{', mirrored too' if args.tta else ''}"
+    )
+    for threshold in args.thresholds if None in fixed else args.thresholds[:1]:
+        thresholds = [threshold if t is None else t for t in fixed]
         false_rows: list[list] = [[] for _ in runs]
         per_scan: list[dict] = [{} for _ in runs]
         for name, voxel, truth, maps, contrast in cases:
-            for run, p in enumerate(maps):
+            for run, (p, t) in enumerate(zip(maps, thresholds, strict=True)):
                 if truth is None:
-                    count = false_lesions_unpainted(p > threshold, voxel_volume_mm3=voxel)
+                    count = false_lesions_unpainted(p > t, voxel_volume_mm3=voxel)
                     false_rows[run].append(
                         (f"{name}: lesions predicted unpainted", str(count), "0")
                     )
                     continue
                 per_scan[run].setdefault(name, []).append(
-                    score_painted(p > threshold, truth, contrast=contrast, voxel_volume_mm3=voxel)
+                    score_painted(p > t, truth, contrast=contrast, voxel_volume_mm3=voxel)
                 )
-        setting = (
-            f"{geometry}, {args.lesion_model} lesions, positions seed {args.seed}, "
-            f"threshold {threshold:g}"
-        )
-        for run, model in enumerate(runs):
-            report(
-                per_scan[run],
-                false_rows[run],
-                f"Real healthy T2 scans ({setting}), model {' + '.join(model)}",
-            )
+        names = [f"{' + '.join(run)} at {t:g}" for run, t in zip(runs, thresholds, strict=True)]
+        for run, name in enumerate(names):
+            report(per_scan[run], false_rows[run], f"Real healthy T2 scans ({setting}), {name}")
         if args.paired:
-            paired_report(per_scan, args.model, setting)
+            paired_report(per_scan, names, setting)
+
+
+def flatten(per_scan: dict) -> list:
+    """Every scan's painted-lesion scores in one list, scan after scan."""
+    return [score for own in per_scan.values() for score in own]
 
 
 def paired_report(per_scan: list[dict], models: list[str], setting: str) -> None:
@@ -174,7 +178,7 @@ def paired_report(per_scan: list[dict], models: list[str], setting: str) -> None
     the other, and the exact McNemar p of those discordant pairs."""
     from cordfuse.evaluation.painted import compare_painted
 
-    a, b = ([s for own in scans.values() for s in own] for scans in per_scan)
+    a, b = (flatten(scans) for scans in per_scan)
     rows = []
     for label, lowest in (("every contrast", 0.0), ("from 1.5x", 1.5)):
         paired = compare_painted(a, b, min_contrast=lowest)
@@ -199,7 +203,7 @@ def report(per_scan: dict, false_rows: list, title: str) -> None:
     lesions' sensitivity, median Dice and false lesions beside them, and per scan the counts."""
     from cordfuse.evaluation.painted import found_by_volume, summarise_painted
 
-    everything = [s for own in per_scan.values() for s in own]
+    everything = flatten(per_scan)
     rows = []
     for summary in summarise_painted(everything):
         label = f"contrast {summary.contrast:g}x cord"

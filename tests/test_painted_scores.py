@@ -13,6 +13,7 @@ from cordfuse.evaluation.painted import (
     PaintedScore,
     compare_painted,
     false_lesions_unpainted,
+    found_by_volume,
     score_painted,
     summarise_painted,
 )
@@ -79,12 +80,12 @@ def test_a_lesion_the_rules_drop_on_its_grid_is_not_visible():
 
 def test_the_summary_per_contrast_leaves_the_invisible_out_of_sensitivity_and_dice():
     scores = [
-        PaintedScore(2.0, True, True, 0.8, 0),
-        PaintedScore(1.5, True, False, 0.1, 2),
-        PaintedScore(2.0, True, False, 0.0, 1),
-        PaintedScore(2.0, False, False, float("nan"), 3),
-        PaintedScore(1.5, True, True, 0.6, 0),
-        PaintedScore(2.0, True, True, 0.5, 0),
+        PaintedScore(2.0, True, True, 0.8, 0, 30.0),
+        PaintedScore(1.5, True, False, 0.1, 2, 30.0),
+        PaintedScore(2.0, True, False, 0.0, 1, 30.0),
+        PaintedScore(2.0, False, False, float("nan"), 3, 30.0),
+        PaintedScore(1.5, True, True, 0.6, 0, 30.0),
+        PaintedScore(2.0, True, True, 0.5, 0, 30.0),
     ]
     low, high = summarise_painted(scores)
     assert (low.contrast, low.painted, low.visible, low.found) == (1.5, 2, 2, 1)
@@ -93,7 +94,7 @@ def test_the_summary_per_contrast_leaves_the_invisible_out_of_sensitivity_and_di
     assert (high.contrast, high.painted, high.visible, high.found) == (2.0, 4, 3, 2)
     assert high.sensitivity == pytest.approx(2 / 3) and high.median_dice == 0.5
     assert high.false_lesions == 4, "false lesions count on every scan, visible or not"
-    (none,) = summarise_painted([PaintedScore(3.0, False, False, float("nan"), 0)])
+    (none,) = summarise_painted([PaintedScore(3.0, False, False, float("nan"), 0, 0.0)])
     assert (
         none.visible == 0
         and none.found == 0
@@ -102,11 +103,33 @@ def test_the_summary_per_contrast_leaves_the_invisible_out_of_sensitivity_and_di
     )
 
 
+def test_found_lesions_by_the_truths_volume():
+    # the truth's volume on the model's grid, visible or not
+    assert score_painted(TRUTH, TRUTH, contrast=2.0, voxel_volume_mm3=0.5).volume_mm3 == 32.0
+    hidden = score_painted(TRUTH, np.zeros(SHAPE, bool), contrast=2.0, voxel_volume_mm3=1.0)
+    assert hidden.volume_mm3 == 0.0
+    scores = [
+        PaintedScore(2.0, True, True, 0.7, 0, 20.0),  # on the first band's upper edge
+        PaintedScore(2.0, True, False, 0.0, 0, 8.0),
+        PaintedScore(1.25, True, True, 0.6, 0, 12.0),  # under min_contrast below
+        PaintedScore(3.0, False, False, float("nan"), 0, 2.0),  # not visible: in no band
+        PaintedScore(1.5, True, True, 0.5, 0, 20.5),
+        PaintedScore(3.0, True, True, 0.9, 0, 400.0),
+    ]
+    assert found_by_volume(scores) == [
+        ("<= 20 mm3", 2, 3),
+        ("20-50 mm3", 1, 1),
+        ("> 50 mm3", 1, 1),
+    ]
+    assert found_by_volume(scores, min_contrast=1.5)[0] == ("<= 20 mm3", 1, 2)
+    assert found_by_volume(scores, (10.0,)) == [("<= 10 mm3", 0, 1), ("> 10 mm3", 4, 4)]
+
+
 def test_two_models_compared_lesion_by_lesion():
     def scores(found, contrasts=(1.25, 1.5, 2.0, 3.0, 3.0, 2.0)):
         # the fifth lesion is not visible on the grid: neither model could find it
         return [
-            PaintedScore(c, i != 4, f and i != 4, 0.5 if f else 0.0, 0)
+            PaintedScore(c, i != 4, f and i != 4, 0.5 if f else 0.0, 0, 30.0)
             for i, (c, f) in enumerate(zip(contrasts, found, strict=True))
         ]
 

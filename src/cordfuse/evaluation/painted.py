@@ -45,7 +45,7 @@ class PaintedScore:
         found: Whether the painted lesion is detected (False when not visible).
         dice: The predicted mask's Dice against the truth (NaN when not visible).
         false_lesions: Predicted lesions that are not true positives.
-        volume_mm3: The painted truth's volume on the grid the model saw.
+        volume_mm3: The painted truth's volume on the grid the model saw (every voxel of it).
     """
 
     contrast: float
@@ -53,7 +53,7 @@ class PaintedScore:
     found: bool
     dice: float
     false_lesions: int
-    volume_mm3: float = 0.0
+    volume_mm3: float
 
 
 @dataclass(frozen=True)

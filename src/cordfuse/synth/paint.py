@@ -125,8 +125,9 @@ def paint_lesion(
     signal. ``ragged`` and ``texture`` make it irregular, as real lesions are and as a model
     trained on smooth ellipsoids (``cordfuse train --paint-lesions``) never saw: smooth noise of
     unit spread (Gaussian-filtered over one voxel) multiplies each voxel's fraction by
-    ``1 + ragged * noise`` (clipped to [0, 1]: a frayed edge, holes and buds), and a second such
-    field multiplies the lesion's signal by ``1 + texture * noise`` (a heterogeneous interior).
+    ``1 + ragged * noise`` (clipped to [0, 1]: a frayed edge and holes; the lesion grows only
+    within its soft edge, about a voxel), and a second such field multiplies the lesion's signal
+    by ``1 + texture * noise`` (a heterogeneous interior).
 
     Args:
         image: The scan (float).
@@ -158,6 +159,43 @@ def paint_lesion(
     fraction = fraction * cord
     painted = image * (1 - fraction) + target * fraction
     return painted.astype(np.float32), (fraction >= 0.5).astype(np.uint8)
+
+
+#: The real-scan bench's irregular lesion (``bench_real.py --lesion-model irregular``): the drawn
+#: ellipsoid this much longer and wider (fraying eats into it), then this frayed and textured.
+IRREGULAR_GROWTH = {"length": 1.2, "width": 1.3}
+IRREGULAR = {"ragged": 0.6, "texture": 0.15}
+
+
+def paint_irregular_lesion(
+    image: np.ndarray,
+    affine: np.ndarray,
+    cord: np.ndarray,
+    lesion: PaintedLesion,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Paint one lesion of the bench's irregular model: ``lesion`` grown by
+    :data:`IRREGULAR_GROWTH`, with the frayed edge and textured interior of :data:`IRREGULAR`
+    (:func:`paint_lesion`). A model trained on smooth ellipsoids (``cordfuse train
+    --paint-lesions``) never saw such a lesion.
+
+    Args:
+        image: The scan (float).
+        affine: Its affine.
+        cord: Its cord mask.
+        lesion: The lesion as drawn (:func:`draw_lesions`).
+        rng: Draws the fraying and the texture.
+
+    Returns:
+        ``(painted image, lesion mask)``, as :func:`paint_lesion`.
+    """
+    grown = PaintedLesion(
+        lesion.centre_mm,
+        lesion.length_mm * IRREGULAR_GROWTH["length"],
+        lesion.width_mm * IRREGULAR_GROWTH["width"],
+        lesion.contrast,
+    )
+    return paint_lesion(image, affine, cord, grown, rng=rng, **IRREGULAR)
 
 
 def _smooth_noise(shape, rng: np.random.Generator) -> np.ndarray:

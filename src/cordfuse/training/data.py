@@ -552,7 +552,7 @@ def _paint(images, covered, label, available, signal, params: Augmentation, rng,
     lesion = PaintedLesion(where, length, width, contrast=1.0)  # the contrast is per sequence
     affine = np.diag([spacing] * 3 + [1.0])
     fraction = lesion_fraction(label.shape, affine, lesion)
-    core = core_disk(x, spacing, CORE_RADIUS_MM)
+    core = core_disk(x, spacing, CORE_RADIUS_MM)  # patches are the crop's full square in-plane
     out = images.copy()
     contrast = {}
     for i in np.flatnonzero(available):
