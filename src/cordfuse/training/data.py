@@ -48,7 +48,7 @@ REFERENCE_DROP_COVER = 0.8
 @dataclass
 class SubjectArrays:
     """One subject ready for training: ``images`` (K, X, Y, Z), ``available`` (K,), ``label``;
-    ``signal`` (K,) is each sequence's cord-core mean over its standard deviation (0 where
+    ``signal`` (K,) is each sequence's cord-core mean in its z-score's units (0 where
     missing): the cord's signal in the z-scored units of ``images``, which painted lesions are
     measured against (:class:`Augmentation`'s ``paint_contrast``)."""
 
@@ -87,14 +87,25 @@ def normalise(
         crop = prepared.images[seq]
         covered = prepared.coverage[seq]
         stats = prepared.stats[seq]
-        # relative, not an absolute floor: scanners store intensities on any scale (1e-6..1e6)
-        std = stats["std"] if stats["std"] > 0 else 1.0
-        scaled = (crop - stats["mean"]) / std
+        scaled = (crop - stats["mean"]) / core_spread(stats)
         images[i] = np.where(covered, scaled, 0.0)
         if coverage:
             images[k + i] = covered
         available[i] = True
     return images, available
+
+
+def core_spread(stats: dict[str, float]) -> float:
+    """The unit of a sequence's z-score: its cord core's standard deviation, 1 where the core is
+    flat. Relative, not an absolute floor: scanners store intensities on any scale (1e-6..1e6).
+
+    Args:
+        stats: The sequence's intensity statistics (:attr:`PreparedSubject.stats`).
+
+    Returns:
+        The divisor of :func:`normalise`.
+    """
+    return stats["std"] if stats["std"] > 0 else 1.0
 
 
 def split_coverage(image: np.ndarray, sequences: int) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -168,8 +179,9 @@ def lesion_signs(sequences: list[str]) -> tuple[int, ...]:
 
 
 def cord_signal(prepared: PreparedSubject, sequences: list[str]) -> np.ndarray:
-    """Each sequence's cord-core mean over its standard deviation (0 for a missing one): where
-    the cord's own signal lies in the z-scored crop, whose 0 is the cord's mean.
+    """Each sequence's cord-core mean in the units of its z-score (:func:`core_spread`; 0 for a
+    missing one): where the cord's own signal lies in the z-scored crop, whose 0 is the cord's
+    mean.
 
     Args:
         prepared: A prepared subject.
@@ -180,9 +192,9 @@ def cord_signal(prepared: PreparedSubject, sequences: list[str]) -> np.ndarray:
     """
     signal = np.zeros(len(sequences), np.float32)
     for i, seq in enumerate(sequences):
-        stats = prepared.stats.get(seq)
-        if seq in prepared.images and stats and stats["std"] > 0:
-            signal[i] = stats["mean"] / stats["std"]
+        if seq in prepared.images:
+            stats = prepared.stats[seq]
+            signal[i] = stats["mean"] / core_spread(stats)
     return signal
 
 
