@@ -13,7 +13,7 @@ from conftest import require_real_data
 from cordfuse.cli import main
 from cordfuse.dataset import discover
 from cordfuse.errors import CordfuseError
-from cordfuse.io import apply_affine, make_nifti, read_volume, save_nifti
+from cordfuse.io import apply_affine, inside_voxel_boxes, make_nifti, read_volume, save_nifti
 from cordfuse.preprocess.centerline import Centerline
 from cordfuse.preprocess.crop import (
     CropGeometry,
@@ -142,6 +142,30 @@ class TestCropGeometry:
         expected = world[..., 0] * 0.3 + world[..., 1] ** 2 * 0.05 + world[..., 2] * 0.1
         np.testing.assert_allclose(back, expected, atol=0.02)
         assert crop_points(geometry, centres)[0, 0, 0, 0] > centres[0, 0], "i runs right to left"
+
+    def test_an_oblique_scan_larger_than_the_crop_gets_it_wherever_it_reaches(self):
+        """The inverse maps only the block of the scan's voxels around the crop's world box: on
+        an oblique, flipped grid far larger than the crop, every voxel whose crop coordinates
+        fall in the crop's voxel boxes (found here from all of them) gets the crop's value, and
+        every other voxel 0."""
+        from scipy.spatial.transform import Rotation
+
+        geometry = CropGeometry(spacing=1.0, size=8, z0=-6.0, nz=13)
+        centres = np.c_[3.0 * np.sin(geometry.z / 5), -2.0 + 0.2 * geometry.z]
+        crop = np.ones((8, 8, 13), np.float32)
+        affine = np.eye(4)
+        affine[:3, :3] = Rotation.from_euler("xyz", [20, -10, 35], degrees=True).as_matrix()
+        affine[:3, :3] = affine[:3, :3] @ np.diag([-0.8, 0.9, 1.7])
+        shape = (50, 44, 20)
+        affine[:3, 3] = -affine[:3, :3] @ ((np.array(shape) - 1) / 2)  # centred on the cord
+        back = crop_to_world_grid(crop, geometry, centres, shape, affine, order=0)
+        world = apply_affine(affine, np.indices(shape).reshape(3, -1).T)
+        k = (world[:, 2] - geometry.z0) / geometry.spacing
+        i = np.interp(k, np.arange(13), centres[:, 0]) - world[:, 0] + 3.5
+        j = world[:, 1] - np.interp(k, np.arange(13), centres[:, 1]) + 3.5
+        inside = inside_voxel_boxes(np.c_[i, j, k], (8, 8, 13)).reshape(shape)
+        assert 0 < inside.sum() < inside.size / 10  # the crop is a small part of the scan
+        np.testing.assert_array_equal(back, inside.astype(np.float32))
 
     def test_voxels_on_the_crop_edge_do_not_flip_with_float_noise(self):
         """A world grid sharing the crop's planes puts voxels exactly on its edge (-0.5): a

@@ -223,6 +223,31 @@ def apply_affine(affine: np.ndarray, points: npt.ArrayLike) -> np.ndarray:
     return xyz @ affine[:3, :3].T + affine[:3, 3]
 
 
+def grid_to_world(shape, affine: np.ndarray) -> np.ndarray:
+    """The world position of every voxel of a grid, ``(N, 3)`` in C order (what
+    ``apply_affine(affine, np.indices(shape).reshape(3, -1).T)`` gives).
+
+    Each world axis is a sum of three per-axis ramps, broadcast: several times faster than the
+    ``(N, 3) @ (3, 3)`` product over a whole native scan, which every prediction maps back to.
+
+    Args:
+        shape: The grid's shape (its first three entries are used).
+        affine: Its 4x4 voxel-to-world affine.
+
+    Returns:
+        ``(N, 3)`` world coordinates in mm, float64.
+
+    Example:
+        >>> grid_to_world((2, 1, 2), np.diag([2.0, 1.0, 3.0, 1.0])).tolist()
+        [[0.0, 0.0, 0.0], [0.0, 0.0, 3.0], [2.0, 0.0, 0.0], [2.0, 0.0, 3.0]]
+    """
+    i, j, k = np.ix_(*(np.arange(n, dtype=float) for n in tuple(shape)[:3]))
+    world = np.empty((int(np.prod(tuple(shape)[:3])), 3))
+    for axis, (a, b, c, t) in enumerate(affine[:3]):
+        world[:, axis] = (t + a * i + b * j + c * k).ravel()
+    return world
+
+
 def inside_voxel_boxes(vox: np.ndarray, shape) -> np.ndarray:
     """Which continuous voxel coordinates ``vox`` (N, 3) lie in a grid of ``shape``'s voxel boxes.
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from cordfuse.io import apply_affine, inside_voxel_boxes
+from cordfuse.io import apply_affine, grid_to_world, inside_voxel_boxes
 
 
 @dataclass(frozen=True)
@@ -157,8 +157,13 @@ def crop_to_world_grid(
     Returns:
         The volume on the target grid, float32.
     """
-    vox = np.indices(shape, dtype=np.float32).reshape(3, -1).T
-    world = apply_affine(affine, vox)
+    out = np.zeros(shape, np.float32)
+    lo, hi = _world_box_voxels(geometry, centres, shape, affine)
+    if np.any(hi <= lo):
+        return out
+    block = affine.copy()
+    block[:3, 3] = apply_affine(affine, lo)
+    world = grid_to_world(hi - lo, block)
     k = (world[:, 2] - geometry.z0) / geometry.spacing
     slices = np.arange(geometry.nz)
     cx = np.interp(k, slices, centres[:, 0])
@@ -168,10 +173,31 @@ def crop_to_world_grid(
     coords = np.stack([i, j, k])
     limit = np.array([geometry.size, geometry.size, geometry.nz])[:, None]
     inside = inside_voxel_boxes(coords.T, limit[:, 0])
-    out = np.zeros(len(world), np.float32)
+    values = np.zeros(len(world), np.float32)
     if inside.any():
         clipped = np.clip(coords[:, inside], 0, limit - 1)
-        out[inside] = ndimage.map_coordinates(
+        values[inside] = ndimage.map_coordinates(
             crop.astype(np.float32), clipped, order=order, mode="nearest"
         )
-    return out.reshape(shape)
+    out[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = values.reshape(hi - lo)
+    return out
+
+
+def _world_box_voxels(geometry: CropGeometry, centres, shape, affine) -> tuple:
+    """The block ``[lo, hi)`` of a grid's voxels that holds every voxel inside the crop's
+    voxel boxes: those lie in the crop's axis-aligned world box, and the grid's voxel
+    coordinates of that box's eight corners bound them (the map is affine). A voxel of margin
+    keeps points on the box's faces in. A native scan is mostly outside its 24-48 voxel crop,
+    so mapping only this block makes the inverse several times faster."""
+    half = (geometry.centre_index + 0.5) * geometry.spacing
+    box = [
+        (centres[:, 0].min() - half, centres[:, 0].max() + half),
+        (centres[:, 1].min() - half, centres[:, 1].max() + half),
+        (geometry.z0 - geometry.spacing / 2, geometry.z0 + (geometry.nz - 0.5) * geometry.spacing),
+    ]
+    corners = np.array(np.meshgrid(*box, indexing="ij")).reshape(3, -1).T
+    vox = apply_affine(np.linalg.inv(affine), corners)
+    bound = np.asarray(shape)[:3]
+    lo = np.clip(np.floor(vox.min(axis=0)).astype(int) - 1, 0, bound)
+    hi = np.clip(np.ceil(vox.max(axis=0)).astype(int) + 2, 0, bound)
+    return lo, hi

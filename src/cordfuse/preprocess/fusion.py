@@ -31,7 +31,7 @@ import numpy as np
 from scipy import ndimage
 
 from cordfuse.errors import CordfuseError
-from cordfuse.io import apply_affine, block_mean, inside_voxel_boxes, voxel_sizes
+from cordfuse.io import apply_affine, block_mean, grid_to_world, inside_voxel_boxes, voxel_sizes
 
 _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -194,8 +194,7 @@ class FusedSequence:
             ``(data, affine, covered)``.
         """
         shape, affine = self.fused_grid()
-        vox = np.indices(shape).reshape(3, -1).T
-        values, covered = self.sample(apply_affine(affine, vox), what=what, order=order)
+        values, covered = self.sample(grid_to_world(shape, affine), what=what, order=order)
         return values.reshape(shape), affine, covered.reshape(shape)
 
 
