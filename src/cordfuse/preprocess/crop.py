@@ -187,8 +187,8 @@ def _world_box_voxels(geometry: CropGeometry, centres, shape, affine) -> tuple:
     """The block ``[lo, hi)`` of a grid's voxels that holds every voxel inside the crop's
     voxel boxes: those lie in the crop's axis-aligned world box, and the grid's voxel
     coordinates of that box's eight corners bound them (the map is affine). A voxel of margin
-    keeps points on the box's faces in. A native scan is mostly outside its 24-48 voxel crop,
-    so mapping only this block makes the inverse several times faster."""
+    keeps points on the box's faces in. A native scan is mostly outside its 24-48 voxel crop:
+    mapping only this block halves the inverse's time (a sixth beside another job)."""
     half = (geometry.centre_index + 0.5) * geometry.spacing
     box = [
         (centres[:, 0].min() - half, centres[:, 0].max() + half),
