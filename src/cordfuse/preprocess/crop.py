@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from cordfuse.io import apply_affine, grid_to_world, inside_voxel_boxes
+from cordfuse.io import apply_affine, grid_to_world, inside_voxel_boxes, voxel_block
 
 
 @dataclass(frozen=True)
@@ -196,8 +196,4 @@ def _world_box_voxels(geometry: CropGeometry, centres, shape, affine) -> tuple:
         (geometry.z0 - geometry.spacing / 2, geometry.z0 + (geometry.nz - 0.5) * geometry.spacing),
     ]
     corners = np.array(np.meshgrid(*box, indexing="ij")).reshape(3, -1).T
-    vox = apply_affine(np.linalg.inv(affine), corners)
-    bound = np.asarray(shape)[:3]
-    lo = np.clip(np.floor(vox.min(axis=0)).astype(int) - 1, 0, bound)
-    hi = np.clip(np.ceil(vox.max(axis=0)).astype(int) + 2, 0, bound)
-    return lo, hi
+    return voxel_block(corners, affine, shape, margin=1)

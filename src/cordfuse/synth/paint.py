@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cordfuse.io import apply_affine
+from cordfuse.io import apply_affine, voxel_block
 
 #: The width of the soft edge (mm): the lesion fraction ramps from 1 to 0 over it.
 EDGE_MM = 0.6
@@ -64,12 +64,9 @@ def lesion_fraction(shape, affine: np.ndarray, lesion: PaintedLesion) -> np.ndar
     centre = np.asarray(lesion.centre_mm, float)
     semi = np.array([lesion.width_mm / 2, lesion.width_mm / 2, lesion.length_mm / 2])
     # only the voxels near the lesion are sampled: its bounding box, one edge wider
-    inverse = np.linalg.inv(affine)
     reach = semi + EDGE_MM + np.abs(affine[:3, :3]).sum(axis=1)
     corners = np.array(np.meshgrid(*[[-1, 1]] * 3, indexing="ij")).reshape(3, -1).T
-    box = apply_affine(inverse, centre + corners * reach)
-    lo = np.maximum(np.floor(box.min(axis=0)).astype(int), 0)
-    hi = np.minimum(np.ceil(box.max(axis=0)).astype(int) + 1, shape)
+    lo, hi = voxel_block(centre + corners * reach, affine, shape)
     fraction = np.zeros(shape, np.float32)
     if np.any(hi <= lo):
         return fraction
