@@ -26,8 +26,9 @@ interior, drawn from a noise stream of their own): a lesion model that ``cordfus
 
 Run: ``.venv/bin/python benchmarks/bench_real.py MODEL [MODEL ...] [--per-contrast 5]
 [--seed 1] [--contrasts 1.25,1.5,2,3] [--thresholds 0.5] [--lesion-model ellipsoid]
-[--thick] [--tta] [--paired]``. MODEL is a training folder or checkpoint, as ``predict`` takes,
-and ``A,B,C`` the ensemble of A, B and C. The MODELs form one ensemble; with ``--paired`` two
+[--thick] [--tta] [--ensemble mean|min] [--paired]``. MODEL is a training folder or
+checkpoint, as ``predict`` takes, and ``A,B,C`` the ensemble of A, B and C (combined as
+``--ensemble`` says). The MODELs form one ensemble; with ``--paired`` two
 are each scored on the same painted lesions and compared lesion by lesion (found only by one,
 only by the other, exact McNemar), each at every ``--thresholds`` value or, written
 ``MODEL@T``, at its own threshold T (two operating points compared).
@@ -68,6 +69,9 @@ def main() -> None:
     parser.add_argument("--thick", action="store_true", help="re-acquire at sagittal 3 mm")
     parser.add_argument("--tta", action="store_true", help="also predict left-right mirrored")
     parser.add_argument(
+        "--ensemble", choices=("mean", "min"), default="mean", help="how the MODELs combine"
+    )
+    parser.add_argument(
         "--paired", action="store_true", help="two models, each on its own, compared per lesion"
     )
     args = parser.parse_args()
@@ -102,6 +106,7 @@ def main() -> None:
             model,
             device="cpu",
             tta=args.tta,
+            ensemble=args.ensemble,
             details=True,
         )
         p = np.asarray(result.probabilities.dataobj, np.float32)
@@ -145,6 +150,7 @@ def main() -> None:
     setting = (
         f"{geometry}, {args.lesion_model} lesions, positions seed {args.seed}"
         f"{', mirrored too' if args.tta else ''}"
+        f"{', ensemble: every model (min)' if args.ensemble == 'min' else ''}"
     )
     for threshold in args.thresholds if None in fixed else args.thresholds[:1]:
         thresholds = [threshold if t is None else t for t in fixed]

@@ -39,6 +39,12 @@ def test_a_wrong_input_is_one_clear_error_before_a_model_loads(images, reason, t
         cordfuse.segment(images, tmp_path / "no-model")
 
 
+def test_an_unknown_ensemble_rule_is_one_clear_error_before_a_model_loads(tmp_path):
+    image = nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4))
+    with pytest.raises(CordfuseError, match="ensemble must be one of mean, min, not 'median'"):
+        cordfuse.segment({"T2Sag": image}, tmp_path / "no-model", ensemble="median")
+
+
 @pytest.mark.slow
 def test_segment_equals_predict_with_paths_and_images_in_memory(learned, tmp_path):
     subject = next(

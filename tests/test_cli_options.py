@@ -35,6 +35,7 @@ def test_building_the_parser_imports_no_heavy_module():
 
 
 def test_choices_are_the_apis():
+    from cordfuse.inference import ENSEMBLES
     from cordfuse.nn.networks import CORRECTIONS, FUSIONS, NET_PRESETS
     from cordfuse.preprocess.centerline import POLARITY_SIGNS
     from cordfuse.preprocess.pipeline import PRESETS, PrepConfig
@@ -48,6 +49,7 @@ def test_choices_are_the_apis():
     assert list(option("train", "--preset").choices) == list(NET_PRESETS)
     assert list(option("prepare", "--preset").choices) == list(PRESETS)
     assert sorted(option("centerline", "--contrast").choices) == sorted(POLARITY_SIGNS)
+    assert option("predict", "--ensemble").choices == tuple(ENSEMBLES)
     for verb, flag in (
         ("prepare", "--centerline"),
         ("predict", "--centerline"),
@@ -199,6 +201,7 @@ def test_help_states_the_api_defaults():
         ("--min-volume", "min_volume_mm3"),
         ("--batch-size", "batch_size"),
         ("--amp", "amp"),
+        ("--ensemble", "ensemble"),
     ):
         value = keyword_defaults(predict_subject)[name]
         assert type(value)(shown_default("predict", flag)) == value, flag

@@ -288,6 +288,7 @@ def test_layout_and_sidecars(derivative, bids_input, tiny_baseline, kind):
         f"bids:raw:{p.relative_to(root.resolve()).as_posix()}" for p in inputs
     ]
     assert sidecar["Type"] == "Lesion" and sidecar["Threshold"] == 0.5
+    assert sidecar["Ensemble"] == "mean"
     assert sidecar["Models"] == model_identity([tiny_baseline])
     assert sidecar["Sequences"] == ["T2Sag"]  # what the baseline read
     probseg = nib.load(mask_path.with_name(f"{name}_acq-sag_desc-lesion_probseg.nii.gz"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import shutil
 
 import nibabel as nib
@@ -16,10 +17,14 @@ from cordfuse.dataset import discover
 from cordfuse.derivatives import derivative_masks, find_prediction, find_slab_prediction
 from cordfuse.errors import CordfuseError
 from cordfuse.inference import (
+    RESULT_OPTIONS,
     finish_prediction,
+    finished,
     load_models,
+    predict_options,
     predict_prepared,
     predict_subject,
+    record_path,
     restrict_subject,
 )
 from cordfuse.io import read_volume
@@ -132,6 +137,21 @@ def test_a_model_normalised_otherwise_warns_in_each_prediction(synth_root, tiny_
     np.testing.assert_array_equal(prediction.probabilities, current.probabilities)
 
 
+def test_a_subject_predicted_with_another_ensemble_rule_is_predicted_again(tmp_path):
+    options = predict_options()
+    record = {"models": [{"path": "m0"}, {"path": "m1"}]}
+    record["options"] = {k: options[k] for k in RESULT_OPTIONS}
+    (tmp_path / "sub-01_lesion.nii.gz").write_bytes(b"a mask")
+    record_path(tmp_path, "sub-01").write_text(
+        json.dumps({**record, "files": ["sub-01_lesion.nii.gz"]})
+    )
+    assert finished(tmp_path, "sub-01", record)
+    other = {**options, "ensemble": "min"}
+    assert not finished(
+        tmp_path, "sub-01", {**record, "options": {k: other[k] for k in RESULT_OPTIONS}}
+    )
+
+
 class TestEnsembleAndTta:
     def test_ensemble_is_the_mean_of_the_models(self, synth_root, tiny_models):
         subject = discover(synth_root).subjects[0]
@@ -144,6 +164,26 @@ class TestEnsembleAndTta:
         pe = predict_subject(subject, both, device=CPU).probabilities
         np.testing.assert_allclose(pe, (p1 + p2) / 2, atol=1e-6)
         assert not np.allclose(p1, p2)
+
+    def test_min_ensemble_keeps_only_what_every_model_finds(self, synth_root, tiny_models):
+        subject = discover(synth_root).subjects[0]
+        paths = [tiny_models["mi0"], tiny_models["mi1"]]
+        one, two = (load_models([path], CPU) for path in paths)
+        prepared = prepare_subject(subject, one[0].prep)
+        p1 = predict_prepared(prepared, one, device=CPU).probabilities
+        p2 = predict_prepared(prepared, two, device=CPU).probabilities
+        # a threshold between the two models' maps, so that the rules give different masks
+        threshold = float(np.median(np.concatenate([p1.ravel(), p2.ravel()])))
+        both = load_models(paths, CPU)
+        low = predict_subject(subject, both, device=CPU, ensemble="min", threshold=threshold)
+        mean = predict_subject(subject, both, device=CPU, threshold=threshold)
+        # on the crop, a voxel is lesion only where each model alone puts it above the threshold
+        np.testing.assert_allclose(low.probabilities, np.minimum(p1, p2), atol=1e-6)
+        # the minimum is never above the mean, on the crop nor interpolated onto the native grid
+        assert not (low.mask & ~mean.mask).any()
+        assert 0 < low.mask.sum() < mean.mask.sum()
+        with pytest.raises(CordfuseError, match="ensemble must be one of mean, min"):
+            predict_prepared(prepared, both, device=CPU, ensemble="max")
 
     def test_mirroring_averages_the_flipped_prediction(self):
         torch.manual_seed(0)

@@ -102,6 +102,7 @@ def segment(
     amp: str = ...,
     batch_size: int = ...,
     centerline: str | None = ...,
+    ensemble: str = ...,
     details: Literal[False] = ...,
 ) -> nib.Nifti1Image: ...
 
@@ -119,6 +120,7 @@ def segment(
     amp: str = ...,
     batch_size: int = ...,
     centerline: str | None = ...,
+    ensemble: str = ...,
     details: Literal[True],
 ) -> Segmentation: ...
 
@@ -135,6 +137,7 @@ def segment(
     amp: str = "auto",
     batch_size: int = 1,
     centerline: str | None = None,
+    ensemble: str = "mean",
     details: bool = False,
 ) -> nib.Nifti1Image | Segmentation:
     """Segment the MS lesions of one subject: its images in, the lesion mask out.
@@ -143,8 +146,8 @@ def segment(
         images: Sequence name (``T2Sag``, ``STIR``, ``T2starAx``, ``T2Ax``, ``T1Sag``,
             ``MP2RAGE``, any case) -> a NIfTI path, a ``nibabel`` image, or a list of them (the
             slabs of a sequence acquired in several, top first). T2Sag is required.
-        model: A training folder or checkpoint, or several (an ensemble: the mean of their
-            probabilities), as ``predict``'s MODEL.
+        model: A training folder or checkpoint, or several (an ensemble), as ``predict``'s
+            MODEL.
         sequences: Use only these of the given sequences (default: every one the model takes).
         threshold: Probability above which a voxel is lesion (``predict --threshold``).
         min_volume_mm3: Remove predicted lesions smaller than this (``predict --min-volume``).
@@ -155,6 +158,8 @@ def segment(
         batch_size: Windows per forward pass.
         centerline: Override the model's centreline backend (``mask`` needs cord masks beside
             the images, as in ``predict --centerline mask``).
+        ensemble: How an ensemble combines its models' probabilities (``predict --ensemble``):
+            ``mean``, or ``min`` (a voxel is lesion only where every model says so).
         details: Return a :class:`Segmentation` (mask, probabilities, lesion table, warnings)
             instead of the mask alone.
 
@@ -164,10 +169,10 @@ def segment(
 
     Raises:
         CordfuseError: In one line: an unknown sequence name, no T2Sag, a missing file, an
-            unreadable model, a scan that cannot be prepared, or a model that needs a sequence
-            that was not given.
+            unreadable model, an unknown ``ensemble``, a scan that cannot be prepared, or a
+            model that needs a sequence that was not given.
     """
-    from cordfuse.inference import load_models, predict_subject, subjects_from_input
+    from cordfuse.inference import check_ensemble, load_models, predict_subject, subjects_from_input
     from cordfuse.io import load_nifti, make_nifti
     from cordfuse.nn.device import choose_device
 
@@ -175,6 +180,7 @@ def segment(
     paths = [model] if isinstance(model, str | PathLike) else list(model)
     if not paths:
         raise CordfuseError("model: no model given")
+    check_ensemble(ensemble)
     with tempfile.TemporaryDirectory(prefix="cordfuse-segment-") as tmp:
         files = _image_files(images, Path(tmp))  # a wrong input fails before a model loads
         (subject,) = subjects_from_input(None, files)
@@ -190,6 +196,7 @@ def segment(
             batch_size=batch_size,
             amp=amp,
             centerline=centerline,
+            ensemble=ensemble,
         )
         # the T2Sag's own header (descriptions, units) when it is one file, as predict writes;
         # the images hold their arrays, so they outlive the temporary folder

@@ -3,10 +3,11 @@
 For each subject, pre-processing runs on the fly with the settings stored in the checkpoint. Every
 model predicts the whole straightened crop by a sliding window along S-I (50 % overlap, Gaussian
 weighting, optional left-right mirroring). Several models (seeds, folds) form an ensemble: the
-mean of their probabilities. The probability map is mapped back onto the native fused T2Sag grid
-by the exact inverse of the crop (:func:`cordfuse.preprocess.pipeline.restore`) and thresholded,
-so a prediction outside the cord crop is impossible by construction. Lesions smaller than a
-minimum volume can be removed.
+mean of their probabilities, or their minimum (``--ensemble min``: a voxel is lesion only where
+every model puts it above the threshold). The probability map is mapped back onto the native
+fused T2Sag grid by the exact inverse of the crop (:func:`cordfuse.preprocess.pipeline.restore`)
+and thresholded, so a prediction outside the cord crop is impossible by construction. Lesions
+smaller than a minimum volume can be removed.
 
 A Mean Imputation, early-fusion or anchored model takes any subset of its sequences that
 contains T2Sag. A baseline or
@@ -64,6 +65,26 @@ from cordfuse.sequences import REFERENCE_SEQUENCE, SEQUENCES
 from cordfuse.threads import set_threads, threads_budget
 from cordfuse.training.config import ACCEPT_MISSING, TrainConfig
 from cordfuse.training.data import NORMALISATION, normalise
+
+#: How an ensemble combines its models' probabilities, voxel by voxel. ``mean`` is nnU-Net's
+#: ensemble. ``min`` keeps a voxel only where every model puts it above the threshold: the
+#: false lesions of models trained on synthetic data differ from model to model, the real lesions
+#: they find do not, so the consensus finds more real lesions at its zero-false-lesion threshold
+#: on real scans (docs/training.md#one-model-is-not-enough-the-consensus-of-three).
+ENSEMBLES: dict[str, Callable[..., np.ndarray]] = {"mean": np.mean, "min": np.min}
+
+
+def check_ensemble(ensemble: str) -> None:
+    """Refuse an ensemble rule that :data:`ENSEMBLES` does not name.
+
+    Args:
+        ensemble: The rule's name.
+
+    Raises:
+        CordfuseError: An unknown rule, in one line.
+    """
+    if ensemble not in ENSEMBLES:
+        raise CordfuseError(f"ensemble must be one of {', '.join(ENSEMBLES)}, not {ensemble!r}")
 
 
 @dataclass
@@ -333,6 +354,7 @@ def predict_subject(
     batch_size: int = 1,
     amp: str = "auto",
     centerline: str | None = None,
+    ensemble: str = "mean",
 ) -> Prediction:
     """Predict one subject from its raw scans with one model or an ensemble (mean of
     probabilities).
@@ -353,14 +375,16 @@ def predict_subject(
         amp: Autocast (``auto``, ``bf16``, ``fp16``, ``none``).
         centerline: Overrides the checkpoint's centreline backend (``mask`` uses the subject's
             cord masks).
+        ensemble: How several models' probabilities combine (:data:`ENSEMBLES`).
 
     Returns:
         The prediction on the subject's native fused T2Sag grid.
 
     Raises:
         CordfuseError: No T2Sag (or ``sequences`` leave it out), a scan that cannot be prepared,
-            or a model that needs a sequence the subject lacks.
+            or a model that needs a sequence the subject lacks, or an unknown ``ensemble``.
     """
+    check_ensemble(ensemble)
     device = device or torch.device("cpu")
     if REFERENCE_SEQUENCE not in usable_sequences(models, sequences) or not subject.scans.get(
         REFERENCE_SEQUENCE
@@ -379,6 +403,7 @@ def predict_subject(
         device=device,
         batch_size=batch_size,
         amp=amp,
+        ensemble=ensemble,
     )
 
 
@@ -414,6 +439,7 @@ def predict_prepared(
     device: torch.device | None = None,
     batch_size: int = 1,
     amp: str = "auto",
+    ensemble: str = "mean",
 ) -> Prediction:
     """Predict a prepared subject with one model or an ensemble (mean of probabilities), back on
     its native fused T2Sag grid.
@@ -435,15 +461,18 @@ def predict_prepared(
         device: Where the networks run (default CPU).
         batch_size: Windows per forward pass.
         amp: Autocast (``auto``, ``bf16``, ``fp16``, ``none``).
+        ensemble: How several models' probabilities combine (:data:`ENSEMBLES`).
 
     Returns:
         The prediction; its ``sequences`` are those the networks saw.
 
     Raises:
-        CordfuseError: no T2Sag, or a model that needs a sequence the subject lacks.
+        CordfuseError: no T2Sag, a model that needs a sequence the subject lacks, or an unknown
+            ``ensemble``.
     """
+    check_ensemble(ensemble)
     subset = restrict_prepared(prepared, usable_sequences(models, sequences))
-    probabilities = np.mean(
+    probabilities = ENSEMBLES[ensemble](
         [
             model_probabilities(
                 m,
@@ -775,7 +804,7 @@ def predict_options(**given) -> dict:
     Args:
         **given: ``sequences``, ``tta``, ``threshold``, ``min_volume``, ``device``,
             ``batch_size``, ``amp``, ``per_slab``, ``save_probabilities``, ``qc``,
-            ``centerline``, ``overwrite``.
+            ``centerline``, ``ensemble``, ``overwrite``.
 
     Returns:
         The options.
@@ -803,6 +832,7 @@ def predict_options(**given) -> dict:
         "save_probabilities": False,
         "qc": False,
         "centerline": defaults["centerline"],
+        "ensemble": defaults["ensemble"],
         "overwrite": False,
     }
     unknown = set(given) - set(options)
@@ -823,6 +853,7 @@ RESULT_OPTIONS = (
     "save_probabilities",
     "qc",
     "centerline",
+    "ensemble",
 )
 
 
@@ -957,6 +988,7 @@ def predict_and_write(
             batch_size=options["batch_size"],
             amp=options["amp"],
             centerline=options.get("centerline"),
+            ensemble=options.get("ensemble", "mean"),
         )
         inputs = {scan.path.resolve() for scans in subject.scans.values() for scan in scans}
         targets = prediction_targets(
@@ -983,6 +1015,8 @@ def predict_and_write(
                 "Threshold": options["threshold"],
                 "MinimumLesionVolume_mm3": options["min_volume"],
                 "Models": record["models"],
+                # how the models above were combined: a mask depends on it as on the threshold
+                "Ensemble": options.get("ensemble", "mean"),
             },
         )
     except CordfuseError as exc:

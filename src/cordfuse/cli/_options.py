@@ -25,6 +25,8 @@ from cordfuse.sequences import SEQUENCES
 
 #: ``--amp``: the modes of :func:`cordfuse.nn.device.autocast_dtype`.
 AMP_MODES = ("auto", "bf16", "fp16", "none")
+#: ``predict --ensemble``: the rules of :data:`cordfuse.inference.ENSEMBLES`.
+ENSEMBLES = ("mean", "min")
 #: ``--centerline`` and ``centerline --method``: the backends of ``PrepConfig.centerline``.
 CENTERLINE_METHODS = ("auto", "mask", "sct")
 #: ``--preset``: the names of ``cordfuse.preprocess.pipeline.PRESETS`` (prepare) and
@@ -117,6 +119,7 @@ API_DEFAULTS: dict[tuple[str, str], str | Callable[[], str]] = {
     ("predict", "--min-volume"): _PREDICT + "(min_volume_mm3)",
     ("predict", "--batch-size"): _PREDICT + "(batch_size)",
     ("predict", "--amp"): _PREDICT + "(amp)",
+    ("predict", "--ensemble"): _PREDICT + "(ensemble)",
     ("predict", "--device"): "cordfuse.nn.device:choose_device(requested)",
     ("predict", "--jobs"): "cordfuse.inference:predict_dataset(jobs)",
     ("export-model", "--licence"): "cordfuse.models:export_model(licence)",

@@ -8,6 +8,7 @@ import sys
 import time
 
 from cordfuse.cli._options import (
+    ENSEMBLES,
     add_amp,
     add_centerline,
     add_device,
@@ -67,6 +68,12 @@ def add_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_sequence_files(parser)
     parser.add_argument("--sequences", help="use only these sequences, e.g. T2Sag,STIR")
     parser.add_argument("--tta", action="store_true", help="left-right mirroring")
+    parser.add_argument(
+        "--ensemble",
+        choices=ENSEMBLES,
+        help="how several models combine: the mean of their probabilities, or their minimum "
+        "(a voxel is lesion only where every model says so)",
+    )
     add_centerline(
         parser,
         help="override the checkpoint's centreline backend (mask: cord "
@@ -131,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
             min_volume=args.min_volume,
             batch_size=args.batch_size,
             amp=args.amp,
+            ensemble=args.ensemble,
         ),
     )
     start = time.perf_counter()
