@@ -21,6 +21,7 @@ from cordfuse.inference import (
     finish_prediction,
     finished,
     load_models,
+    predict_dataset,
     predict_options,
     predict_prepared,
     predict_subject,
@@ -152,6 +153,15 @@ def test_a_subject_predicted_with_another_ensemble_rule_is_predicted_again(tmp_p
     )
 
 
+@pytest.mark.parametrize("rule", ["median", ["min"]])
+def test_an_unknown_ensemble_rule_stops_predict_before_anything_is_loaded_or_written(
+    rule, tmp_path
+):
+    with pytest.raises(CordfuseError, match="ensemble must be one of mean, min"):
+        predict_dataset([], (tmp_path / "no-model",), tmp_path / "out", {"ensemble": rule})
+    assert not (tmp_path / "out").exists()
+
+
 class TestEnsembleAndTta:
     def test_ensemble_is_the_mean_of_the_models(self, synth_root, tiny_models):
         subject = discover(synth_root).subjects[0]
@@ -241,6 +251,27 @@ class TestCommandLine:
             picture = out / subject.subject_id / "figures" / f"{stem}_mask.png"
             assert picture.read_bytes()[:4] == b"\x89PNG"
         assert "4 predicted, 0 failed" in capsys.readouterr().out
+
+    def test_the_ensemble_rule_reaches_the_masks_and_their_sidecars(
+        self, synth_root, tiny_models, tmp_path
+    ):
+        subject = discover(synth_root).subjects[0]
+        paths = [tiny_models["mi0"], tiny_models["mi1"]]
+        models = load_models(paths, CPU)
+        masks = {}
+        for rule in ("mean", "min"):
+            out = tmp_path / rule
+            args = ["-i", str(synth_root), "--participant-label", subject.subject_id[4:]]
+            assert (
+                main(["predict", *map(str, paths), *args, "-o", str(out), "--ensemble", rule]) == 0
+            )
+            path = find_prediction(out, subject.name)
+            masks[rule] = np.asarray(nib.load(path).dataobj)
+            expected = predict_subject(subject, models, device=CPU, ensemble=rule).mask
+            assert np.array_equal(masks[rule], expected), rule
+            sidecar = json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())
+            assert sidecar["Ensemble"] == rule
+        assert not np.array_equal(masks["mean"], masks["min"])
 
     def test_explicit_files_and_one_subject_folder(self, synth_root, tiny_models, tmp_path):
         subject = discover(synth_root).subjects[0]

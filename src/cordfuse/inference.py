@@ -83,7 +83,7 @@ def check_ensemble(ensemble: str) -> None:
     Raises:
         CordfuseError: An unknown rule, in one line.
     """
-    if ensemble not in ENSEMBLES:
+    if ensemble not in tuple(ENSEMBLES):  # a tuple: an unhashable value is refused too
         raise CordfuseError(f"ensemble must be one of {', '.join(ENSEMBLES)}, not {ensemble!r}")
 
 
@@ -356,8 +356,8 @@ def predict_subject(
     centerline: str | None = None,
     ensemble: str = "mean",
 ) -> Prediction:
-    """Predict one subject from its raw scans with one model or an ensemble (mean of
-    probabilities).
+    """Predict one subject from its raw scans with one model or an ensemble (the mean or the
+    minimum of their probabilities).
 
     The subject is prepared with every sequence it has, then predicted by
     :func:`predict_prepared` with ``sequences`` only: the one meaning of "predicted with these
@@ -441,8 +441,8 @@ def predict_prepared(
     amp: str = "auto",
     ensemble: str = "mean",
 ) -> Prediction:
-    """Predict a prepared subject with one model or an ensemble (mean of probabilities), back on
-    its native fused T2Sag grid.
+    """Predict a prepared subject with one model or an ensemble (the mean or the minimum of their
+    probabilities), back on its native fused T2Sag grid.
 
     "Predicted with these sequences" has one meaning in cordfuse, this function's: the subject
     prepared with every sequence it has, the others switched off (:func:`restrict_prepared`).
@@ -988,7 +988,7 @@ def predict_and_write(
             batch_size=options["batch_size"],
             amp=options["amp"],
             centerline=options.get("centerline"),
-            ensemble=options.get("ensemble", "mean"),
+            ensemble=options["ensemble"],
         )
         inputs = {scan.path.resolve() for scans in subject.scans.values() for scan in scans}
         targets = prediction_targets(
@@ -1016,7 +1016,7 @@ def predict_and_write(
                 "MinimumLesionVolume_mm3": options["min_volume"],
                 "Models": record["models"],
                 # how the models above were combined: a mask depends on it as on the threshold
-                "Ensemble": options.get("ensemble", "mean"),
+                "Ensemble": options["ensemble"],
             },
         )
     except CordfuseError as exc:
@@ -1063,9 +1063,8 @@ def predict_dataset(
         out: A new or empty folder, or an earlier ``predict`` output (finished subjects with the
             same models and options are skipped unless ``options["overwrite"]``); for subjects
             of a BIDS dataset, a BIDS derivative dataset (:mod:`cordfuse.derivatives`).
-        options: ``sequences``, ``tta``, ``threshold``, ``min_volume``, ``device``,
-            ``batch_size``, ``amp``, ``per_slab``, ``save_probabilities``, ``qc``,
-            ``centerline``, ``overwrite`` (the ``predict`` options).
+        options: ``predict``'s options (:func:`predict_options`; those left out take its
+            defaults).
         jobs: Subjects predicted at once, in separate processes.
         threads: Threads of each process (default: :func:`cordfuse.threads.threads_budget`
             shared by the ``jobs`` processes).
@@ -1075,11 +1074,15 @@ def predict_dataset(
         One result per subject, in order; a failed subject never stops the others.
 
     Raises:
-        CordfuseError: ``out`` holds files ``predict`` did not write, or a model is unreadable
-            or a packaged one fails verification (checked once, before any subject).
+        CordfuseError: ``out`` holds files ``predict`` did not write, a model is unreadable
+            or a packaged one fails verification, or an unknown ``ensemble`` (checked once,
+            before any subject).
     """
     from concurrent.futures import ProcessPoolExecutor
 
+    # every option spelled out, so that each subject's record says what made its files
+    options = predict_options(**options)
+    check_ensemble(options["ensemble"])
     threads = threads_budget(threads, processes=jobs)
     sources = resolve_models(model_paths)  # a packaged model is verified once, here
     load_models(sources, torch.device("cpu"))  # a bad model file fails once, up front
