@@ -59,6 +59,8 @@ def floats(text: str) -> list[float]:
 
 
 def main() -> None:
+    from cordfuse.inference import ENSEMBLES
+
     parser = argparse.ArgumentParser()
     parser.add_argument("model", nargs="+")
     parser.add_argument("--per-contrast", type=int, default=5, help="positions per contrast")
@@ -69,7 +71,7 @@ def main() -> None:
     parser.add_argument("--thick", action="store_true", help="re-acquire at sagittal 3 mm")
     parser.add_argument("--tta", action="store_true", help="also predict left-right mirrored")
     parser.add_argument(
-        "--ensemble", choices=("mean", "min"), default="mean", help="how the MODELs combine"
+        "--ensemble", choices=tuple(ENSEMBLES), default="mean", help="how the MODELs combine"
     )
     parser.add_argument(
         "--paired", action="store_true", help="two models, each on its own, compared per lesion"
