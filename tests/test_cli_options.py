@@ -180,6 +180,7 @@ def test_help_states_the_api_defaults():
         "--sequence-supervision",
         "--lesion-contrast",
         "--fov-truncation",
+        "--blob-loss",
         "--preset",
         "--batch-size",
         "--seed",

@@ -406,6 +406,26 @@ def test_ddp_trains_every_model_and_variant_and_resumes(prepared_small, tmp_path
     assert len({run["digest"] for run in runs.values()}) == 12  # all differ but the resumed
 
 
+def test_blob_loss_joins_the_loss_at_full_resolution(prepared_small, tmp_path, monkeypatch):
+    """``--blob-loss W`` adds the lesion-wise loss on the finest output, once a step; 0 leaves
+    the paper's loss as it was."""
+    from cordfuse.training import trainer as trainer_module
+
+    shapes = []
+    real = trainer_module.blob_loss
+
+    def spy(logits, labels):
+        shapes.append((tuple(logits.shape[2:]), tuple(labels.shape[1:])))
+        return real(logits, labels)
+
+    monkeypatch.setattr(trainer_module, "blob_loss", spy)
+    plain = train(prepared_small, tmp_path / "plain", tiny(epochs=1), progress=False)
+    assert shapes == []
+    blob = train(prepared_small, tmp_path / "blob", tiny(epochs=1, blob_loss=1.0), progress=False)
+    assert len(shapes) == 2 and all(out == label for out, label in shapes), shapes
+    assert blob["digest"] != plain["digest"]
+
+
 def test_small_preset_learns_on_cpu(learned):
     """A few minutes of CPU training beat an untrained net by a clear margin."""
     config, summary = learned["config"], learned["summary"]

@@ -104,6 +104,7 @@ API_DEFAULTS: dict[tuple[str, str], str | Callable[[], str]] = {
     ("train", "--lesion-contrast"): _TRAIN + "lesion_contrast",
     ("train", "--fov-truncation"): _TRAIN + "fov_truncation",
     ("train", "--paint-lesions"): _TRAIN + "paint_lesions",
+    ("train", "--blob-loss"): _TRAIN + "blob_loss",
     ("train", "--preset"): _TRAIN + "preset",
     ("train", "--epochs"): lambda: _schedule(0),
     ("train", "--iterations"): lambda: _schedule(1),

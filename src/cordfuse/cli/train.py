@@ -124,6 +124,13 @@ def add_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="with probability P, paint one small lesion (2-8 mm long, 1.5-3.5 mm wide, "
         "1.25-3x the local cord signal) into a training sample's cord and its label",
     )
+    parser.add_argument(
+        "--blob-loss",
+        type=float,
+        metavar="W",
+        help="add W times a lesion-wise loss (the blob loss: each truth lesion's own Dice, every "
+        "lesion weighing the same) to nnU-Net's, which weighs a lesion by its voxels",
+    )
     add_preset(
         parser,
         help="the network and its schedule: paper (the paper's networks, GPU work) or small "
@@ -243,6 +250,7 @@ def run(args: argparse.Namespace) -> int:
             lesion_contrast=args.lesion_contrast,
             fov_truncation=args.fov_truncation,
             paint_lesions=args.paint_lesions,
+            blob_loss=args.blob_loss,
         ),
     )
     summary = train(

@@ -100,6 +100,9 @@ class TrainConfig:
     #: (:class:`~cordfuse.training.data.Augmentation`'s ``p_paint``); 0 leaves the preset's
     #: augmentation as it is.
     paint_lesions: float = 0.0
+    #: Weight of the lesion-wise loss added to nnU-Net's (:func:`~cordfuse.training.losses.
+    #: blob_loss`, every truth lesion weighing the same); 0 is the paper's recipe.
+    blob_loss: float = 0.0
 
     def __post_init__(self):
         if self.preset not in NET_PRESETS:
@@ -161,6 +164,8 @@ class TrainConfig:
                 "--paint-lesions with --lesion-contrast would scale the painted lesions' contrast "
                 "a second time (a 1/3x lesion to below zero): use one of them"
             )
+        if not self.blob_loss >= 0:
+            raise CordfuseError("--blob-loss W needs W >= 0")
         if not 0.0 <= self.sequence_dropout < 1.0:
             raise CordfuseError("--sequence-dropout is a probability in [0, 1)")
         if self.sequence_dropout and self.model not in ACCEPT_MISSING:

@@ -57,7 +57,7 @@ from cordfuse.training.data import (
     lesion_signs,
     load_subjects,
 )
-from cordfuse.training.losses import deep_supervision_loss
+from cordfuse.training.losses import blob_loss, deep_supervision_loss
 
 #: Everything ``train`` writes in its folder (what ``--overwrite`` may remove).
 RUN_FILES = (LATEST, BEST, "log.jsonl", "curves.png", "summary.json")
@@ -548,6 +548,8 @@ def train(
             with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 output = net(images, available)
                 loss = deep_supervision_loss(output.logits, labels)
+                if config.blob_loss:
+                    loss = loss + config.blob_loss * blob_loss(output.logits[0], labels)
                 if "sequence_alone" in output.extra:
                     alone, has, index = output.extra["sequence_alone"]
                     if config.net.coverage_input:  # nothing to ask where it saw nothing:
