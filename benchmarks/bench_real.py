@@ -26,7 +26,7 @@ interior, drawn from a noise stream of their own): a lesion model that ``cordfus
 
 Run: ``.venv/bin/python benchmarks/bench_real.py MODEL [MODEL ...] [--per-contrast 5]
 [--seed 1] [--contrasts 1.25,1.5,2,3] [--thresholds 0.5] [--lesion-model ellipsoid]
-[--thick] [--tta] [--ensemble mean|min] [--paired]``. MODEL is a training folder or
+[--thick] [--tta] [--ensemble mean|min|median] [--paired]``. MODEL is a training folder or
 checkpoint, as ``predict`` takes, and ``A,B,C`` the ensemble of A, B and C (combined as
 ``--ensemble`` says). The MODELs form one ensemble; with ``--paired`` two
 are each scored on the same painted lesions and compared lesion by lesion (found only by one,
@@ -152,7 +152,7 @@ def main() -> None:
     setting = (
         f"{geometry}, {args.lesion_model} lesions, positions seed {args.seed}"
         f"{', mirrored too' if args.tta else ''}"
-        f"{', ensemble: every model (min)' if args.ensemble == 'min' else ''}"
+        f"{'' if args.ensemble == 'mean' else f', ensemble: {args.ensemble} of the models'}"
     )
     for threshold in args.thresholds if None in fixed else args.thresholds[:1]:
         thresholds = [threshold if t is None else t for t in fixed]

@@ -41,8 +41,8 @@ def test_a_wrong_input_is_one_clear_error_before_a_model_loads(images, reason, t
 
 def test_an_unknown_ensemble_rule_is_one_clear_error_before_a_model_loads(tmp_path):
     image = nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4))
-    with pytest.raises(CordfuseError, match="ensemble must be one of mean, min, not 'median'"):
-        cordfuse.segment({"T2Sag": image}, tmp_path / "no-model", ensemble="median")
+    with pytest.raises(CordfuseError, match="ensemble must be one of mean, min, median, not 'max'"):
+        cordfuse.segment({"T2Sag": image}, tmp_path / "no-model", ensemble="max")
 
 
 @pytest.mark.slow

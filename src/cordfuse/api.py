@@ -159,7 +159,8 @@ def segment(
         centerline: Override the model's centreline backend (``mask`` needs cord masks beside
             the images, as in ``predict --centerline mask``).
         ensemble: How an ensemble combines its models' probabilities (``predict --ensemble``):
-            ``mean``, or ``min`` (a voxel is lesion only where every model says so).
+            ``mean``, ``min`` (a voxel is lesion only where every model says so) or ``median``
+            (where most do).
         details: Return a :class:`Segmentation` (mask, probabilities, lesion table, warnings)
             instead of the mask alone.
 

@@ -3,8 +3,9 @@
 For each subject, pre-processing runs on the fly with the settings stored in the checkpoint. Every
 model predicts the whole straightened crop by a sliding window along S-I (50 % overlap, Gaussian
 weighting, optional left-right mirroring). Several models (seeds, folds) form an ensemble: the
-mean of their probabilities, or their minimum (``--ensemble min``: a voxel is lesion only where
-every model puts it above the threshold). The probability map is mapped back onto the native
+mean of their probabilities, their minimum (``--ensemble min``: a voxel is lesion only where
+every model puts it above the threshold) or their median (``--ensemble median``: where most
+do). The probability map is mapped back onto the native
 fused T2Sag grid by the exact inverse of the crop (:func:`cordfuse.preprocess.pipeline.restore`)
 and thresholded, so a prediction outside the cord crop is impossible by construction. Lesions
 smaller than a minimum volume can be removed.
@@ -70,8 +71,15 @@ from cordfuse.training.data import NORMALISATION, normalise
 #: ensemble. ``min`` keeps a voxel only where every model puts it above the threshold: the
 #: false lesions of models trained on synthetic data differ from model to model, the real lesions
 #: they find do not, so the consensus finds more real lesions at its zero-false-lesion threshold
-#: on real scans (docs/training.md#one-model-is-not-enough-the-consensus-of-three).
-ENSEMBLES: dict[str, Callable[..., np.ndarray]] = {"mean": np.mean, "min": np.min}
+#: on real scans (docs/training.md#one-model-is-not-enough-the-consensus-of-three). ``median``
+#: is a majority vote: with three models, a voxel is lesion where two of them put it above the
+#: threshold (with two, it is the mean), for models whose false lesions rarely coincide
+#: (docs/training.md#a-loss-that-weighs-every-lesion-alike-blob-loss).
+ENSEMBLES: dict[str, Callable[..., np.ndarray]] = {
+    "mean": np.mean,
+    "min": np.min,
+    "median": np.median,
+}
 
 
 def check_ensemble(ensemble: str) -> None:

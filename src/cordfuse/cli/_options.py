@@ -26,7 +26,7 @@ from cordfuse.sequences import SEQUENCES
 #: ``--amp``: the modes of :func:`cordfuse.nn.device.autocast_dtype`.
 AMP_MODES = ("auto", "bf16", "fp16", "none")
 #: ``predict --ensemble``: the rules of :data:`cordfuse.inference.ENSEMBLES`.
-ENSEMBLES = ("mean", "min")
+ENSEMBLES = ("mean", "min", "median")
 #: ``--centerline`` and ``centerline --method``: the backends of ``PrepConfig.centerline``.
 CENTERLINE_METHODS = ("auto", "mask", "sct")
 #: ``--preset``: the names of ``cordfuse.preprocess.pipeline.PRESETS`` (prepare) and

@@ -71,8 +71,8 @@ def add_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument(
         "--ensemble",
         choices=ENSEMBLES,
-        help="how several models combine: the mean of their probabilities, or their minimum "
-        "(a voxel is lesion only where every model says so)",
+        help="how several models combine: the mean of their probabilities, their minimum "
+        "(a voxel is lesion only where every model says so) or their median (where most do)",
     )
     add_centerline(
         parser,
