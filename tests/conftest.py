@@ -29,6 +29,10 @@ SLOW_FIXTURES = (
     "prepared_root",
     "prepared",
 )
+#: Fixtures of the fast tier that cost seconds to make (synthetic subjects generated), each
+#: made once per worker process: the tests that share one run in the same worker, so that it is
+#: made once in the whole run, as the slow ones are.
+SHARED_FIXTURES = ("synth_subjects", "randomised", "synth_root")
 
 
 def pytest_configure(config):
@@ -49,9 +53,11 @@ def pytest_collection_modifyitems(config, items):
     pytest-xdist group."""
     for item in items:
         names = getattr(item, "fixturenames", ())
-        shared = next((name for name in SLOW_FIXTURES if name in names), None)
-        if shared is not None:
+        slow = next((name for name in SLOW_FIXTURES if name in names), None)
+        if slow is not None:
             item.add_marker(pytest.mark.slow)
+        shared = slow or next((name for name in SHARED_FIXTURES if name in names), None)
+        if shared is not None:
             item.add_marker(pytest.mark.xdist_group(shared))
 
 
