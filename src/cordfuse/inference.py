@@ -5,10 +5,10 @@ model predicts the whole straightened crop by a sliding window along S-I (50 % o
 weighting, optional left-right mirroring). Several models (seeds, folds) form an ensemble: the
 mean of their probabilities, their minimum (``--ensemble min``: a voxel is lesion only where
 every model puts it above the threshold) or their median (``--ensemble median``: where most
-do). The probability map is mapped back onto the native
-fused T2Sag grid by the exact inverse of the crop (:func:`cordfuse.preprocess.pipeline.restore`)
-and thresholded, so a prediction outside the cord crop is impossible by construction. Lesions
-smaller than a minimum volume can be removed.
+do). The probability map is mapped back onto the native fused T2Sag grid by the exact inverse of
+the crop (:func:`cordfuse.preprocess.pipeline.restore`) and thresholded, so a prediction outside
+the cord crop is impossible by construction. Lesions smaller than a minimum volume can be
+removed.
 
 A Mean Imputation, early-fusion or anchored model takes any subset of its sequences that
 contains T2Sag. A baseline or

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from scipy import ndimage
 from torch.nn import functional as F
@@ -70,7 +69,7 @@ def blob_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         components, count = ndimage.label(lesions)
         if not count:
             continue
-        components = torch.from_numpy(components.astype(np.int64)).to(prob.device)
+        components = torch.from_numpy(components).to(prob.device)
         for k in range(1, count + 1):  # a loop, not a scatter: deterministic on CUDA too
             inside = components == k
             found = prob[sample][inside].sum()
